@@ -1,0 +1,232 @@
+"""The model configuration: a frozen dataclass that reads and writes transformers' ``config.json`` for ViViT.
+
+Only the fields that change the computation are typed here; every other key of ``config.json``
+(``architectures``, ``transformers_version``, ``torch_dtype``, ...) is kept in ``extra`` and written back
+unchanged, so a checkpoint saved by us still loads in transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vivit_deploy.errors import ConfigError
+
+# Activation names transformers uses for ViViT, mapped to the two functions they really are.
+# gelu_fast, gelu_new and gelu_pytorch_tanh are three spellings of the tanh approximation of GELU
+# (they differ from each other by rounding only, ~1e-7); "gelu" is the exact erf form.
+ACTIVATIONS: dict[str, str] = {
+    "gelu_fast": "tanh",
+    "gelu_new": "tanh",
+    "gelu_pytorch_tanh": "tanh",
+    "gelu": "none",
+}
+POOLER_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_fast", "gelu_new", "gelu_pytorch_tanh", "linear")
+
+_MODEL_TYPE = "vivit"
+
+
+@dataclass(frozen=True)
+class VivitConfig:
+    """Geometry and numerics of a ViViT Model 1 (unfactorised spatio-temporal attention).
+
+    Defaults are ViViT-B/16x2 as in ``google/vivit-b-16x2-kinetics400``.
+    """
+
+    image_size: int | tuple[int, int] = 224  # input frame size after preprocessing: side, or (height, width)
+    num_frames: int = 32  # frames per clip the model takes
+    tubelet_size: tuple[int, int, int] = (2, 16, 16)  # (frames, height, width) of one token
+    num_channels: int = 3  # colour channels of the input
+    hidden_size: int = 768  # token width
+    num_hidden_layers: int = 12  # encoder depth
+    num_attention_heads: int = 12  # heads per attention layer; must divide hidden_size
+    intermediate_size: int = 3072  # MLP hidden width
+    hidden_act: str = "gelu_fast"  # activation of the MLP, one of ACTIVATIONS
+    hidden_dropout_prob: float = 0.0  # dropout after attention and MLP, training only
+    attention_probs_dropout_prob: float = 0.0  # dropout on attention weights, training only
+    initializer_range: float = 0.02  # std of the normal init of linear and conv weights
+    layer_norm_eps: float = 1e-6  # epsilon of every LayerNorm
+    qkv_bias: bool = True  # whether query/key/value projections have a bias
+    pooler_output_size: int | None = None  # width of VivitModel's pooler; None means hidden_size
+    pooler_act: str = "tanh"  # activation of VivitModel's pooler
+    id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})  # classifier labels
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # other config.json keys, kept verbatim
+
+    def __post_init__(self) -> None:
+        # Normalise the containers first so that the checks below see one form.
+        tubelet = self.tubelet_size
+        if isinstance(tubelet, int) or len(tuple(tubelet)) != 3:
+            raise ConfigError(f"tubelet_size must be three integers (frames, height, width), got {tubelet!r}")
+        object.__setattr__(self, "tubelet_size", tuple(int(t) for t in tubelet))
+        image = self.image_size
+        if not isinstance(image, int):
+            image = tuple(int(s) for s in image)
+            if len(image) != 2:
+                raise ConfigError(f"image_size must be an integer or (height, width), got {self.image_size!r}")
+        object.__setattr__(self, "image_size", image)
+        object.__setattr__(self, "id2label", {int(k): str(v) for k, v in self.id2label.items()})
+        self._validate()
+
+    def _validate(self) -> None:
+        positive = {
+            "num_frames": self.num_frames,
+            "num_channels": self.num_channels,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "image height": self.image_height,
+            "image width": self.image_width,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if any(t < 1 for t in self.tubelet_size):
+            raise ConfigError(f"tubelet_size must be positive, got {self.tubelet_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        t, ph, pw = self.tubelet_size
+        if self.num_frames % t:
+            raise ConfigError(f"num_frames ({self.num_frames}) is not divisible by the tubelet's frames ({t})")
+        if self.image_height % ph or self.image_width % pw:
+            raise ConfigError(
+                f"image size {self.image_height}x{self.image_width} is not divisible by the tubelet's "
+                f"patch size {ph}x{pw}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+        if self.pooler_act not in POOLER_ACTIVATIONS:
+            raise ConfigError(f"pooler_act {self.pooler_act!r} is not supported; use one of {POOLER_ACTIVATIONS}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {p}")
+        if not self.layer_norm_eps > 0:
+            raise ConfigError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if sorted(self.id2label) != list(range(len(self.id2label))):
+            raise ConfigError(f"id2label keys must be 0..N-1, got {sorted(self.id2label)}")
+
+    # ---- derived geometry -------------------------------------------------------------------------
+    @property
+    def image_height(self) -> int:
+        return self.image_size if isinstance(self.image_size, int) else self.image_size[0]
+
+    @property
+    def image_width(self) -> int:
+        return self.image_size if isinstance(self.image_size, int) else self.image_size[1]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Number of tubelets along (time, height, width)."""
+        t, ph, pw = self.tubelet_size
+        return self.num_frames // t, self.image_height // ph, self.image_width // pw
+
+    @property
+    def num_patches(self) -> int:
+        gt, gh, gw = self.grid
+        return gt * gh * gw
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """Shape of one clip as the model takes it: (frames, channels, height, width)."""
+        return self.num_frames, self.num_channels, self.image_height, self.image_width
+
+    def flops_per_clip(self) -> float:
+        """Multiply-adds x 2 of one forward pass, the figure benchmarks divide by."""
+        n = self.num_patches + 1
+        d, m, layers = self.hidden_size, self.intermediate_size, self.num_hidden_layers
+        linear = 2 * n * (4 * d * d + 2 * d * m)
+        attention = 2 * 2 * n * n * d
+        embed = 2 * self.num_patches * d * self.num_channels * self.tubelet_size[0] * self.tubelet_size[1] * self.tubelet_size[2]
+        return float(layers * (linear + attention) + embed + 2 * d * self.num_labels)
+
+    # ---- config.json ------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VivitConfig":
+        """Build from the dict of a transformers ``config.json``; unknown keys go to ``extra``."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+        model_type = data.get("model_type", _MODEL_TYPE)
+        if model_type != _MODEL_TYPE:
+            raise ConfigError(f"config.json describes a {model_type!r} model, not ViViT ('vivit')")
+        names = {f.name for f in fields(cls)} - {"extra", "id2label"}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        id2label = data.get("id2label")
+        if id2label is None:
+            num_labels = int(data.get("num_labels", 2))
+            id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        try:
+            id2label = {int(k): v for k, v in id2label.items()}
+        except (AttributeError, ValueError) as exc:
+            raise ConfigError(f"id2label must map integer ids to names, got {id2label!r}") from exc
+        skip = names | {"id2label", "label2id", "num_labels", "model_type"}
+        extra = {k: v for k, v in data.items() if k not in skip}
+        try:
+            return cls(**kwargs, id2label=id2label, extra=extra)
+        except TypeError as exc:  # a field of the wrong kind, e.g. a string where a number goes
+            raise ConfigError(f"invalid config: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` dict, in the layout transformers writes."""
+        out: dict[str, Any] = dict(self.extra)
+        for f in fields(self):
+            if f.name in ("extra", "id2label"):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        out["pooler_output_size"] = self.pooler_output_size or self.hidden_size
+        out["id2label"] = {str(i): label for i, label in self.id2label.items()}
+        out["label2id"] = {label: i for i, label in self.id2label.items()}
+        out["model_type"] = _MODEL_TYPE
+        return dict(sorted(out.items()))
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "VivitConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable JSON config ({exc})") from exc
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+# Named geometries, as tiny dicts of overrides (the timm way): `--config vivit-b-16x2` and tests use them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "vivit-b-16x2": {},  # google/vivit-b-16x2-kinetics400 geometry, 400 labels
+    "tiny": dict(
+        image_size=32, num_frames=4, tubelet_size=(2, 8, 8), hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> VivitConfig:
+    """A named geometry with optional overrides, e.g. ``preset("vivit-b-16x2", num_frames=4)``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown config preset {name!r}; known: {sorted(PRESETS)}")
+    kwargs = dict(PRESETS[name])
+    if name == "vivit-b-16x2":
+        kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(400)}
+    kwargs.update(overrides)
+    return VivitConfig(**kwargs)

@@ -1,0 +1,32 @@
+"""Every error vivit_deploy raises on purpose.
+
+All of them derive from :class:`VivitDeployError`, so a caller (and the CLI) can tell a problem with the
+user's input apart from a bug. Each also derives from the builtin it refines (``ValueError``,
+``FileNotFoundError``), so ``except ValueError`` keeps working for code that does not know about us.
+"""
+
+from __future__ import annotations
+
+
+class VivitDeployError(Exception):
+    """Base class of the errors raised for bad input, bad files or bad configuration."""
+
+
+class ConfigError(VivitDeployError, ValueError):
+    """A model or preprocessor configuration that cannot describe a working model."""
+
+
+class InputShapeError(VivitDeployError, ValueError):
+    """An array or tensor whose rank, shape or dtype is not what the model or preprocessor takes."""
+
+
+class CheckpointNotFoundError(VivitDeployError, FileNotFoundError):
+    """A checkpoint source that is neither a local directory nor a reachable Hugging Face Hub repository."""
+
+
+class CheckpointError(VivitDeployError, ValueError):
+    """A checkpoint whose files exist but do not fit the model: missing, unexpected or mis-shaped weights."""
+
+
+class VideoReadError(VivitDeployError, ValueError):
+    """A video file that cannot be opened or decoded: missing, not a video, corrupt, truncated or empty."""
