@@ -1,0 +1,45 @@
+"""vivit_deploy: ViViT from a PyTorch checkpoint to production.
+
+    from vivit_deploy import load_model, VideoPreprocessor, read_video
+
+Names are resolved on first use, so ``import vivit_deploy`` (and the preprocessor) never imports
+torch: a process that only preprocesses or runs a non-torch backend does not pay for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "VivitConfig": "vivit_deploy.config",
+    "preset": "vivit_deploy.config",
+    "VivitModel": "vivit_deploy.modeling",
+    "VivitForVideoClassification": "vivit_deploy.modeling",
+    "load_model": "vivit_deploy.checkpoint",
+    "save_pretrained": "vivit_deploy.checkpoint",
+    "VideoPreprocessor": "vivit_deploy.preprocessing",
+    "PreprocessorConfig": "vivit_deploy.preprocessing",
+    "read_video": "vivit_deploy.video",
+    "read_clips": "vivit_deploy.video",
+    "sample_indices": "vivit_deploy.video",
+    "VideoClassifier": "vivit_deploy.predict",
+    "demo_model_dir": "vivit_deploy.demo",
+    "sample_videos": "vivit_deploy.demo",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vivit_deploy' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
