@@ -49,7 +49,7 @@ class VivitConfig:
     initializer_range: float = 0.02  # std of the normal init of linear and conv weights
     layer_norm_eps: float = 1e-6  # epsilon of every LayerNorm
     qkv_bias: bool = True  # whether query/key/value projections have a bias
-    pooler_output_size: int | None = None  # width of VivitModel's pooler; None means hidden_size
+    pooler_output_size: int | None = None  # width of VivitModel's pooler; None becomes hidden_size
     pooler_act: str = "tanh"  # activation of VivitModel's pooler
     id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})  # classifier labels
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # other config.json keys, kept verbatim
@@ -67,6 +67,8 @@ class VivitConfig:
                 raise ConfigError(f"image_size must be an integer or (height, width), got {self.image_size!r}")
         object.__setattr__(self, "image_size", image)
         object.__setattr__(self, "id2label", {int(k): str(v) for k, v in self.id2label.items()})
+        if self.pooler_output_size is None:  # transformers' rule: the pooler is as wide as the tokens
+            object.__setattr__(self, "pooler_output_size", self.hidden_size)
         self._validate()
 
     def _validate(self) -> None:
@@ -187,7 +189,6 @@ class VivitConfig:
                 continue
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
-        out["pooler_output_size"] = self.pooler_output_size or self.hidden_size
         out["id2label"] = {str(i): label for i, label in self.id2label.items()}
         out["label2id"] = {label: i for i, label in self.id2label.items()}
         out["model_type"] = _MODEL_TYPE

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random checkpoints saved by transformers, and small mp4 files written with PyAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY = dict(
+    image_size=32, num_frames=4, tubelet_size=[2, 8, 8], hidden_size=32, num_hidden_layers=2,
+    num_attention_heads=4, intermediate_size=64, num_labels=5,
+)
+
+
+def hf_checkpoint(directory: Path, *, base: bool = False, seed: int = 0, **overrides) -> Path:
+    """Save a transformers ViViT with every parameter random (not just the default init) into ``directory``."""
+    transformers = pytest.importorskip("transformers", reason="transformers (the parity reference) is not installed")
+    import torch
+
+    config = transformers.VivitConfig(**{**TINY, **overrides})
+    cls = transformers.VivitModel if base else transformers.VivitForVideoClassification
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return hf_checkpoint(tmp_path_factory.mktemp("tiny-hf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_checkpoint(tmp_path_factory) -> Path:
+    return hf_checkpoint(tmp_path_factory.mktemp("tiny-hf-base"), base=True)
+
+
+def random_clip(frames: int = 4, height: int = 40, width: int = 48, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
+def counting_video(path: Path, frames: int, height: int = 32, width: int = 48) -> Path:
+    """An mp4 whose frame i is a flat grey of level 10*i, so decoded frames can be identified."""
+    from vivit_deploy.video import write_video
+
+    levels = (np.arange(frames) * 10 % 250).astype(np.uint8)
+    video = np.broadcast_to(levels[:, None, None, None], (frames, height, width, 3)).copy()
+    return write_video(path, video, fps=10, crf=0)
+
+
+def frame_numbers(clip: np.ndarray) -> list[int]:
+    """Invert counting_video: which frame each decoded frame was."""
+    return [int(round(float(frame.mean()) / 10)) for frame in clip]
