@@ -29,10 +29,10 @@ def _size_dict(value: Any, name: str, crop: bool) -> dict[str, int]:
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be an integer or a dict, got {value!r}")
     if isinstance(value, int):
-        return {"height": value, "width": value} if crop else {"shortest_edge": value}
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return {"height": int(value[0]), "width": int(value[1])}
-    if isinstance(value, dict):
+        out = {"height": value, "width": value} if crop else {"shortest_edge": value}
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        out = {"height": value[0], "width": value[1]}
+    elif isinstance(value, dict):
         keys = set(value)
         if keys == {"shortest_edge"} and not crop:
             out = {"shortest_edge": value["shortest_edge"]}
@@ -41,11 +41,12 @@ def _size_dict(value: Any, name: str, crop: bool) -> dict[str, int]:
         else:
             allowed = "{'height', 'width'}" if crop else "{'shortest_edge'} or {'height', 'width'}"
             raise ConfigError(f"{name} must have the keys {allowed}, got {sorted(keys)}")
-        for k, v in out.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name}[{k!r}] must be a positive integer, got {v!r}")
-        return out
-    raise ConfigError(f"{name} must be an integer, [height, width] or a dict, got {value!r}")
+    else:
+        raise ConfigError(f"{name} must be an integer, [height, width] or a dict, got {value!r}")
+    for k, v in out.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name}[{k!r}] must be a positive integer, got {v!r}")
+    return out
 
 
 def _per_channel(value: Any, name: str) -> tuple[float, ...]:

@@ -1,0 +1,157 @@
+"""Preprocessor parity with transformers' VivitImageProcessor, input checks, and config handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import random_clip
+from vivit_deploy.errors import ConfigError, InputShapeError
+from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+from vivit_deploy.resample import horizontal_pass_first
+
+PARITY = 1e-5  # max abs difference allowed against transformers (measured: 0)
+
+
+def _reference(clip: np.ndarray, **kwargs) -> np.ndarray:
+    transformers = pytest.importorskip("transformers", reason="transformers (the parity reference) is not installed")
+    pytest.importorskip("PIL")
+    processor = transformers.VivitImageProcessor(**kwargs)
+    return np.asarray(processor(list(clip), return_tensors="np")["pixel_values"])
+
+
+CASES = {
+    "default": {},
+    "no-normalize": {"do_normalize": False},
+    "height-width-no-crop": {"size": {"height": 40, "width": 56}, "do_center_crop": False},
+    "imagenet-stats-no-offset": {"offset": False, "rescale_factor": 1 / 255, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
+    "no-rescale": {"do_rescale": False, "offset": False},
+    "no-resize": {"do_resize": False, "crop_size": {"height": 32, "width": 32}},
+    "crop-larger-than-image": {"size": {"shortest_edge": 24}, "crop_size": {"height": 40, "width": 28}},
+    "nearest": {"resample": 0}, "lanczos": {"resample": 1}, "bicubic": {"resample": 3},
+    "box": {"resample": 4}, "hamming": {"resample": 5},
+    "vertical-pass-first": {"size": {"height": 12, "width": 80}, "resample": 3, "do_center_crop": False},
+}
+
+
+@pytest.mark.parametrize("kwargs", CASES.values(), ids=CASES.keys())
+def test_parity_with_transformers(kwargs):
+    clip = random_clip(frames=3, height=60, width=84, seed=1)
+    ours = VideoPreprocessor(**kwargs)(clip)
+    expected = _reference(clip, **kwargs)
+    assert ours.shape == expected.shape
+    assert ours.dtype == np.float32 and ours.flags["C_CONTIGUOUS"]
+    assert float(np.abs(ours - expected).max()) <= PARITY
+
+
+def test_parity_on_a_camera_sized_clip():
+    clip = random_clip(frames=2, height=480, width=640, seed=2)
+    assert float(np.abs(VideoPreprocessor()(clip) - _reference(clip)).max()) <= PARITY
+
+
+def test_portrait_clip():
+    clip = random_clip(frames=2, height=100, width=60, seed=3)
+    assert float(np.abs(VideoPreprocessor()(clip) - _reference(clip)).max()) <= PARITY
+
+
+def test_pillow_pass_order_rule():
+    # Pillow 13: vertical first when the height shrinks by more than twice as many pixels as the width.
+    assert horizontal_pass_first((480, 640), (256, 341), "13.0.0")
+    assert not horizontal_pass_first((100, 90), (60, 500), "13.0.0")
+    assert horizontal_pass_first((100, 90), (60, 500), "12.1.0")
+
+
+def test_batch_forms_agree():
+    a, b = random_clip(seed=4), random_clip(seed=5)
+    pre = VideoPreprocessor()
+    single = np.concatenate([pre(a), pre(b)])
+    assert np.array_equal(pre(np.stack([a, b])), single)
+    assert np.array_equal(pre([a, b]), single)
+    assert single.shape == (2, 4, 3, 224, 224)
+
+
+def test_clips_of_different_sizes_with_a_crop():
+    out = VideoPreprocessor()([random_clip(height=40, width=48), random_clip(height=64, width=50)])
+    assert out.shape == (2, 4, 3, 224, 224)
+
+
+@pytest.mark.parametrize(
+    "videos, message",
+    [
+        (random_clip().astype(np.float32), "expected uint8 RGB frames"),
+        (random_clip()[..., :1], "expected shape \\(frames, height, width, 3\\)"),
+        (random_clip()[0], "got an array of shape \\(40, 48, 3\\)"),
+        ([], "empty list"),
+        ("clip.mp4", "expected a numpy uint8 array"),
+        ([random_clip(frames=4), random_clip(frames=5)], "same number of frames"),
+        (np.zeros((0, 8, 8, 3), np.uint8), "empty clip"),
+    ],
+)
+def test_bad_input_is_refused_clearly(videos, message):
+    with pytest.raises(InputShapeError, match=message):
+        VideoPreprocessor()(videos)
+
+
+def test_clips_that_would_give_different_sizes_are_refused():
+    pre = VideoPreprocessor(do_center_crop=False)
+    with pytest.raises(InputShapeError, match="different sizes"):
+        pre([random_clip(height=40, width=48), random_clip(height=40, width=80)])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"size": {"longest_edge": 5}}, "size must have the keys"),
+        ({"crop_size": {"shortest_edge": 5}}, "crop_size must have the keys"),
+        ({"resample": 9}, "resample must be a PIL resampling filter"),
+        ({"do_rescale": False}, "offset requires do_rescale"),
+        ({"image_mean": [0.5, 0.5]}, "image_mean must have 1 or 3 values"),
+        ({"image_std": [0.5, 0.0, 0.5]}, "image_std must not contain 0"),
+        ({"size": -3}, "size\\['shortest_edge'\\] must be a positive integer"),
+    ],
+)
+def test_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        PreprocessorConfig(**overrides)
+
+
+def test_every_transformers_field_is_read_and_written(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.VivitImageProcessor(size={"height": 40, "width": 50}, do_normalize=False, resample=3)
+    theirs.save_pretrained(tmp_path)
+    ours = VideoPreprocessor.from_pretrained(tmp_path)
+    assert ours.config.size == {"height": 40, "width": 50} and ours.config.resample == 3 and not ours.config.do_normalize
+    ours.save_pretrained(tmp_path / "again")
+    reread = transformers.VivitImageProcessor.from_pretrained(tmp_path / "again")
+    clip = random_clip(seed=6)
+    assert float(np.abs(ours(clip) - np.asarray(reread(list(clip), return_tensors="np")["pixel_values"])).max()) <= PARITY
+
+
+def test_unreadable_config_file(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        VideoPreprocessor.from_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text("{")
+    with pytest.raises(ConfigError, match="not a readable JSON"):
+        VideoPreprocessor.from_pretrained(tmp_path)
+
+
+def test_importing_and_running_the_preprocessor_does_not_import_torch():
+    code = (
+        "import sys, numpy as np\n"
+        "from vivit_deploy import VideoPreprocessor\n"
+        "VideoPreprocessor()(np.zeros((2, 40, 50, 3), np.uint8))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_config_json_keeps_unknown_keys(tmp_path):
+    data = {**PreprocessorConfig().to_dict(), "processor_class": "X"}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
+    assert VideoPreprocessor.from_pretrained(tmp_path).config.to_dict() == data
