@@ -84,7 +84,7 @@ def test_hub_id_from_offline_cache(tiny_checkpoint, tmp_path):
     cache = _hub_cache(tmp_path, tiny_checkpoint)
     model = load_model("acme/vivit-tiny", cache_dir=cache, local_files_only=True)
     assert torch.equal(_logits(model), _logits(load_model(tiny_checkpoint)))
-    with pytest.raises(CheckpointNotFoundError, match="acme/other: not found in the local Hugging Face cache"):
+    with pytest.raises(CheckpointNotFoundError, match="acme/other: no local directory of that name, and not found in the local Hugging Face cache"):
         load_model("acme/other", cache_dir=cache, local_files_only=True)
 
 
@@ -100,7 +100,7 @@ def test_hub_id_with_hf_hub_offline_environment(tiny_checkpoint, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "VivitForVideoClassification 5" in out
-    assert "ERR acme/missing: not found in the local Hugging Face cache (offline mode)" in out
+    assert "ERR acme/missing: no local directory of that name, and not found in the local Hugging Face cache (offline mode)" in out
 
 
 def test_base_head_from_a_classification_checkpoint(tiny_checkpoint, tiny_base_checkpoint):

@@ -80,7 +80,7 @@ def _snapshot(repo_id: str, **kwargs: Any) -> Path:
     where = "in the local Hugging Face cache (offline mode)" if offline else "on the Hugging Face Hub"
     revision = kwargs.get("revision")
     label = f"{repo_id}@{revision}" if revision else repo_id
-    directory: Path | None = None
+    directory = Path()
     try:
         for weights in _HUB_WEIGHT_PATTERNS:
             directory = Path(snapshot_download(repo_id, allow_patterns=_HUB_CONFIG_FILES + weights, **kwargs))
@@ -91,14 +91,16 @@ def _snapshot(repo_id: str, **kwargs: Any) -> Path:
     except GatedRepoError as exc:
         raise CheckpointNotFoundError(f"{label}: gated repository; log in with `hf auth login` first") from exc
     except RepositoryNotFoundError as exc:
-        raise CheckpointNotFoundError(f"{label}: no such repository {where} (or it is private)") from exc
+        raise CheckpointNotFoundError(
+            f"{label}: no local directory of that name, and no such repository {where} (or it is private)"
+        ) from exc
     except LocalEntryNotFoundError as exc:
         raise CheckpointNotFoundError(
-            f"{label}: not found {where}; download it once with network access, or pass a local directory"
+            f"{label}: no local directory of that name, and not found {where}; "
+            "download it once with network access, or pass a local directory"
         ) from exc
     except (HfHubHTTPError, OSError) as exc:
         raise CheckpointNotFoundError(f"{label}: could not fetch from the Hugging Face Hub: {exc}") from exc
-    assert directory is not None
     return directory  # no weights in any layout: load_state_dict reports it with the file names it tried
 
 

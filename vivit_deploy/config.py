@@ -152,7 +152,8 @@ class VivitConfig:
         d, m, layers = self.hidden_size, self.intermediate_size, self.num_hidden_layers
         linear = 2 * n * (4 * d * d + 2 * d * m)
         attention = 2 * 2 * n * n * d
-        embed = 2 * self.num_patches * d * self.num_channels * self.tubelet_size[0] * self.tubelet_size[1] * self.tubelet_size[2]
+        t, ph, pw = self.tubelet_size
+        embed = 2 * self.num_patches * d * self.num_channels * t * ph * pw
         return float(layers * (linear + attention) + embed + 2 * d * self.num_labels)
 
     # ---- config.json ------------------------------------------------------------------------------

@@ -226,7 +226,8 @@ def _exporting() -> bool:
 
 
 def init_weights(module: nn.Module, std: float) -> None:
-    """transformers' initialisation: normal(0, std) for linear and conv weights, zero biases, unit LayerNorm."""
+    """Fresh weights for training: truncated normal(0, std) for linear/conv weights and the CLS/position
+    embeddings, zero biases, unit LayerNorm. Loading a checkpoint replaces all of them."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv3d)):
             nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
