@@ -92,12 +92,14 @@ def vertical_first(frames, h_start, h_count, h_weight, v_start, v_count, v_weigh
             vertical_row(frame, y, v_start, v_count, v_weight, col0 * 3, acc)
             for j in range(n_cols * 3):
                 tmp[y, j] = min(max(acc[j] >> PRECISION_BITS, 0), 255)
-        row = np.empty(w_out * 3, np.int32)
-        for y in range(h_out):
-            horizontal_pair(tmp[y], tmp[y], row, row, h_start, h_count, h_weight)
-            for c in range(3):
-                plane_row = out[f, c, y]
-                table = lut[c]
-                for x in range(w_out):
-                    plane_row[x] = table[row[3 * x + c]]
+        rows = np.empty((2, w_out * 3), np.int32)
+        for y in range(0, h_out, 2):
+            y2 = min(y + 1, h_out - 1)  # an odd last row is paired with itself
+            horizontal_pair(tmp[y], tmp[y2], rows[0], rows[1], h_start, h_count, h_weight)
+            for i, yy in enumerate((y, y2)):
+                for c in range(3):
+                    plane_row = out[f, c, yy]
+                    table = lut[c]
+                    for x in range(w_out):
+                        plane_row[x] = table[rows[i, 3 * x + c]]
     return out
