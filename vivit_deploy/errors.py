@@ -30,3 +30,15 @@ class CheckpointError(VivitDeployError, ValueError):
 
 class VideoReadError(VivitDeployError, ValueError):
     """A video file that cannot be opened or decoded: missing, not a video, corrupt, truncated or empty."""
+
+
+class ModelFileError(VivitDeployError, ValueError):
+    """An exported model file (ONNX graph, TensorRT engine) that is corrupt, foreign, or does not fit."""
+
+
+class BackendUnavailableError(VivitDeployError, ImportError):
+    """A runtime backend whose library (onnxruntime, tensorrt) or device (CUDA) is not present here."""
+
+
+class ExportError(VivitDeployError, RuntimeError):
+    """An export that could not produce a valid file; nothing is left at the output path."""

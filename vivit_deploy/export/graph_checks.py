@@ -1,0 +1,138 @@
+"""What an exported graph looks like, judged against what ONNX Runtime and TensorRT run well.
+
+Each check yields a :class:`Finding`; a "blocker" fails the export (and, next, ``check-trt``).
+The checks read the graph only (no weights are interpreted), so they run anywhere ``onnx`` installs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Level = Literal["ok", "warning", "blocker"]
+
+MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17
+RESIDUE_OPS = ("IsNaN", "Where")  # what a safe-softmax decomposition leaves between the attention MatMuls
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    check: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GraphSummary:
+    ir_version: int
+    opset: int  # of the default ("ai.onnx") domain
+    op_counts: dict[str, int]
+    input_types: dict[str, str]  # name -> element type name
+    output_types: dict[str, str]
+    weight_types: dict[str, int]  # element type name -> number of initializer elements
+    attention_blocks: int  # Softmax nodes between two MatMuls
+    prescaled_attention_blocks: int  # of those, with Q (or K) scaled before the first MatMul
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _type_name(elem_type: int) -> str:
+    import onnx
+
+    return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def summarize(model) -> GraphSummary:
+    """Op counts, I/O and weight types, and the attention pattern of an ``onnx.ModelProto``."""
+    import numpy as np
+
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {init.name for init in graph.initializer} | {
+        n.output[0] for n in graph.node if n.op_type == "Constant"
+    }
+
+    def through_casts(node, downstream: bool):
+        while node is not None and node.op_type == "Cast":
+            if downstream:
+                nexts = consumers.get(node.output[0], [])
+                node = nexts[0] if len(nexts) == 1 else None
+            else:
+                node = producers.get(node.input[0])
+        return node
+
+    def is_scale(node) -> bool:
+        return node is not None and node.op_type in ("Mul", "Div") and any(i in constants for i in node.input)
+
+    blocks = prescaled = 0
+    for node in graph.node:
+        if node.op_type != "Softmax":
+            continue
+        first = through_casts(producers.get(node.input[0]), downstream=False)
+        after = consumers.get(node.output[0], [])
+        second = through_casts(after[0], downstream=True) if len(after) == 1 else None
+        if first is None or second is None or first.op_type != "MatMul" or second.op_type != "MatMul":
+            continue
+        blocks += 1
+        if any(is_scale(producers.get(name)) for name in first.input):
+            prescaled += 1
+
+    weight_types: Counter = Counter()
+    for init in graph.initializer:
+        weight_types[_type_name(init.data_type)] += int(np.prod(init.dims)) if init.dims else 1
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return GraphSummary(
+        ir_version=model.ir_version,
+        opset=opset,
+        op_counts=dict(Counter(n.op_type for n in graph.node).most_common()),
+        input_types={v.name: _type_name(v.type.tensor_type.elem_type) for v in graph.input},
+        output_types={v.name: _type_name(v.type.tensor_type.elem_type) for v in graph.output},
+        weight_types=dict(weight_types),
+        attention_blocks=blocks,
+        prescaled_attention_blocks=prescaled,
+    )
+
+
+def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None = None) -> list[Finding]:
+    """The hygiene an exported ViViT graph must have for ONNX Runtime and TensorRT."""
+    findings: list[Finding] = []
+
+    def add(ok: bool, check: str, good: str, bad: str, level: Level = "blocker") -> None:
+        findings.append(Finding("ok" if ok else level, check, good if ok else bad))
+
+    ops = summary.op_counts
+    add(summary.opset >= MIN_OPSET, "opset", f"opset {summary.opset}",
+        f"opset {summary.opset} < {MIN_OPSET}: no LayerNormalization op")
+    add(ops.get("LayerNormalization", 0) > 0 and ops.get("ReduceMean", 0) == 0, "layernorm",
+        f"{ops.get('LayerNormalization', 0)} LayerNormalization ops, none decomposed",
+        "LayerNorm is decomposed into ReduceMean/Pow/Sqrt (overflows in fp16, slower everywhere)")
+    residue = {op: ops[op] for op in RESIDUE_OPS if op in ops}
+    add(not residue, "softmax residue", "no IsNaN/Where", f"safe-softmax residue in the graph: {residue}")
+    expected = num_layers if num_layers is not None else summary.attention_blocks
+    add(summary.attention_blocks == expected and expected > 0, "attention pattern",
+        f"{summary.attention_blocks} MatMul -> Softmax -> MatMul blocks",
+        f"{summary.attention_blocks} MatMul -> Softmax -> MatMul blocks, expected {expected} (one per layer)")
+    add(summary.prescaled_attention_blocks == summary.attention_blocks, "attention scale",
+        "Q scaled before Q @ K^T in every block (fusable by TensorRT)",
+        f"only {summary.prescaled_attention_blocks} of {summary.attention_blocks} blocks scale Q before Q @ K^T",
+        level="warning")
+    io_types = {**summary.input_types, **summary.output_types}
+    add(all(t == "float" for t in io_types.values()), "io types", "float32 inputs and outputs",
+        f"inputs/outputs must be float32, got {io_types}")
+    add("double" not in summary.weight_types, "double", "no float64 weights",
+        f"{summary.weight_types.get('double')} float64 weight elements")
+    float_weights = {t: n for t, n in summary.weight_types.items() if t in ("float", "float16", "bfloat16")}
+    main = max(float_weights, key=float_weights.get) if float_weights else None
+    want = {"fp32": "float", "fp16": "float16"}[precision]
+    add(main == want, "precision", f"weights are {want} ({float_weights[want] if main else 0:,} elements)",
+        f"a {precision} graph should hold {want} weights, found {float_weights}")
+    return findings

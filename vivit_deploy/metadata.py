@@ -1,0 +1,94 @@
+"""What an exported file knows about itself: model config, labels, preprocessing, I/O and provenance.
+
+An ONNX file carries it as ``metadata_props`` (string keys and values), so that a runtime can rebuild
+the labels and the preprocessor from the file alone; the TensorRT engine sidecar reuses the same record.
+Numpy-free and torch-free; reading an ONNX file's props needs only the ``onnx`` package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vivit_deploy.config import VivitConfig
+from vivit_deploy.errors import ConfigError, ModelFileError
+from vivit_deploy.io_spec import InputSpec
+from vivit_deploy.preprocessing import PreprocessorConfig
+
+FORMAT_VERSION = "1"
+PREFIX = "vivit_deploy."
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class DeployMetadata:
+    """Everything a runtime needs besides the weights; ``provenance`` is informational (versions, source)."""
+
+    config: VivitConfig
+    preprocessor: PreprocessorConfig
+    input: InputSpec
+    precision: str  # precision of the graph's arithmetic; its inputs and outputs are float32 either way
+    output_name: str = "logits"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(self.config.id2label)
+
+    def to_props(self) -> dict[str, str]:
+        """String key/value pairs for ONNX ``metadata_props`` (JSON values under ``vivit_deploy.*`` keys)."""
+        return {
+            PREFIX + "format_version": FORMAT_VERSION,
+            PREFIX + "config": json.dumps(self.config.to_dict(), sort_keys=True),
+            PREFIX + "preprocessor": json.dumps(self.preprocessor.to_dict(), sort_keys=True),
+            PREFIX + "input": json.dumps(self.input.to_dict(), sort_keys=True),
+            PREFIX + "output_name": self.output_name,
+            PREFIX + "precision": self.precision,
+            PREFIX + "provenance": json.dumps(self.provenance, sort_keys=True),
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "the model file") -> "DeployMetadata":
+        """Rebuild from ``metadata_props``; a file not written by ``vivit-export`` gets a :class:`ModelFileError`."""
+        if PREFIX + "config" not in props:
+            raise ModelFileError(
+                f"{source} has no vivit_deploy metadata (model config, labels, preprocessing); "
+                "export it with `vivit-export` so runtimes can rebuild them from the file"
+            )
+        version = props.get(PREFIX + "format_version")
+        if version != FORMAT_VERSION:
+            raise ModelFileError(f"{source}: metadata format {version!r} is not the one this vivit_deploy reads ({FORMAT_VERSION})")
+        try:
+            precision = props[PREFIX + "precision"]
+            if precision not in PRECISIONS:
+                raise ConfigError(f"unknown precision {precision!r}")
+            return cls(
+                config=VivitConfig.from_dict(json.loads(props[PREFIX + "config"])),
+                preprocessor=PreprocessorConfig.from_dict(json.loads(props[PREFIX + "preprocessor"])),
+                input=InputSpec.from_dict(json.loads(props[PREFIX + "input"])),
+                precision=precision,
+                output_name=props.get(PREFIX + "output_name", "logits"),
+                provenance=json.loads(props.get(PREFIX + "provenance", "{}")),
+            )
+        except (KeyError, json.JSONDecodeError, ConfigError) as exc:
+            raise ModelFileError(f"{source}: unreadable vivit_deploy metadata ({exc})") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key[len(PREFIX):]: value for key, value in self.to_props().items()}
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> DeployMetadata:
+    """The :class:`DeployMetadata` of an ONNX file written by ``vivit-export`` (weights are not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError, onnx others
+        raise ModelFileError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+    return DeployMetadata.from_props({p.key: p.value for p in model.metadata_props}, source=str(path))

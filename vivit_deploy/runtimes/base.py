@@ -1,0 +1,155 @@
+"""The one contract every backend implements, and the registry that finds them.
+
+A runtime takes preprocessed float32 clips (batch, T, C, H, W) and returns float32 logits
+(batch, num_labels), whatever it computes in. ``Runtime.run`` validates the input against the
+runtime's :class:`InputSpec` before the backend sees it and checks what comes back, so every backend
+fails the same way on bad input. Backends implement ``_run`` (and ``_close`` if they hold resources).
+
+Building (export, engine build) lives elsewhere; a runtime only loads and runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Callable
+
+import numpy as np
+
+from vivit_deploy.config import VivitConfig
+from vivit_deploy.errors import ConfigError, VivitDeployError
+from vivit_deploy.io_spec import InputSpec
+from vivit_deploy.preprocessing import PreprocessorConfig
+
+
+class RuntimeClosedError(VivitDeployError, RuntimeError):
+    """``run`` on a runtime after ``close()``."""
+
+
+class Runtime(ABC):
+    """Base class of every backend: validated ``run``, labels and preprocessing, ``close`` and ``with``.
+
+    Subclasses set ``backend`` (the registry name) and ``thread_safe``; when a backend cannot run
+    concurrently (one TensorRT execution context, say), the base class serialises ``run`` calls with a
+    lock, so concurrent callers always get the results serial calls would.
+    """
+
+    backend: ClassVar[str]
+    thread_safe: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        config: VivitConfig,
+        preprocessor: PreprocessorConfig | None,
+        input_spec: InputSpec,
+        precision: str,
+        device: str,
+        source: str,
+    ):
+        self.config = config
+        self.preprocessor = preprocessor  # None when the source has no preprocessor config
+        self.input_spec = input_spec
+        self.precision = precision
+        self.device = device
+        self.source = source
+        self._closed = False
+        self._lock = None if self.thread_safe else threading.Lock()
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(self.config.id2label)
+
+    @property
+    def num_labels(self) -> int:
+        return self.config.num_labels
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Logits (batch, num_labels) float32 for preprocessed clips (batch, T, C, H, W) float32."""
+        if self._closed:
+            raise RuntimeClosedError(f"{self.backend} runtime for {self.source} is closed")
+        pixel_values = self.input_spec.validate(pixel_values)
+        if self._lock is None:
+            logits = self._run(pixel_values)
+        else:
+            with self._lock:
+                logits = self._run(pixel_values)
+        logits = np.asarray(logits, dtype=np.float32)
+        expected = (pixel_values.shape[0], self.num_labels)
+        if logits.shape != expected:
+            raise VivitDeployError(
+                f"{self.backend} returned logits of shape {logits.shape}, expected {expected}: "
+                f"the model file does not match its own metadata ({self.source})"
+            )
+        return logits
+
+    @abstractmethod
+    def _run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Backend work on an already validated, C-contiguous float32 array."""
+
+    def _close(self) -> None:
+        """Release backend resources; called once."""
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What runs where, for reports: backend, device, precision, batch range, source."""
+        return {
+            "backend": self.backend, "device": self.device, "precision": self.precision,
+            "batch": self.input_spec.batch_range, "source": self.source,
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.source} on {self.device}, {self.precision}, batch {self.input_spec.batch_range}>"
+
+
+# ---- registry -------------------------------------------------------------------------------------
+
+BACKENDS: dict[str, type[Runtime]] = {}
+SUFFIXES: dict[str, str] = {}  # file suffix -> backend name
+
+
+def register_backend(name: str, suffixes: tuple[str, ...] = ()) -> Callable[[type[Runtime]], type[Runtime]]:
+    """Class decorator: make a runtime loadable by ``name`` (and by file suffix); duplicates are refused."""
+
+    def decorate(cls: type[Runtime]) -> type[Runtime]:
+        if name in BACKENDS:
+            raise ConfigError(f"backend {name!r} is already registered by {BACKENDS[name].__qualname__}")
+        for suffix in suffixes:
+            if suffix in SUFFIXES:
+                raise ConfigError(f"file suffix {suffix!r} is already claimed by backend {SUFFIXES[suffix]!r}")
+        cls.backend = name
+        BACKENDS[name] = cls
+        for suffix in suffixes:
+            SUFFIXES[suffix] = name
+        return cls
+
+    return decorate
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; "cuda" / "cuda:N" / "cpu" are checked and kept."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        return device
+    raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def device_index(device: str) -> int:
+    return int(device[5:]) if device.startswith("cuda:") else 0

@@ -1,0 +1,146 @@
+"""ONNX Runtime backend: a ``vivit-export`` file on the CPU, CUDA or TensorRT execution provider.
+
+Labels, preprocessing and the allowed batch range come from the file's own metadata. The graph's
+precision is fixed at export (``--precision fp16`` writes an fp16 graph with float32 inputs and
+outputs); the TensorRT provider can additionally build fp16 engines from an fp32 graph.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
+from vivit_deploy.metadata import DeployMetadata
+from vivit_deploy.runtimes.base import Runtime, device_index, register_backend, resolve_device
+
+PROVIDERS = ("cpu", "cuda", "tensorrt")
+_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+_ELEM_FLOAT = "tensor(float)"
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "onnxruntime is not installed; `pip install onnxruntime-gpu` (it runs on CPU too)"
+        ) from exc
+    return onnxruntime
+
+
+@register_backend("onnxruntime", suffixes=(".onnx",))
+class OnnxRuntimeRuntime(Runtime):
+    """An ``onnxruntime.InferenceSession`` over an exported ViViT graph.
+
+    ``provider`` picks the execution provider: "cpu", "cuda", or "tensorrt" (ONNX Runtime's own
+    TensorRT provider, which needs the TensorRT libraries); by default "cuda" when ``device`` resolves
+    to a GPU, else "cpu". ``trt_cache_dir`` keeps the TensorRT provider's engines and timing cache
+    between sessions (building takes minutes). ``threads`` sets intra-op threads (0: ONNX Runtime's
+    choice, one per physical core).
+    """
+
+    thread_safe = True  # InferenceSession.run may be called from several threads at once
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        provider: str | None = None,
+        trt_cache_dir: str | os.PathLike | None = None,
+        threads: int = 0,
+    ):
+        ort = import_onnxruntime()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        if provider is not None and provider not in PROVIDERS:
+            raise ConfigError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+        if device == "auto" and provider is None:
+            device = resolve_device("auto") if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+        else:
+            device = resolve_device("cuda" if device == "auto" else device)
+        provider = provider or ("cpu" if device == "cpu" else "cuda")
+        if (provider == "cpu") != (device == "cpu"):
+            raise ConfigError(f"provider {provider!r} does not run on device {device!r}")
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only: the CPU fallback warnings are handled below
+        providers = self._providers(ort, provider, device_index(device), precision, trt_cache_dir)
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # pybind raises InvalidProtobuf / InvalidGraph / Fail / NoSuchFile, all plain Exceptions
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message})") from exc
+        active = session.get_providers()[0]
+        if active != _PROVIDER_NAMES[provider]:
+            raise BackendUnavailableError(
+                f"ONNX Runtime could not start the {_PROVIDER_NAMES[provider]} (it fell back to {active}); "
+                f"available here: {', '.join(ort.get_available_providers())}"
+            )
+
+        metadata = DeployMetadata.from_props(session.get_modelmeta().custom_metadata_map, source=str(path))
+        _check_session_matches(session, metadata, path)
+        file_precision = metadata.precision
+        if precision is not None and precision != file_precision and not (provider == "tensorrt" and precision == "fp16"):
+            raise ConfigError(
+                f"{path} is an {file_precision} graph; precision {precision!r} needs a file exported with "
+                f"`vivit-export --precision {precision}` (or provider 'tensorrt' for fp16 engines)"
+            )
+        self.session = session
+        self.metadata = metadata
+        self.provider = provider
+        self._output_name = metadata.output_name
+        super().__init__(
+            config=metadata.config, preprocessor=metadata.preprocessor, input_spec=metadata.input,
+            precision=precision or file_precision, device=device, source=str(path),
+        )
+
+    @staticmethod
+    def _providers(ort, provider: str, index: int, precision: str | None, trt_cache_dir) -> list:
+        if provider == "cpu":
+            return ["CPUExecutionProvider"]
+        if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* wheels torch brings, if present
+            ort.preload_dlls()
+        cuda = ("CUDAExecutionProvider", {"device_id": index})
+        if provider == "cuda":
+            return [cuda, "CPUExecutionProvider"]
+        trt_options: dict[str, Any] = {"device_id": index, "trt_fp16_enable": precision == "fp16"}
+        if trt_cache_dir is not None:
+            Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
+            trt_options.update(
+                trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir),
+                trt_timing_cache_enable=True, trt_timing_cache_path=str(trt_cache_dir),
+            )
+        return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
+
+    def _run(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self.session.run([self._output_name], {self.input_spec.name: pixel_values})[0]
+
+    def _close(self) -> None:
+        self.session = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "provider": self.provider}
+
+
+def _check_session_matches(session, metadata: DeployMetadata, path: Path) -> None:
+    """The graph's input and output must be what its metadata says (catches files edited after export)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    spec = metadata.input
+    if len(inputs) != 1 or inputs[0].name != spec.name or inputs[0].type != _ELEM_FLOAT:
+        got = [(i.name, i.type) for i in inputs]
+        raise ModelFileError(f"{path}: graph inputs {got} do not match its metadata ({spec.name!r}, float32)")
+    dims = list(inputs[0].shape)
+    if len(dims) != 5 or tuple(dims[1:]) != spec.frame_shape:
+        raise ModelFileError(f"{path}: graph input shape {dims} does not match its metadata (batch, {spec.frame_shape})")
+    names = [o.name for o in outputs]
+    if metadata.output_name not in names:
+        raise ModelFileError(f"{path}: graph has no output {metadata.output_name!r} (outputs: {names})")

@@ -1,0 +1,99 @@
+"""PyTorch backend: our own ViViT model on CPU or CUDA, sdpa or eager attention, fp32 / fp16 / bf16.
+
+It is also the reference every other backend is compared against (in fp32).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vivit_deploy.errors import ConfigError
+from vivit_deploy.io_spec import input_spec
+from vivit_deploy.preprocessing import PREPROCESSOR_NAME, PreprocessorConfig
+from vivit_deploy.runtimes.base import Runtime, register_backend, resolve_device
+
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    if precision not in TORCH_PRECISIONS:
+        raise ConfigError(f"precision must be one of {TORCH_PRECISIONS} for the PyTorch backend, got {precision!r}")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+@register_backend("torch")
+class TorchRuntime(Runtime):
+    """``VivitForVideoClassification`` loaded from a checkpoint directory or Hub id."""
+
+    thread_safe = True  # forward under inference_mode touches no shared mutable state
+
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        attn_implementation: str = "sdpa",
+        max_batch: int | None = None,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+    ):
+        from vivit_deploy.checkpoint import load_model
+
+        precision = precision or "fp32"
+        device = resolve_device(device)
+        model = load_model(
+            source, attn_implementation=attn_implementation, head="classification", dtype=torch_dtype(precision),
+            device=device, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token,
+        )
+        self._init_from_model(model, _preprocessor_of(model.checkpoint_dir), precision, device, str(source), max_batch)
+
+    @classmethod
+    def from_model(
+        cls, model, preprocessor: PreprocessorConfig | None = None, *, source: str = "in-memory model",
+        max_batch: int | None = None,
+    ) -> "TorchRuntime":
+        """Wrap a model already in memory (its dtype and device are kept)."""
+        import torch
+
+        precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(model.dtype)
+        if precision is None:
+            raise ConfigError(f"the model's dtype {model.dtype} is not one of {TORCH_PRECISIONS}")
+        self = cls.__new__(cls)
+        self._init_from_model(model, preprocessor, precision, str(model.device), source, max_batch)
+        return self
+
+    def _init_from_model(self, model, preprocessor, precision: str, device: str, source: str, max_batch: int | None) -> None:
+        self.model = model.eval()
+        super().__init__(
+            config=model.config, preprocessor=preprocessor, input_spec=input_spec(model.config, 1, max_batch),
+            precision=precision, device=device, source=source,
+        )
+
+    def _run(self, pixel_values: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(pixel_values).to(self.model.device)
+        with torch.inference_mode():
+            return self.model(x).float().cpu().numpy()
+
+    def _close(self) -> None:
+        self.model = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "attn_implementation": self.model.attn_implementation if self.model else None}
+
+
+def _preprocessor_of(directory: str | os.PathLike) -> PreprocessorConfig | None:
+    from vivit_deploy.preprocessing import VideoPreprocessor
+
+    path = Path(directory) / PREPROCESSOR_NAME
+    return VideoPreprocessor.from_json_file(path).config if path.is_file() else None
