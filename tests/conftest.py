@@ -55,3 +55,36 @@ def counting_video(path: Path, frames: int, height: int = 32, width: int = 48) -
 def frame_numbers(clip: np.ndarray) -> list[int]:
     """Invert counting_video: which frame each decoded frame was."""
     return [int(round(float(frame.mean()) / 10)) for frame in clip]
+
+
+# ---- exported files, made once per session --------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def demo_onnx(tmp_path_factory) -> Path:
+    """The demo model exported to fp32 ONNX with the default settings."""
+    from vivit_deploy.demo import demo_model_dir
+    from vivit_deploy.export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "demo.onnx"
+    export_onnx(demo_model_dir(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_onnx_fp16(tmp_path_factory) -> Path:
+    from vivit_deploy.demo import demo_model_dir
+    from vivit_deploy.export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "demo-fp16.onnx"
+    export_onnx(demo_model_dir(), path, precision="fp16")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A tiny random transformers checkpoint (no preprocessor config) exported to fp32 ONNX."""
+    from vivit_deploy.export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_onnx(tiny_checkpoint, path)
+    return path

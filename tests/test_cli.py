@@ -54,3 +54,30 @@ def test_model_without_video_is_a_usage_error(tmp_path):
 def test_bad_option_values():
     assert CliRunner().invoke(main, ["predict", "--top-k", "0"]).exit_code == 2
     assert CliRunner().invoke(main, ["predict", "--sampling", "random"]).exit_code == 2
+
+
+def test_predict_with_an_exported_onnx_file(demo_onnx):
+    path, label = sample_videos()[1]
+    result = CliRunner().invoke(main, ["predict", "--model", str(demo_onnx), str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["predictions"][0]["label"] == label
+    assert "onnxruntime on cpu (fp32)" in result.stderr
+
+
+def test_export_command_writes_a_file_and_reports(tmp_path):
+    from vivit_deploy.cli import export_command
+    from vivit_deploy.demo import demo_model_dir
+
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(export_command, [str(demo_model_dir()), "-o", str(out), "--max-batch", "4",
+                                                 "--json", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "batch 1..4" in result.stdout and "validating with onnxruntime" in result.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["passed"] is True
+
+
+def test_export_errors_are_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "none"), "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1 and "no such checkpoint directory" in result.stderr
+    assert "Traceback" not in result.output
+    assert CliRunner().invoke(main, ["export", "x", "-o", "m.onnx", "--opset", "16"]).exit_code == 2

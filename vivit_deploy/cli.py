@@ -30,20 +30,47 @@ def _friendly_errors(fn):
     return wrapper
 
 
-def _progress(message: str) -> float:
-    click.echo(message, err=True)
-    return time.perf_counter()
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vivit-deploy")
 def main() -> None:
-    """ViViT from a PyTorch checkpoint to production: predict, and (next) export, compare, bench."""
+    """ViViT from a PyTorch checkpoint to production: predict, export to ONNX, compare backends."""
+
+
+class _Stopwatch:
+    """Progress lines on stderr, each with the seconds since the command started."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        click.echo(f"[{time.perf_counter() - self.started:6.1f} s] {message}", err=True)
+
+
+def _runtime_options(source: str, backend: str | None, attn_implementation: str | None, revision, offline) -> dict:
+    """Options only the PyTorch backend takes, passed only when it is the one chosen."""
+    from vivit_deploy.runtimes import backend_for
+
+    if (backend or backend_for(source)) != "torch":
+        return {}
+    options = {"revision": revision, "local_files_only": offline or None}
+    if attn_implementation:
+        options["attn_implementation"] = attn_implementation
+    return options
+
+
+_BACKEND = click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default=None,
+                        help="Default: from --model (.onnx -> onnxruntime, checkpoint dir or Hub id -> torch).")
+_DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 
 
 @main.command()
 @click.argument("videos", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--model", "source", default=None, help="Checkpoint directory or Hub id. Default: the embedded demo model.")
+@click.option("--model", "source", default=None,
+              help="Checkpoint directory, Hub id or exported .onnx file. Default: the embedded demo model.")
+@_BACKEND
+@_DEVICE
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Compute precision (PyTorch); an .onnx file runs in the precision it was exported in.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="How many labels to print.")
 @click.option("--clips", "num_clips", default=1, show_default=True, type=click.IntRange(min=1),
               help="Temporal clips per video; their logits are averaged (the paper uses 4).")
@@ -51,47 +78,187 @@ def main() -> None:
               help="uniform: frames spread over the video (or each clip's segment); stride: every Nth frame.")
 @click.option("--frame-sample-rate", default=4, show_default=True, type=click.IntRange(min=1),
               help="N for --sampling stride.")
-@click.option("--attn", "attn_implementation", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True)
+@click.option("--attn", "attn_implementation", type=click.Choice(["sdpa", "eager"]), default=None,
+              help="Attention of the PyTorch backend [default: sdpa].")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_friendly_errors
-def predict(videos, source, top_k, num_clips, sampling, frame_sample_rate, attn_implementation, revision, offline, as_json):
+def predict(videos, source, backend, device, precision, top_k, num_clips, sampling, frame_sample_rate,
+            attn_implementation, revision, offline, as_json):
     """Classify VIDEOS (default: the bundled sample video) and print the top-k labels."""
     from vivit_deploy.demo import default_sample, demo_model_dir, sample_videos
     from vivit_deploy.predict import VideoClassifier
 
-    truth: dict[Path, str] = {}
+    truth = {path.resolve(): label for path, label in sample_videos()}
     if source is None:
         source = str(demo_model_dir())
-        truth = {path.resolve(): label for path, label in sample_videos()}
         if not videos:
             videos = (default_sample(),)
     elif not videos:
         raise click.UsageError("give at least one video to classify with --model (the bundled samples suit only the demo model)")
 
-    started = _progress(f"loading {source} ...")
-    classifier = VideoClassifier.from_pretrained(
-        source, attn_implementation=attn_implementation, revision=revision, local_files_only=offline or None
-    )
-    _progress(f"loaded in {time.perf_counter() - started:.1f} s; classifying {len(videos)} video(s)")
+    progress = _Stopwatch()
+    progress(f"loading {source} ...")
+    options = _runtime_options(source, backend, attn_implementation, revision, offline)
+    classifier = VideoClassifier.from_pretrained(source, backend, device=device, precision=precision, **options)
+    runtime = classifier.runtime
+    progress(f"{runtime.backend} on {runtime.device} ({runtime.precision}); classifying {len(videos)} video(s)")
     results = []
-    for video in videos:
-        predictions = classifier.classify(
-            video, top_k=top_k, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate
-        )
-        entry = {"video": str(video), "predictions": [p.to_dict() for p in predictions]}
-        if Path(video).resolve() in truth:
-            entry["true_label"] = truth[Path(video).resolve()]
-        results.append(entry)
-        if not as_json:
-            known = f"  (true label: {entry['true_label']})" if "true_label" in entry else ""
-            click.echo(f"{video}{known}")
-            for rank, p in enumerate(predictions, 1):
-                click.echo(f"  {rank}. {p.label:<24} {p.probability:7.2%}")
+    with classifier:
+        for video in videos:
+            predictions = classifier.classify(
+                video, top_k=top_k, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate
+            )
+            entry = {"video": str(video), "predictions": [p.to_dict() for p in predictions]}
+            label = truth.get(Path(video).resolve())
+            if label is not None and label in classifier.id2label.values():
+                entry["true_label"] = label
+            results.append(entry)
+            if not as_json:
+                known = f"  (true label: {entry['true_label']})" if "true_label" in entry else ""
+                click.echo(f"{video}{known}")
+                for rank, p in enumerate(predictions, 1):
+                    click.echo(f"  {rank}. {p.label:<24} {p.probability:7.2%}")
     if as_json:
         json.dump(results, sys.stdout, indent=2)
         click.echo()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .onnx file to write.")
+@click.option("--opset", default=18, show_default=True, type=click.IntRange(18, 23),
+              help="ONNX opset (18 is the exporter's native one; 20+ writes Gelu as one op).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16 writes an fp16 graph with float32 input and logits (for TensorRT's strongly typed builds).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Largest batch the file accepts [default: 32; 1 with --static-batch].")
+@click.option("--static-batch", is_flag=True, help="Fix the batch axis to --max-batch instead of a dynamic axis.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")
+@click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the export report as JSON to this file.")
+@_friendly_errors
+def export_command(source, output, opset, precision, max_batch, static_batch, revision, offline, json_path):
+    """Export SOURCE (checkpoint directory or Hub id) to a validated ONNX file.
+
+    The file carries the model config, labels and preprocessor config, so `vivit-deploy predict
+    --model FILE` needs nothing else. It is checked (onnx.checker, graph hygiene) and run with ONNX
+    Runtime at two batch sizes against PyTorch before it is written; on failure nothing is written.
+    """
+    from vivit_deploy.export import export_onnx
+
+    progress = _Stopwatch()
+    report = export_onnx(
+        source, output, opset=opset, precision=precision, max_batch=max_batch, static_batch=static_batch,
+        progress=progress, revision=revision, local_files_only=offline or None,
+    )
+    click.echo(report.format())
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+
+
+main.add_command(export_command, name="export")
+
+
+@main.command()
+@click.option("--model", "source", default=None,
+              help="The reference checkpoint (directory or Hub id), run in PyTorch fp32. Default: the demo model.")
+@click.option("--onnx", "onnx_files", multiple=True, type=click.Path(path_type=Path),
+              help="An exported .onnx file to compare (repeatable).")
+@click.option("--torch", "torch_precisions", multiple=True, type=click.Choice(["fp16", "bf16"]),
+              help="Also compare PyTorch at this precision (repeatable).")
+@_DEVICE
+@click.option("--videos", "videos_dir", type=click.Path(path_type=Path), default=None,
+              help="Compare on one clip of each video in DIR (labels from DIR/labels.json when present).")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Compare on N random clips.")
+@click.option("--demo", is_flag=True, help="Compare on the bundled labelled sample videos.")
+@click.option("--inputs", "inputs_file", type=click.Path(path_type=Path), default=None,
+              help="Compare on clips saved earlier with --save-inputs (.npz).")
+@click.option("--save-inputs", type=click.Path(path_type=Path), default=None,
+              help="Save the preprocessed clips (.npz) so another machine can compare on identical tensors.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write the report as JSON to this file ('-' for stdout).")
+@click.option("--atol", type=click.FloatRange(min=0), default=None, help="Override every candidate's atol.")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Override every candidate's rtol.")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help="Override the minimum cosine similarity.")
+@click.option("--min-top1", type=click.FloatRange(0, 1), default=None, help="Override the minimum top-1 agreement (0..1).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
+@_friendly_errors
+def compare(source, onnx_files, torch_precisions, device, videos_dir, samples, demo, inputs_file, save_inputs,
+            json_path, atol, rtol, min_cosine, min_top1, batch_size, offline):
+    """How far each backend drifts from PyTorch fp32, and whether it still classifies the same.
+
+    Exit code 0 when every candidate is within its tolerance (per precision, see
+    vivit_deploy/tolerances.py, or the overrides), 1 otherwise: a release pipeline can gate on it.
+    """
+    from vivit_deploy import compare as cmp
+    from vivit_deploy.demo import demo_model_dir, sample_videos
+    from vivit_deploy.runtimes import load_runtime
+    from vivit_deploy.tolerances import tolerance_for
+
+    chosen = [name for name, on in (("--videos", videos_dir), ("--samples", samples), ("--demo", demo),
+                                    ("--inputs", inputs_file)) if on]
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one source of inputs, got {' and '.join(chosen)}")
+    if not onnx_files and not torch_precisions:
+        raise click.UsageError("nothing to compare: give --onnx FILE and/or --torch fp16|bf16")
+    if source is None:
+        source = str(demo_model_dir())
+        demo = demo or not chosen
+    elif not chosen:
+        samples = 8
+
+    progress = _Stopwatch()
+    progress(f"loading the reference {source} (PyTorch fp32) ...")
+    runtimes = {}
+    try:
+        reference = load_runtime(source, "torch", device=device, precision="fp32", local_files_only=offline or None)
+        runtimes["reference"] = reference
+        candidates, tolerances = {}, {}
+        for path in onnx_files:
+            progress(f"loading {path} ...")
+            runtime = load_runtime(path, "onnxruntime", device=device)
+            candidates[f"{path} (onnxruntime)"] = runtime
+        for precision in torch_precisions:
+            candidates[f"pytorch {precision}"] = load_runtime(source, "torch", device=device, precision=precision,
+                                                              local_files_only=offline or None)
+        runtimes.update(candidates)
+        for name, runtime in candidates.items():
+            tolerances[name] = tolerance_for(runtime.precision).override(
+                atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1)
+
+        if inputs_file is not None:
+            inputs = cmp.CompareInputs.load(inputs_file)
+        elif samples is not None:
+            inputs = cmp.random_inputs(reference.config, samples)
+        else:
+            from vivit_deploy.export.onnx_export import default_preprocessor
+            from vivit_deploy.preprocessing import VideoPreprocessor
+
+            videos = sample_videos() if demo else cmp.videos_in(videos_dir)
+            where = "the bundled sample videos" if demo else str(videos_dir)
+            preprocessor = VideoPreprocessor(reference.preprocessor or default_preprocessor(reference.config))
+            inputs = cmp.video_inputs(videos, reference.config, preprocessor, where, progress)
+        if save_inputs is not None:
+            inputs.save(save_inputs)
+            progress(f"saved the inputs to {save_inputs}")
+        report = cmp.compare_runtimes(reference, candidates, inputs, tolerances,
+                                      reference_name=f"pytorch fp32 on {reference.device} ({source})",
+                                      batch_size=batch_size, progress=progress)
+    finally:
+        for runtime in runtimes.values():
+            runtime.close()
+    if json_path is not None and str(json_path) == "-":
+        click.echo(report.to_json(), nl=False)
+    else:
+        click.echo(report.format_table())
+        if json_path is not None:
+            json_path.write_text(report.to_json(), encoding="utf-8")
+    if not report.passed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

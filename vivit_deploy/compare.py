@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from vivit_deploy.errors import ConfigError, InputShapeError
+from vivit_deploy.errors import ConfigError, InputShapeError, ModelFileError
 from vivit_deploy.tolerances import Tolerance
 
 if TYPE_CHECKING:
@@ -255,21 +255,16 @@ class ComparisonReport:
         return "\n".join(lines)
 
 
-def run_batched(runtime: "Runtime", pixel_values: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits for every clip, in batches the runtime accepts."""
-    spec = runtime.input_spec
-    if spec.static_batch is not None:
-        batch_size = spec.static_batch
-    elif spec.max_batch is not None:
-        batch_size = min(batch_size, spec.max_batch)
-    outputs = []
-    for start in range(0, len(pixel_values), batch_size):
-        chunk = pixel_values[start:start + batch_size]
-        pad = batch_size - len(chunk) if spec.static_batch is not None else 0
-        if pad:  # a fixed-batch file: fill the last batch with copies and drop their logits
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        outputs.append(runtime.run(chunk)[: batch_size - pad])
-    return np.concatenate(outputs)
+def check_compatible(reference: "Runtime", candidate: "Runtime", name: str) -> None:
+    """A candidate must take the reference's input and produce its labels, else the numbers mean nothing."""
+    ref_shape, cand_shape = reference.input_spec.frame_shape, candidate.input_spec.frame_shape
+    if ref_shape != cand_shape or reference.num_labels != candidate.num_labels:
+        raise ModelFileError(
+            f"{name} does not belong to the reference model: it takes clips {cand_shape} with "
+            f"{candidate.num_labels} labels, the reference {ref_shape} with {reference.num_labels}"
+        )
+    if reference.id2label != candidate.id2label:
+        raise ModelFileError(f"{name} has other labels than the reference model (exported from another checkpoint?)")
 
 
 def compare_runtimes(
@@ -285,17 +280,19 @@ def compare_runtimes(
     """Run ``inputs`` through the reference and every candidate and judge each against its tolerance."""
     import time
 
+    for name, runtime in candidates.items():
+        check_compatible(reference, runtime, name)
     labels = inputs.labels if inputs.labelled else None
     if progress:
         progress(f"running the reference ({reference_name}) on {len(inputs.pixel_values)} clips")
-    ref = run_batched(reference, inputs.pixel_values, batch_size)
+    ref = reference.run_batches(inputs.pixel_values, batch_size)
     ref_accuracy = float((ref.argmax(axis=1) == labels).mean()) if labels is not None else None
     results = []
     for name, runtime in candidates.items():
         if progress:
             progress(f"running {name}")
         started = time.perf_counter()
-        out = run_batched(runtime, inputs.pixel_values, batch_size)
+        out = runtime.run_batches(inputs.pixel_values, batch_size)
         seconds = time.perf_counter() - started
         stats = logit_stats(ref, out, labels)
         tolerance = tolerances[name]

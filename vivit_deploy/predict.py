@@ -1,17 +1,20 @@
-"""From a video file (or decoded frames) to top-k labels: reader, shared preprocessor, model, softmax."""
+"""From a video file (or decoded frames) to top-k labels: reader, shared preprocessor, any runtime, softmax."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.preprocessing import VideoPreprocessor
 from vivit_deploy.video import SAMPLINGS, read_clips
+
+if TYPE_CHECKING:
+    from vivit_deploy.runtimes.base import Runtime
 
 
 @dataclass(frozen=True)
@@ -31,34 +34,41 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class VideoClassifier:
-    """Joins a model, its preprocessor and its labels: video in, top-k (label, probability) out.
+    """Joins a runtime (any backend), the shared preprocessor and the labels: video in, top-k out.
 
-    With ``num_clips > 1`` the video is read as that many temporal clips and their logits are
-    averaged before the softmax, as the ViViT paper evaluates.
+    The preprocessor and labels default to what the runtime carries (a checkpoint's
+    ``preprocessor_config.json``, or an exported file's metadata). With ``num_clips > 1`` the video is
+    read as that many temporal clips and their logits are averaged before the softmax, as the ViViT
+    paper evaluates.
     """
 
-    def __init__(self, model, preprocessor: VideoPreprocessor, id2label: dict[int, str] | None = None):
-        self.model = model
+    def __init__(
+        self,
+        runtime: "Runtime",
+        preprocessor: VideoPreprocessor | None = None,
+        id2label: dict[int, str] | None = None,
+    ):
+        if preprocessor is None:
+            if runtime.preprocessor is None:
+                raise ConfigError(f"{runtime.source} carries no preprocessor config; pass a VideoPreprocessor")
+            preprocessor = VideoPreprocessor(runtime.preprocessor)
+        self.runtime = runtime
         self.preprocessor = preprocessor
-        config = model.config
-        self.id2label = id2label if id2label is not None else dict(config.id2label)
-        self.num_frames = config.num_frames
+        self.id2label = id2label if id2label is not None else runtime.id2label
+        self.num_frames = runtime.config.num_frames
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, **load_kwargs: Any) -> "VideoClassifier":
-        from vivit_deploy.checkpoint import load_model
+    def from_pretrained(
+        cls, target: str | os.PathLike, backend: str | None = None, **runtime_kwargs: Any
+    ) -> "VideoClassifier":
+        """Load ``target`` with :func:`vivit_deploy.runtimes.load_runtime` (checkpoint dir, Hub id or .onnx)."""
+        from vivit_deploy.runtimes import load_runtime
 
-        model = load_model(source, head="classification", **load_kwargs)
-        preprocessor = VideoPreprocessor.from_pretrained(model.checkpoint_dir)
-        return cls(model, preprocessor)
+        return cls(load_runtime(target, backend, **runtime_kwargs))
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
         """Logits (num_clips, num_labels) float32 for uint8 clips (num_clips, T, H, W, 3)."""
-        import torch
-
-        pixel_values = torch.from_numpy(self.preprocessor(clips))
-        with torch.inference_mode():
-            return self.model(pixel_values).float().cpu().numpy()
+        return self.runtime.run_batches(self.preprocessor(clips))
 
     def classify(
         self,
@@ -83,3 +93,12 @@ class VideoClassifier:
         probabilities = softmax(self.logits(clips).mean(axis=0))
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         return [Prediction(self.id2label.get(int(i), f"LABEL_{int(i)}"), float(probabilities[i]), int(i)) for i in order]
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    def __enter__(self) -> "VideoClassifier":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -121,7 +121,7 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
     add(summary.attention_blocks == expected and expected > 0, "attention pattern",
         f"{summary.attention_blocks} MatMul -> Softmax -> MatMul blocks",
         f"{summary.attention_blocks} MatMul -> Softmax -> MatMul blocks, expected {expected} (one per layer)")
-    add(summary.prescaled_attention_blocks == summary.attention_blocks, "attention scale",
+    add(0 < summary.prescaled_attention_blocks == summary.attention_blocks, "attention scale",
         "Q scaled before Q @ K^T in every block (fusable by TensorRT)",
         f"only {summary.prescaled_attention_blocks} of {summary.attention_blocks} blocks scale Q before Q @ K^T",
         level="warning")
@@ -133,6 +133,6 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
     float_weights = {t: n for t, n in summary.weight_types.items() if t in ("float", "float16", "bfloat16")}
     main = max(float_weights, key=float_weights.get) if float_weights else None
     want = {"fp32": "float", "fp16": "float16"}[precision]
-    add(main == want, "precision", f"weights are {want} ({float_weights[want] if main else 0:,} elements)",
+    add(main == want, "precision", f"weights are {want} ({float_weights.get(want, 0):,} elements)",
         f"a {precision} graph should hold {want} weights, found {float_weights}")
     return findings

@@ -83,6 +83,30 @@ class Runtime(ABC):
             )
         return logits
 
+    def run_batches(self, pixel_values: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """Logits for any number of clips, run in batches this runtime accepts.
+
+        A file exported with a fixed batch gets its last batch filled with copies of the last clip,
+        whose logits are dropped.
+        """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        spec = self.input_spec
+        if spec.static_batch is not None:
+            batch_size = spec.static_batch
+        elif spec.max_batch is not None:
+            batch_size = min(batch_size, spec.max_batch)
+        outputs = []
+        for start in range(0, len(pixel_values), batch_size):
+            chunk = pixel_values[start:start + batch_size]
+            pad = batch_size - len(chunk) if spec.static_batch is not None else 0
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            outputs.append(self.run(chunk)[: len(chunk) - pad])
+        if not outputs:
+            raise ConfigError("no clips to run")
+        return np.concatenate(outputs)
+
     @abstractmethod
     def _run(self, pixel_values: np.ndarray) -> np.ndarray:
         """Backend work on an already validated, C-contiguous float32 array."""

@@ -1,0 +1,118 @@
+"""One contract, every backend present: same logits, same validation, same lifecycle, safe under threads."""
+
+from __future__ import annotations
+
+import importlib.util
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from vivit_deploy.demo import demo_model_dir
+from vivit_deploy.errors import InputShapeError
+from vivit_deploy.predict import VideoClassifier
+from vivit_deploy.runtimes import BACKENDS, Runtime, RuntimeClosedError, load_runtime
+from vivit_deploy.tolerances import tolerance_for
+
+FRAME_SHAPE = (8, 3, 32, 32)  # the demo model's (T, C, H, W)
+
+
+def _requires(module: str):
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} is not installed")
+
+
+BACKEND_PARAMS = [
+    pytest.param("torch", id="torch"),
+    pytest.param("onnxruntime", id="onnxruntime", marks=_requires("onnxruntime")),
+]
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def runtime(request, demo_onnx) -> Runtime:
+    target = {"torch": demo_model_dir(), "onnxruntime": demo_onnx}[request.param]
+    with load_runtime(target, device="cpu") as rt:
+        assert rt.backend == request.param
+        yield rt
+
+
+@pytest.fixture(scope="module")
+def reference_logits():
+    x = np.random.default_rng(0).standard_normal((5, *FRAME_SHAPE), dtype=np.float32)
+    with load_runtime(demo_model_dir(), "torch", device="cpu") as reference:
+        return x, reference.run(x)
+
+
+def test_every_backend_is_registered():
+    assert {"torch", "onnxruntime"} <= set(BACKENDS)
+
+
+def test_run_returns_float32_logits_close_to_the_reference(runtime, reference_logits):
+    x, expected = reference_logits
+    for batch in (1, 2, 5):
+        logits = runtime.run(x[:batch])
+        assert logits.dtype == np.float32 and logits.shape == (batch, 4)
+        tolerance = tolerance_for(runtime.precision)
+        np.testing.assert_allclose(logits, expected[:batch], atol=tolerance.atol, rtol=tolerance.rtol)
+
+
+def test_labels_and_preprocessing_come_with_the_runtime(runtime):
+    assert runtime.id2label == {0: "moving left", 1: "moving right", 2: "moving up", 3: "moving down"}
+    assert runtime.preprocessor.crop_size == {"height": 32, "width": 32}
+    assert runtime.input_spec.frame_shape == FRAME_SHAPE
+    assert {"backend", "device", "precision", "batch", "source"} <= set(runtime.describe())
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: np.zeros((1, *FRAME_SHAPE), np.float64), "must be float32, got float64"),
+        (lambda: np.zeros((1, *FRAME_SHAPE), np.uint8), "run the clips through VideoPreprocessor"),
+        (lambda: np.zeros(FRAME_SHAPE, np.float32), "must have 5 dimensions"),
+        (lambda: np.zeros((1, 16, 3, 32, 32), np.float32), r"frames 16 \(expected 8\)"),
+        (lambda: np.zeros((1, 8, 3, 32, 48), np.float32), r"width 48 \(expected 32\)"),
+        (lambda: np.zeros((0, *FRAME_SHAPE), np.float32), "batch 0 is outside"),
+        (lambda: [[0.0]], "must be a numpy array"),
+    ],
+)
+def test_bad_input_is_refused_before_the_backend_runs(runtime, make, match):
+    with pytest.raises(InputShapeError, match=match):
+        runtime.run(make())
+
+
+def test_batch_above_the_exported_limit_is_refused(demo_onnx):
+    with load_runtime(demo_onnx) as runtime:
+        assert runtime.input_spec.max_batch == 32
+        with pytest.raises(InputShapeError, match=r"batch 33 is outside the range this model takes \(1..32\)"):
+            runtime.run(np.zeros((33, *FRAME_SHAPE), np.float32))
+
+
+def test_non_contiguous_input_gives_the_same_logits(runtime, reference_logits):
+    x, expected = reference_logits
+    strided = np.asfortranarray(x[:2])
+    assert not strided.flags.c_contiguous
+    np.testing.assert_allclose(runtime.run(strided), expected[:2], atol=1e-4)
+
+
+def test_concurrent_runs_match_serial_runs(runtime):
+    inputs = [np.random.default_rng(i).standard_normal((2, *FRAME_SHAPE), dtype=np.float32) for i in range(8)]
+    serial = [runtime.run(x) for x in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(runtime.run, inputs))
+    for a, b in zip(serial, concurrent):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_closed_runtime_refuses_to_run(runtime):
+    runtime.close()
+    runtime.close()  # idempotent
+    assert runtime.closed
+    with pytest.raises(RuntimeClosedError, match="is closed"):
+        runtime.run(np.zeros((1, *FRAME_SHAPE), np.float32))
+
+
+def test_video_classifier_on_every_backend_gets_the_samples_right(runtime):
+    from vivit_deploy.demo import sample_videos
+
+    classifier = VideoClassifier(runtime)
+    for path, label in sample_videos():
+        assert classifier.classify(path, top_k=1)[0].label == label

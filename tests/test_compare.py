@@ -1,0 +1,110 @@
+"""compare: the statistics, the verdicts, saved inputs, and the command a release pipeline gates on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vivit_deploy.cli import main
+from vivit_deploy.compare import UNLABELLED, CompareInputs, failures, logit_stats, random_inputs
+from vivit_deploy.config import preset
+from vivit_deploy.errors import ConfigError
+from vivit_deploy.tolerances import Tolerance, tolerance_for
+
+
+def test_statistics_on_known_logits():
+    reference = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], np.float32)
+    candidate = np.array([[1.0, 2.0, 3.5], [1.0, 2.0, 3.0]], np.float32)
+    stats = logit_stats(reference, candidate, labels=np.array([2, 0]))
+    assert stats.max_abs == pytest.approx(2.0) and stats.mean_abs == pytest.approx(4.5 / 6)
+    assert stats.max_rel == pytest.approx(2.0)  # |1 - 3| / 1 in row 2
+    assert stats.top1_agreement == 0.5 and stats.top5_agreement == 1.0  # k = 3 labels: the sets are equal
+    assert stats.accuracy == 0.5
+    assert stats.required_atol == stats.max_abs and stats.required_rtol == stats.max_rel
+    assert stats.min_cosine == pytest.approx(10 / 14)
+
+
+def test_failures_name_each_broken_bound():
+    reference = np.array([[1.0, 2.0, 3.0]], np.float32)
+    candidate = reference + np.float32(0.01)
+    stats = logit_stats(reference, candidate)
+    assert failures(reference, candidate, stats, Tolerance(atol=0.02, rtol=0, min_cosine=0.99, min_top1=1.0)) == []
+    reasons = failures(reference, candidate, stats, Tolerance(atol=0.001, rtol=0.001, min_cosine=1.0, min_top1=1.0))
+    assert reasons[0].startswith("3 of 3 logits outside atol=0.001")
+    assert any(r.startswith("cosine") for r in reasons)
+
+
+def test_tolerances_are_data_per_precision_and_overridable():
+    assert tolerance_for("fp32").atol < tolerance_for("fp16").atol
+    assert tolerance_for("fp16").override(atol=1.0, rtol=None).atol == 1.0
+    with pytest.raises(ConfigError):
+        tolerance_for("int8")
+    with pytest.raises(ConfigError):
+        Tolerance(atol=-1, rtol=0, min_cosine=1, min_top1=1)
+
+
+def test_inputs_round_trip_through_npz(tmp_path):
+    inputs = random_inputs(preset("tiny"), 3, seed=1)
+    loaded = CompareInputs.load(inputs.save(tmp_path / "inputs.npz"))
+    np.testing.assert_array_equal(loaded.pixel_values, inputs.pixel_values)
+    assert loaded.names == inputs.names and loaded.source == inputs.source
+    assert (loaded.labels == UNLABELLED).all() and not loaded.labelled
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not an inputs file"):
+        CompareInputs.load(bad)
+
+
+def _compare(*args):
+    return CliRunner().invoke(main, ["compare", *map(str, args)])
+
+
+def test_compare_on_the_demo_model_passes_and_reports_accuracy(demo_onnx, demo_onnx_fp16, tmp_path):
+    report_path = tmp_path / "report.json"
+    result = _compare("--onnx", demo_onnx, "--onnx", demo_onnx_fp16, "--json", report_path)
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.stdout and "accuracy 100.0%" in result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["passed"] and report["num_inputs"] == 12 and report["reference_accuracy"] == 1.0
+    by_precision = {c["precision"]: c for c in report["candidates"]}
+    assert by_precision["fp32"]["stats"]["max_abs"] <= 1e-4
+    assert by_precision["fp16"]["stats"]["top1_agreement"] == 1.0
+    assert by_precision["fp16"]["stats"]["accuracy"] == 1.0
+    assert by_precision["fp32"]["tolerance"]["atol"] < by_precision["fp16"]["tolerance"]["atol"]
+
+
+def test_absurdly_tight_tolerance_exits_non_zero(demo_onnx):
+    result = _compare("--onnx", demo_onnx, "--samples", 2, "--atol", 0, "--rtol", 0)
+    assert result.exit_code == 1
+    assert "FAIL: " in result.stdout and result.stdout.rstrip().endswith("FAILED")
+
+
+def test_saved_inputs_give_identical_numbers(demo_onnx, tmp_path):
+    saved = tmp_path / "clips.npz"
+    first = _compare("--onnx", demo_onnx, "--samples", 3, "--save-inputs", saved, "--json", "-")
+    second = _compare("--onnx", demo_onnx, "--inputs", saved, "--json", "-")
+    assert first.exit_code == second.exit_code == 0, first.output + second.output
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a["candidates"][0]["stats"] == b["candidates"][0]["stats"]
+
+
+def test_corrupt_and_mismatched_onnx_files_are_one_line_errors(demo_onnx, tiny_onnx, tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(demo_onnx.read_bytes()[:5000])
+    result = _compare("--onnx", corrupt)
+    assert result.exit_code == 1 and "ONNX Runtime cannot load it" in result.stderr
+    assert "Traceback" not in result.output
+    result = _compare("--onnx", tiny_onnx)
+    assert result.exit_code == 1
+    assert "does not belong to the reference model" in result.stderr
+
+
+def test_input_sources_are_exclusive_and_something_must_be_compared(demo_onnx, tmp_path):
+    assert "nothing to compare" in _compare().stderr
+    result = _compare("--onnx", demo_onnx, "--demo", "--samples", 2)
+    assert result.exit_code == 2 and "choose one source of inputs" in result.stderr
+    result = _compare("--onnx", demo_onnx, "--videos", tmp_path)
+    assert result.exit_code == 1 and "no videos to compare on" in result.stderr
