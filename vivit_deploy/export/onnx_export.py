@@ -1,7 +1,8 @@
 """PyTorch checkpoint -> validated ONNX file.
 
 Exporter settings, chosen by measurement (ViViT-B/16x2, 32x224x224, batch 2, ONNX Runtime 1.31 CPU,
-2 cores, one run: ``python scripts/bench_onnx_cpu.py`` reproduces the figures):
+2 cores, 2026-11-24; the exporter and fp16-converter comparisons were one-off runs, and
+``python scripts/bench_onnx_cpu.py`` measures the chosen graph against PyTorch):
 
 - ``torch.onnx.export(dynamo=True)`` on our *eager* attention path. Our eager path scales Q before
   Q @ K^T, so the graph holds MatMul -> Softmax -> MatMul with Q pre-scaled, the pattern TensorRT
