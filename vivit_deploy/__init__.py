@@ -26,6 +26,8 @@ _EXPORTS = {
     "read_clips": "vivit_deploy.video",
     "sample_indices": "vivit_deploy.video",
     "VideoClassifier": "vivit_deploy.predict",
+    "load_runtime": "vivit_deploy.runtimes",
+    "export_onnx": "vivit_deploy.export",
     "demo_model_dir": "vivit_deploy.demo",
     "sample_videos": "vivit_deploy.demo",
 }

@@ -97,3 +97,18 @@ def test_torch_runtime_in_bf16(demo_onnx):
         out = bf16.run(x)
         assert out.dtype == np.float32
         assert (out.argmax(1) == fp32.run(x).argmax(1)).all()
+
+
+def test_an_onnx_runtime_process_never_imports_torch(demo_onnx):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from vivit_deploy import load_runtime\n"
+        f"with load_runtime({str(demo_onnx)!r}, device='cpu') as rt:\n"
+        "    rt.run(np.zeros((1, 8, 3, 32, 32), np.float32))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
