@@ -261,5 +261,28 @@ def compare(source, onnx_files, torch_precisions, device, videos_dir, samples, d
         sys.exit(1)
 
 
+@main.command("check-trt")
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Engine precision to check for [default: the file's own, from its metadata].")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the report as JSON to this file.")
+@_friendly_errors
+def check_trt_command(onnx_file, precision, json_path):
+    """Check ONNX_FILE against TensorRT's ONNX parser and engine needs, without TensorRT.
+
+    Operators against the parser's supported list, opset range, LayerNormalization as one op, the
+    fusable attention pattern, tensor types, fp16 graph with float32 I/O. Exit code 1 on a blocker.
+    """
+    from vivit_deploy.export.trt_compat import check_trt
+
+    report = check_trt(onnx_file, precision)
+    click.echo(report.format())
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if not report.passed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

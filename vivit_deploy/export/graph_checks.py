@@ -13,7 +13,6 @@ from typing import Any, Literal
 Level = Literal["ok", "warning", "blocker"]
 
 MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17
-RESIDUE_OPS = ("IsNaN", "Where")  # what a safe-softmax decomposition leaves between the attention MatMuls
 
 
 @dataclass(frozen=True)
@@ -36,6 +35,7 @@ class GraphSummary:
     weight_types: dict[str, int]  # element type name -> number of initializer elements
     attention_blocks: int  # Softmax nodes between two MatMuls
     prescaled_attention_blocks: int  # of those, with Q (or K) scaled before the first MatMul
+    softmax_residue: int  # IsNaN nodes, and Where nodes next to a Softmax or an IsNaN
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +86,13 @@ def summarize(model) -> GraphSummary:
         if any(is_scale(producers.get(name)) for name in first.input):
             prescaled += 1
 
+    def touches_softmax(node) -> bool:
+        upstream = [producers.get(name) for name in node.input]
+        downstream = consumers.get(node.output[0], [])
+        return any(n is not None and n.op_type in ("Softmax", "IsNaN") for n in upstream + downstream)
+
+    residue = sum(1 for n in graph.node if n.op_type == "IsNaN" or (n.op_type == "Where" and touches_softmax(n)))
+
     weight_types: Counter = Counter()
     for init in graph.initializer:
         weight_types[_type_name(init.data_type)] += int(np.prod(init.dims)) if init.dims else 1
@@ -99,6 +106,7 @@ def summarize(model) -> GraphSummary:
         weight_types=dict(weight_types),
         attention_blocks=blocks,
         prescaled_attention_blocks=prescaled,
+        softmax_residue=residue,
     )
 
 
@@ -115,8 +123,8 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
     add(ops.get("LayerNormalization", 0) > 0 and ops.get("ReduceMean", 0) == 0, "layernorm",
         f"{ops.get('LayerNormalization', 0)} LayerNormalization ops, none decomposed",
         "LayerNorm is decomposed into ReduceMean/Pow/Sqrt (overflows in fp16, slower everywhere)")
-    residue = {op: ops[op] for op in RESIDUE_OPS if op in ops}
-    add(not residue, "softmax residue", "no IsNaN/Where", f"safe-softmax residue in the graph: {residue}")
+    add(summary.softmax_residue == 0, "softmax residue", "no IsNaN/Where around the Softmax",
+        f"{summary.softmax_residue} IsNaN/Where nodes of a safe-softmax decomposition around the Softmax")
     expected = num_layers if num_layers is not None else summary.attention_blocks
     add(summary.attention_blocks == expected and expected > 0, "attention pattern",
         f"{summary.attention_blocks} MatMul -> Softmax -> MatMul blocks",

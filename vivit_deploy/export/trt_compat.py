@@ -1,0 +1,173 @@
+"""Will TensorRT's ONNX parser take this file, and build a good engine from it? Answered without TensorRT.
+
+The parser's operator list is data (``trt_parser_ops.json``, from onnx-tensorrt's own
+``docs/operators.md``, with the release it describes). On top of it come the graph checks every export
+passes (LayerNormalization as one op, the fusable attention pattern, no IsNaN/Where residue, float32
+I/O) and what the engine's precision needs: TensorRT 11 networks are strongly typed, so an fp16 engine
+is built from an fp16 graph (``vivit-export --precision fp16``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from vivit_deploy.errors import ModelFileError
+from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
+
+PARSER_OPS = Path(__file__).with_name("trt_parser_ops.json")
+
+
+@dataclass(frozen=True)
+class ParserSupport:
+    tensorrt: str  # the TensorRT release the list describes
+    source: str
+    opset_min: int
+    opset_max: int
+    supported: frozenset[str]
+    unsupported: frozenset[str]
+    element_types: frozenset[str]
+    limited_element_types: dict[str, str] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1)
+def parser_support() -> ParserSupport:
+    data = json.loads(PARSER_OPS.read_text(encoding="utf-8"))
+    return ParserSupport(
+        tensorrt=data["tensorrt"], source=data["source"], opset_min=data["opset_min"], opset_max=data["opset_max"],
+        supported=frozenset(data["supported"]), unsupported=frozenset(data["unsupported"]),
+        element_types=frozenset(data["element_types"]), limited_element_types=dict(data["limited_element_types"]),
+    )
+
+
+@dataclass
+class TrtCompatReport:
+    path: Path
+    precision: str | None  # from the file's metadata; None for a file vivit-export did not write
+    summary: GraphSummary
+    findings: list[Finding]
+    parser: ParserSupport
+
+    @property
+    def blockers(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "blocker"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.blockers
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "precision": self.precision, "passed": self.passed,
+            "parser_list": {"tensorrt": self.parser.tensorrt, "source": self.parser.source},
+            "findings": [f.to_dict() for f in self.findings], "summary": self.summary.to_dict(),
+        }
+
+    def format(self) -> str:
+        lines = [
+            f"{self.path}: opset {self.summary.opset}, {sum(self.summary.op_counts.values())} nodes, "
+            f"{self.precision or 'unknown'} graph; operator list of TensorRT {self.parser.tensorrt}'s ONNX parser "
+            f"({self.parser.source})",
+        ]
+        for f in self.findings:
+            mark = {"ok": "ok  ", "warning": "WARN", "blocker": "FAIL"}[f.level]
+            lines.append(f"  [{mark}] {f.check}: {f.detail}")
+        verdict = "no blockers" if self.passed else f"{len(self.blockers)} blocker(s)"
+        lines.append(f"{verdict}; this is a static check: only a TensorRT build proves the engine")
+        return "\n".join(lines)
+
+
+def _element_types(model) -> dict[str, int]:
+    """Element type name -> how many tensors (I/O, initializers, annotated values) carry it."""
+    from collections import Counter
+
+    import onnx
+
+    graph = model.graph
+    types: Counter = Counter()
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.type.HasField("tensor_type"):
+            types[onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()] += 1
+    for init in graph.initializer:
+        types[onnx.TensorProto.DataType.Name(init.data_type).lower()] += 1
+    for node in graph.node:
+        if node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to":
+                    types[onnx.TensorProto.DataType.Name(attr.i).lower()] += 1
+    types.pop("undefined", None)
+    return dict(types)
+
+
+def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompatReport:
+    """Static report on ``path`` against TensorRT's ONNX parser and the engine precision it will get.
+
+    ``precision`` defaults to the precision recorded in the file's metadata.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors
+        raise ModelFileError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node:
+        raise ModelFileError(f"{path}: the ONNX file has no graph")
+    props = {p.key: p.value for p in model.metadata_props}
+    recorded = props.get("vivit_deploy.precision")
+    precision = precision or recorded
+    parser = parser_support()
+    summary = summarize(model)
+    findings: list[Finding] = []
+
+    used = set(summary.op_counts)
+    foreign = sorted(op for op in used if op not in parser.supported)
+    if foreign:
+        listed = [op for op in foreign if op in parser.unsupported]
+        detail = f"not supported by the parser: {', '.join(foreign)}"
+        if len(listed) < len(foreign):
+            detail += " (ops absent from the list are custom or from another domain)"
+        findings.append(Finding("blocker", "operators", detail))
+    else:
+        findings.append(Finding("ok", "operators", f"all {len(used)} op types are in the parser's list"))
+    other_domains = sorted({o.domain for o in model.opset_import if o.domain not in ("", "ai.onnx")})
+    if other_domains:
+        findings.append(Finding("warning", "domains", f"opsets from other domains: {other_domains} (need plugins)"))
+    in_range = parser.opset_min <= summary.opset <= parser.opset_max
+    findings.append(Finding(
+        "ok" if in_range else "blocker", "parser opset",
+        f"opset {summary.opset} in {parser.opset_min}..{parser.opset_max}" if in_range else
+        f"opset {summary.opset} is outside {parser.opset_min}..{parser.opset_max}, the range of TensorRT "
+        f"{parser.tensorrt}'s parser; export with --opset 18",
+    ))
+
+    types = _element_types(model)
+    rejected = sorted(t for t in types if t not in parser.element_types)
+    limited = sorted(t for t in types if t in parser.limited_element_types and t not in ("int8", "uint8"))
+    if rejected:
+        findings.append(Finding("blocker", "tensor types", f"types TensorRT does not take: {', '.join(rejected)}"))
+    elif limited:
+        notes = "; ".join(f"{t}: {parser.limited_element_types[t]}" for t in limited)
+        findings.append(Finding("warning", "tensor types", notes))
+    else:
+        findings.append(Finding("ok", "tensor types", f"{', '.join(sorted(types))}"))
+
+    if precision not in ("fp32", "fp16"):
+        weights = summary.weight_types
+        precision = "fp16" if weights.get("float16", 0) > weights.get("float", 0) else "fp32"
+        findings.append(Finding("warning", "metadata",
+                                f"no vivit_deploy metadata: treating it as an {precision} graph (from its weights)"))
+    layers = json.loads(props["vivit_deploy.config"]).get("num_hidden_layers") if "vivit_deploy.config" in props else None
+    findings += [f for f in check_graph(summary, precision=precision, num_layers=layers) if f.check != "opset"]
+    if precision == "fp32":
+        findings.append(Finding(
+            "warning", "engine precision",
+            "an fp32 graph builds an fp32 engine on TensorRT 11 (strongly typed); for fp16 export with --precision fp16",
+        ))
+    return TrtCompatReport(path, precision, summary, findings, parser)
