@@ -88,3 +88,38 @@ def tiny_onnx(tmp_path_factory, tiny_checkpoint) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     export_onnx(tiny_checkpoint, path)
     return path
+
+
+# ---- TensorRT: real engines where TensorRT and a GPU exist, a skip with the reason elsewhere ---------
+
+def tensorrt_missing() -> str | None:
+    """Why TensorRT tests cannot run here, or None when they can."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "tensorrt is not installed (its wheels come from NVIDIA's index; see docs/tensorrt.md)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU: TensorRT engines need one"
+    return None
+
+
+requires_tensorrt = pytest.mark.skipif(tensorrt_missing() is not None, reason=str(tensorrt_missing()))
+
+
+@pytest.fixture(scope="session")
+def demo_engines(tmp_path_factory, demo_onnx, demo_onnx_fp16) -> dict:
+    """fp32 and fp16 engines of the demo model, batch 1..8, sharing one timing cache."""
+    reason = tensorrt_missing()
+    if reason:
+        pytest.skip(reason)
+    from vivit_deploy.export.trt_build import build_engine
+
+    directory = tmp_path_factory.mktemp("engines")
+    cache = directory / "timing.cache"
+    return {
+        "fp32": build_engine(demo_onnx, directory / "demo-fp32.engine", max_batch=8, timing_cache=cache),
+        "fp16": build_engine(demo_onnx_fp16, directory / "demo-fp16.engine", max_batch=8, timing_cache=cache),
+        "cache": cache,
+    }

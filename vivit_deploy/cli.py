@@ -33,7 +33,7 @@ def _friendly_errors(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vivit-deploy")
 def main() -> None:
-    """ViViT from a PyTorch checkpoint to production: predict, export to ONNX, compare backends."""
+    """ViViT from a PyTorch checkpoint to production: predict, export, build-engine, check-trt, compare."""
 
 
 class _Stopwatch:
@@ -58,15 +58,16 @@ def _runtime_options(source: str, backend: str | None, attn_implementation: str 
     return options
 
 
-_BACKEND = click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default=None,
-                        help="Default: from --model (.onnx -> onnxruntime, checkpoint dir or Hub id -> torch).")
+_BACKEND = click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default=None,
+                        help="Default: from --model (.onnx -> onnxruntime, .engine/.plan -> tensorrt, "
+                             "checkpoint dir or Hub id -> torch).")
 _DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 
 
 @main.command()
 @click.argument("videos", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", "source", default=None,
-              help="Checkpoint directory, Hub id or exported .onnx file. Default: the embedded demo model.")
+              help="Checkpoint directory, Hub id, exported .onnx file or TensorRT .engine. Default: the demo model.")
 @_BACKEND
 @_DEVICE
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
@@ -167,6 +168,8 @@ main.add_command(export_command, name="export")
               help="The reference checkpoint (directory or Hub id), run in PyTorch fp32. Default: the demo model.")
 @click.option("--onnx", "onnx_files", multiple=True, type=click.Path(path_type=Path),
               help="An exported .onnx file to compare (repeatable).")
+@click.option("--engine", "engine_files", multiple=True, type=click.Path(path_type=Path),
+              help="A TensorRT engine from build-engine to compare (repeatable; needs TensorRT and a GPU).")
 @click.option("--torch", "torch_precisions", multiple=True, type=click.Choice(["fp16", "bf16"]),
               help="Also compare PyTorch at this precision (repeatable).")
 @_DEVICE
@@ -187,7 +190,7 @@ main.add_command(export_command, name="export")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
 @_friendly_errors
-def compare(source, onnx_files, torch_precisions, device, videos_dir, samples, demo, inputs_file, save_inputs,
+def compare(source, onnx_files, engine_files, torch_precisions, device, videos_dir, samples, demo, inputs_file, save_inputs,
             json_path, atol, rtol, min_cosine, min_top1, batch_size, offline):
     """How far each backend drifts from PyTorch fp32, and whether it still classifies the same.
 
@@ -203,8 +206,8 @@ def compare(source, onnx_files, torch_precisions, device, videos_dir, samples, d
                                     ("--inputs", inputs_file)) if on]
     if len(chosen) > 1:
         raise click.UsageError(f"choose one source of inputs, got {' and '.join(chosen)}")
-    if not onnx_files and not torch_precisions:
-        raise click.UsageError("nothing to compare: give --onnx FILE and/or --torch fp16|bf16")
+    if not onnx_files and not engine_files and not torch_precisions:
+        raise click.UsageError("nothing to compare: give --onnx FILE, --engine FILE and/or --torch fp16|bf16")
     if source is None:
         source = str(demo_model_dir())
         demo = demo or not chosen
@@ -222,6 +225,9 @@ def compare(source, onnx_files, torch_precisions, device, videos_dir, samples, d
             progress(f"loading {path} ...")
             runtime = load_runtime(path, "onnxruntime", device=device)
             candidates[f"{path} (onnxruntime)"] = runtime
+        for path in engine_files:
+            progress(f"loading {path} ...")
+            candidates[f"{path} (tensorrt)"] = load_runtime(path, "tensorrt", device="cuda" if device == "auto" else device)
         for precision in torch_precisions:
             candidates[f"pytorch {precision}"] = load_runtime(source, "torch", device=device, precision=precision,
                                                               local_files_only=offline or None)
@@ -259,6 +265,37 @@ def compare(source, onnx_files, torch_precisions, device, videos_dir, samples, d
             json_path.write_text(report.to_json(), encoding="utf-8")
     if not report.passed:
         sys.exit(1)
+
+
+@main.command("build-engine")
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The engine file to write.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Engine precision [default: the graph's]. TensorRT 11 / 10.12+ build fp16 only from an fp16 graph.")
+@click.option("--min-batch", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--opt-batch", default=None, type=click.IntRange(min=1), help="Batch TensorRT tunes for [default: min(8, max)].")
+@click.option("--max-batch", default=None, type=click.IntRange(min=1), help="[default: the ONNX file's own limit]")
+@click.option("--workspace-gb", default=None, type=float, help="Builder workspace limit in GiB [default: TensorRT's].")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="Read this timing cache if it exists and write it back after the build (faster rebuilds).")
+@click.option("--optimization-level", default=None, type=click.IntRange(0, 5),
+              help="TensorRT builder optimization level [default: TensorRT's, 3].")
+@_friendly_errors
+def build_engine_command(onnx_file, output, precision, min_batch, opt_batch, max_batch, workspace_gb, timing_cache,
+                         optimization_level):
+    """Build a TensorRT engine from ONNX_FILE (written by vivit-export), with a sidecar JSON next to it.
+
+    Needs TensorRT 10.x or 11.x and a CUDA GPU. The sidecar records the TensorRT version, GPU, precision,
+    batch profile, the ONNX file's sha256 and the model's config, labels and preprocessing.
+    """
+    from vivit_deploy.export.trt_build import build_engine
+
+    report = build_engine(
+        onnx_file, output, precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+        workspace_gb=workspace_gb, timing_cache=timing_cache, optimization_level=optimization_level,
+        progress=_Stopwatch(),
+    )
+    click.echo(report.format())
 
 
 @main.command("check-trt")

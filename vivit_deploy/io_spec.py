@@ -55,21 +55,26 @@ class InputSpec:
         want = f"({self.batch_range}, {', '.join(map(str, self.frame_shape))}) {self.dtype}"
         if not isinstance(array, np.ndarray):
             raise InputShapeError(f"{self.name} must be a numpy array of shape {want}, got {type(array).__name__}")
-        if array.dtype != np.dtype(self.dtype):
-            hint = "; run the clips through VideoPreprocessor first" if array.dtype == np.uint8 else ""
-            raise InputShapeError(f"{self.name} must be {self.dtype}, got {array.dtype}{hint}")
-        if array.ndim != 1 + len(self.frame_shape):
-            raise InputShapeError(f"{self.name} must have {1 + len(self.frame_shape)} dimensions {want}, got shape {array.shape}")
-        if tuple(array.shape[1:]) != self.frame_shape:
+        self.check(tuple(array.shape), array.dtype.name)
+        return np.ascontiguousarray(array)
+
+    def check(self, shape: tuple[int, ...], dtype: str) -> None:
+        """Raise :class:`InputShapeError` unless ``shape`` and ``dtype`` (a numpy-style name) fit this spec."""
+        want = f"({self.batch_range}, {', '.join(map(str, self.frame_shape))}) {self.dtype}"
+        if dtype != self.dtype:
+            hint = "; run the clips through VideoPreprocessor first" if dtype == "uint8" else ""
+            raise InputShapeError(f"{self.name} must be {self.dtype}, got {dtype}{hint}")
+        if len(shape) != 1 + len(self.frame_shape):
+            raise InputShapeError(f"{self.name} must have {1 + len(self.frame_shape)} dimensions {want}, got shape {shape}")
+        if tuple(shape[1:]) != self.frame_shape:
             names = ("frames", "channels", "height", "width")
             wrong = ", ".join(
-                f"{n} {got} (expected {exp})" for n, got, exp in zip(names, array.shape[1:], self.frame_shape) if got != exp
+                f"{n} {got} (expected {exp})" for n, got, exp in zip(names, shape[1:], self.frame_shape) if got != exp
             )
-            raise InputShapeError(f"{self.name} must have shape {want}, got {array.shape}: {wrong}")
-        batch = array.shape[0]
+            raise InputShapeError(f"{self.name} must have shape {want}, got {shape}: {wrong}")
+        batch = shape[0]
         if batch < self.min_batch or (self.max_batch is not None and batch > self.max_batch):
             raise InputShapeError(f"batch {batch} is outside the range this model takes ({self.batch_range})")
-        return np.ascontiguousarray(array)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

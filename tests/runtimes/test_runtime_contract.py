@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from conftest import requires_tensorrt
 from vivit_deploy.demo import demo_model_dir
 from vivit_deploy.errors import InputShapeError
 from vivit_deploy.predict import VideoClassifier
@@ -24,13 +25,17 @@ def _requires(module: str):
 BACKEND_PARAMS = [
     pytest.param("torch", id="torch"),
     pytest.param("onnxruntime", id="onnxruntime", marks=_requires("onnxruntime")),
+    pytest.param("tensorrt", id="tensorrt", marks=[pytest.mark.tensorrt, requires_tensorrt]),
 ]
 
 
 @pytest.fixture(params=BACKEND_PARAMS)
 def runtime(request, demo_onnx) -> Runtime:
-    target = {"torch": demo_model_dir(), "onnxruntime": demo_onnx}[request.param]
-    with load_runtime(target, device="cpu") as rt:
+    if request.param == "tensorrt":
+        target, device = request.getfixturevalue("demo_engines")["fp32"].engine, "auto"
+    else:
+        target, device = {"torch": demo_model_dir(), "onnxruntime": demo_onnx}[request.param], "cpu"
+    with load_runtime(target, device=device) as rt:
         assert rt.backend == request.param
         yield rt
 
@@ -43,7 +48,7 @@ def reference_logits():
 
 
 def test_every_backend_is_registered():
-    assert {"torch", "onnxruntime"} <= set(BACKENDS)
+    assert {"torch", "onnxruntime", "tensorrt"} <= set(BACKENDS)
 
 
 def test_run_returns_float32_logits_close_to_the_reference(runtime, reference_logits):

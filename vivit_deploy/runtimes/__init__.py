@@ -5,8 +5,8 @@
     with load_runtime("model.onnx") as runtime:          # ONNX Runtime, from the file suffix
         logits = runtime.run(pixel_values)               # (B, T, C, H, W) float32 -> (B, num_labels) float32
 
-``load_runtime`` picks the backend from the target: ``.onnx`` -> ONNX Runtime, a checkpoint directory or
-Hub id -> PyTorch. The backend modules import their libraries only when a runtime is created, so a
+``load_runtime`` picks the backend from the target: ``.onnx`` -> ONNX Runtime, ``.engine`` / ``.plan`` ->
+TensorRT, a checkpoint directory or Hub id -> PyTorch. The backend modules import their libraries only when a runtime is created, so a
 missing library breaks only its own backend.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.runtimes.base import BACKENDS, SUFFIXES, Runtime, RuntimeClosedError, register_backend
-from vivit_deploy.runtimes import ort_runtime, torch_runtime  # noqa: F401  (registers the backends)
+from vivit_deploy.runtimes import ort_runtime, torch_runtime, trt_runtime  # noqa: F401  (registers the backends)
 
 
 def backend_for(target: str | os.PathLike) -> str:
