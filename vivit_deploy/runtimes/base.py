@@ -86,8 +86,8 @@ class Runtime(ABC):
     def run_batches(self, pixel_values: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """Logits for any number of clips, run in batches this runtime accepts.
 
-        A file exported with a fixed batch gets its last batch filled with copies of the last clip,
-        whose logits are dropped.
+        A batch smaller than the runtime's minimum (a file exported with a fixed batch, an engine
+        profile starting above 1) is filled with copies of its last clip, whose logits are dropped.
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -99,7 +99,7 @@ class Runtime(ABC):
         outputs = []
         for start in range(0, len(pixel_values), batch_size):
             chunk = pixel_values[start:start + batch_size]
-            pad = batch_size - len(chunk) if spec.static_batch is not None else 0
+            pad = max(0, spec.min_batch - len(chunk))  # a fixed batch, or a profile that starts above 1
             if pad:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
             outputs.append(self.run(chunk)[: len(chunk) - pad])
