@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -79,7 +80,7 @@ def test_sidecar_round_trip_and_refusals(demo_onnx, tmp_path):
         read_sidecar(engine)
 
 
-@pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT and a GPU are present")
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed")
 def test_without_tensorrt_the_build_says_how_to_get_it(demo_onnx_fp16, tmp_path):
     with pytest.raises(BackendUnavailableError, match="TensorRT is not installed: `pip install tensorrt"):
         build_engine(demo_onnx_fp16, tmp_path / "m.engine")
