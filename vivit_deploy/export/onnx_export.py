@@ -30,7 +30,6 @@ import copy
 import io
 import logging
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vivit_deploy.checkpoint import atomic_write
 from vivit_deploy.errors import ConfigError, ExportError
 from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
 from vivit_deploy.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME, OUTPUT_NAME, input_spec
@@ -184,58 +184,52 @@ def export_onnx(
     seconds["load"] = time.perf_counter() - started
     spec = input_spec(model.config, max_batch if static_batch else 1, max_batch)
 
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=".onnx.tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        started = time.perf_counter()
-        progress(f"exporting with torch.onnx (dynamo, opset {opset}, {precision}, batch {spec.batch_range}) ...")
-        proto = _trace(model, precision, opset, spec)
-        seconds["export"] = time.perf_counter() - started
+    started = time.perf_counter()
+    progress(f"exporting with torch.onnx (dynamo, opset {opset}, {precision}, batch {spec.batch_range}) ...")
+    proto = _trace(model, precision, opset, spec)
+    seconds["export"] = time.perf_counter() - started
 
-        metadata = DeployMetadata(
-            config=model.config, preprocessor=preprocessor, input=spec, precision=precision, output_name=OUTPUT_NAME,
-            provenance={
-                "exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "attention": "eager, Q pre-scaled",
-                "source": source_name, "versions": _versions(),
-            },
-        )
-        for key, value in metadata.to_props().items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.doc_string = f"ViViT exported by vivit_deploy from {source_name}"
-        size = proto.ByteSize()
-        if size >= MAX_FILE_BYTES:
-            raise ExportError(f"the graph is {size / 1e9:.2f} GB, over protobuf's 2 GB single-file limit")
+    metadata = DeployMetadata(
+        config=model.config, preprocessor=preprocessor, input=spec, precision=precision, output_name=OUTPUT_NAME,
+        provenance={
+            "exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "attention": "eager, Q pre-scaled",
+            "source": source_name, "versions": _versions(),
+        },
+    )
+    for key, value in metadata.to_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"ViViT exported by vivit_deploy from {source_name}"
+    size = proto.ByteSize()
+    if size >= MAX_FILE_BYTES:
+        raise ExportError(f"the graph is {size / 1e9:.2f} GB, over protobuf's 2 GB single-file limit")
+    summary = summarize(proto)
+    findings = check_graph(summary, precision=precision, num_layers=model.config.num_hidden_layers)
+    report = ExportReport(output, precision, opset, spec.batch_range, size, summary, findings, seconds=seconds)
+
+    def write_checked(tmp: str) -> None:
+        """Write the graph next to ``output``, check and validate it there; raising leaves nothing behind."""
+        nonlocal proto
+        import onnx
 
         started = time.perf_counter()
         progress("checking the graph (onnx.checker full check, graph hygiene) ...")
-        import onnx
-
-        onnx.save_model(proto, str(tmp))
+        onnx.save_model(proto, tmp)
+        proto = None  # the file holds it now; validation needs the memory more
         try:
-            onnx.checker.check_model(str(tmp), full_check=True)
+            onnx.checker.check_model(tmp, full_check=True)
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"onnx.checker rejected the exported graph: {str(exc).splitlines()[0]}") from exc
-        summary = summarize(proto)
-        findings = check_graph(summary, precision=precision, num_layers=model.config.num_hidden_layers)
         seconds["check"] = time.perf_counter() - started
-        report = ExportReport(output, precision, opset, spec.batch_range, size, summary, findings, seconds=seconds)
-        del proto
-
         if validate:
             started = time.perf_counter()
-            report.validation = _validate(model, tmp, spec, precision, progress)
+            report.validation = _validate(model, Path(tmp), spec, precision, progress)
             seconds["validate"] = time.perf_counter() - started
         if not report.passed:
             raise ExportError("the exported graph failed its checks; nothing was written:\n" + report.format())
-        os.replace(tmp, output)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(output, 0o666 & ~umask)
-        return report
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(output, write_checked)
+    return report
 
 
 def _load(source, preprocessor, progress: Progress, load_kwargs):
