@@ -76,19 +76,21 @@ class DeployMetadata:
         except (KeyError, json.JSONDecodeError, ConfigError) as exc:
             raise ModelFileError(f"{source}: unreadable vivit_deploy metadata ({exc})") from exc
 
-    def to_dict(self) -> dict[str, Any]:
-        return {key[len(PREFIX):]: value for key, value in self.to_props().items()}
 
-
-def read_onnx_metadata(path: str | os.PathLike) -> DeployMetadata:
-    """The :class:`DeployMetadata` of an ONNX file written by ``vivit-export`` (weights are not read)."""
+def load_onnx_graph(path: str | os.PathLike):
+    """An ONNX file's ``ModelProto`` without external weights; a clear error for a missing or unreadable file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such ONNX file")
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises its own DecodeError, onnx others
         raise ModelFileError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> DeployMetadata:
+    """The :class:`DeployMetadata` of an ONNX file written by ``vivit-export`` (weights are not read)."""
+    model = load_onnx_graph(path)
     return DeployMetadata.from_props({p.key: p.value for p in model.metadata_props}, source=str(path))

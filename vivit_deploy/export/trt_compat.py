@@ -18,6 +18,7 @@ from typing import Any
 
 from vivit_deploy.errors import ModelFileError
 from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
+from vivit_deploy.metadata import load_onnx_graph
 
 PARSER_OPS = Path(__file__).with_name("trt_parser_ops.json")
 
@@ -108,15 +109,8 @@ def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompa
 
     ``precision`` defaults to the precision recorded in the file's metadata.
     """
-    import onnx
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and onnx's own errors
-        raise ModelFileError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+    model = load_onnx_graph(path)
     if not model.graph.node:
         raise ModelFileError(f"{path}: the ONNX file has no graph")
     props = {p.key: p.value for p in model.metadata_props}
