@@ -24,6 +24,11 @@ class Finding:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    def format(self) -> str:
+        """One report line, e.g. ``  [FAIL] layernorm: LayerNorm is decomposed ...``."""
+        mark = {"ok": "ok  ", "warning": "WARN", "blocker": "FAIL"}[self.level]
+        return f"  [{mark}] {self.check}: {self.detail}"
+
 
 @dataclass(frozen=True)
 class GraphSummary:

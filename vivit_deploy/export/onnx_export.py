@@ -92,9 +92,7 @@ class ExportReport:
             f"batch {self.batch_range}",
             f"  nodes: {sum(s.op_counts.values())} ({ops}, ...)",
         ]
-        for f in self.findings:
-            mark = {"ok": "ok  ", "warning": "WARN", "blocker": "FAIL"}[f.level]
-            lines.append(f"  [{mark}] {f.check}: {f.detail}")
+        lines += [f.format() for f in self.findings]
         for r in self.validation:
             mark = "ok  " if r.passed else "FAIL"
             lines.append(

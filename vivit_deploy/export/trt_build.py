@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ExportError, ModelFileError
+from vivit_deploy.io_spec import DEFAULT_MAX_BATCH
 from vivit_deploy.metadata import DeployMetadata, read_onnx_metadata
 
 SUPPORTED_MAJORS = (10, 11)
@@ -93,7 +94,7 @@ class Profile:
 def check_profile(min_batch: int, opt_batch: int | None, max_batch: int | None, metadata: DeployMetadata) -> Profile:
     """The batch profile from the flags, inside what the ONNX file allows; defaults: opt = max = the file's max."""
     spec = metadata.input
-    top = spec.max_batch if spec.max_batch is not None else 32
+    top = spec.max_batch if spec.max_batch is not None else DEFAULT_MAX_BATCH
     max_batch = max_batch if max_batch is not None else top
     opt_batch = opt_batch if opt_batch is not None else max(min_batch, min(8, max_batch))
     if not 1 <= min_batch <= opt_batch <= max_batch:

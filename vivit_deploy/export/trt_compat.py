@@ -74,9 +74,7 @@ class TrtCompatReport:
             f"{self.precision or 'unknown'} graph; operator list of TensorRT {self.parser.tensorrt}'s ONNX parser "
             f"({self.parser.source})",
         ]
-        for f in self.findings:
-            mark = {"ok": "ok  ", "warning": "WARN", "blocker": "FAIL"}[f.level]
-            lines.append(f"  [{mark}] {f.check}: {f.detail}")
+        lines += [f.format() for f in self.findings]
         verdict = "no blockers" if self.passed else f"{len(self.blockers)} blocker(s)"
         lines.append(f"{verdict}; this is a static check: only a TensorRT build proves the engine")
         return "\n".join(lines)

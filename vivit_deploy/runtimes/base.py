@@ -66,8 +66,7 @@ class Runtime(ABC):
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """Logits (batch, num_labels) float32 for preprocessed clips (batch, T, C, H, W) float32."""
-        if self._closed:
-            raise RuntimeClosedError(f"{self.backend} runtime for {self.source} is closed")
+        self._ensure_open()
         pixel_values = self.input_spec.validate(pixel_values)
         if self._lock is None:
             logits = self._run(pixel_values)
@@ -82,6 +81,10 @@ class Runtime(ABC):
                 f"the model file does not match its own metadata ({self.source})"
             )
         return logits
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosedError(f"{self.backend} runtime for {self.source} is closed")
 
     def run_batches(self, pixel_values: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """Logits for any number of clips, run in batches this runtime accepts.

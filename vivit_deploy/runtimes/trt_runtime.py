@@ -101,10 +101,7 @@ class TensorRTRuntime(Runtime):
         """Zero-copy path: a contiguous float32 CUDA tensor on this device in, a CUDA float32 tensor out."""
         import torch
 
-        if self.closed:
-            from vivit_deploy.runtimes.base import RuntimeClosedError
-
-            raise RuntimeClosedError(f"tensorrt runtime for {self.source} is closed")
+        self._ensure_open()
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.device != self._torch_device:
             raise InputShapeError(f"run_torch takes a torch tensor on {self._torch_device}")
         self.input_spec.check(tuple(pixel_values.shape), str(pixel_values.dtype).replace("torch.", ""))
