@@ -241,12 +241,13 @@ def compare(source, onnx_files, engine_files, torch_precisions, device, videos_d
         elif samples is not None:
             inputs = cmp.random_inputs(reference.config, samples)
         else:
-            from vivit_deploy.export.onnx_export import default_preprocessor
-            from vivit_deploy.preprocessing import VideoPreprocessor
+            from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
 
             videos = sample_videos() if demo else cmp.videos_in(videos_dir)
             where = "the bundled sample videos" if demo else str(videos_dir)
-            preprocessor = VideoPreprocessor(reference.preprocessor or default_preprocessor(reference.config))
+            config = reference.config
+            preprocessor = VideoPreprocessor(
+                reference.preprocessor or PreprocessorConfig.for_input_size(config.image_height, config.image_width))
             inputs = cmp.video_inputs(videos, reference.config, preprocessor, where, progress)
         if save_inputs is not None:
             inputs.save(save_inputs)

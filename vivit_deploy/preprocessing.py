@@ -99,6 +99,14 @@ class PreprocessorConfig:
         extra = {k: v for k, v in data.items() if k not in names}
         return cls(**kwargs, extra=extra)
 
+    @classmethod
+    def for_input_size(cls, height: int, width: int) -> "PreprocessorConfig":
+        """transformers' defaults scaled to a model input: short side resized by 256/224, crop of the input size.
+
+        What a checkpoint without ``preprocessor_config.json`` gets when a file must record one.
+        """
+        return cls(size={"shortest_edge": round(min(height, width) * 256 / 224)}, crop_size={"height": height, "width": width})
+
     def to_dict(self) -> dict[str, Any]:
         out = {"image_processor_type": "VivitImageProcessor", **self.extra}
         for f in fields(self):
@@ -143,6 +151,12 @@ class PreprocessorConfig:
         return np.ascontiguousarray(x.astype(np.float32).T)
 
 
+def preprocessor_config_in(directory: str | os.PathLike) -> PreprocessorConfig | None:
+    """The ``preprocessor_config.json`` of a checkpoint directory, or None when it has none."""
+    path = Path(directory) / PREPROCESSOR_NAME
+    return VideoPreprocessor.from_json_file(path).config if path.is_file() else None
+
+
 class VideoPreprocessor:
     """Turns uint8 RGB clips into the model's input, as transformers' ``VivitImageProcessor`` does.
 
@@ -161,11 +175,10 @@ class VideoPreprocessor:
         """Read ``preprocessor_config.json`` from a checkpoint directory or Hub id (same sources as ``load_model``)."""
         from vivit_deploy.checkpoint import resolve_source
 
-        directory = resolve_source(source, **hub_kwargs)
-        path = Path(directory) / PREPROCESSOR_NAME
-        if not path.is_file():
+        config = preprocessor_config_in(resolve_source(source, **hub_kwargs))
+        if config is None:
             raise ConfigError(f"{source}: no {PREPROCESSOR_NAME}; pass a VideoPreprocessor built by hand instead")
-        return cls.from_json_file(path)
+        return cls(config)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "VideoPreprocessor":

@@ -43,7 +43,7 @@ from vivit_deploy.errors import ConfigError, ExportError
 from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
 from vivit_deploy.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME, OUTPUT_NAME, input_spec
 from vivit_deploy.metadata import PRECISIONS, DeployMetadata
-from vivit_deploy.preprocessing import PreprocessorConfig
+from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
 from vivit_deploy.tolerances import tolerance_for
 
 DEFAULT_OPSET = 18
@@ -121,12 +121,6 @@ def _float_io_wrapper(model):
             return self.inner(pixel_values.to(torch.float16)).to(torch.float32)
 
     return FloatIO(model)
-
-
-def default_preprocessor(config) -> PreprocessorConfig:
-    """transformers' defaults scaled to the model's input: resize the short side by 256/224, crop the input size."""
-    h, w = config.image_height, config.image_width
-    return PreprocessorConfig(size={"shortest_edge": round(min(h, w) * 256 / 224)}, crop_size={"height": h, "width": w})
 
 
 def _versions() -> dict[str, str]:
@@ -239,16 +233,14 @@ def _load(source, preprocessor, progress: Progress, load_kwargs):
         source_name = getattr(source, "source", "in-memory model")
     else:
         from vivit_deploy.checkpoint import load_model
-        from vivit_deploy.runtimes.torch_runtime import _preprocessor_of
-
         progress(f"loading {source} ...")
         model = load_model(source, head="classification", attn_implementation="eager", **load_kwargs)
         source_name = str(source)
         if preprocessor is None:
-            preprocessor = _preprocessor_of(model.checkpoint_dir)
+            preprocessor = preprocessor_config_in(model.checkpoint_dir)
     model.set_attn_implementation("eager")
     if preprocessor is None:
-        preprocessor = default_preprocessor(model.config)
+        preprocessor = PreprocessorConfig.for_input_size(model.config.image_height, model.config.image_width)
         progress(f"no preprocessor_config.json: recording transformers' defaults with a {preprocessor.crop_size} crop")
     return model, preprocessor, source_name
 

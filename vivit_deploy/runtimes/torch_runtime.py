@@ -6,14 +6,13 @@ It is also the reference every other backend is compared against (in fp32).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.io_spec import input_spec
-from vivit_deploy.preprocessing import PREPROCESSOR_NAME, PreprocessorConfig
+from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
 from vivit_deploy.runtimes.base import Runtime, register_backend, resolve_device
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -54,7 +53,7 @@ class TorchRuntime(Runtime):
             source, attn_implementation=attn_implementation, head="classification", dtype=torch_dtype(precision),
             device=device, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token,
         )
-        self._init_from_model(model, _preprocessor_of(model.checkpoint_dir), precision, device, str(source), max_batch)
+        self._init_from_model(model, preprocessor_config_in(model.checkpoint_dir), precision, device, str(source), max_batch)
 
     @classmethod
     def from_model(
@@ -91,9 +90,3 @@ class TorchRuntime(Runtime):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "attn_implementation": self.model.attn_implementation if self.model else None}
 
-
-def _preprocessor_of(directory: str | os.PathLike) -> PreprocessorConfig | None:
-    from vivit_deploy.preprocessing import VideoPreprocessor
-
-    path = Path(directory) / PREPROCESSOR_NAME
-    return VideoPreprocessor.from_json_file(path).config if path.is_file() else None
