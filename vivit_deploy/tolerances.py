@@ -35,9 +35,10 @@ class Tolerance:
         return asdict(self)
 
 
-# fp32: measured drift of ONNX Runtime CPU from PyTorch is ~1e-6 on the demo model and ViViT-B logits;
+# fp32: measured drift of ONNX Runtime CPU from PyTorch is ~1e-6 on the demo model (`vivit-deploy compare`)
+# and on ViViT-B logits (`python scripts/bench_onnx_cpu.py`);
 # the bound leaves two orders of magnitude for other kernels (CUDA, TensorRT tactics) and larger models.
-# fp16 / bf16: the demo model's fp16 graph drifts ~2e-3 (max) with every top-1 kept; reduced precision
+# fp16 / bf16: the demo model's fp16 graph drifts ~2e-3 (max) with every top-1 kept (`vivit-deploy compare`); reduced precision
 # keeps 10 / 7 mantissa bits, so the bounds are relative as much as absolute.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-4, min_cosine=0.99999, min_top1=1.0),

@@ -1,23 +1,24 @@
 """PyTorch checkpoint -> validated ONNX file.
 
-Exporter settings, chosen by measurement (ViViT-B/16x2, 32x224x224, batch 2, ONNX Runtime 1.31 CPU,
-2 cores, 2026-11-24; the exporter and fp16-converter comparisons were one-off runs, and
-``python scripts/bench_onnx_cpu.py`` measures the chosen graph against PyTorch):
+Exporter settings (ViViT-B/16x2, ONNX Runtime 1.31 CPU, 2 cores, 2026-11-24). The exporter and fp16
+comparisons below were one-off checks with throwaway scripts, not kept; ``python
+scripts/bench_onnx_cpu.py`` measures the chosen graph against PyTorch.
 
 - ``torch.onnx.export(dynamo=True)`` on our *eager* attention path. Our eager path scales Q before
   Q @ K^T, so the graph holds MatMul -> Softmax -> MatMul with Q pre-scaled, the pattern TensorRT
   fuses; exporting SDPA instead leaves the safe-softmax IsNaN/Where residue between the MatMuls (and
-  ran 0.88x torch on ORT CPU in FIELD-NOTES). With eager attention the dynamo graph and the legacy
-  TorchScript graph ran the same (5.36 s vs 5.49 s); the dynamo graph is the clean one (one Shape op
-  against 39 Shape/Gather/Unsqueeze chains, no Cast/Equal/Where), exports 5x faster (9 s vs 47 s) and is
-  the exporter torch keeps (the TorchScript one is deprecated).
+  ran 0.88x torch on ORT CPU in FIELD-NOTES). With eager attention the legacy TorchScript graph was no
+  faster on ORT CPU; the dynamo graph is the clean one (a single Shape op instead of Shape/Gather/
+  Unsqueeze chains per reshape, no Cast/Equal/Where), exports several times faster, and is the exporter
+  torch keeps (the TorchScript one is deprecated).
 - opset 18 (the dynamo exporter's native opset; LayerNormalization is a single op from 17 on).
 - weights inline (``external_data=False``): one file, which the 2 GB protobuf limit allows for ViViT-B.
 - fp16: the half-precision model is exported inside a wrapper that casts the float32 input to fp16 and
   the logits back, so the file is an fp16 graph with float32 I/O (what TensorRT 11's strongly typed
-  networks need). On the demo model and a 4-frame ViViT-B this matched onnxconverter-common's
-  ``convert_float_to_float16(keep_io_types=True)`` in accuracy (max |logit diff| 1.8e-3 vs 1.8e-3 and
-  1.0e-3 vs 1.1e-3, top-1 identical) with 2 Cast nodes instead of 3 to 127, and needs no extra package.
+  networks need). On the demo model and a 4-frame ViViT-B it matched onnxconverter-common's
+  ``convert_float_to_float16(keep_io_types=True)`` in accuracy (top-1 identical, max logit drift of
+  the same order) with far fewer Cast nodes, and needs no extra package. ``vivit-deploy compare``
+  reports the fp16 graph's drift (README).
 
 Every export is checked (``onnx.checker`` full check, graph hygiene) and validated (ONNX Runtime at two
 batch sizes against PyTorch fp32) before the file appears at its path; a failure leaves nothing there.
