@@ -20,37 +20,6 @@ from pathlib import Path
 import numpy as np
 
 
-def matmul_ceilings(n: int = 4096, reps: int = 5) -> dict[str, float]:
-    """GFLOP/s of an n x n fp32 matrix product in torch, numpy and ONNX Runtime."""
-    import onnxruntime as ort
-    import torch
-    from onnx import TensorProto, helper
-
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["A", "B"], ["C"])], "matmul",
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "AB"],
-        [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])],
-    )
-    session = ort.InferenceSession(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10).SerializeToString(),
-        providers=["CPUExecutionProvider"],
-    )
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    fns = {
-        "torch": lambda: ta @ tb,
-        "numpy": lambda: a @ b,
-        "onnxruntime": lambda: session.run(None, {"A": a, "B": b}),
-    }
-    out = {}
-    for name, fn in fns.items():
-        fn()
-        best = min(_time(fn) for _ in range(reps))
-        out[name] = 2 * n**3 / best / 1e9
-    return out
-
-
 def _time(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -66,6 +35,7 @@ def main() -> int:
 
     import torch
 
+    from vivit_deploy.bench.ceiling import cpu_ceilings
     from vivit_deploy.config import preset
     from vivit_deploy.export import export_onnx
     from vivit_deploy.modeling import VivitForVideoClassification
@@ -76,7 +46,7 @@ def main() -> int:
     print(f"ViViT-B/16x2 geometry, {args.frames}x224x224, batch {args.batch}: {gflop:.0f} GFLOP per forward; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    ceilings = matmul_ceilings()
+    ceilings = cpu_ceilings(n=4096, reps=5)
     print("fp32 ceilings (4096^2 matmul): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in ceilings.items()))
 
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ and a non-zero exit code; a traceback means a bug in vivit_deploy.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -33,7 +34,7 @@ def _friendly_errors(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vivit-deploy")
 def main() -> None:
-    """ViViT from a PyTorch checkpoint to production: predict, export, build-engine, check-trt, compare."""
+    """ViViT from a PyTorch checkpoint to production: predict, export, build-engine, check-trt, compare, bench."""
 
 
 class _Stopwatch:
@@ -321,6 +322,100 @@ def check_trt_command(onnx_file, precision, json_path):
     if not report.passed:
         sys.exit(1)
 
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int):
+    """One bar on stderr over every call of every backend, labelled with the backend being measured."""
+    with click.progressbar(length=total, label="measuring", file=sys.stderr, show_pos=True, show_eta=True,
+                           width=24) as bar:
+        def advance(backend: str) -> None:
+            bar.label = f"{backend:<18}"
+            bar.update(1)
+
+        yield advance
+
+
+def _writable(path: Path | None, option: str) -> None:
+    if path is not None and str(path) != "-" and not path.parent.resolve().is_dir():
+        raise click.UsageError(f"{option} {path}: the directory {path.parent} does not exist")
+
+
+@main.command()
+@click.option("--model", "source", default=None,
+              help="Checkpoint directory or Hub id to measure. Default: the demo model.")
+@click.option("--config", "config_preset", type=click.Choice(["vivit-b-16x2", "tiny"]), default=None,
+              help="Measure this geometry with random weights instead (vivit-b-16x2: the real cost, no download).")
+@click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None,
+              help="Frames per clip for --config (a cheaper ViViT-B on a CPU, e.g. 8).")
+@click.option("--backends", default=None,
+              help="Comma-separated, from: torch-eager, torch-sdpa, onnxruntime, tensorrt, transformers-eager, "
+                   "transformers-sdpa. Default: torch-eager,torch-sdpa,onnxruntime,tensorrt, those that can run here.")
+@click.option("--batch-sizes", default="1,2,4,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="fp16: fp16 ONNX graph and engine, half PyTorch models; bf16: PyTorch only.")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls per batch size.")
+@click.option("--iters", default=10, show_default=True, type=click.IntRange(min=1), help="Timed calls per batch size.")
+@click.option("--peers/--no-peers", default=True, show_default=True,
+              help="Also measure transformers' model (eager, sdpa) and preprocessor, when transformers is installed.")
+@click.option("--stages/--no-stages", default=True, show_default=True,
+              help="Also time decode, preprocessing, inference and end to end on video files.")
+@click.option("--videos", "videos_dir", type=click.Path(path_type=Path), default=None,
+              help="Videos for the stages [default: the bundled sample videos].")
+@click.option("--ceiling/--no-ceiling", default=True, show_default=True,
+              help="Measure a matrix-product ceiling in the same run and show each backend's share of it.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write the results as JSON to this file ('-' for stdout instead of the tables).")
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the tables as markdown to this file (to paste into docs).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG of throughput against batch size (needs matplotlib: pip install 'vivit-deploy[bench]').")
+@click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
+@_friendly_errors
+def bench(source, config_preset, num_frames, backends, batch_sizes, device, precision, warmup, iters, peers, stages,
+          videos_dir, ceiling, json_path, markdown_path, plot_path, offline):
+    """Latency, throughput and peak memory of every backend at each batch size, in one run.
+
+    Each backend runs in a process of its own (its memory is its own); ratios between backends come
+    from the same run. Prints markdown tables: latency percentiles, sdpa vs eager in the layout of
+    the transformers ViViT doc, speedup over torch-sdpa, drift, ceiling, stages of predict.
+    """
+    import importlib.util
+
+    from vivit_deploy.bench import BenchSettings, parse_batch_sizes, parse_list, run_bench
+    from vivit_deploy.runtimes.base import resolve_device
+
+    for path, option in ((json_path, "--json"), (markdown_path, "--markdown"), (plot_path, "--plot")):
+        _writable(path, option)
+    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
+        raise click.UsageError("--plot needs matplotlib: pip install 'vivit-deploy[bench]'")
+    videos = None
+    if videos_dir is not None:
+        from vivit_deploy.compare import videos_in
+
+        videos = [path for path, _ in videos_in(videos_dir)]
+        if not videos:
+            raise click.UsageError(f"--videos {videos_dir}: no video files in it")
+    settings = BenchSettings(
+        source=source, config=config_preset, num_frames=num_frames,
+        backends=None if backends is None else parse_list(backends, "--backends"),
+        batch_sizes=parse_batch_sizes(batch_sizes), device=resolve_device(device), precision=precision,
+        warmup=warmup, iters=iters, peers=peers, stages=stages, ceiling=ceiling, offline=offline,
+    )
+    report = run_bench(settings, progress=_Stopwatch(), bar=_progress_bar, videos=videos)
+    if json_path is not None and str(json_path) == "-":
+        click.echo(report.to_json(), nl=False)
+    else:
+        click.echo(report.to_markdown(), nl=False)
+        if json_path is not None:
+            json_path.write_text(report.to_json(), encoding="utf-8")
+    if markdown_path is not None:
+        markdown_path.write_text(report.to_markdown(), encoding="utf-8")
+    if plot_path is not None:
+        report.plot(plot_path)
+    if report.failed:
+        raise click.ClickException("; ".join(f"{name} failed: {why}" for name, why in report.failed.items()))
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,83 @@
+"""The arithmetic ceiling of this machine, measured in the same run as the model: a large matrix product.
+
+On the CPU, three libraries do the product (torch, numpy, ONNX Runtime's MatMul) because which one
+is fastest depends on the processor (torch's MKL is slow on AMD CPUs, ONNX Runtime's MLAS is not);
+the best of them is the ceiling. On a GPU it is torch's product in the run's precision (fp32 with TF32
+off, since the fp32 backends compute in true fp32). A model's achieved rate over the ceiling says how
+much of the machine it uses; ViViT's attention (inner dimension 64, a softmax over 3137 tokens) keeps
+it well under 100%.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def _best_seconds(fn: Callable[[], object], reps: int, sync: Callable[[], None] = lambda: None) -> float:
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def cpu_ceilings(n: int = 4096, reps: int = 3) -> dict[str, float]:
+    """GFLOP/s of an n x n fp32 matrix product in torch, numpy and (when installed) ONNX Runtime."""
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    fns: dict[str, Callable[[], object]] = {"torch": lambda: ta @ tb, "numpy": lambda: a @ b}
+    try:
+        fns["onnxruntime"] = _ort_matmul(n, a, b)
+    except ImportError:
+        pass
+    return {name: 2 * n**3 / _best_seconds(fn, reps) / 1e9 for name, fn in fns.items()}
+
+
+def _ort_matmul(n: int, a: np.ndarray, b: np.ndarray) -> Callable[[], object]:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["C"])], "matmul",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "AB"],
+        [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)  # ORT reads IR <= 13
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"A": a, "B": b})
+
+
+def cuda_ceiling(precision: str, device: str = "cuda", n: int = 8192, reps: int = 10) -> dict[str, float]:
+    """GFLOP/s of an n x n matrix product through torch on ``device`` in ``precision`` (fp32 without TF32)."""
+    import torch
+
+    from vivit_deploy.runtimes.torch_runtime import torch_dtype
+
+    dtype = torch_dtype(precision)
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn((n, n), device=device, dtype=dtype, generator=generator)
+    b = torch.randn((n, n), device=device, dtype=dtype, generator=generator)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        seconds = _best_seconds(lambda: a @ b, reps, sync=torch.cuda.synchronize)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    return {f"torch {precision}": 2 * n**3 / seconds / 1e9}
+
+
+def measure_ceiling(device: str, precision: str) -> dict[str, float]:
+    """GFLOP/s per library for this run's device and precision (CPU: fp32, whatever the run's precision)."""
+    if device.startswith("cuda"):
+        return cuda_ceiling(precision, device)
+    return cpu_ceilings()

@@ -1,0 +1,224 @@
+"""What a benchmark run measures: its settings, the backends it can run here, and the files they need.
+
+Every check that can fail happens here, before the first timing, so a bad option or a missing library
+is one clear error and never a half-finished run. Preparing the files (a checkpoint for a preset
+geometry, the ONNX export, the TensorRT engine) is building and stays apart from measuring.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from vivit_deploy.errors import BackendUnavailableError, ConfigError
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchBackend:
+    """One name `--backends` takes: which runtime runs what, and what it supports."""
+
+    name: str
+    artifact: str  # "checkpoint", "onnx" or "engine": the file it loads
+    precisions: tuple[str, ...]
+    attn_implementation: str | None = None  # PyTorch backends only
+    peer: bool = False  # transformers' model: a reference to beat, not one of ours
+    cuda_only: bool = False
+
+
+BENCH_BACKENDS: dict[str, BenchBackend] = {
+    b.name: b
+    for b in (
+        BenchBackend("torch-eager", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="eager"),
+        BenchBackend("torch-sdpa", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="sdpa"),
+        BenchBackend("onnxruntime", "onnx", ("fp32", "fp16")),
+        BenchBackend("tensorrt", "engine", ("fp32", "fp16"), cuda_only=True),
+        BenchBackend("transformers-eager", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="eager", peer=True),
+        BenchBackend("transformers-sdpa", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="sdpa", peer=True),
+    )
+}
+DEFAULT_BACKENDS = ("torch-eager", "torch-sdpa", "onnxruntime", "tensorrt")
+PEERS = ("transformers-eager", "transformers-sdpa")
+REFERENCE_BACKEND = "torch-sdpa"  # every ratio and every drift is taken against it
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything `vivit-deploy bench` was asked for (validated on construction)."""
+
+    source: str | None = None  # checkpoint directory or Hub id; None with config=None: the demo model
+    config: str | None = None  # a preset name ("vivit-b-16x2") measured with random weights
+    num_frames: int | None = None  # override the preset's frames (a cheaper ViViT-B on a CPU)
+    backends: tuple[str, ...] | None = None  # None: DEFAULT_BACKENDS, those that can run here
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
+    device: str = "cpu"
+    precision: str = "fp32"
+    warmup: int = 2
+    iters: int = 10
+    peers: bool = True  # add transformers' model (eager and sdpa) when transformers is installed
+    stages: bool = True  # decode / preprocess / inference / end to end on the sample videos
+    ceiling: bool = True  # measure a matrix-product ceiling in the same run
+    seed: int = 0
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.source is not None and self.config is not None:
+            raise ConfigError("give --model or --config, not both")
+        if self.num_frames is not None and self.config is None:
+            raise ConfigError("--frames changes a --config preset; a checkpoint has its own frame count")
+        if self.device not in ("cpu", "cuda") and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        object.__setattr__(self, "batch_sizes", tuple(sorted(set(self.batch_sizes))))
+        if self.warmup < 0 or self.iters < 1:
+            raise ConfigError(f"--warmup must be >= 0 and --iters >= 1, got {self.warmup} and {self.iters}")
+        if self.backends is not None:
+            unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
+            if unknown:
+                raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(BENCH_BACKENDS)}")
+            if not self.backends:
+                raise ConfigError("--backends is empty")
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def parse_list(text: str, what: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not items:
+        raise ConfigError(f"{what} is empty")
+    return items
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    out = []
+    for part in parse_list(text, "--batch-sizes"):
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigError(f"--batch-sizes takes positive integers separated by commas, got {part!r} in {text!r}")
+        out.append(int(part))
+    return tuple(out)
+
+
+def unavailable_reason(backend: BenchBackend, settings: BenchSettings) -> str | None:
+    """Why ``backend`` cannot run with these settings on this machine, or None."""
+    if settings.precision not in backend.precisions:
+        return f"runs {'/'.join(backend.precisions)}, not {settings.precision}"
+    if backend.cuda_only and not settings.cuda:
+        return "needs --device cuda"
+    if backend.peer and importlib.util.find_spec("transformers") is None:
+        return "transformers is not installed"
+    if backend.name == "onnxruntime":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install onnxruntime-gpu)"
+        if settings.cuda:
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                return "this onnxruntime has no CUDA provider (install onnxruntime-gpu with CUDA 13 and cuDNN 9)"
+    if backend.name == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        return "tensorrt is not installed (see docs/tensorrt.md)"
+    return None
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    run: tuple[str, ...]  # in the order they are measured
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> why it was left out
+
+
+def choose_backends(settings: BenchSettings) -> BackendChoice:
+    """The backends to measure. An explicitly asked-for backend that cannot run is an error; a default
+    one is left out with its reason, which the report prints."""
+    if settings.cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError("--device cuda, but PyTorch sees no CUDA GPU here")
+    explicit = settings.backends is not None
+    wanted = list(settings.backends if explicit else DEFAULT_BACKENDS)
+    if settings.peers:
+        wanted += [p for p in PEERS if p not in wanted]
+    run, skipped = [], {}
+    for name in wanted:
+        reason = unavailable_reason(BENCH_BACKENDS[name], settings)
+        if reason is None:
+            run.append(name)
+        elif explicit and name in settings.backends:
+            raise BackendUnavailableError(f"backend {name} cannot run here: {reason}")
+        else:
+            skipped[name] = reason
+    if not run:
+        raise BackendUnavailableError("no backend can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return BackendChoice(tuple(run), skipped)
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    checkpoint: Path  # a local directory in the Hugging Face layout (transformers loads it too)
+    label: str  # what was measured, for the report
+    onnx: Path | None = None
+    engine: Path | None = None
+
+    def target(self, backend: BenchBackend) -> Path:
+        path = {"checkpoint": self.checkpoint, "onnx": self.onnx, "engine": self.engine}[backend.artifact]
+        if path is None:
+            raise ConfigError(f"no {backend.artifact} file was prepared for {backend.name}")
+        return path
+
+
+def prepare_artifacts(settings: BenchSettings, backends: tuple[str, ...], workdir: Path, progress: Progress) -> Artifacts:
+    """The checkpoint (random weights for a preset), and the ONNX file and engine when a backend needs them."""
+    from vivit_deploy.checkpoint import resolve_source
+
+    if settings.config is not None:
+        checkpoint, label = _random_checkpoint(settings, workdir / "checkpoint", progress)
+    else:
+        from vivit_deploy.demo import demo_model_dir
+
+        source = settings.source or str(demo_model_dir())
+        checkpoint = resolve_source(source, local_files_only=settings.offline or None)
+        label = "the demo model" if settings.source is None else source
+    needs = {BENCH_BACKENDS[name].artifact for name in backends}
+    onnx = engine = None
+    if needs & {"onnx", "engine"}:
+        from vivit_deploy.export import export_onnx
+
+        onnx = workdir / f"model-{settings.precision}.onnx"
+        progress(f"exporting {label} to ONNX ({settings.precision}) ...")
+        export_onnx(checkpoint, onnx, precision=settings.precision, max_batch=max(settings.batch_sizes),
+                    validate=False, local_files_only=settings.offline or None)
+    if "engine" in needs:
+        from vivit_deploy.export.trt_build import build_engine
+
+        engine = workdir / f"model-{settings.precision}.engine"
+        progress("building the TensorRT engine (minutes) ...")
+        build_engine(onnx, engine, max_batch=max(settings.batch_sizes), opt_batch=max(settings.batch_sizes),
+                     timing_cache=workdir / "timing.cache", progress=progress)
+    return Artifacts(Path(checkpoint), label, onnx, engine)
+
+
+def _random_checkpoint(settings: BenchSettings, directory: Path, progress: Progress) -> tuple[Path, str]:
+    import torch
+
+    from vivit_deploy.config import preset
+    from vivit_deploy.modeling import VivitForVideoClassification
+    from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+
+    overrides = {} if settings.num_frames is None else {"num_frames": settings.num_frames}
+    config = preset(settings.config, **overrides)
+    label = f"{settings.config} geometry ({config.num_frames}x{config.image_height}x{config.image_width}), random weights"
+    progress(f"creating {label} ...")
+    torch.manual_seed(settings.seed)
+    model = VivitForVideoClassification(config)
+    preprocessor = VideoPreprocessor(PreprocessorConfig.for_input_size(config.image_height, config.image_width))
+    model.save_pretrained(directory, preprocessor=preprocessor)
+    return directory, label
+

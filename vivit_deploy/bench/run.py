@@ -1,0 +1,162 @@
+"""One benchmark run, start to finish: plan, prepare files, ceiling, each backend in its own process,
+drift against the reference, stages and preprocessing, then the report."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator, Sequence
+
+import numpy as np
+
+from vivit_deploy.bench.measure import Job, measure_in_child
+from vivit_deploy.bench.plan import BENCH_BACKENDS, REFERENCE_BACKEND, BenchSettings, choose_backends, prepare_artifacts
+from vivit_deploy.bench.report import BenchReport
+
+Progress = Callable[[str], None]
+# A progress bar: bar(total_calls) is a context manager yielding advance(backend_name), called after each call.
+Bar = Callable[[int], ContextManager[Callable[[str], None]]]
+
+
+@contextlib.contextmanager
+def _no_bar(total: int) -> Iterator[Callable[[str], None]]:
+    yield lambda backend: None
+
+
+def steps_in(settings: BenchSettings, backends: Sequence[str]) -> int:
+    """How many calls the run makes, for a progress bar over the whole run."""
+    return len(backends) * len(settings.batch_sizes) * (settings.warmup + settings.iters)
+
+
+def run_bench(
+    settings: BenchSettings,
+    progress: Progress | None = None,
+    bar: Bar = _no_bar,
+    videos: Sequence[Path] | None = None,
+) -> BenchReport:
+    """Measure every backend ``settings`` asks for and return the report.
+
+    ``progress`` gets a line per phase; ``bar`` draws one progress bar over every warm-up and timed
+    call of every backend. ``videos`` are the files the stages run on (default: the bundled samples).
+    """
+    progress = progress or (lambda message: None)
+    choice = choose_backends(settings)
+    with tempfile.TemporaryDirectory(prefix="vivit-bench-") as tmp:
+        artifacts = prepare_artifacts(settings, choice.run, Path(tmp), progress)
+        from vivit_deploy.checkpoint import load_config
+
+        config = load_config(artifacts.checkpoint)
+        ceiling = {}
+        if settings.ceiling:
+            from vivit_deploy.bench.ceiling import measure_ceiling
+
+            progress("measuring the matrix-product ceiling ...")
+            ceiling = measure_ceiling(settings.device, settings.precision)
+        results = {}
+        with bar(steps_in(settings, choice.run)) as advance:
+            for name in choice.run:
+                job = Job(name, str(artifacts.target(BENCH_BACKENDS[name])), settings.device, settings.precision,
+                          settings.batch_sizes, settings.warmup, settings.iters, settings.seed, settings.offline)
+                results[name] = measure_in_child(job, tick=lambda name=name: advance(name))
+        _add_drift(results)
+        stages = preprocessing = None
+        notes = []
+        if settings.stages:
+            stages, note = _stages(settings, artifacts.checkpoint, videos, progress)
+            notes += [note] if note else []
+        if settings.peers:
+            preprocessing, note = _preprocessing(artifacts.checkpoint, config, progress)
+            notes += [note] if note else []
+
+    return BenchReport(
+        environment=environment(settings.device),
+        model={"label": artifacts.label, "input_shape": list(config.input_shape), "tokens": config.num_patches + 1,
+               "num_labels": config.num_labels, "gflop_per_clip": config.flops_per_clip() / 1e9},
+        settings={"batch_sizes": list(settings.batch_sizes), "precision": settings.precision,
+                  "warmup": settings.warmup, "iters": settings.iters, "seed": settings.seed},
+        results=results, skipped=dict(choice.skipped), ceiling=ceiling, stages=stages,
+        preprocessing=preprocessing, notes=notes,
+    )
+
+
+def _add_drift(results: dict[str, dict]) -> None:
+    """Max abs logit difference and top-1 agreement of each backend against the reference, same input."""
+    reference = results.get(REFERENCE_BACKEND, {}).get("probe_logits")
+    if reference is None:
+        return
+    reference = np.asarray(reference, dtype=np.float32)
+    for name, result in results.items():
+        logits = result.pop("probe_logits", None)
+        if name == REFERENCE_BACKEND or logits is None:
+            continue
+        logits = np.asarray(logits, dtype=np.float32)
+        result["drift"] = {
+            "max_abs_diff": float(np.abs(logits - reference).max()),
+            "top1_agreement": float((logits.argmax(axis=1) == reference.argmax(axis=1)).mean()),
+        }
+    results[REFERENCE_BACKEND].pop("probe_logits", None)
+
+
+def _stages(settings: BenchSettings, checkpoint: Path, videos, progress: Progress):
+    from vivit_deploy.bench.stages import measure_stages
+    from vivit_deploy.demo import sample_videos
+    from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+    from vivit_deploy.runtimes import load_runtime
+
+    videos = list(videos) if videos else [path for path, _ in sample_videos()]
+    if not videos:
+        return None, "stages not measured: no videos"
+    progress(f"timing decode, preprocessing and inference on {len(videos)} video(s) (torch-sdpa) ...")
+    with load_runtime(checkpoint, "torch", device=settings.device, precision=settings.precision,
+                      attn_implementation="sdpa") as runtime:
+        config = runtime.config
+        preprocessor = VideoPreprocessor(runtime.preprocessor or PreprocessorConfig.for_input_size(
+            config.image_height, config.image_width))
+        stages = measure_stages(runtime, preprocessor, videos)
+    stages["backend"] = f"torch-sdpa on {settings.device}, {settings.precision}"
+    return stages, None
+
+
+def _preprocessing(checkpoint: Path, config, progress: Progress):
+    import importlib.util
+
+    from vivit_deploy.bench.stages import compare_preprocessors
+    from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
+
+    if importlib.util.find_spec("transformers") is None:
+        return None, "preprocessing not compared: transformers is not installed"
+    progress("timing the preprocessors on a 480x640 clip ...")
+    preprocessor = preprocessor_config_in(checkpoint) or PreprocessorConfig.for_input_size(config.image_height, config.image_width)
+    return compare_preprocessors(preprocessor, config.num_frames), None
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device, "torch": torch.__version__, "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+    }
+    if device.startswith("cuda"):
+        index = int(device[5:]) if device.startswith("cuda:") else 0
+        info["device_name"] = torch.cuda.get_device_name(index)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["device_name"] = _cpu_name()
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
