@@ -90,6 +90,17 @@ def tiny_onnx(tmp_path_factory, tiny_checkpoint) -> Path:
     return path
 
 
+# ---- CUDA: tests marked gpu run where PyTorch sees a GPU and skip with the reason elsewhere ----------
+
+def gpu_missing() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA GPU: PyTorch sees none here"
+
+
+requires_gpu = pytest.mark.skipif(gpu_missing() is not None, reason=str(gpu_missing()))
+
+
 # ---- TensorRT: real engines where TensorRT and a GPU exist, a skip with the reason elsewhere ---------
 
 def tensorrt_missing() -> str | None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import requires_gpu
 from vivit_deploy.bench import BenchReport, BenchSettings, parse_batch_sizes
 from vivit_deploy.bench.ceiling import cpu_ceilings
 from vivit_deploy.bench.measure import Job, latency_stats, measure_in_child, peak_rss_mb, reset_peak_rss
@@ -85,6 +86,7 @@ def test_peers_are_measured_when_transformers_is_installed(cli_run):
     assert data["results"]["transformers-sdpa"]["drift"]["max_abs_diff"] < 1e-4  # same weights as ours
     assert data["preprocessing"]["max_abs_diff"] == 0  # parity first, then the speed ratio means something
     assert {"vivit_deploy", "transformers"} == {p["implementation"] for p in data["sdpa_vs_eager"]}
+    assert data["speedup_over_transformers_sdpa"]["2"]["transformers-sdpa"] == pytest.approx(1.0)
 
 
 def test_json_to_stdout_is_only_json():
@@ -204,3 +206,19 @@ def test_peak_rss_mark_restarts():
 def test_cpu_ceilings_measure_each_library():
     ceilings = cpu_ceilings(n=256, reps=1)
     assert {"torch", "numpy"} <= set(ceilings) and all(v > 0 for v in ceilings.values())
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_bench_on_cuda_times_with_events_and_reads_the_allocator_peak():
+    result = CliRunner().invoke(main, ["bench", "--config", "tiny", "--device", "cuda", "--backends", "torch-eager,torch-sdpa",
+                                       "--batch-sizes", "1,4", "--warmup", "1", "--iters", "3", "--no-peers",
+                                       "--no-stages", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["environment"]["device"] == "cuda" and data["ceiling"]["torch fp32"] > 0
+    for name in ("torch-eager", "torch-sdpa"):
+        assert data["results"][name]["memory_kind"].startswith("PyTorch allocator peak")
+        assert [r["batch"] for r in data["results"][name]["rows"]] == [1, 4]
+        assert all(r["peak_mb"] > 0 for r in data["results"][name]["rows"])
+    assert data["sdpa_vs_eager"][0]["is_cuda"] is True

@@ -9,19 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import requires_gpu
 from vivit_deploy.demo import demo_model_dir, sample_videos
 from vivit_deploy.predict import VideoClassifier
 from vivit_deploy.runtimes import load_runtime
 from vivit_deploy.tolerances import tolerance_for
 
 
-def _no_gpu() -> str | None:
-    import torch
-
-    return None if torch.cuda.is_available() else "no CUDA GPU: PyTorch sees none here"
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_no_gpu() is not None, reason=str(_no_gpu()))]
+pytestmark = [pytest.mark.gpu, requires_gpu]
 
 FRAME_SHAPE = (8, 3, 32, 32)
 
