@@ -131,6 +131,7 @@ def test_settings_validate_themselves():
     with pytest.raises(ConfigError, match="--backends is empty"):
         BenchSettings(backends=())
     assert BenchSettings(batch_sizes=(8, 1, 2, 2)).batch_sizes == (1, 2, 8)
+    assert BenchSettings(backends=("onnxruntime", "torch-sdpa", "onnxruntime")).backends == ("onnxruntime", "torch-sdpa")
     assert parse_batch_sizes(" 1, 4 ") == (1, 4)
 
 

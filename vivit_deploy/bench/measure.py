@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue as queue_module
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,6 +22,9 @@ from vivit_deploy.bench.plan import BENCH_BACKENDS
 from vivit_deploy.errors import VivitDeployError
 
 Tick = Callable[[], None]
+# Warm-up lasts --warmup calls and at least this long: an idle GPU takes a moment to raise its clocks,
+# and a first batch timed before that shows slow outliers in its mean and p99 (seen on an H100).
+MIN_WARMUP_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -266,8 +270,6 @@ def time_calls(call: Callable[[Any], Any], x: Any, iters: int, cuda: bool, tick:
             tick()
         torch.cuda.synchronize()
         return [start.elapsed_time(end) / 1e3 for start, end in events]
-    import time
-
     times = []
     for _ in range(iters):
         started = time.perf_counter()
@@ -287,9 +289,16 @@ def measure(job: Job, tick: Tick = lambda: None) -> dict[str, Any]:
             try:
                 x = runner.make_input(batch)
                 runner.reset_peak()
+                warm_until = time.perf_counter() + MIN_WARMUP_S
                 for _ in range(job.warmup):
                     runner(x)
                     tick()
+                while job.warmup and time.perf_counter() < warm_until:  # clocks ramp up, caches fill
+                    runner(x)
+                    if runner.cuda:
+                        import torch
+
+                        torch.cuda.synchronize()
                 if probe is None:
                     probe = runner.logits(x)
                 times = time_calls(runner, x, job.iters, runner.cuda, tick)

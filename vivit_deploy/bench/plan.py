@@ -80,6 +80,7 @@ class BenchSettings:
         if self.warmup < 0 or self.iters < 1:
             raise ConfigError(f"--warmup must be >= 0 and --iters >= 1, got {self.warmup} and {self.iters}")
         if self.backends is not None:
+            object.__setattr__(self, "backends", tuple(dict.fromkeys(self.backends)))  # once each, in order
             unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
             if unknown:
                 raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(BENCH_BACKENDS)}")
