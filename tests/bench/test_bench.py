@@ -223,3 +223,19 @@ def test_bench_on_cuda_times_with_events_and_reads_the_allocator_peak():
         assert [r["batch"] for r in data["results"][name]["rows"]] == [1, 4]
         assert all(r["peak_mb"] > 0 for r in data["results"][name]["rows"])
     assert data["sdpa_vs_eager"][0]["is_cuda"] is True
+
+
+def test_stages_skip_an_unreadable_video_and_keep_the_timings(tmp_path):
+    import shutil
+
+    from vivit_deploy.demo import sample_videos
+
+    shutil.copy(sample_videos()[0][0], tmp_path / "good.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    result = CliRunner().invoke(main, ["bench", "--videos", str(tmp_path), "--backends", "torch-sdpa", "--no-peers",
+                                       "--no-ceiling", "--batch-sizes", "1", "--warmup", "0", "--iters", "1",
+                                       "--device", "cpu", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["stages"]["videos"] == 1 and "broken.mp4" in data["stages"]["unreadable"][0]
+    assert any("1 unreadable video(s)" in note for note in data["notes"])

@@ -104,21 +104,24 @@ def _add_drift(results: dict[str, dict]) -> None:
 def _stages(settings: BenchSettings, checkpoint: Path, videos, progress: Progress):
     from vivit_deploy.bench.stages import measure_stages
     from vivit_deploy.demo import sample_videos
+    from vivit_deploy.errors import VideoReadError
     from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
     from vivit_deploy.runtimes import load_runtime
 
     videos = list(videos) if videos else [path for path, _ in sample_videos()]
-    if not videos:
-        return None, "stages not measured: no videos"
     progress(f"timing decode, preprocessing and inference on {len(videos)} video(s) (torch-sdpa) ...")
     with load_runtime(checkpoint, "torch", device=settings.device, precision=settings.precision,
                       attn_implementation="sdpa") as runtime:
         config = runtime.config
         preprocessor = VideoPreprocessor(runtime.preprocessor or PreprocessorConfig.for_input_size(
             config.image_height, config.image_width))
-        stages = measure_stages(runtime, preprocessor, videos)
+        try:
+            stages = measure_stages(runtime, preprocessor, videos)
+        except VideoReadError as exc:  # the timings already taken are kept; the report says why
+            return None, f"stages not measured: {exc}"
     stages["backend"] = f"torch-sdpa on {settings.device}, {settings.precision}"
-    return stages, None
+    skipped = stages["unreadable"]
+    return stages, (f"stages skipped {len(skipped)} unreadable video(s): {'; '.join(skipped)}" if skipped else None)
 
 
 def _preprocessing(checkpoint: Path, config, progress: Progress):

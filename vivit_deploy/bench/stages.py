@@ -15,13 +15,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vivit_deploy.errors import VideoReadError
 from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
 
 STAGES = ("decode", "preprocess", "inference", "end to end")
 
 
 def measure_stages(runtime, preprocessor: VideoPreprocessor, videos: Sequence[Path]) -> dict[str, Any]:
-    """Per stage: mean ms per clip over ``videos`` (one clip each) and clips/s; plus the videos' frame sizes."""
+    """Per stage: mean ms per clip over ``videos`` (one clip each) and clips/s; plus the videos' frame sizes.
+
+    Unreadable files are skipped and listed; :class:`VideoReadError` only when none can be read.
+    """
     from vivit_deploy.predict import softmax
     from vivit_deploy.video import read_clips
 
@@ -40,9 +44,19 @@ def measure_stages(runtime, preprocessor: VideoPreprocessor, videos: Sequence[Pa
         return {"decode": t1 - t0, "preprocess": t2 - t1, "inference": t3 - t2, "end to end": t4 - t0,
                 "frame_hw": clips.shape[2:4]}
 
-    one(videos[0])  # warm-up: numba kernels, cuDNN/ORT first-run work
-    runs = [one(path) for path in videos]
-    out: dict[str, Any] = {"videos": len(videos), "frames_per_clip": num_frames,
+    runs, unreadable = [], []
+    warm = False
+    for path in videos:
+        try:
+            if not warm:
+                one(path)  # warm-up: numba kernels, cuDNN first-run work
+                warm = True
+            runs.append(one(path))
+        except VideoReadError as exc:  # one bad file in a directory must not cost the whole run
+            unreadable.append(str(exc))
+    if not runs:
+        raise VideoReadError("no readable video for the stages: " + "; ".join(unreadable))
+    out: dict[str, Any] = {"videos": len(runs), "frames_per_clip": num_frames, "unreadable": unreadable,
                            "frame_sizes": sorted({f"{r['frame_hw'][0]}x{r['frame_hw'][1]}" for r in runs})}
     total = float(np.mean([r["end to end"] for r in runs]))
     out["stages"] = {
