@@ -371,10 +371,14 @@ def _writable(path: Path | None, option: str) -> None:
               help="Also write the tables as markdown to this file (to paste into docs).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG of throughput against batch size (needs matplotlib: pip install 'vivit-deploy[bench]').")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Measure this file (from vivit-export, of the same model) with onnxruntime instead of exporting one.")
+@click.option("--engine", "engine_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Measure this engine (from build-engine, of the same model) with tensorrt instead of building one.")
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
 @_friendly_errors
 def bench(source, config_preset, num_frames, backends, batch_sizes, device, precision, warmup, iters, peers, stages,
-          videos_dir, ceiling, json_path, markdown_path, plot_path, offline):
+          videos_dir, ceiling, json_path, markdown_path, plot_path, onnx_file, engine_file, offline):
     """Latency, throughput and peak memory of every backend at each batch size, in one run.
 
     Each backend runs in a process of its own (its memory is its own); ratios between backends come
@@ -402,6 +406,7 @@ def bench(source, config_preset, num_frames, backends, batch_sizes, device, prec
         backends=None if backends is None else parse_list(backends, "--backends"),
         batch_sizes=parse_batch_sizes(batch_sizes), device=resolve_device(device), precision=precision,
         warmup=warmup, iters=iters, peers=peers, stages=stages, ceiling=ceiling, offline=offline,
+        onnx=onnx_file, engine=engine_file,
     )
     report = run_bench(settings, progress=_Stopwatch(), bar=_progress_bar, videos=videos)
     if json_path is not None and str(json_path) == "-":

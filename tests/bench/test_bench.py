@@ -239,3 +239,27 @@ def test_stages_skip_an_unreadable_video_and_keep_the_timings(tmp_path):
     data = json.loads(result.stdout)
     assert data["stages"]["videos"] == 1 and "broken.mp4" in data["stages"]["unreadable"][0]
     assert any("1 unreadable video(s)" in note for note in data["notes"])
+
+
+def test_a_given_onnx_file_is_measured_instead_of_a_fresh_export(demo_onnx):
+    result = CliRunner().invoke(main, ["bench", "--onnx", str(demo_onnx), "--backends", "torch-sdpa,onnxruntime",
+                                       "--batch-sizes", "1,3", "--no-peers", "--no-stages", "--no-ceiling",
+                                       "--warmup", "0", "--iters", "1", "--device", "cpu", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["results"]["onnxruntime"]["drift"]["max_abs_diff"] < 1e-4
+    assert [r["batch"] for r in data["results"]["onnxruntime"]["rows"]] == [1, 3]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--precision", "fp32"], "is fp16; run the bench with --precision fp16"),
+        (["--precision", "fp16", "--config", "tiny"], "is not a file of the measured model"),
+        (["--precision", "fp16", "--batch-sizes", "64"], "takes batch 1..32, not 64"),
+        (["--precision", "fp16", "--backends", "torch-sdpa"], "onnxruntime is not measured"),
+    ],
+)
+def test_a_given_onnx_file_that_does_not_fit_the_run_is_refused(demo_onnx_fp16, args, message):
+    result = CliRunner().invoke(main, ["bench", "--onnx", str(demo_onnx_fp16), "--no-ceiling", "--device", "cpu", *args])
+    assert result.exit_code == 1 and message in result.output, result.output

@@ -64,6 +64,8 @@ class BenchSettings:
     ceiling: bool = True  # measure a matrix-product ceiling in the same run
     seed: int = 0
     offline: bool = False
+    onnx: Path | None = None  # measure this exported file instead of exporting one
+    engine: Path | None = None  # measure this TensorRT engine instead of building one
 
     def __post_init__(self) -> None:
         if self.source is not None and self.config is not None:
@@ -188,15 +190,26 @@ def prepare_artifacts(settings: BenchSettings, backends: tuple[str, ...], workdi
         checkpoint = resolve_source(source, local_files_only=settings.offline or None)
         label = "the demo model" if settings.source is None else source
     needs = {BENCH_BACKENDS[name].artifact for name in backends}
-    onnx = engine = None
-    if needs & {"onnx", "engine"}:
+    for given, kind, backend in ((settings.onnx, "onnx", "onnxruntime"), (settings.engine, "engine", "tensorrt")):
+        if given is not None and kind not in needs:
+            raise ConfigError(f"--{kind} {given} is given but {backend} is not measured (see --backends)")
+    onnx, engine = settings.onnx, settings.engine
+    if engine is not None:
+        from vivit_deploy.runtimes.trt_runtime import engine_metadata
+
+        _check_given_file(engine, engine_metadata(engine)[1], checkpoint, settings)
+    if onnx is not None:
+        from vivit_deploy.metadata import read_onnx_metadata
+
+        _check_given_file(onnx, read_onnx_metadata(onnx), checkpoint, settings)
+    elif "onnx" in needs or ("engine" in needs and engine is None):
         from vivit_deploy.export import export_onnx
 
         onnx = workdir / f"model-{settings.precision}.onnx"
         progress(f"exporting {label} to ONNX ({settings.precision}) ...")
         export_onnx(checkpoint, onnx, precision=settings.precision, max_batch=max(settings.batch_sizes),
                     validate=False, local_files_only=settings.offline or None)
-    if "engine" in needs:
+    if "engine" in needs and engine is None:
         from vivit_deploy.export.trt_build import build_engine
 
         engine = workdir / f"model-{settings.precision}.engine"
@@ -204,6 +217,23 @@ def prepare_artifacts(settings: BenchSettings, backends: tuple[str, ...], workdi
         build_engine(onnx, engine, max_batch=max(settings.batch_sizes), opt_batch=max(settings.batch_sizes),
                      timing_cache=workdir / "timing.cache", progress=progress)
     return Artifacts(Path(checkpoint), label, onnx, engine)
+
+
+def _check_given_file(path: Path, metadata, checkpoint: Path, settings: BenchSettings) -> None:
+    """A file given with --onnx / --engine must be this checkpoint's model, in this run's precision,
+    taking every batch size asked for: otherwise its timings and drift would be compared with the wrong thing."""
+    from vivit_deploy.checkpoint import load_config
+
+    config = load_config(checkpoint)
+    if metadata.config.input_shape != config.input_shape or metadata.config.id2label != config.id2label:
+        raise ConfigError(f"{path} is not a file of the measured model: it takes clips {metadata.config.input_shape} "
+                          f"with {metadata.config.num_labels} labels, the model {config.input_shape} with {config.num_labels}")
+    if metadata.precision != settings.precision:
+        raise ConfigError(f"{path} is {metadata.precision}; run the bench with --precision {metadata.precision}")
+    spec = metadata.input
+    for batch in settings.batch_sizes:
+        if batch < spec.min_batch or (spec.max_batch is not None and batch > spec.max_batch):
+            raise ConfigError(f"{path} takes batch {spec.batch_range}, not {batch} (see --batch-sizes)")
 
 
 def _random_checkpoint(settings: BenchSettings, directory: Path, progress: Progress) -> tuple[Path, str]:
