@@ -98,7 +98,9 @@ class _Runner:
         if self.cuda:
             import torch
 
-            torch.cuda.init()
+            from vivit_deploy.runtimes.base import device_index
+
+            torch.cuda.set_device(device_index(job.device))  # cuda:N: allocator stats and events on that GPU
             torch.cuda.synchronize()
             free, total = torch.cuda.mem_get_info()
             self._baseline = total - free  # the CUDA context and whatever else was there before loading
