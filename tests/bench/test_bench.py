@@ -204,9 +204,21 @@ def test_peak_rss_mark_restarts():
     assert grown >= before + 50 and peak_rss_mb() < grown
 
 
-def test_cpu_ceilings_measure_each_library():
+def test_cpu_ceilings_measure_each_library_in_the_run_precision():
     ceilings = cpu_ceilings(n=256, reps=1)
     assert {"torch", "numpy"} <= set(ceilings) and all(v > 0 for v in ceilings.values())
+    (name, rate), = cpu_ceilings(n=256, reps=1, precision="bf16").items()
+    assert name == "torch bf16" and rate > 0
+
+
+def test_plot_without_matplotlib_is_refused_before_measuring(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    result = CliRunner().invoke(main, ["bench", "--plot", str(tmp_path / "out.png")])
+    assert result.exit_code == 2 and "pip install 'vivit-deploy[bench]'" in result.output
+    assert not (tmp_path / "out.png").exists()
 
 
 @pytest.mark.gpu

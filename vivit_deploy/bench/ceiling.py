@@ -28,10 +28,17 @@ def _best_seconds(fn: Callable[[], object], reps: int, sync: Callable[[], None] 
     return best
 
 
-def cpu_ceilings(n: int = 4096, reps: int = 3) -> dict[str, float]:
-    """GFLOP/s of an n x n fp32 matrix product in torch, numpy and (when installed) ONNX Runtime."""
+def cpu_ceilings(n: int = 4096, reps: int = 3, precision: str = "fp32") -> dict[str, float]:
+    """GFLOP/s of an n x n fp32 matrix product in torch, numpy and (when installed) ONNX Runtime;
+    for fp16 / bf16, torch's product in that type (the others have no fast half-precision product)."""
     import torch
 
+    if precision != "fp32":
+        from vivit_deploy.runtimes.torch_runtime import torch_dtype
+
+        generator = torch.Generator().manual_seed(0)
+        ta, tb = (torch.randn((n, n), generator=generator).to(torch_dtype(precision)) for _ in range(2))
+        return {f"torch {precision}": 2 * n**3 / _best_seconds(lambda: ta @ tb, reps) / 1e9}
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
@@ -77,7 +84,7 @@ def cuda_ceiling(precision: str, device: str = "cuda", n: int = 8192, reps: int 
 
 
 def measure_ceiling(device: str, precision: str) -> dict[str, float]:
-    """GFLOP/s per library for this run's device and precision (CPU: fp32, whatever the run's precision)."""
+    """GFLOP/s per library for this run's device and precision."""
     if device.startswith("cuda"):
         return cuda_ceiling(precision, device)
-    return cpu_ceilings()
+    return cpu_ceilings(precision=precision)
