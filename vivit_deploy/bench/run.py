@@ -85,20 +85,19 @@ def run_bench(
 
 def _add_drift(results: dict[str, dict]) -> None:
     """Max abs logit difference and top-1 agreement of each backend against the reference, same input."""
-    reference = results.get(REFERENCE_BACKEND, {}).get("probe_logits")
+    probes = {name: result.pop("probe_logits", None) for name, result in results.items()}
+    reference = probes.get(REFERENCE_BACKEND)
     if reference is None:
         return
     reference = np.asarray(reference, dtype=np.float32)
-    for name, result in results.items():
-        logits = result.pop("probe_logits", None)
+    for name, logits in probes.items():
         if name == REFERENCE_BACKEND or logits is None:
             continue
         logits = np.asarray(logits, dtype=np.float32)
-        result["drift"] = {
+        results[name]["drift"] = {
             "max_abs_diff": float(np.abs(logits - reference).max()),
             "top1_agreement": float((logits.argmax(axis=1) == reference.argmax(axis=1)).mean()),
         }
-    results[REFERENCE_BACKEND].pop("probe_logits", None)
 
 
 def _stages(settings: BenchSettings, checkpoint: Path, videos, progress: Progress):
