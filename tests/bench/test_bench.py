@@ -6,6 +6,7 @@ No test here asserts a speed: timings on a shared machine mean nothing on their 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +142,8 @@ def test_default_backends_leave_out_what_cannot_run_with_the_reason():
     assert choice.skipped["tensorrt"] == "needs --device cuda"
     with pytest.raises(BackendUnavailableError, match="backend tensorrt cannot run here"):
         choose_backends(BenchSettings(device="cpu", backends=("tensorrt",)))
+    with pytest.raises(BackendUnavailableError, match="x.engine is given, but tensorrt cannot run here: needs --device cuda"):
+        choose_backends(BenchSettings(device="cpu", engine=Path("x.engine")))
 
 
 def test_a_backend_that_fails_in_its_process_comes_back_as_an_error(tmp_path):

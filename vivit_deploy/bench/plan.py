@@ -158,6 +158,9 @@ def choose_backends(settings: BenchSettings) -> BackendChoice:
             raise BackendUnavailableError(f"backend {name} cannot run here: {reason}")
         else:
             skipped[name] = reason
+    for given, backend in ((settings.onnx, "onnxruntime"), (settings.engine, "tensorrt")):
+        if given is not None and backend in skipped:
+            raise BackendUnavailableError(f"{given} is given, but {backend} cannot run here: {skipped[backend]}")
     if not run:
         raise BackendUnavailableError("no backend can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     return BackendChoice(tuple(run), skipped)
