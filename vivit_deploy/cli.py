@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from vivit_deploy.config import PRESETS
 from vivit_deploy.errors import VivitDeployError
 
 
@@ -344,7 +345,7 @@ def _writable(path: Path | None, option: str) -> None:
 @main.command()
 @click.option("--model", "source", default=None,
               help="Checkpoint directory or Hub id to measure. Default: the demo model.")
-@click.option("--config", "config_preset", type=click.Choice(["vivit-b-16x2", "tiny"]), default=None,
+@click.option("--config", "config_preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="Measure this geometry with random weights instead (vivit-b-16x2: the real cost, no download).")
 @click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None,
               help="Frames per clip for --config (a cheaper ViViT-B on a CPU, e.g. 8).")
@@ -388,7 +389,6 @@ def bench(source, config_preset, num_frames, backends, batch_sizes, device, prec
     import importlib.util
 
     from vivit_deploy.bench import BenchSettings, parse_batch_sizes, parse_list, run_bench
-    from vivit_deploy.runtimes.base import resolve_device
 
     for path, option in ((json_path, "--json"), (markdown_path, "--markdown"), (plot_path, "--plot")):
         _writable(path, option)
@@ -404,19 +404,20 @@ def bench(source, config_preset, num_frames, backends, batch_sizes, device, prec
     settings = BenchSettings(
         source=source, config=config_preset, num_frames=num_frames,
         backends=None if backends is None else parse_list(backends, "--backends"),
-        batch_sizes=parse_batch_sizes(batch_sizes), device=resolve_device(device), precision=precision,
+        batch_sizes=parse_batch_sizes(batch_sizes), device=device, precision=precision,
         warmup=warmup, iters=iters, peers=peers, stages=stages, ceiling=ceiling, offline=offline,
         onnx=onnx_file, engine=engine_file,
     )
     report = run_bench(settings, progress=_Stopwatch(), bar=_progress_bar, videos=videos)
+    markdown = report.to_markdown()
     if json_path is not None and str(json_path) == "-":
         click.echo(report.to_json(), nl=False)
     else:
-        click.echo(report.to_markdown(), nl=False)
+        click.echo(markdown, nl=False)
         if json_path is not None:
             json_path.write_text(report.to_json(), encoding="utf-8")
     if markdown_path is not None:
-        markdown_path.write_text(report.to_markdown(), encoding="utf-8")
+        markdown_path.write_text(markdown, encoding="utf-8")
     if plot_path is not None:
         report.plot(plot_path)
     if report.failed:

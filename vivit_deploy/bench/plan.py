@@ -55,7 +55,7 @@ class BenchSettings:
     num_frames: int | None = None  # override the preset's frames (a cheaper ViViT-B on a CPU)
     backends: tuple[str, ...] | None = None  # None: DEFAULT_BACKENDS, those that can run here
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when PyTorch sees a GPU)
     precision: str = "fp32"
     warmup: int = 2
     iters: int = 10
@@ -72,8 +72,9 @@ class BenchSettings:
             raise ConfigError("give --model or --config, not both")
         if self.num_frames is not None and self.config is None:
             raise ConfigError("--frames changes a --config preset; a checkpoint has its own frame count")
-        if self.device not in ("cpu", "cuda") and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
-            raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+        from vivit_deploy.runtimes.base import resolve_device
+
+        object.__setattr__(self, "device", resolve_device(self.device))  # checked; "auto" becomes cuda or cpu
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):

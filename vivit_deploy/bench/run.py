@@ -145,8 +145,9 @@ def environment(device: str) -> dict:
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
     }
     if device.startswith("cuda"):
-        index = int(device[5:]) if device.startswith("cuda:") else 0
-        info["device_name"] = torch.cuda.get_device_name(index)
+        from vivit_deploy.runtimes.base import device_index
+
+        info["device_name"] = torch.cuda.get_device_name(device_index(device))
         info["cuda"] = torch.version.cuda
     else:
         info["device_name"] = _cpu_name()

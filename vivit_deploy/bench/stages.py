@@ -58,12 +58,10 @@ def measure_stages(runtime, preprocessor: VideoPreprocessor, videos: Sequence[Pa
         raise VideoReadError("no readable video for the stages: " + "; ".join(unreadable))
     out: dict[str, Any] = {"videos": len(runs), "frames_per_clip": num_frames, "unreadable": unreadable,
                            "frame_sizes": sorted({f"{r['frame_hw'][0]}x{r['frame_hw'][1]}" for r in runs})}
-    total = float(np.mean([r["end to end"] for r in runs]))
+    mean = {stage: float(np.mean([r[stage] for r in runs])) for stage in STAGES}
     out["stages"] = {
-        stage: {"ms_per_clip": 1e3 * float(np.mean([r[stage] for r in runs])),
-                "clips_per_s": 1 / float(np.mean([r[stage] for r in runs])),
-                "share": float(np.mean([r[stage] for r in runs])) / total}
-        for stage in STAGES
+        stage: {"ms_per_clip": 1e3 * seconds, "clips_per_s": 1 / seconds, "share": seconds / mean["end to end"]}
+        for stage, seconds in mean.items()
     }
     return out
 
