@@ -78,8 +78,8 @@ def compare_preprocessors(config: PreprocessorConfig, num_frames: int, height: i
     frames = list(clip)
     mine = ours(clip)  # first call compiles or loads the numba kernels
     reference = np.asarray(theirs(frames, return_tensors="np")["pixel_values"])
-    ours_s = _median_seconds(lambda: ours(clip), iters)
-    theirs_s = _median_seconds(lambda: theirs(frames, return_tensors="np"), max(2, iters // 2))
+    ours_s = median_seconds(lambda: ours(clip), iters)
+    theirs_s = median_seconds(lambda: theirs(frames, return_tensors="np"), max(2, iters // 2))
     return {
         "clip": f"{num_frames}x{height}x{width}", "output": list(mine.shape[1:]),
         "ours_ms": ours_s * 1e3, "transformers_ms": theirs_s * 1e3, "speedup": theirs_s / ours_s,
@@ -87,10 +87,8 @@ def compare_preprocessors(config: PreprocessorConfig, num_frames: int, height: i
     }
 
 
-def _median_seconds(fn, iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+def median_seconds(fn, iters: int) -> float:
+    """Median host-clock seconds of ``iters`` calls of ``fn``."""
+    from vivit_deploy.bench.measure import time_calls
+
+    return float(np.median(time_calls(lambda _: fn(), None, iters, cuda=False, tick=lambda: None)))
