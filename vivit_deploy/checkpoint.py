@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vivit_deploy.config import VivitConfig
 from vivit_deploy.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from vivit_deploy.files import atomic_write
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the preprocessor works without it
     import torch
@@ -276,17 +276,3 @@ def save_pretrained(
     if preprocessor is not None:
         preprocessor.save_pretrained(directory)
     return directory
-
-
-def atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

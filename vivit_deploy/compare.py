@@ -48,7 +48,7 @@ class CompareInputs:
         return bool((self.labels != UNLABELLED).all())
 
     def save(self, path: str | os.PathLike) -> Path:
-        from vivit_deploy.checkpoint import atomic_write
+        from vivit_deploy.files import atomic_write
 
         path = Path(path)
 

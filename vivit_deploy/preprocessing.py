@@ -193,7 +193,7 @@ class VideoPreprocessor:
             raise ConfigError(f"{path}: {exc}") from exc
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        from vivit_deploy.checkpoint import atomic_write
+        from vivit_deploy.files import atomic_write
 
         path = Path(directory) / PREPROCESSOR_NAME
         path.parent.mkdir(parents=True, exist_ok=True)

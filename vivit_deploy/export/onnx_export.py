@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vivit_deploy.checkpoint import atomic_write
+from vivit_deploy.files import atomic_write
 from vivit_deploy.errors import ConfigError, ExportError
 from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
 from vivit_deploy.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME, OUTPUT_NAME, input_spec

@@ -279,7 +279,7 @@ def build_engine(
 
     ``precision`` defaults to the graph's. Nothing is written at ``engine_path`` unless the build succeeds.
     """
-    from vivit_deploy.checkpoint import atomic_write
+    from vivit_deploy.files import atomic_write
 
     progress = progress or (lambda message: None)
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)

@@ -1,0 +1,46 @@
+"""Writing files so that a reader never sees half of one: write beside it, then rename over it.
+
+Shared by every writer in the package (checkpoints, exported models, engines, saved inputs, the
+corpus job's results). Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, durable: bool = False) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it to ``path`` in one step.
+
+    If ``write`` raises (or the process is killed), ``path`` keeps what it held and the temporary file
+    is removed (or, after a kill, left as a hidden ``.NAME.*.tmp`` that nothing reads). ``durable``
+    also flushes the file and the directory entry to disk, so a power cut leaves the old or the new file.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it a normal file's mode
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if durable:
+            fsync_directory(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
