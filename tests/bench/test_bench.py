@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import requires_gpu
+from tests.conftest import requires_gpu
 from vivit_deploy.bench import BenchReport, BenchSettings, parse_batch_sizes
 from vivit_deploy.bench.ceiling import cpu_ceilings
 from vivit_deploy.bench.measure import Job, latency_stats, measure_in_child, peak_rss_mb, reset_peak_rss

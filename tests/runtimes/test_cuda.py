@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import requires_gpu
+from tests.conftest import requires_gpu
 from vivit_deploy.demo import demo_model_dir, sample_videos
 from vivit_deploy.predict import VideoClassifier
 from vivit_deploy.runtimes import load_runtime

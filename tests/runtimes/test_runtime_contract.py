@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import requires_tensorrt
+from tests.conftest import requires_tensorrt
 from vivit_deploy.demo import demo_model_dir
 from vivit_deploy.errors import InputShapeError
 from vivit_deploy.predict import VideoClassifier

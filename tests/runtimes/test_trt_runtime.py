@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import requires_tensorrt, tensorrt_missing
+from tests.conftest import requires_tensorrt, tensorrt_missing
 from vivit_deploy.demo import demo_model_dir, sample_videos
 from vivit_deploy.errors import BackendUnavailableError, ModelFileError
 from vivit_deploy.export.trt_build import Profile, make_sidecar, sidecar_path
