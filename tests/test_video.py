@@ -103,3 +103,35 @@ def test_zero_frame_video(tmp_path):
 def test_write_video_refuses_odd_sizes(tmp_path):
     with pytest.raises(ValueError, match="even frame size"):
         write_video(tmp_path / "odd.mp4", np.zeros((2, 31, 32, 3), np.uint8))
+
+
+@pytest.mark.parametrize("bframes", [False, True], ids=["ip", "with-b-frames"])
+def test_seeking_to_keyframes_gives_the_frames_of_a_front_to_back_decode(tmp_path, bframes):
+    import vivit_deploy.video as video
+
+    frames = 480
+    levels = (np.arange(frames) * 7 % 250).astype(np.uint8)  # every frame different, so any mix-up shows
+    texture = np.random.default_rng(0).integers(0, 128, (1, 32, 48, 3), dtype=np.uint8)
+    clip = texture + levels[:, None, None, None] // 2
+    path = write_video(tmp_path / "long.mp4", clip, fps=30, crf=12, keyint=24, bframes=bframes)
+    for kwargs in (dict(num_clips=1, sampling="uniform"), dict(num_clips=3, sampling="uniform"),
+                   dict(num_clips=4, sampling="stride", frame_sample_rate=3)):
+        wanted = set(sample_indices(frames, 8, **kwargs).ravel().tolist())
+        assert video._sparse(wanted)
+        assert video._decode_seeking(path, wanted, frames) is not None  # the seeking path ran, no fallback
+        np.testing.assert_array_equal(read_clips(path, 8, seek=True, **kwargs), read_clips(path, 8, seek=False, **kwargs))
+
+
+def test_dense_sampling_decodes_front_to_back(tmp_path):
+    import vivit_deploy.video as video
+
+    assert not video._sparse(set(sample_indices(64, 32)[0].tolist()))
+    path = counting_video(tmp_path / "count.mp4", frames=20)
+    assert frame_numbers(read_video(path, 5)) == [2, 6, 10, 14, 18]
+
+
+def test_empty_file_is_named_as_such(tmp_path):
+    path = tmp_path / "empty.mp4"
+    path.write_bytes(b"")
+    with pytest.raises(VideoReadError, match="empty.mp4: empty file"):
+        read_video(path, 4)

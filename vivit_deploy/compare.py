@@ -107,9 +107,6 @@ def video_inputs(
     return CompareInputs(np.stack(clips), np.array(labels, dtype=np.int64), tuple(Path(p).name for p, _ in videos), source)
 
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
-
-
 def videos_in(directory: str | os.PathLike) -> list[tuple[Path, str | None]]:
     """The videos of a directory, with labels from its ``labels.json`` ({file name: label}) when present."""
     directory = Path(directory)
@@ -124,6 +121,8 @@ def videos_in(directory: str | os.PathLike) -> list[tuple[Path, str | None]]:
             raise ConfigError(f"{labels_file}: not a JSON object of file name -> label ({exc})") from exc
         if not isinstance(labels, dict):
             raise ConfigError(f"{labels_file}: expected a JSON object of file name -> label")
+    from vivit_deploy.video import VIDEO_SUFFIXES
+
     return [(p, labels.get(p.name)) for p in sorted(directory.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
 
 

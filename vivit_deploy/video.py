@@ -21,6 +21,8 @@ from vivit_deploy.errors import VideoReadError
 
 Sampling = Literal["uniform", "stride"]
 SAMPLINGS = ("uniform", "stride")
+# What a directory search takes for a video (a file named on its own is read whatever its suffix).
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 
 
 def sample_indices(
@@ -75,13 +77,22 @@ def read_clips(
     num_clips: int = 4,
     sampling: Sampling = "stride",
     frame_sample_rate: int = 4,
+    threads: int = 0,
+    seek: bool = True,
 ) -> np.ndarray:
     """Decode ``num_clips`` temporal clips: uint8 RGB (num_clips, num_frames, height, width, 3).
 
-    The file is decoded once, front to back, keeping only the frames the clips use.
+    Only the frames the clips use are converted to RGB. When they are sparse (gaps of at least
+    ``SEEK_MIN_GAP`` frames) the reader seeks to the keyframe before each one instead of decoding
+    everything in between, so the cost follows what is sampled rather than the video's length; the
+    frames are the same as decoding front to back, which is what it falls back to whenever the
+    container's timestamps cannot prove that (``seek=False`` forces it). ``threads`` is FFmpeg's
+    decoding thread count (0: its own choice, one per core).
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
     path = Path(path)
     if not path.exists():
         raise VideoReadError(f"{path}: no such file")
@@ -89,19 +100,24 @@ def read_clips(
         raise VideoReadError(f"{path}: not a file")
     total = count_frames(path)
     indices = sample_indices(total, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate, num_clips=num_clips)
-    frames, decoded = _decode(path, set(indices.ravel().tolist()))
-    if decoded < total and any(i not in frames for i in indices.ravel().tolist()):
-        # The container announced more frames than the stream holds: sample again from what is there.
-        if decoded == 0:
-            raise VideoReadError(f"{path}: the video stream has no decodable frames")
-        indices = sample_indices(decoded, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate, num_clips=num_clips)
-        frames, decoded = _decode(path, set(indices.ravel().tolist()))
+    wanted = set(indices.ravel().tolist())
+    frames = _decode_seeking(path, wanted, total, threads) if seek and _sparse(wanted) else None
+    if frames is None:
+        frames, decoded = _decode(path, wanted, threads)
+        if decoded < total and any(i not in frames for i in wanted):
+            # The container announced more frames than the stream holds: sample again from what is there.
+            if decoded == 0:
+                raise VideoReadError(f"{path}: the video stream has no decodable frames")
+            indices = sample_indices(decoded, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate, num_clips=num_clips)
+            frames, decoded = _decode(path, set(indices.ravel().tolist()), threads)
     return np.stack([np.stack([frames[i] for i in row]) for row in indices.tolist()])
 
 
 def _open(path: Path):
     import av
 
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"{path}: empty file")
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as exc:
@@ -139,7 +155,12 @@ def count_frames(path: str | os.PathLike) -> int:
     return count
 
 
-def _decode(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+def _set_threads(stream, threads: int) -> None:
+    stream.thread_type = "AUTO"  # frame and slice threads
+    stream.codec_context.thread_count = threads
+
+
+def _decode(path: Path, wanted: set[int], threads: int = 0) -> tuple[dict[int, np.ndarray], int]:
     """Decode front to back, keeping the frames whose index is in ``wanted``; also return how many were decoded."""
     import av
 
@@ -149,7 +170,7 @@ def _decode(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
     index = -1
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        _set_threads(stream, threads)
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
                 frames[index] = frame.to_ndarray(format="rgb24")
@@ -162,8 +183,90 @@ def _decode(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
     return frames, index + 1
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, *, crf: int = 18) -> Path:
-    """Encode uint8 RGB frames (T, H, W, 3) as H.264 mp4 (even height and width, as yuv420p requires)."""
+# A seek flushes the decoder (and its frame threads); below this many skipped frames decoding on is cheaper.
+SEEK_MIN_GAP = 16
+
+
+def _sparse(wanted: set[int]) -> bool:
+    """Whether some needed frame lies far enough past the previous one that a seek could skip work."""
+    ordered = sorted(wanted)
+    gaps = np.diff([-1, *ordered])
+    return bool(gaps.max() > SEEK_MIN_GAP)
+
+
+def _decode_seeking(path: Path, wanted: set[int], total: int, threads: int = 0) -> dict[int, np.ndarray] | None:
+    """The frames in ``wanted``, seeking to the keyframe before each one that lies past a long gap.
+
+    Frame index i is the i-th presentation timestamp among the stream's packets, which is the i-th
+    frame a front-to-back decode outputs when every packet holds one frame: that is checked (packet
+    count equal to the header's frame count, every timestamp present and distinct, a keyframe first)
+    and anything else returns None, as does any frame that does not turn up where its timestamp
+    says. The caller then decodes front to back, so results never depend on which path ran.
+    """
+    import av
+    from bisect import bisect_right
+
+    try:
+        container = _open(path)
+    except VideoReadError:
+        return None
+    try:
+        stream = container.streams.video[0]
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size and not p.is_discard]
+        if len(packets) != total or any(pts is None for pts, _ in packets):
+            return None
+        order = sorted(pts for pts, _ in packets)
+        index_of = {pts: i for i, pts in enumerate(order)}
+        keyframes = sorted(pts for pts, key in packets if key)
+        if len(index_of) != total or not keyframes or keyframes[0] != order[0]:
+            return None
+        targets = sorted(order[i] for i in wanted)
+        wanted_pts = set(targets)
+
+        def keyframe_before(pts: int) -> int:
+            return keyframes[bisect_right(keyframes, pts) - 1]
+
+        _set_threads(stream, threads)
+        frames: dict[int, np.ndarray] = {}
+        position: int | None = None  # index of the last frame decoded
+        t = 0
+        while t < len(targets):
+            key = keyframe_before(targets[t])
+            container.seek(key, stream=stream, backward=True)  # also flushes the decoder
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.pts not in index_of:
+                    return None
+                if frame.pts < key:
+                    continue  # leading pictures of an open GOP: not decodable from this keyframe
+                if frame.pts in wanted_pts:
+                    frames[index_of[frame.pts]] = frame.to_ndarray(format="rgb24")
+                position = index_of[frame.pts]
+                while t < len(targets) and index_of[targets[t]] <= position:
+                    if index_of[targets[t]] not in frames:
+                        return None  # the seek overshot a frame we need
+                    t += 1
+                if t == len(targets):
+                    break
+                if index_of[keyframe_before(targets[t])] - position > SEEK_MIN_GAP:
+                    break  # the next needed frame is past a keyframe far ahead: seek there
+            else:
+                break  # end of stream
+        return frames if len(frames) == len(wanted) else None
+    except av.error.FFmpegError:
+        return None  # the front-to-back decode reports the problem with the frame it stopped at
+    finally:
+        container.close()
+
+
+def write_video(
+    path: str | os.PathLike, frames: np.ndarray, fps: int = 8, *, crf: int = 18, keyint: int | None = None,
+    bframes: bool = False,
+) -> Path:
+    """Encode uint8 RGB frames (T, H, W, 3) as H.264 mp4 (even height and width, as yuv420p requires).
+
+    ``keyint`` is the largest distance between keyframes (x264's default is 250); ``bframes`` allows
+    B-frames, so presentation order differs from decoding order as in most real videos.
+    """
     import av
 
     frames = np.asarray(frames)
@@ -173,10 +276,15 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, *, cr
     if h % 2 or w % 2:
         raise ValueError(f"H.264 in yuv420p needs an even frame size, got {h}x{w}")
     path = Path(path)
+    options = {"crf": str(crf), "preset": "medium"}
+    if not bframes:
+        options["tune"] = "zerolatency"
+    if keyint is not None:
+        options["x264-params"] = f"keyint={keyint}:min-keyint={min(keyint, 25)}"
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium", "tune": "zerolatency"}
+        stream.options = options
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
