@@ -33,6 +33,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def top_predictions(logits: np.ndarray, id2label: dict[int, str], top_k: int) -> list[Prediction]:
+    """Top-k of one video from the logits of its clips (num_clips, num_labels): mean logits, then softmax.
+
+    Shared by ``VideoClassifier.classify`` and the corpus job, so both rank a video the same way.
+    """
+    probabilities = softmax(logits.mean(axis=0))
+    order = np.argsort(-probabilities, kind="stable")[:top_k]
+    return [Prediction(id2label.get(int(i), f"LABEL_{int(i)}"), float(probabilities[i]), int(i)) for i in order]
+
+
 class VideoClassifier:
     """Joins a runtime (any backend), the shared preprocessor and the labels: video in, top-k out.
 
@@ -90,9 +100,7 @@ class VideoClassifier:
             )
         else:
             clips = video if video.ndim == 5 else video[None]
-        probabilities = softmax(self.logits(clips).mean(axis=0))
-        order = np.argsort(-probabilities, kind="stable")[:top_k]
-        return [Prediction(self.id2label.get(int(i), f"LABEL_{int(i)}"), float(probabilities[i]), int(i)) for i in order]
+        return top_predictions(self.logits(clips), self.id2label, top_k)
 
     def close(self) -> None:
         self.runtime.close()
