@@ -110,6 +110,11 @@ class Runtime(ABC):
             raise ConfigError("no clips to run")
         return np.concatenate(outputs)
 
+    def set_threads(self, threads: int) -> int | None:
+        """Change the backend's intra-op CPU threads while it runs; returns the previous count, or None
+        where the backend fixes them when it loads (ONNX Runtime's ``threads`` option) or runs on a GPU."""
+        return None
+
     @abstractmethod
     def _run(self, pixel_values: np.ndarray) -> np.ndarray:
         """Backend work on an already validated, C-contiguous float32 array."""

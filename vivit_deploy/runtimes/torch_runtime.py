@@ -84,6 +84,16 @@ class TorchRuntime(Runtime):
         with torch.inference_mode():
             return self.model(x).float().cpu().numpy()
 
+    def set_threads(self, threads: int) -> int | None:
+        """torch's intra-op threads (process-wide, as torch has them) when running on the CPU."""
+        import torch
+
+        if self.device != "cpu":
+            return None
+        previous = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads))
+        return previous
+
     def _close(self) -> None:
         self.model = None
 
