@@ -98,13 +98,19 @@ def read_clips(
         raise VideoReadError(f"{path}: no such file")
     if not path.is_file():
         raise VideoReadError(f"{path}: not a file")
-    total = count_frames(path)
-    indices = sample_indices(total, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate, num_clips=num_clips)
-    wanted = set(indices.ravel().tolist())
-    frames = _decode_seeking(path, wanted, total, threads) if seek and _sparse(wanted) else None
-    if frames is None:
-        frames, decoded = _decode(path, wanted, threads)
-        if decoded < total and any(i not in frames for i in wanted):
+    container = _open(path)  # reused for a front-to-back decode: opening probes the stream, which costs
+    try:                     # as much as decoding a few small frames
+        stream = container.streams.video[0]
+        total = int(stream.frames) if stream.frames else count_frames(path)
+        indices = sample_indices(total, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate, num_clips=num_clips)
+        wanted = set(indices.ravel().tolist())
+        frames = _decode_seeking(path, wanted, total, threads) if seek and _sparse(wanted) else None
+        if frames is None:
+            frames, decoded = _decode(path, wanted, threads, container)
+    finally:
+        container.close()
+    if len(frames) < len(wanted):
+        if decoded < total:
             # The container announced more frames than the stream holds: sample again from what is there.
             if decoded == 0:
                 raise VideoReadError(f"{path}: the video stream has no decodable frames")
@@ -160,13 +166,16 @@ def _set_threads(stream, threads: int) -> None:
     stream.codec_context.thread_count = threads
 
 
-def _decode(path: Path, wanted: set[int], threads: int = 0) -> tuple[dict[int, np.ndarray], int]:
-    """Decode front to back, keeping the frames whose index is in ``wanted``; also return how many were decoded."""
+def _decode(path: Path, wanted: set[int], threads: int = 0, container=None) -> tuple[dict[int, np.ndarray], int]:
+    """Decode front to back, keeping the frames whose index is in ``wanted``; also return how many were decoded.
+
+    ``container``: one just opened on ``path`` to use (and close) instead of opening the file again.
+    """
     import av
 
     last = max(wanted)
     frames: dict[int, np.ndarray] = {}
-    container = _open(path)
+    container = container or _open(path)
     index = -1
     try:
         stream = container.streams.video[0]
