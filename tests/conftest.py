@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Every server, Ray node and client in the tests binds and connects on 127.0.0.1 only. Ray reads this
+# when it is imported (a module constant), so it is set here, before any test module imports ray:
+# with it, Ray uses the loopback address for the head, every node and the GCS.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no reporting attempts from a machine without internet
 
 import numpy as np
 import pytest

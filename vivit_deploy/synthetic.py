@@ -64,3 +64,32 @@ def make_dataset(n: int, seed: int, *, noise: float = 0.0) -> tuple[np.ndarray, 
     rng.shuffle(labels)
     videos = np.stack([render_clip(int(label), rng, noise=noise) for label in labels])
     return videos, labels.astype(np.int64)
+
+
+def write_corpus(directory, count: int, *, height: int = 48, width: int = 64, frames: int = VIDEO_FRAMES,
+                 fps: int = 30, seed: int = 0, keyint: int | None = None) -> list[tuple[str, str]]:
+    """Write ``count`` mp4 videos of the motion task at any size and length, for throughput measurements.
+
+    Each clip is rendered at FRAME_HW, resampled in time to ``frames`` and scaled up by pixel repetition
+    to (height, width) (multiples of 48 x 64 keep the motion intact), with mild noise so the encoder
+    has real work. Returns (file name, label) pairs.
+    """
+    from pathlib import Path
+
+    from vivit_deploy.video import write_video
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        label = i % len(LABELS)
+        clip = render_clip(label, rng)
+        clip = clip[np.linspace(0, VIDEO_FRAMES - 1, frames).round().astype(int)]
+        sy, sx = -(-height // FRAME_HW[0]), -(-width // FRAME_HW[1])
+        clip = np.repeat(np.repeat(clip, sy, axis=1), sx, axis=2)[:, :height, :width]
+        noisy = clip.astype(np.int16) + rng.integers(0, 16, clip.shape, dtype=np.int16)
+        name = f"video{i:05d}.mp4"
+        write_video(directory / name, np.clip(noisy, 0, 255).astype(np.uint8), fps=fps, crf=23, keyint=keyint)
+        out.append((name, LABELS[label]))
+    return out

@@ -241,19 +241,25 @@ def _check_given_file(path: Path, metadata, checkpoint: Path, settings: BenchSet
 
 
 def _random_checkpoint(settings: BenchSettings, directory: Path, progress: Progress) -> tuple[Path, str]:
+    return random_checkpoint(settings.config, directory, num_frames=settings.num_frames, seed=settings.seed,
+                             progress=progress)
+
+
+def random_checkpoint(name: str, directory: Path, *, num_frames: int | None = None, seed: int = 0,
+                      progress: Progress | None = None) -> tuple[Path, str]:
+    """A checkpoint of preset ``name`` with random weights (the real cost, nothing downloaded) and its label."""
     import torch
 
     from vivit_deploy.config import preset
     from vivit_deploy.modeling import VivitForVideoClassification
     from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
 
-    overrides = {} if settings.num_frames is None else {"num_frames": settings.num_frames}
-    config = preset(settings.config, **overrides)
-    label = f"{settings.config} geometry ({config.num_frames}x{config.image_height}x{config.image_width}), random weights"
-    progress(f"creating {label} ...")
-    torch.manual_seed(settings.seed)
+    config = preset(name, **({} if num_frames is None else {"num_frames": num_frames}))
+    label = f"{name} geometry ({config.num_frames}x{config.image_height}x{config.image_width}), random weights"
+    if progress is not None:
+        progress(f"creating {label} ...")
+    torch.manual_seed(seed)
     model = VivitForVideoClassification(config)
     preprocessor = VideoPreprocessor(PreprocessorConfig.for_input_size(config.image_height, config.image_width))
     model.save_pretrained(directory, preprocessor=preprocessor)
     return directory, label
-

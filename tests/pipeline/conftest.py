@@ -1,0 +1,49 @@
+"""A corpus the pipeline tests generate: a dozen labelled tiny videos and three files that are not videos."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GOOD = 12
+BAD = {"empty.mp4": "empty file", "notes.mp4": "not a readable video", "cut.mp4": "not a readable video"}
+
+
+def make_corpus(directory: Path) -> dict[str, str | None]:
+    """Write the corpus into ``directory``; returns file name -> true label (None for the bad files)."""
+    from vivit_deploy.synthetic import LABELS, render_clip
+    from vivit_deploy.video import write_video
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    labels: dict[str, str | None] = {}
+    for i in range(GOOD):
+        label = i % len(LABELS)
+        name = f"clip{i:02d}.mp4"
+        write_video(directory / name, render_clip(label, rng), fps=8)
+        labels[name] = LABELS[label]
+    (directory / "empty.mp4").write_bytes(b"")
+    (directory / "notes.mp4").write_text("a text file renamed .mp4\n")
+    whole = (directory / "clip00.mp4").read_bytes()
+    (directory / "cut.mp4").write_bytes(whole[: len(whole) // 2])  # the index (moov) is at the end: gone
+    for name in BAD:
+        labels[name] = None
+    return labels
+
+
+@pytest.fixture(scope="session")
+def corpus_master(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
+    directory = tmp_path_factory.mktemp("corpus-master")
+    return directory, make_corpus(directory)
+
+
+@pytest.fixture
+def corpus(tmp_path, corpus_master) -> tuple[Path, dict[str, str | None]]:
+    """A private copy per test (tests change files in it)."""
+    master, labels = corpus_master
+    directory = tmp_path / "videos"
+    shutil.copytree(master, directory)
+    return directory, labels

@@ -1,0 +1,107 @@
+"""Where the videos of a corpus job come from: files, directories and manifests, in a stable order.
+
+- a video file: taken as it is, whatever its suffix;
+- a directory: searched recursively for files with a video suffix (``video.VIDEO_SUFFIXES``);
+- a manifest: ``.txt`` (one path per line; blank lines and ``#`` comments skipped), ``.csv`` or
+  ``.parquet`` with a ``path`` column. Relative paths in a manifest are relative to the manifest's
+  own directory, so a manifest and its videos can move together.
+
+Every path is made absolute (the row's ``path`` and the key a resumed job matches on), and a video
+named twice is classified once. A path in a manifest that does not exist is not an error here: the
+job reports it as a row with its error. An input on the command line that does not exist is.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from vivit_deploy.errors import ConfigError
+from vivit_deploy.video import VIDEO_SUFFIXES
+
+MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    order: int  # position in the job's input, for the order of the final file
+    path: str  # absolute
+
+
+def require_pyarrow(why: str):
+    try:
+        import pyarrow
+    except ImportError:
+        raise ConfigError(f"{why} needs pyarrow: pip install 'vivit-deploy[parquet]'") from None
+    return pyarrow
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[VideoItem]:
+    """The videos named by ``inputs``, in the order given (directories sorted), each once."""
+    if not inputs:
+        raise ConfigError("no inputs: give video files, directories or manifests (.txt, .csv, .parquet)")
+    seen: set[str] = set()
+    items: list[VideoItem] = []
+    for entry in inputs:
+        for path in _paths_of(Path(entry)):
+            if path not in seen:
+                seen.add(path)
+                items.append(VideoItem(len(items), path))
+    if not items:
+        raise ConfigError(f"no videos in {', '.join(map(str, inputs))} (video suffixes: {' '.join(VIDEO_SUFFIXES)})")
+    return items
+
+
+def _paths_of(entry: Path) -> Iterable[str]:
+    if entry.is_dir():
+        for path in sorted(entry.rglob("*")):
+            if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
+                yield _absolute(path)
+    elif entry.suffix.lower() in MANIFEST_SUFFIXES:
+        if not entry.is_file():
+            raise FileNotFoundError(f"{entry}: no such manifest")
+        base = entry.parent
+        for line in read_manifest(entry):
+            path = Path(line).expanduser()
+            yield _absolute(path if path.is_absolute() else base / path)
+    elif entry.exists():
+        yield _absolute(entry)
+    else:
+        raise FileNotFoundError(f"{entry}: no such video, directory or manifest")
+
+
+def _absolute(path: Path) -> str:
+    return os.path.abspath(path)  # not resolve(): keep the user's symlinks in the names
+
+
+def read_manifest(path: Path) -> list[str]:
+    """The paths listed in a ``.txt``, ``.csv`` or ``.parquet`` manifest, as written there."""
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable text manifest ({exc})") from exc
+        return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+    if suffix == ".csv":
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or "path" not in reader.fieldnames:
+                    raise ConfigError(f"{path}: a CSV manifest needs a 'path' column, got {reader.fieldnames}")
+                return [row["path"].strip() for row in reader if (row["path"] or "").strip()]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(f"{path}: not a readable CSV manifest ({exc})") from exc
+    pyarrow = require_pyarrow("a .parquet manifest")
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise ConfigError(f"{path}: not a readable Parquet manifest ({exc})") from exc
+    if "path" not in table.column_names:
+        raise ConfigError(f"{path}: a Parquet manifest needs a 'path' column, got {table.column_names}")
+    return [str(p).strip() for p in table.column("path").to_pylist() if p is not None and str(p).strip()]

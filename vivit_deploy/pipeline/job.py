@@ -1,0 +1,182 @@
+"""``classify_corpus``: the whole job from inputs to one results file, on this machine or on Ray.
+
+1. expand the inputs into videos (``inputs.py``);
+2. describe the model without loading it: labels, preprocessing, fingerprint (``model.py``);
+3. open the results store: lock, check the settings of any earlier rows, find what is done (``results.py``);
+4. classify what is left with an executor (``local.py`` or ``ray_job.py``), rows written as parts;
+5. merge everything into the output file in one atomic step, and summarise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Sequence
+
+from vivit_deploy.errors import ConfigError
+from vivit_deploy.pipeline.inputs import expand_inputs
+from vivit_deploy.pipeline.local import StageTimes, available_cores, run_local, start_pool
+from vivit_deploy.pipeline.model import describe_model
+from vivit_deploy.pipeline.results import ResultStore
+from vivit_deploy.pipeline.stages import ClipLoader, ClipSpec, ResultSettings
+
+Log = Callable[[str], None]
+# bar(total videos) -> a context manager yielding update(videos finished, clips run)
+ProgressBar = Callable[[int], ContextManager[Callable[[int, int], None]]]
+LOCAL_RAY = "local"  # ClassifyJob.ray: start a Ray instance on this machine instead of joining one
+
+
+@dataclass(frozen=True)
+class ClassifyJob:
+    """What to classify with (model and the settings that shape a result) and how to run it."""
+
+    model: str | None = None  # checkpoint dir, Hub id, .onnx or .engine; None: the embedded demo model
+    backend: str | None = None  # default: from the model (see runtimes.load_runtime)
+    device: str = "auto"
+    precision: str | None = None  # default: fp32 for PyTorch, the file's own for exported files
+    batch_size: int = 8  # clips per inference call
+    top_k: int = 5
+    num_clips: int = 1
+    sampling: str = "uniform"
+    frame_sample_rate: int = 4
+    workers: int | None = None  # decoding processes (Ray: decoding tasks at once); default: default_workers(device)
+    ray: str | None = None  # None: this machine; LOCAL_RAY: a new local Ray; else the address of a cluster
+    actors: int | None = None  # Ray inference actors; default: one per GPU of the cluster, else 1
+    resume: bool = True
+    retry_failed: bool = False
+    runtime_options: dict[str, Any] = field(default_factory=dict)  # passed to load_runtime
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "top_k", "num_clips", "frame_sample_rate"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.actors is not None and (self.actors < 1 or self.ray is None):
+            raise ConfigError("actors (at least 1) applies to a Ray job only")
+
+
+def default_workers(device: str) -> int:
+    """Every core decodes (the workers wait while inference is the slower stage, leaving it the cores);
+    with ``--device cuda``, every core but one, which feeds the GPU."""
+    cores = available_cores()
+    return max(1, cores - 1) if device.startswith("cuda") else cores
+
+
+@dataclass
+class JobSummary:
+    output: Path
+    total: int  # videos in the input
+    skipped: int  # already in the output with the same settings
+    classified: int  # rows written by this run (with and without errors)
+    failed: int  # of those, rows with an error
+    errors_in_output: int  # rows with an error among this job's videos in the final file
+    wall_s: float
+    times: StageTimes
+    executor: str
+
+    def format(self) -> str:
+        t = self.times
+        lines = [
+            f"{self.output}: {self.total} videos: {self.classified - self.failed} classified, {self.failed} failed, "
+            f"{self.skipped} skipped (already there)",
+        ]
+        if self.classified:
+            lines.append(f"  wall {self.wall_s:.1f} s ({self.classified / self.wall_s:.1f} videos/s, "
+                         f"{t.clips / self.wall_s:.1f} clips/s) on {self.executor}")
+            lines.append(
+                f"  stage seconds: decode {t.decode:.1f}, preprocess {t.preprocess:.1f} (summed over parallel workers), "
+                f"inference {t.inference:.1f}, write {t.write:.2f}"
+            )
+        if self.errors_in_output:
+            lines.append(f"  {self.errors_in_output} rows in the output have an error (see their 'error' column; "
+                         "--retry-failed tries them again)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": str(self.output), "total": self.total, "skipped": self.skipped,
+                "classified": self.classified, "failed": self.failed, "errors_in_output": self.errors_in_output,
+                "wall_s": self.wall_s, "executor": self.executor,
+                "stages": {k: getattr(self.times, k) for k in ("decode", "preprocess", "inference", "write")},
+                "clips": self.times.clips}
+
+
+def _no_bar(total: int):
+    return contextlib.nullcontext(lambda videos, clips: None)
+
+
+def classify_corpus(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    job: ClassifyJob = ClassifyJob(),
+    *,
+    log: Log | None = None,
+    bar: ProgressBar | None = None,
+) -> JobSummary:
+    """Classify every video named by ``inputs`` into ``output`` (.parquet or .jsonl), resuming where it stopped."""
+    from vivit_deploy.demo import demo_model_dir
+
+    log = log or (lambda message: None)
+    bar = bar or _no_bar
+    started = time.perf_counter()
+    items = expand_inputs(inputs)
+    source = job.model or str(demo_model_dir())
+    hub = {k: job.runtime_options[k] for k in ("revision", "local_files_only", "cache_dir", "token")
+           if job.runtime_options.get(k) is not None}
+    log(f"{len(items)} videos; reading {source} ...")
+    info = describe_model(source, job.backend, **hub)
+    spec = ClipSpec(info.config.num_frames, job.num_clips, job.sampling, job.frame_sample_rate)
+    settings = ResultSettings(
+        model=source, model_sha256=info.sha256, backend=info.backend,
+        precision=job.precision or info.precision or "fp32", sampling=job.sampling, clips=job.num_clips,
+        frame_sample_rate=job.frame_sample_rate, top_k_count=min(job.top_k, info.config.num_labels),
+    )
+    loader = ClipLoader(spec, info.preprocessor)
+    times = StageTimes()
+    with ResultStore(output, settings, resume=job.resume, retry_failed=job.retry_failed, warn=log) as store:
+        pending = [item for item in items if not store.is_done(item.path)]
+        skipped = len(items) - len(pending)
+        log(f"{skipped} already in {output}, {len(pending)} to classify")
+        executor = "nothing to do"
+        if pending and job.ray is None:
+            executor, times = _run_here(pending, source, loader, store, settings, job, log, bar)
+        elif pending:
+            from vivit_deploy.pipeline.ray_job import run_on_ray
+
+            with bar(len(pending)) as update:
+                executor, times = run_on_ray(pending, source, loader, store, settings, job, info, log=log,
+                                             progress=update)
+        log(f"writing {output} ...")
+        rows = store.finalize({item.path: item.order for item in items})
+    paths = {item.path for item in items}
+    return JobSummary(
+        output=Path(output), total=len(items), skipped=skipped, classified=times.videos, failed=times.failed,
+        errors_in_output=sum(1 for r in rows if r["error"] is not None and r["path"] in paths),
+        wall_s=time.perf_counter() - started, times=times, executor=executor,
+    )
+
+
+def _run_here(pending, source, loader, store, settings, job: ClassifyJob, log: Log, bar: ProgressBar):
+    from vivit_deploy.runtimes import load_runtime
+
+    workers = job.workers or default_workers(job.device)
+    pool = start_pool(loader, workers)  # the processes import and warm up while the model loads
+    try:
+        log(f"loading {source} ...")
+        runtime = load_runtime(source, job.backend, device=job.device, precision=job.precision, **job.runtime_options)
+    except BaseException:
+        pool.close(graceful=False)
+        raise
+    with runtime:
+        if (runtime.backend, runtime.precision) != (settings.backend, settings.precision):
+            pool.close(graceful=False)
+            raise ConfigError(f"{source} loaded as {runtime.backend} {runtime.precision}, "
+                              f"expected {settings.backend} {settings.precision}")
+        executor = f"this machine: {workers} decoding processes, {runtime.backend} on {runtime.device} ({runtime.precision})"
+        log(f"classifying {len(pending)} videos on {executor}")
+        with bar(len(pending)) as update:
+            times = run_local(pending, pool, runtime, store, settings, batch_size=job.batch_size, progress=update)
+    return executor, times

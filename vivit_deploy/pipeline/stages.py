@@ -1,0 +1,142 @@
+"""The stages of the corpus job, written once and run by every executor (local processes or Ray).
+
+    path --ClipLoader--> float32 clips (num_clips, T, C, H, W) --classify_videos--> top-k --result_row--> row
+
+``ClipLoader`` is decode + sample + preprocess: the same ``read_clips`` and shared preprocessor that
+``vivit-deploy predict`` uses, so a video gets the same prediction whichever path classified it.
+``classify_videos`` runs the clips of several videos as one batch and ranks each video with
+``predict.top_predictions`` (mean logits over its clips, then softmax), as ``VideoClassifier`` does.
+Frames stay uint8 until the preprocessor; what crosses between stages is the model's input.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from vivit_deploy.errors import ConfigError
+from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+from vivit_deploy.video import SAMPLINGS
+
+if TYPE_CHECKING:
+    from vivit_deploy.predict import Prediction
+    from vivit_deploy.runtimes.base import Runtime
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which frames of a video the model sees: ``num_clips`` clips of ``num_frames``, sampled as in predict."""
+
+    num_frames: int
+    num_clips: int = 1
+    sampling: str = "uniform"  # "uniform" or "stride", see vivit_deploy.video
+    frame_sample_rate: int = 4  # every Nth frame, for "stride"
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if min(self.num_frames, self.num_clips, self.frame_sample_rate) < 1:
+            raise ConfigError(f"num_frames, num_clips and frame_sample_rate must be at least 1, got {self}")
+
+
+class ClipLoader:
+    """Stage 1, per video: decode the sampled frames and preprocess them; picklable, so workers get a copy.
+
+    ``load`` returns float32 (num_clips, T, C, H, W) with the seconds spent decoding and preprocessing,
+    and raises :class:`VideoReadError` for a file that cannot be read. ``decode_threads`` is FFmpeg's
+    thread count per video (0: one per core; workers that already fill the cores use 1).
+    """
+
+    def __init__(self, spec: ClipSpec, preprocessor: PreprocessorConfig, decode_threads: int = 0):
+        self.spec = spec
+        self.preprocessor_config = preprocessor
+        self.decode_threads = decode_threads
+        self._preprocessor = VideoPreprocessor(preprocessor)
+
+    def warm_up(self) -> None:
+        """Load the preprocessor's compiled kernels now (a worker does it while the model loads)."""
+        crop = self.preprocessor_config.crop_size
+        self._preprocessor(np.zeros((1, crop["height"] + 2, crop["width"] + 2, 3), np.uint8))
+
+    def output_shape(self, frame_shape: tuple[int, int, int, int]) -> tuple[int, ...]:
+        return (self.spec.num_clips, *frame_shape)
+
+    def load(self, path: str | os.PathLike) -> tuple[np.ndarray, float, float]:
+        from vivit_deploy.video import read_clips
+
+        spec = self.spec
+        started = time.perf_counter()
+        clips = read_clips(path, spec.num_frames, num_clips=spec.num_clips, sampling=spec.sampling,
+                           frame_sample_rate=spec.frame_sample_rate, threads=self.decode_threads)
+        decoded = time.perf_counter()
+        pixel_values = self._preprocessor(clips)
+        return pixel_values, decoded - started, time.perf_counter() - decoded
+
+
+@dataclass(frozen=True)
+class ResultSettings:
+    """Everything that shapes a row's prediction; every row carries it, and a resumed job must match it."""
+
+    model: str  # the source as given (path, Hub id, file), for people reading the results
+    model_sha256: str  # fingerprint of the weights or model file: the model's identity
+    backend: str
+    precision: str
+    sampling: str
+    clips: int
+    frame_sample_rate: int
+    top_k_count: int  # how many labels each row's top_k lists
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def key(self) -> tuple:
+        """What must be equal for two rows to be comparable (the model's location may change)."""
+        d = self.to_dict()
+        d.pop("model")
+        return tuple(sorted(d.items()))
+
+    def differences(self, other: dict[str, Any]) -> list[str]:
+        """Human-readable fields in which a row's settings ``other`` differ from these."""
+        mine = self.to_dict()
+        return [f"{k} {other.get(k)!r} (now {v!r})" for k, v in mine.items() if k != "model" and other.get(k) != v]
+
+
+ROW_FIELDS = ("path", "label", "probability", "top_k", "error") + tuple(ResultSettings.__dataclass_fields__)
+
+
+def result_row(path: str, settings: ResultSettings, predictions: Sequence["Prediction"] | None = None,
+               error: str | None = None) -> dict[str, Any]:
+    """Stage 3: one output row; a video that could not be classified has its one-line ``error`` and no label."""
+    if (predictions is None) == (error is None):
+        raise ValueError("a row has either predictions or an error")
+    top = None if predictions is None else [{"label": p.label, "probability": p.probability} for p in predictions]
+    return {
+        "path": path,
+        "label": None if top is None else top[0]["label"],
+        "probability": None if top is None else top[0]["probability"],
+        "top_k": top,
+        "error": error,
+        **settings.to_dict(),
+    }
+
+
+def classify_videos(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size: int, top_k: int) -> list[list["Prediction"]]:
+    """Stage 2: the top-k of each video, its clips run with every other video's in batches of ``batch_size``."""
+    from vivit_deploy.predict import top_predictions
+
+    counts = [len(c) for c in clips]
+    logits = runtime.run_batches(np.concatenate(clips), batch_size)
+    bounds = np.cumsum([0, *counts])
+    return [top_predictions(logits[a:b], runtime.id2label, top_k) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a row's ``error``: our messages as they are, anything else with its type."""
+    from vivit_deploy.errors import VivitDeployError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, VivitDeployError) else f"{type(exc).__name__}: {text}"
