@@ -282,9 +282,9 @@ class _Inference(threading.Thread):
 
     On a CPU the decoding processes and inference share the cores. While inference is the slower
     stage (a batch is already waiting when one finishes) it gets every core's thread; while decoding is
-    (inference waits for batches), one thread, so that it does not stall on cores the decoders hold:
-    on 2 cores with the demo model that took the pipeline from 72% to 80% of decoding's own rate
-    (scripts/bench_classify.py). Only backends that can change threads while running take part.
+    (inference waits for batches), one thread, so that it does not stall on cores the decoders hold
+    (a one-off comparison on 2 cores with the demo model favoured it). Only backends that can change
+    threads while running take part.
     """
 
     def __init__(self, runtime: "Runtime", store: "ResultStore", settings: ResultSettings, batch_size: int,
