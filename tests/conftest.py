@@ -141,3 +141,14 @@ def demo_engines(tmp_path_factory, demo_onnx, demo_onnx_fp16) -> dict:
         "fp16": build_engine(demo_onnx_fp16, directory / "demo-fp16.engine", max_batch=8, timing_cache=cache),
         "cache": cache,
     }
+
+
+@pytest.fixture(scope="session")
+def demo_onnx_int8(tmp_path_factory) -> Path:
+    """The demo model as an int8 Q/DQ file, calibrated on the bundled sample videos."""
+    from vivit_deploy.demo import SAMPLES, demo_model_dir
+    from vivit_deploy.export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "demo-int8.onnx"
+    export_onnx(demo_model_dir(), path, precision="int8", calibration=SAMPLES)
+    return path

@@ -20,7 +20,7 @@ from vivit_deploy.preprocessing import PreprocessorConfig
 
 FORMAT_VERSION = "1"
 PREFIX = "vivit_deploy."
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # of the graph; int8: Q/DQ on the weight MatMuls, the rest fp32
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class DeployMetadata:
     precision: str  # precision of the graph's arithmetic; its inputs and outputs are float32 either way
     output_name: str = "logits"
     provenance: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # int8: what it was calibrated on and what was quantized
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -48,6 +49,7 @@ class DeployMetadata:
             PREFIX + "output_name": self.output_name,
             PREFIX + "precision": self.precision,
             PREFIX + "provenance": json.dumps(self.provenance, sort_keys=True),
+            **({} if self.calibration is None else {PREFIX + "calibration": json.dumps(self.calibration, sort_keys=True)}),
         }
 
     @classmethod
@@ -72,6 +74,7 @@ class DeployMetadata:
                 precision=precision,
                 output_name=props.get(PREFIX + "output_name", "logits"),
                 provenance=json.loads(props.get(PREFIX + "provenance", "{}")),
+                calibration=json.loads(props[PREFIX + "calibration"]) if PREFIX + "calibration" in props else None,
             )
         except (KeyError, json.JSONDecodeError, ConfigError) as exc:
             raise ModelFileError(f"{source}: unreadable vivit_deploy metadata ({exc})") from exc

@@ -44,6 +44,12 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-4, min_cosine=0.99999, min_top1=1.0),
     "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999, min_top1=1.0),
     "bf16": Tolerance(atol=2e-1, rtol=1e-1, min_cosine=0.995, min_top1=0.95),
+    # int8 (the weight MatMuls in int8, the rest in float; "int8-bf16": the rest in bf16, OpenVINO): on the demo
+    # model's 1000 held-out synthetic clips (`vivit-deploy compare --synthetic 1000`, 2026-11-26) int8 drifted
+    # up to 0.28 (worst cosine 0.9983) and int8-bf16 up to 0.58 (0.9928), every top-1 kept. A ViT's int8 error
+    # grows with depth: the bounds allow a little more and gate on cosine and top-1 first.
+    "int8": Tolerance(atol=5e-1, rtol=2e-1, min_cosine=0.99, min_top1=0.95),
+    "int8-bf16": Tolerance(atol=5e-1, rtol=2e-1, min_cosine=0.99, min_top1=0.95),
 }
 
 

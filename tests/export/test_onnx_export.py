@@ -114,7 +114,8 @@ def test_failed_validation_leaves_no_file(tmp_path, monkeypatch):
     ("kwargs", "error", "match"),
     [
         (dict(opset=17), ConfigError, "opset must be in 18..23"),
-        (dict(precision="int8"), ConfigError, "precision must be one of"),
+        (dict(precision="int4"), ConfigError, "precision must be one of"),
+        (dict(precision="int8"), ConfigError, "int8 needs calibration data"),
         (dict(max_batch=0), ConfigError, "max_batch must be at least 1"),
     ],
 )

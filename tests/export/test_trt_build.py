@@ -33,6 +33,17 @@ def test_build_plan_per_version(version, engine, graph, typed, flag):
     assert (plan.strongly_typed, plan.fp16_flag) == (typed, flag)
 
 
+@pytest.mark.parametrize(("version", "typed", "int8_flag"), [("11.2.0", True, False), ("10.12.0", True, False),
+                                                              ("10.8.0", False, True)])
+def test_int8_engines_use_explicit_quantization(version, typed, int8_flag):
+    plan = plan_build(version, "int8", "int8")
+    assert (plan.strongly_typed, plan.fp16_flag, plan.int8_flag) == (typed, False, int8_flag)
+    with pytest.raises(ConfigError, match="an int8 engine is built from the int8 Q/DQ graph"):
+        plan_build(version, "int8", "fp32")
+    with pytest.raises(ConfigError, match="that graph only builds an int8 engine"):
+        plan_build(version, "fp16", "int8")
+
+
 def test_build_plan_refusals():
     with pytest.raises(ConfigError, match="strongly typed, from an fp16 graph: export one with"):
         plan_build("11.1.0", "fp16", "fp32")

@@ -41,6 +41,9 @@ class GraphSummary:
     attention_blocks: int  # Softmax nodes between two MatMuls
     prescaled_attention_blocks: int  # of those, with Q (or K) scaled before the first MatMul
     softmax_residue: int  # IsNaN nodes, and Where nodes next to a Softmax or an IsNaN
+    quantized_matmuls: int = 0  # MatMuls fed by DequantizeLinear (int8 graphs)
+    qdq_on_norm_softmax: int = 0  # LayerNorm / Softmax nodes reading a DequantizeLinear, Softmax feeding a QuantizeLinear
+    asymmetric_qdq: int = 0  # Q/DQ nodes whose zero point is not an int8 zero (TensorRT takes only those)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +101,27 @@ def summarize(model) -> GraphSummary:
 
     residue = sum(1 for n in graph.node if n.op_type == "IsNaN" or (n.op_type == "Where" and touches_softmax(n)))
 
+    def reads_dequantized(node) -> bool:
+        return any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
+
+    def feeds_quantize(node) -> bool:
+        return any(c.op_type == "QuantizeLinear" for o in node.output for c in consumers.get(o, []))
+
+    initializers = {init.name: init for init in graph.initializer}
+
+    def symmetric(node) -> bool:
+        if len(node.input) < 3 or not node.input[2]:
+            return False  # no zero point given: uint8 by the spec
+        zero = initializers.get(node.input[2])
+        return zero is not None and zero.data_type == 3 and not np.any(_array(zero))  # 3: INT8
+
+    quantized = sum(1 for n in graph.node if n.op_type == "MatMul" and reads_dequantized(n))
+    # LayerNorm and Softmax compute in float: neither reads a dequantized int8 tensor, and the attention
+    # probabilities are not quantized (a LayerNorm output feeding the Q of the next MatMul's input is fine)
+    on_norm = sum(1 for n in graph.node if (n.op_type in ("LayerNormalization", "Softmax") and reads_dequantized(n))
+                  or (n.op_type == "Softmax" and feeds_quantize(n)))
+    asymmetric = sum(1 for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not symmetric(n))
+
     weight_types: Counter = Counter()
     for init in graph.initializer:
         weight_types[_type_name(init.data_type)] += int(np.prod(init.dims)) if init.dims else 1
@@ -112,7 +136,16 @@ def summarize(model) -> GraphSummary:
         attention_blocks=blocks,
         prescaled_attention_blocks=prescaled,
         softmax_residue=residue,
+        quantized_matmuls=quantized,
+        qdq_on_norm_softmax=on_norm,
+        asymmetric_qdq=asymmetric,
     )
+
+
+def _array(tensor):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor)
 
 
 def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None = None) -> list[Finding]:
@@ -143,9 +176,19 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
         f"inputs/outputs must be float32, got {io_types}")
     add("double" not in summary.weight_types, "double", "no float64 weights",
         f"{summary.weight_types.get('double')} float64 weight elements")
-    float_weights = {t: n for t, n in summary.weight_types.items() if t in ("float", "float16", "bfloat16")}
-    main = max(float_weights, key=float_weights.get) if float_weights else None
-    want = {"fp32": "float", "fp16": "float16"}[precision]
-    add(main == want, "precision", f"weights are {want} ({float_weights.get(want, 0):,} elements)",
-        f"a {precision} graph should hold {want} weights, found {float_weights}")
+    stored = {t: n for t, n in summary.weight_types.items() if t in ("float", "float16", "bfloat16", "int8")}
+    main = max(stored, key=stored.get) if stored else None
+    want = {"fp32": "float", "fp16": "float16", "int8": "int8"}[precision]
+    add(main == want, "precision", f"weights are mostly {want} ({stored.get(want, 0):,} elements)",
+        f"a {precision} graph should hold mostly {want} weights, found {stored}")
+    if precision == "int8":
+        # per layer: the fused Q/K/V projection, the attention output, the two MLP products
+        expected = 4 * num_layers if num_layers is not None else None
+        add(summary.quantized_matmuls > 0 and expected in (None, summary.quantized_matmuls), "quantized matmuls",
+            f"{summary.quantized_matmuls} weight MatMuls read int8 Q/DQ",
+            f"{summary.quantized_matmuls} MatMuls read Q/DQ, expected {expected} (4 per layer)")
+        add(summary.qdq_on_norm_softmax == 0, "float islands", "LayerNorm and Softmax stay in float",
+            f"{summary.qdq_on_norm_softmax} LayerNorm/Softmax nodes read or feed Q/DQ")
+        add(summary.asymmetric_qdq == 0, "symmetric", "every Q/DQ is int8 with zero point 0 (what TensorRT takes)",
+            f"{summary.asymmetric_qdq} Q/DQ nodes are not int8 with zero point 0")
     return findings

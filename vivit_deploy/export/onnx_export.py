@@ -145,6 +145,8 @@ def export_onnx(
     max_batch: int | None = None,
     static_batch: bool = False,
     preprocessor: PreprocessorConfig | None = None,
+    calibration: str | os.PathLike | None = None,
+    calibration_clips: int | None = None,
     validate: bool = True,
     progress: Progress | None = None,
     **load_kwargs: Any,
@@ -152,14 +154,26 @@ def export_onnx(
     """Export ``source`` (anything ``load_model`` takes, or a ``VivitForVideoClassification``) to ``output``.
 
     The batch axis is dynamic over 1..``max_batch`` (default 32), or fixed to ``max_batch`` (default 1)
-    with ``static_batch``. Raises :class:`ExportError` when the graph fails a check or its validation;
-    then nothing is written at ``output``.
+    with ``static_batch``. ``precision="int8"`` quantizes the fp32 graph (``export/quantize.py``),
+    calibrated on ``calibration``: a directory of videos or an ``.npz`` saved by ``compare
+    --save-inputs`` (its first ``calibration_clips``, default 32). Raises :class:`ExportError` when the
+    graph fails a check or its validation; then nothing is written at ``output``.
     """
+    from vivit_deploy.export.quantize import DEFAULT_CALIBRATION_CLIPS
+
     progress = progress or _silent_progress
     if opset not in OPSETS:
         raise ConfigError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1} (the dynamo exporter's range), got {opset}")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and calibration is None:
+        raise ConfigError(
+            "int8 needs calibration data: --calibration DIR (videos like the ones it will see) or FILE.npz "
+            "(from `vivit-deploy compare --save-inputs`); calibrating on random noise would set wrong ranges silently"
+        )
+    if precision != "int8" and (calibration is not None or calibration_clips is not None):
+        raise ConfigError("--calibration and --calibration-clips apply to --precision int8 only")
+    calibration_clips = calibration_clips or DEFAULT_CALIBRATION_CLIPS
     if max_batch is not None and max_batch < 1:
         raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
     max_batch = max_batch or (1 if static_batch else DEFAULT_MAX_BATCH)
@@ -177,10 +191,26 @@ def export_onnx(
     seconds["load"] = time.perf_counter() - started
     spec = input_spec(model.config, max_batch if static_batch else 1, max_batch)
 
+    clips = calibration_note = None
+    if precision == "int8":  # read the calibration data first: a bad directory fails before the long steps
+        from vivit_deploy.export.quantize import calibration_clips as read_calibration
+        from vivit_deploy.preprocessing import VideoPreprocessor
+
+        progress(f"reading calibration data from {calibration} ...")
+        clips, calibration_note = read_calibration(calibration, model.config, VideoPreprocessor(preprocessor),
+                                                   calibration_clips, progress)
+
     started = time.perf_counter()
     progress(f"exporting with torch.onnx (dynamo, opset {opset}, {precision}, batch {spec.batch_range}) ...")
-    proto = _trace(model, precision, opset, spec)
+    proto = _trace(model, "fp32" if precision == "int8" else precision, opset, spec)
     seconds["export"] = time.perf_counter() - started
+    calibration_summary = None
+    if precision == "int8":
+        from vivit_deploy.export.quantize import quantize_int8
+
+        started = time.perf_counter()
+        proto, calibration_summary = quantize_int8(proto, clips, calibration_note, INPUT_NAME, progress)
+        seconds["quantize"] = time.perf_counter() - started
 
     metadata = DeployMetadata(
         config=model.config, preprocessor=preprocessor, input=spec, precision=precision, output_name=OUTPUT_NAME,
@@ -188,6 +218,7 @@ def export_onnx(
             "exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "attention": "eager, Q pre-scaled",
             "source": source_name, "versions": _versions(),
         },
+        calibration=None if calibration_summary is None else calibration_summary.to_dict(),
     )
     for key, value in metadata.to_props().items():
         entry = proto.metadata_props.add()
@@ -216,7 +247,7 @@ def export_onnx(
         seconds["check"] = time.perf_counter() - started
         if validate:
             started = time.perf_counter()
-            report.validation = _validate(model, Path(tmp), spec, precision, progress)
+            report.validation = _validate(model, Path(tmp), spec, precision, progress, clips)
             seconds["validate"] = time.perf_counter() - started
         if not report.passed:
             raise ExportError("the exported graph failed its checks; nothing was written:\n" + report.format())
@@ -270,11 +301,28 @@ def _trace(model, precision: str, opset: int, spec):
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-    return program.model_proto
+    return _without_initializer_value_info(program.model_proto)
 
 
-def _validate(model, path: Path, spec, precision: str, progress: Progress) -> list[ValidationRow]:
-    """ONNX Runtime (CPU) against PyTorch fp32 on random clips at two batch sizes, one file."""
+def _without_initializer_value_info(proto):
+    """Drop ``value_info`` entries that annotate initializers.
+
+    The exporter writes them; they say nothing a reader cannot get from the initializer itself, and
+    ONNX Runtime's quantization tools rewrite initializers (transposed or quantized weights) under the
+    same names, after which shape inference fails on the stale entries ("Inferred shape and existing
+    shape differ in dimension 0: (768) vs (400)").
+    """
+    initializers = {init.name for init in proto.graph.initializer}
+    kept = [v for v in proto.graph.value_info if v.name not in initializers]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
+    return proto
+
+
+def _validate(model, path: Path, spec, precision: str, progress: Progress,
+              clips: np.ndarray | None = None) -> list[ValidationRow]:
+    """ONNX Runtime (CPU) against PyTorch fp32 at two batch sizes, one file: on random clips, or for int8
+    on its calibration clips (an int8 graph is only meant for inputs in the ranges it was calibrated on)."""
     from vivit_deploy.compare import failures, logit_stats
     from vivit_deploy.runtimes.ort_runtime import OnnxRuntimeRuntime
     from vivit_deploy.runtimes.torch_runtime import TorchRuntime
@@ -287,7 +335,10 @@ def _validate(model, path: Path, spec, precision: str, progress: Progress) -> li
         rng = np.random.default_rng(0)
         for batch in batches:
             progress(f"validating with onnxruntime at batch {batch} ...")
-            x = rng.standard_normal(spec.shape(batch), dtype=np.float32)
+            if clips is not None:
+                x = np.ascontiguousarray(np.resize(clips, (batch, *clips.shape[1:])))  # repeats clips if too few
+            else:
+                x = rng.standard_normal(spec.shape(batch), dtype=np.float32)
             ref, out = reference.run(x), candidate.run(x)
             stats = logit_stats(ref, out)
             rows.append(ValidationRow(batch, stats.max_abs, stats.max_rel, stats.min_cosine,

@@ -13,7 +13,6 @@ keeps the type the ONNX graph gives it, so an fp16 engine is built from the fp16
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -24,6 +23,7 @@ from typing import Any, Callable
 
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ExportError, ModelFileError
 from vivit_deploy.io_spec import DEFAULT_MAX_BATCH
+from vivit_deploy.files import sha256_of
 from vivit_deploy.metadata import DeployMetadata, read_onnx_metadata
 
 SUPPORTED_MAJORS = (10, 11)
@@ -58,6 +58,7 @@ class BuildPlan:
     strongly_typed: bool  # network created strongly typed (always so on 11.x)
     fp16_flag: bool  # BuilderFlag.FP16 on a weakly typed 10.x network
     reason: str
+    int8_flag: bool = False  # BuilderFlag.INT8 for a Q/DQ graph on a weakly typed 10.x network
 
 
 def plan_build(tensorrt_version: str, engine_precision: str, graph_precision: str) -> BuildPlan:
@@ -67,9 +68,22 @@ def plan_build(tensorrt_version: str, engine_precision: str, graph_precision: st
         raise BackendUnavailableError(
             f"TensorRT {tensorrt_version} is not supported; vivit_deploy builds engines with TensorRT 10.x and 11.x"
         )
-    if engine_precision not in ("fp32", "fp16"):
-        raise ConfigError(f"engine precision must be fp32 or fp16, got {engine_precision!r}")
+    if engine_precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"engine precision must be fp32, fp16 or int8, got {engine_precision!r}")
     typed = major >= 11 or (major, minor) >= STRONGLY_TYPED_FROM
+    if engine_precision == "int8" or graph_precision == "int8":
+        # Explicit quantization: the Q/DQ nodes say what runs in int8, the rest runs in the graph's float
+        # type. NVIDIA: "use explicit quantization with strong typing; precision-control build flags are
+        # not required"; before strong typing (10.0-10.11) a Q/DQ network needs BuilderFlag.INT8.
+        if engine_precision != graph_precision:
+            raise ConfigError(f"an int8 engine is built from the int8 Q/DQ graph (`vivit-export --precision int8 "
+                              f"--calibration ...`), and that graph only builds an int8 engine; got a "
+                              f"{graph_precision} graph for a {engine_precision} engine")
+        if typed:
+            return BuildPlan(True, False, f"strongly typed network from the int8 Q/DQ graph (TensorRT {major}.{minor}); "
+                                          "what is not quantized runs in fp32")
+        return BuildPlan(False, False, f"BuilderFlag.INT8 on a weakly typed network with Q/DQ (TensorRT {major}.{minor} < 10.12)",
+                         int8_flag=True)
     if engine_precision == "fp32":
         if graph_precision != "fp32":
             raise ConfigError("an fp32 engine needs the fp32 graph (`vivit-export` without --precision fp16)")
@@ -105,14 +119,6 @@ def check_profile(min_batch: int, opt_batch: int | None, max_batch: int | None, 
             "re-export with a larger --max-batch"
         )
     return Profile(min_batch, opt_batch, max_batch)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
@@ -316,6 +322,8 @@ def build_engine(
         config.builder_optimization_level = optimization_level
     if plan.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    if plan.int8_flag:
+        config.set_flag(trt.BuilderFlag.INT8)
     spec = metadata.input
     shape = lambda batch: (batch, *spec.frame_shape)  # noqa: E731
     trt_profile = builder.create_optimization_profile()

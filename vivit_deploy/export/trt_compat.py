@@ -4,7 +4,9 @@ The parser's operator list is data (``trt_parser_ops.json``, from onnx-tensorrt'
 ``docs/operators.md``, with the release it describes). On top of it come the graph checks every export
 passes (LayerNormalization as one op, the fusable attention pattern, no IsNaN/Where residue, float32
 I/O) and what the engine's precision needs: TensorRT 11 networks are strongly typed, so an fp16 engine
-is built from an fp16 graph (``vivit-export --precision fp16``).
+is built from an fp16 graph (``vivit-export --precision fp16``), and an int8 engine from the int8 Q/DQ
+graph, which must be int8 with zero points 0 (TensorRT quantizes symmetrically) and keep Q/DQ off
+LayerNorm and Softmax.
 """
 
 from __future__ import annotations
@@ -150,9 +152,9 @@ def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompa
     else:
         findings.append(Finding("ok", "tensor types", f"{', '.join(sorted(types))}"))
 
-    if precision not in ("fp32", "fp16"):
+    if precision not in ("fp32", "fp16", "int8"):
         weights = summary.weight_types
-        precision = "fp16" if weights.get("float16", 0) > weights.get("float", 0) else "fp32"
+        precision = max(("fp32", "float"), ("fp16", "float16"), ("int8", "int8"), key=lambda p: weights.get(p[1], 0))[0]
         findings.append(Finding("warning", "metadata",
                                 f"no vivit_deploy metadata: treating it as an {precision} graph (from its weights)"))
     layers = json.loads(props["vivit_deploy.config"]).get("num_hidden_layers") if "vivit_deploy.config" in props else None
@@ -161,5 +163,11 @@ def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompa
         findings.append(Finding(
             "warning", "engine precision",
             "an fp32 graph builds an fp32 engine on TensorRT 11 (strongly typed); for fp16 export with --precision fp16",
+        ))
+    if precision == "int8":
+        findings.append(Finding(
+            "warning", "engine precision",
+            f"explicit quantization: the {summary.quantized_matmuls} Q/DQ MatMuls run in int8, attention, LayerNorm and "
+            "Softmax in fp32 (strongly typed: the graph's types decide, no fp16 flag applies)",
         ))
     return TrtCompatReport(path, precision, summary, findings, parser)

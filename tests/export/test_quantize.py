@@ -1,0 +1,147 @@
+"""int8 export: ONNX Runtime's quantization tools take our files, the Q/DQ graph is where it should be,
+calibration comes from videos or saved clips (never from nothing), and accuracy holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from vivit_deploy.cli import export_command, main
+from vivit_deploy.compare import CompareInputs, random_inputs
+from vivit_deploy.demo import SAMPLES, demo_model_dir, sample_videos
+from vivit_deploy.errors import ConfigError, InputShapeError
+from vivit_deploy.export import export_onnx
+from vivit_deploy.export.graph_checks import summarize
+from vivit_deploy.metadata import read_onnx_metadata
+
+
+def test_exported_files_pass_onnxruntimes_quantization_tools(demo_onnx, tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = onnx.load(str(demo_onnx))
+    initializers = {i.name for i in model.graph.initializer}
+    assert not [v.name for v in model.graph.value_info if v.name in initializers]
+
+    quant_pre_process(str(demo_onnx), str(tmp_path / "pre.onnx"))
+    quantize_dynamic(str(demo_onnx), str(tmp_path / "dynamic.onnx"), weight_type=QuantType.QInt8)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"pixel_values": np.zeros((1, 8, 3, 32, 32), np.float32)}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(tmp_path / "pre.onnx"), str(tmp_path / "static.onnx"), Reader())
+    for name in ("dynamic", "static"):
+        onnx.checker.check_model(str(tmp_path / f"{name}.onnx"))
+
+
+def test_int8_graph_quantizes_the_weight_matmuls_and_nothing_else(demo_onnx_int8):
+    model = onnx.load(str(demo_onnx_int8))
+    summary = summarize(model)
+    assert summary.quantized_matmuls == 4 * 4  # fused QKV, attention output, MLP in and out; 4 layers
+    assert summary.qdq_on_norm_softmax == 0 and summary.asymmetric_qdq == 0
+    assert summary.attention_blocks == summary.prescaled_attention_blocks == 4  # attention stays float
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax", "Gemm"):
+            assert not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}  # no stray domains from the quantizer
+
+
+def test_int8_metadata_records_precision_and_calibration(demo_onnx_int8):
+    metadata = read_onnx_metadata(demo_onnx_int8)
+    assert metadata.precision == "int8"
+    calibration = metadata.calibration
+    assert calibration["clips"] == 12 and "videos from" in calibration["source"]
+    assert calibration["quantized"] == {"MatMul": 16} and calibration["fused_qkv"] == 4
+    assert calibration["excluded"] == {"attention products": 8, "classifier": 1}
+    assert "zero point 0" in calibration["activations"]
+
+
+def test_int8_keeps_the_demo_models_accuracy_on_the_samples(demo_onnx_int8):
+    from vivit_deploy.predict import VideoClassifier
+    from vivit_deploy.runtimes import load_runtime
+
+    with load_runtime(demo_onnx_int8) as runtime:
+        assert runtime.precision == "int8"
+        classifier = VideoClassifier(runtime)
+        for path, label in sample_videos():
+            assert classifier.classify(path, top_k=1)[0].label == label
+
+
+def test_onnxruntime_runs_every_weight_matmul_of_the_int8_file_in_int8(demo_onnx_int8):
+    from vivit_deploy.export.quantize import optimized_leftovers
+
+    report = optimized_leftovers(demo_onnx_int8)
+    assert report["dequantize_then_fp32_matmul"] == 0
+    assert report.get("MatMulIntegerToFloat", 0) + report.get("QLinearMatMul", 0) == 16
+
+
+def test_int8_of_a_tiny_random_model_calibrated_on_saved_clips(tiny_checkpoint, tmp_path):
+    from vivit_deploy.checkpoint import load_config
+
+    clips = random_inputs(load_config(tiny_checkpoint), 6)
+    clips.save(tmp_path / "clips.npz")
+    report = export_onnx(tiny_checkpoint, tmp_path / "tiny-int8.onnx", precision="int8",
+                         calibration=tmp_path / "clips.npz", calibration_clips=4)
+    assert report.passed and report.summary.quantized_matmuls == 4 * 2
+    metadata = read_onnx_metadata(tmp_path / "tiny-int8.onnx")
+    assert metadata.calibration["clips"] == 4 and "clips.npz" in metadata.calibration["source"]
+
+
+def test_int8_without_calibration_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(export_command, [str(demo_model_dir()), "-o", str(tmp_path / "x.onnx"), "--precision", "int8"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: int8 needs calibration data: --calibration DIR")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bad_calibration_data_is_refused_before_exporting(tmp_path, tiny_checkpoint):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no readable videos to calibrate on"):
+        export_onnx(demo_model_dir(), tmp_path / "a.onnx", precision="int8", calibration=tmp_path / "empty")
+    from vivit_deploy.checkpoint import load_config
+
+    random_inputs(load_config(tiny_checkpoint), 2).save(tmp_path / "tiny.npz")  # 4x32x32 clips, not the demo's 8
+    with pytest.raises(InputShapeError, match=r"the model takes \(8, 3, 32, 32\)"):
+        export_onnx(demo_model_dir(), tmp_path / "b.onnx", precision="int8", calibration=tmp_path / "tiny.npz")
+    with pytest.raises(FileNotFoundError, match="no such calibration directory"):
+        export_onnx(demo_model_dir(), tmp_path / "c.onnx", precision="int8", calibration=tmp_path / "missing")
+    with pytest.raises(ConfigError, match="apply to --precision int8 only"):
+        export_onnx(demo_model_dir(), tmp_path / "d.onnx", calibration=SAMPLES)
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_check_trt_reads_an_int8_graph(demo_onnx_int8):
+    result = CliRunner().invoke(main, ["check-trt", str(demo_onnx_int8)])
+    assert result.exit_code == 0, result.output
+    assert "int8 graph" in result.output
+    assert "[ok  ] symmetric: every Q/DQ is int8 with zero point 0" in result.output
+    assert "[ok  ] float islands" in result.output and "domains" not in result.output
+
+
+def test_fused_qkv_computes_what_three_matmuls_did():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vivit_deploy.export.quantize import fuse_shared_input_matmuls
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((6, n)).astype(np.float32) for n in (4, 4, 5)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"m{i}") for i in range(3)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(3)],
+                              [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert fuse_shared_input_matmuls(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Split"]
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

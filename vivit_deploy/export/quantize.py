@@ -1,0 +1,349 @@
+"""int8: a static, calibrated, explicit Q/DQ graph from the fp32 export, for ONNX Runtime, OpenVINO and TensorRT.
+
+The form is the one all three consume: QuantizeLinear/DequantizeLinear pairs in the graph (QDQ format),
+symmetric int8 everywhere (zero points 0, which TensorRT requires), weights per output channel,
+activations per tensor from MinMax calibration on real clips, Q/DQ on the inputs of the weighted
+operations only (where TensorRT's docs place them; their outputs stay float).
+
+What is quantized, and why. Measured by ``python scripts/bench_quantization.py`` (2 Intel Xeon cores
+with VNNI/AMX, ONNX Runtime 1.31.1 CPU, 2026-11-26; docs/benchmarks/quantization-cpu-intel.md):
+ViViT-B/16x2 geometry at 8 frames, batch 2, for speed; the demo model on 1000 held-out synthetic clips
+for accuracy (fp32: 99.8%):
+- The weight MatMuls (Q, K, V, attention output, MLP in and out): 2.90x fp32 on ONNX Runtime, accuracy
+  99.8% (unchanged), logits' worst cosine to fp32 0.99929.
+- Not the attention products (Q @ K^T, P @ V): both operands are activations and the score and
+  probability ranges are where ViT int8 loses accuracy. Not LayerNorm or Softmax (no int8 kernels on
+  ONNX Runtime's CPU, and the distributions post-training ViT quantization struggles with). Not the
+  classifier (it writes the logits).
+- Not the patch Conv3d (``QUANTIZED_OPS``): with it, 2.48x instead of 2.90x (ONNX Runtime's int8 Conv
+  needs a quantized output, so it runs DequantizeLinear + fp32 Conv) and twice the drift (cosine 0.99862).
+- Q, K and V fused into one MatMul (``fuse_shared_input_matmuls``) before quantizing: unfused, ONNX
+  Runtime's x86 rewrite of int8 activations to the uint8 its kernels take does not apply to the three
+  MatMuls reading one LayerNorm output, and those 36 ran as DequantizeLinear + fp32 MatMul: 1.86x.
+  Fused, every weight MatMul becomes MatMulIntegerToFloat.
+- Activations int8 and symmetric, not ONNX Runtime's preferred uint8: uint8 is not a TensorRT Q/DQ
+  type, and it was not faster here (2.57x).
+- ONNX Runtime's dynamic quantization of the same MatMuls ran at the same speed (2.95x) and accuracy,
+  but only on ONNX Runtime (activation ranges computed at run time, no Q/DQ for TensorRT), so the one
+  int8 file is the static one.
+``optimized_leftovers`` reports where a session still runs DequantizeLinear -> MatMul in fp32.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from vivit_deploy.errors import ConfigError, InputShapeError
+
+# Op types whose weights (and inputs) are quantized; the patch Conv3d is left out (see the module docstring).
+QUANTIZED_OPS = ("MatMul",)
+DEFAULT_CALIBRATION_CLIPS = 32
+CALIBRATION_BATCH = 2  # clips per calibration run: ViViT-B at batch 2 needs about 3 GB in ONNX Runtime
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    """What an int8 file was calibrated on and how; recorded in its metadata."""
+
+    source: str
+    clips: int
+    method: str
+    activations: str
+    weights: str
+    quantized: dict[str, int]  # op type -> nodes with Q/DQ inputs
+    excluded: dict[str, int]  # why -> nodes left in float
+    fused_qkv: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- calibration data ----------------------------------------------------------------------------
+
+def calibration_clips(source: str | os.PathLike, config, preprocessor, limit: int = DEFAULT_CALIBRATION_CLIPS,
+                      progress: Progress | None = None) -> tuple[np.ndarray, str]:
+    """Preprocessed clips (N, T, C, H, W) to calibrate on, from a directory of videos or a saved ``.npz``.
+
+    Videos go through the shared reader and preprocessor (uniform sampling, one clip each, the first
+    ``limit`` in name order, searched recursively); an ``.npz`` is one saved by ``compare --save-inputs``
+    and must match the model's input. Returns the clips and a description for the metadata.
+    """
+    from vivit_deploy.compare import CompareInputs
+
+    if limit < 1:
+        raise ConfigError(f"calibration clips must be at least 1, got {limit}")
+    path = Path(source)
+    want = tuple(config.input_shape)
+    if path.is_file() and path.suffix == ".npz":
+        inputs = CompareInputs.load(path)
+        clips = inputs.pixel_values[:limit]
+        if tuple(clips.shape[1:]) != want:
+            raise InputShapeError(f"{path}: clips of shape {tuple(clips.shape[1:])}, the model takes {want}")
+        return np.ascontiguousarray(clips, dtype=np.float32), f"{len(clips)} clips from {path.name} ({inputs.source})"
+    if path.is_dir():
+        from vivit_deploy.errors import VideoReadError
+        from vivit_deploy.video import VIDEO_SUFFIXES, read_video
+
+        videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        clips, skipped = [], []
+        for video in videos:
+            if len(clips) == limit:
+                break
+            try:
+                clip = read_video(video, config.num_frames)
+            except VideoReadError as exc:
+                skipped.append(str(exc))
+                continue
+            clips.append(preprocessor(clip)[0])
+            if progress and len(clips) % 8 == 0:
+                progress(f"calibration clips: {len(clips)}/{min(limit, len(videos))}")
+        if not clips:
+            raise ConfigError(f"{path}: no readable videos to calibrate on" + (f" ({skipped[0]})" if skipped else ""))
+        note = f", {len(skipped)} unreadable skipped" if skipped else ""
+        return np.stack(clips), f"{len(clips)} videos from {path}{note}"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such calibration directory or .npz file")
+    raise ConfigError(f"{path}: calibration data is a directory of videos or an .npz saved by `compare --save-inputs`")
+
+
+# ---- graph rewrites ------------------------------------------------------------------------------
+
+def fuse_shared_input_matmuls(model) -> int:
+    """Merge MatMuls that read the same activation with constant weights (Q, K, V) into one MatMul + Split.
+
+    The outputs keep their names, so everything downstream (bias Adds, reshapes) is untouched; the
+    arithmetic is the same products, concatenated. Returns how many groups were fused.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    groups: dict[str, list] = defaultdict(list)
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.input[1] in initializers and node.input[0] not in initializers:
+            groups[node.input[0]].append(node)
+    fused = 0
+    for activation, nodes in groups.items():
+        weights = [numpy_helper.to_array(initializers[n.input[1]]) for n in nodes]
+        if len(nodes) < 2 or any(w.ndim != 2 for w in weights) or len({w.shape[0] for w in weights}) != 1:
+            continue
+        name = f"{nodes[0].name}_fused{len(nodes)}"
+        graph.initializer.append(numpy_helper.from_array(np.concatenate(weights, axis=1), f"{name}.weight"))
+        graph.initializer.append(numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64), f"{name}.split"))
+        matmul = helper.make_node("MatMul", [activation, f"{name}.weight"], [f"{name}.out"], name=name)
+        split = helper.make_node("Split", [f"{name}.out", f"{name}.split"], [n.output[0] for n in nodes],
+                                 name=f"{name}.split", axis=-1)
+        position = min(list(graph.node).index(n) for n in nodes)
+        for node in nodes:
+            graph.node.remove(node)
+        graph.node.insert(position, split)
+        graph.node.insert(position, matmul)
+        fused += 1
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return fused
+
+
+def activation_matmuls(model) -> list[str]:
+    """Names of the MatMuls with no constant operand: the attention products Q @ K^T and P @ V."""
+    constants = {init.name for init in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in constants for i in n.input)]
+
+
+# ---- quantization --------------------------------------------------------------------------------
+
+def quantize_int8(fp32_model, clips: np.ndarray, calibration_source: str, input_name: str,
+                  progress: Progress | None = None, *, ops: tuple[str, ...] = QUANTIZED_OPS, fuse_qkv: bool = True,
+                  unsigned_activations: bool = False):
+    """The int8 Q/DQ ``ModelProto`` of an fp32 ``ModelProto`` (ours), calibrated on ``clips``, with its summary.
+
+    Calibration runs the fp32 graph with ONNX Runtime, fully optimized, with a ReduceMin and a ReduceMax
+    added on each tensor that gets quantized, so its memory is that of plain inference. ONNX Runtime's
+    own ``quantize_static`` was the first choice; its calibration session (graph optimizations off, a
+    range taken for every MatMul tensor, the attention products' 3137 x 3137 scores included) went past
+    24 GB on one 32-frame ViViT-B clip and was killed on this project's 24 GiB machines. The quantization
+    is the textbook one, written out here: symmetric int8 per tensor for activations (scale =
+    max |x| / 127, zero point 0), per output channel for weights (scale = max |w| / 127, values in
+    [-127, 127]), Q -> DQ in front of each quantized input, the form ONNX Runtime's own tool writes.
+
+    ``ops``, ``fuse_qkv`` and ``unsigned_activations`` exist for the measurements that chose the defaults
+    (``scripts/bench_quantization.py``); uint8 activations are not a TensorRT Q/DQ type.
+    """
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32_model)
+    fused = fuse_shared_input_matmuls(model) if fuse_qkv else 0
+    constants = {init.name for init in model.graph.initializer}
+    targets = [n for n in model.graph.node if n.op_type in ops and len(n.input) > 1 and n.input[1] in constants
+               and n.input[0] not in constants]
+    attention = activation_matmuls(model)
+    classifier = [n.name for n in model.graph.node if n.op_type == "Gemm"]
+    activations = list(dict.fromkeys(n.input[0] for n in targets))
+    if progress:
+        progress(f"calibrating {len(activations)} activations on {len(clips)} clips (min/max) ...")
+    ranges = activation_ranges(model, activations, clips, input_name, progress)
+    if progress:
+        progress(f"writing Q/DQ for {len(targets)} weighted ops ...")
+    _insert_qdq(model, targets, ranges, unsigned_activations)
+    _drop_unused_domains(model)
+    summary = CalibrationSummary(
+        source=calibration_source, clips=len(clips), method="minmax",
+        activations="uint8, per tensor" if unsigned_activations else "int8, symmetric (zero point 0), per tensor",
+        weights="int8, symmetric, per output channel",
+        quantized=_quantized_counts(model, ops),
+        excluded={"attention products": len(attention), "classifier": len(classifier)},
+        fused_qkv=fused,
+    )
+    return model, summary
+
+
+def activation_ranges(model, tensors: list[str], clips: np.ndarray, input_name: str,
+                      progress: Progress | None = None) -> dict[str, tuple[float, float]]:
+    """(min, max) of each tensor over ``clips``, from one optimized ONNX Runtime session of ``model`` with a
+    ReduceMin and a ReduceMax per tensor as extra outputs (scalars: memory stays that of inference)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    outputs = []
+    for i, name in enumerate(tensors):
+        for op in ("ReduceMin", "ReduceMax"):
+            out = f"vivit_calibration_{op}_{i}"
+            probe.graph.node.append(helper.make_node(op, [name], [out], keepdims=0, name=out))
+            probe.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, []))
+            outputs.append(out)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    low = np.full(len(tensors), np.inf)
+    high = np.full(len(tensors), -np.inf)
+    fixed = session.get_inputs()[0].shape[0]  # a file exported with --static-batch takes exactly that many
+    batch = fixed if isinstance(fixed, int) else CALIBRATION_BATCH
+    started = time.perf_counter()
+    for start in range(0, len(clips), batch):
+        chunk = clips[start:start + batch]
+        if isinstance(fixed, int) and len(chunk) < fixed:  # repeated clips change no minimum or maximum
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
+        values = session.run(outputs, {input_name: np.ascontiguousarray(chunk)})
+        low = np.minimum(low, np.array(values[0::2], dtype=np.float64))
+        high = np.maximum(high, np.array(values[1::2], dtype=np.float64))
+        if progress and start + batch < len(clips):
+            progress(f"calibrating: {start + batch}/{len(clips)} clips ({time.perf_counter() - started:.0f} s)")
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(tensors, low, high)}
+
+
+def _insert_qdq(model, targets: list, ranges: dict[str, tuple[float, float]], unsigned: bool) -> None:
+    """Q -> DQ on each target's activation input; its weight stored int8 per output channel behind a DQ."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    dequantized: dict[str, str] = {}  # activation -> its dequantized name (shared by every target reading it)
+    for target in targets:
+        position = list(graph.node).index(target)
+        new_nodes = []
+        activation = target.input[0]
+        if activation not in dequantized:
+            low, high = ranges[activation]
+            if unsigned:
+                low, high = min(low, 0.0), max(high, 0.0)
+                scale = max(high - low, 1e-12) / 255.0
+                zero = np.array(int(round(-low / scale)), np.uint8)
+            else:
+                scale = max(abs(low), abs(high), 1e-12) / 127.0
+                zero = np.array(0, np.int8)
+            base = f"{activation}.int8"
+            graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{base}.scale"),
+                                      numpy_helper.from_array(zero, f"{base}.zero_point")])
+            new_nodes += [
+                helper.make_node("QuantizeLinear", [activation, f"{base}.scale", f"{base}.zero_point"], [f"{base}.q"],
+                                 name=f"{base}.QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [f"{base}.q", f"{base}.scale", f"{base}.zero_point"],
+                                 [f"{base}.dq"], name=f"{base}.DequantizeLinear"),
+            ]
+            dequantized[activation] = f"{base}.dq"
+        weight = numpy_helper.to_array(initializers[target.input[1]]).astype(np.float32)
+        axis = 1 if target.op_type == "MatMul" else 0  # the output channel: MatMul [in, out], Conv [out, in, ...]
+        reduce = tuple(i for i in range(weight.ndim) if i != axis)
+        scale = (np.maximum(np.abs(weight).max(axis=reduce), 1e-12) / 127.0).astype(np.float32)
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        quantized = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        base = f"{target.input[1]}.int8"
+        graph.initializer.extend([
+            numpy_helper.from_array(quantized, f"{base}.quantized"), numpy_helper.from_array(scale, f"{base}.scale"),
+            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}.zero_point"),
+        ])
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}.quantized", f"{base}.scale", f"{base}.zero_point"],
+                                          [f"{base}.dq"], name=f"{base}.DequantizeLinear", axis=axis))
+        target.input[0] = dequantized[activation]
+        target.input[1] = f"{base}.dq"
+        for offset, node in enumerate(new_nodes):
+            graph.node.insert(position + offset, node)
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _drop_unused_domains(model) -> None:
+    """The quantizer imports a dozen operator domains (com.microsoft, ai.onnx.ml, ...) whatever it uses;
+    keep the ones the graph's nodes use, so no reader thinks it needs plugins for them."""
+    used = {node.domain or "" for node in model.graph.node}
+    kept = [o for o in model.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
+def _quantized_counts(model, ops: tuple[str, ...]) -> dict[str, int]:
+    producers = {out: node for node in model.graph.node for out in node.output}
+    counts: Counter = Counter()
+    for node in model.graph.node:
+        if node.op_type in ops and any(
+            producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input
+        ):
+            counts[node.op_type] += 1
+    return dict(counts)
+
+
+def optimized_leftovers(path: str | os.PathLike) -> dict[str, int]:
+    """What ONNX Runtime's CPU session makes of an int8 file: fused int8 ops, and DequantizeLinear -> MatMul
+    pairs it still runs in fp32 (each one a weight MatMul that int8 did not speed up)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="vivit-ort-opt-") as work:
+        optimized = Path(work) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(optimized), load_external_data=False)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    ops = Counter(node.op_type for node in model.graph.node)
+    leftover = sum(
+        1 for node in model.graph.node
+        if node.op_type in ("MatMul", "Gemm") and any(
+            producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
+    )
+    return {"dequantize_then_fp32_matmul": leftover,
+            **{op: ops[op] for op in ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul")
+               if ops.get(op)}}
