@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -40,8 +41,9 @@ def test_failures_name_each_broken_bound():
 def test_tolerances_are_data_per_precision_and_overridable():
     assert tolerance_for("fp32").atol < tolerance_for("fp16").atol
     assert tolerance_for("fp16").override(atol=1.0, rtol=None).atol == 1.0
-    with pytest.raises(ConfigError):
-        tolerance_for("int8")
+    assert tolerance_for("fp16").atol < tolerance_for("int8").atol
+    with pytest.raises(ConfigError, match="no tolerance for precision 'int4'"):
+        tolerance_for("int4")
     with pytest.raises(ConfigError):
         Tolerance(atol=-1, rtol=0, min_cosine=1, min_top1=1)
 
@@ -102,9 +104,39 @@ def test_corrupt_and_mismatched_onnx_files_are_one_line_errors(demo_onnx, tiny_o
     assert "does not belong to the reference model" in result.stderr
 
 
-def test_input_sources_are_exclusive_and_something_must_be_compared(demo_onnx, tmp_path):
-    assert "nothing to compare" in _compare().stderr
+def test_input_sources_are_exclusive(demo_onnx, tmp_path):
     result = _compare("--onnx", demo_onnx, "--demo", "--samples", 2)
-    assert result.exit_code == 2 and "choose one source of inputs" in result.stderr
+    assert result.exit_code == 1 and "choose one source of inputs, got --samples and --demo" in result.stderr
     result = _compare("--onnx", demo_onnx, "--videos", tmp_path)
     assert result.exit_code == 1 and "no videos to compare on" in result.stderr
+    result = _compare("--onnx", demo_onnx, "--calibration", tmp_path)
+    assert result.exit_code == 1 and "--calibration is for the int8 candidates made when none is named" in result.stderr
+
+
+def test_with_no_candidate_named_every_backend_and_precision_that_runs_here_is_compared(tmp_path):
+    report_path = tmp_path / "report.json"
+    result = _compare("--demo", "--json", report_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    names = {c["name"] for c in report["candidates"]}
+    assert {"pytorch bf16", "onnxruntime fp32", "onnxruntime fp16", "onnxruntime int8"} <= names
+    if importlib.util.find_spec("openvino") is not None:
+        assert {"openvino fp32", "openvino int8"} <= names
+    for candidate in report["candidates"]:
+        assert candidate["passed"] and candidate["stats"]["accuracy"] == 1.0, candidate["name"]
+    assert "tensorrt" in report["not_compared"]
+    assert "not compared: tensorrt" in result.stdout
+
+
+def test_synthetic_clips_measure_accuracy_on_hundreds(demo_onnx):
+    result = _compare("--onnx", demo_onnx, "--synthetic", 200, "--json", "-")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["num_inputs"] == 200 and report["inputs"] == "200 synthetic motion clips (seed 2)"
+    assert report["reference_accuracy"] >= 0.98  # the demo model's held-out accuracy is 99.8%
+    assert report["candidates"][0]["stats"]["accuracy"] == report["reference_accuracy"]
+
+
+def test_synthetic_clips_need_the_demo_tasks_labels(tiny_checkpoint):
+    result = _compare("--model", tiny_checkpoint, "--torch", "bf16", "--synthetic", 4)
+    assert result.exit_code == 1 and "synthetic clips are labelled with the demo task's classes" in result.stderr

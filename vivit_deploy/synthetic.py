@@ -15,6 +15,11 @@ LABELS = ("moving left", "moving right", "moving up", "moving down")
 _DIRECTIONS = {0: (0, -1), 1: (0, 1), 2: (-1, 0), 3: (1, 0)}  # (dy, dx) per label
 
 FRAME_HW = (48, 64)  # video frame size (height, width): even, as H.264 needs
+NOISE = 4.0  # pixel noise of the demo model's training and held-out clips
+# Seeds of the demo model's data sets (scripts/train_demo_model.py with its default --seed 0): train 1,
+# held-out 2 (its 99.8%), sample videos 3. Calibration takes a seed none of them uses.
+HELDOUT_SEED = 2
+CALIBRATION_SEED = 4
 VIDEO_FRAMES = 16  # frames per generated video
 OBJECT_SIZE = 16  # side of the moving square
 SPEED = 1.5  # pixels per video frame
@@ -93,3 +98,13 @@ def write_corpus(directory, count: int, *, height: int = 48, width: int = 64, fr
         write_video(directory / name, np.clip(noisy, 0, 255).astype(np.uint8), fps=fps, crf=23, keyint=keyint)
         out.append((name, LABELS[label]))
     return out
+
+
+def labelled_clips(count: int, seed: int, num_frames: int, preprocessor) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` preprocessed clips of the task as the demo model was trained and evaluated (uniformly
+    sampled frames, no codec), with their labels: (pixel_values (N, T, C, H, W), labels (N,))."""
+    from vivit_deploy.video import sample_indices
+
+    videos, labels = make_dataset(count, seed, noise=NOISE)
+    frames = sample_indices(VIDEO_FRAMES, num_frames, sampling="uniform")[0]
+    return preprocessor(videos[:, frames]), labels

@@ -108,7 +108,8 @@ def test_json_to_stdout_is_only_json():
         (["--model", "x", "--config", "tiny"], "give --model or --config, not both"),
         (["--frames", "8"], "--frames changes a --config preset"),
         (["--backends", "tensorrt", "--device", "cpu"], "backend tensorrt cannot run here"),
-        (["--backends", "onnxruntime", "--precision", "bf16", "--device", "cpu"], "runs fp32/fp16, not bf16"),
+        (["--backends", "onnxruntime", "--precision", "bf16", "--device", "cpu"], "runs fp32/fp16/int8, not bf16"),
+        (["--precision", "fp32,int4"], "--precision takes fp32, fp16, bf16, int8, int8-bf16"),
         (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         (["--model", "no/such/dir"], "no such checkpoint directory"),
     ],
@@ -278,3 +279,27 @@ def test_a_given_onnx_file_is_measured_instead_of_a_fresh_export(demo_onnx):
 def test_a_given_onnx_file_that_does_not_fit_the_run_is_refused(demo_onnx_fp16, args, message):
     result = CliRunner().invoke(main, ["bench", "--onnx", str(demo_onnx_fp16), "--no-ceiling", "--device", "cpu", *args])
     assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_a_backend_by_precision_matrix_reports_speedups_and_drift(tmp_path):
+    """Several precisions: each backend in each it runs, keyed backend@precision, with a drift against our fp32."""
+    result = CliRunner().invoke(main, [
+        "bench", "--config", "tiny", "--backends", "torch-sdpa,onnxruntime,openvino", "--precision", "fp32,int8",
+        "--batch-sizes", "1", "--device", "cpu", "--warmup", "0", "--iters", "1", "--no-ceiling", "--no-stages",
+        "--no-peers", "--json", str(tmp_path / "m.json"),
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "m.json").read_text())
+    expected = {"torch-sdpa@fp32", "onnxruntime@fp32", "onnxruntime@int8"}
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is not None:
+        expected |= {"openvino@fp32", "openvino@int8"}
+    assert set(data["results"]) == expected
+    assert data["settings"]["reference"] == "torch-sdpa@fp32" and data["settings"]["matrix"]
+    drift = data["results"]["onnxruntime@int8"]["drift"]
+    assert drift["min_cosine"] > 0.9 and 0 <= drift["top1_agreement"] <= 1
+    assert "torch-sdpa@int8" in data["skipped"]  # PyTorch runs no int8: said, not silently dropped
+    assert "### Backend x precision" in result.stdout
+    assert any("int8 calibrated on 8 random clips" in note for note in data["notes"])
+    assert "cpu_flags" in data["environment"]

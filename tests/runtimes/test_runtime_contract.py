@@ -25,6 +25,7 @@ def _requires(module: str):
 BACKEND_PARAMS = [
     pytest.param("torch", id="torch"),
     pytest.param("onnxruntime", id="onnxruntime", marks=_requires("onnxruntime")),
+    pytest.param("openvino", id="openvino", marks=_requires("openvino")),
     pytest.param("tensorrt", id="tensorrt", marks=[pytest.mark.tensorrt, requires_tensorrt]),
 ]
 
@@ -34,8 +35,8 @@ def runtime(request, demo_onnx) -> Runtime:
     if request.param == "tensorrt":
         target, device = request.getfixturevalue("demo_engines")["fp32"].engine, "auto"
     else:
-        target, device = {"torch": demo_model_dir(), "onnxruntime": demo_onnx}[request.param], "cpu"
-    with load_runtime(target, device=device) as rt:
+        target, device = {"torch": demo_model_dir(), "onnxruntime": demo_onnx, "openvino": demo_onnx}[request.param], "cpu"
+    with load_runtime(target, request.param, device=device) as rt:
         assert rt.backend == request.param
         yield rt
 
@@ -48,7 +49,7 @@ def reference_logits():
 
 
 def test_every_backend_is_registered():
-    assert {"torch", "onnxruntime", "tensorrt"} <= set(BACKENDS)
+    assert {"torch", "onnxruntime", "openvino", "tensorrt"} <= set(BACKENDS)
 
 
 def test_run_returns_float32_logits_close_to_the_reference(runtime, reference_logits):

@@ -202,7 +202,9 @@ class _RuntimeRunner(_Runner):
         super().__init__(job)
         from vivit_deploy.runtimes import load_runtime
 
-        self.runtime = load_runtime(job.target, job.backend, device=job.device)
+        # ONNX Runtime and TensorRT run a file in its own precision; OpenVINO is told what to compute in
+        precision = job.precision if job.backend == "openvino" else None
+        self.runtime = load_runtime(job.target, job.backend, device=job.device, precision=precision)
         self.frame_shape = self.runtime.input_spec.frame_shape
         if self.cuda:
             self.memory_kind = "device memory in use after the runs, above the CUDA context (cudaMemGetInfo)"
@@ -213,13 +215,17 @@ class _RuntimeRunner(_Runner):
             import onnxruntime
 
             info["onnxruntime"] = onnxruntime.__version__
+        if self.job.backend == "openvino":
+            info["openvino"] = self.runtime.version
         return info
 
     def close(self) -> None:
         self.runtime.close()
 
 
-class _OrtRunner(_RuntimeRunner):
+class _NumpyRunner(_RuntimeRunner):
+    """ONNX Runtime and OpenVINO: numpy arrays in and out."""
+
     timed = "Runtime.run: numpy in and out (on a GPU the host-device copies are included)"
 
     def __call__(self, x):
@@ -247,7 +253,7 @@ def _runner(job: Job) -> _Runner:
     kind = BENCH_BACKENDS[job.backend].artifact
     if kind == "checkpoint":
         return _TorchModelRunner(job)
-    return _OrtRunner(job) if job.backend == "onnxruntime" else _TrtRunner(job)
+    return _NumpyRunner(job) if kind == "onnx" else _TrtRunner(job)
 
 
 # ---- the measurement ---------------------------------------------------------------------------------

@@ -34,16 +34,30 @@ BENCH_BACKENDS: dict[str, BenchBackend] = {
     for b in (
         BenchBackend("torch-eager", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="eager"),
         BenchBackend("torch-sdpa", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="sdpa"),
-        BenchBackend("onnxruntime", "onnx", ("fp32", "fp16")),
-        BenchBackend("tensorrt", "engine", ("fp32", "fp16"), cuda_only=True),
+        BenchBackend("onnxruntime", "onnx", ("fp32", "fp16", "int8")),
+        BenchBackend("openvino", "onnx", ("fp32", "bf16", "int8", "int8-bf16")),
+        BenchBackend("tensorrt", "engine", ("fp32", "fp16", "int8"), cuda_only=True),
         BenchBackend("transformers-eager", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="eager", peer=True),
         BenchBackend("transformers-sdpa", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="sdpa", peer=True),
     )
 }
-DEFAULT_BACKENDS = ("torch-eager", "torch-sdpa", "onnxruntime", "tensorrt")
+DEFAULT_BACKENDS = ("torch-eager", "torch-sdpa", "onnxruntime", "openvino", "tensorrt")
 PEERS = ("transformers-eager", "transformers-sdpa")
 REFERENCE_BACKEND = "torch-sdpa"  # every ratio and every drift is taken against it
-PRECISIONS = ("fp32", "fp16", "bf16")
+# What a run can measure; "int8-bf16" is OpenVINO running the int8 file with the rest in bf16.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-bf16")
+
+
+def onnx_precision(backend: str, precision: str) -> str:
+    """The ONNX file a backend needs for ``precision``: OpenVINO computes fp32 files in bf16 itself."""
+    if backend == "openvino":
+        return "int8" if precision.startswith("int8") else "fp32"
+    return precision
+
+
+def variant_name(backend: str, precision: str, matrix: bool) -> str:
+    """How a result is keyed: the backend alone in a one-precision run, ``backend@precision`` in a matrix."""
+    return f"{backend}@{precision}" if matrix else backend
 
 
 @dataclass(frozen=True)
@@ -56,7 +70,7 @@ class BenchSettings:
     backends: tuple[str, ...] | None = None  # None: DEFAULT_BACKENDS, those that can run here
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when PyTorch sees a GPU)
-    precision: str = "fp32"
+    precision: str = "fp32"  # one precision, or several separated by commas: a backend x precision matrix
     warmup: int = 2
     iters: int = 10
     peers: bool = True  # add transformers' model (eager and sdpa) when transformers is installed
@@ -66,6 +80,7 @@ class BenchSettings:
     offline: bool = False
     onnx: Path | None = None  # measure this exported file instead of exporting one
     engine: Path | None = None  # measure this TensorRT engine instead of building one
+    calibration: Path | None = None  # int8: videos (dir) or clips (.npz) to calibrate the export on
 
     def __post_init__(self) -> None:
         if self.source is not None and self.config is not None:
@@ -75,8 +90,13 @@ class BenchSettings:
         from vivit_deploy.runtimes.base import resolve_device
 
         object.__setattr__(self, "device", resolve_device(self.device))  # checked; "auto" becomes cuda or cpu
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        precisions = tuple(dict.fromkeys(p.strip() for p in self.precision.split(",") if p.strip()))
+        unknown = [p for p in precisions if p not in PRECISIONS]
+        if not precisions or unknown:
+            raise ConfigError(f"--precision takes {', '.join(PRECISIONS)} (or several, comma-separated), got {self.precision!r}")
+        object.__setattr__(self, "precision", ",".join(precisions))
+        if len(precisions) > 1 and (self.onnx is not None or self.engine is not None):
+            raise ConfigError("--onnx / --engine measure one file in one precision; give one --precision")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise ConfigError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
         object.__setattr__(self, "batch_sizes", tuple(sorted(set(self.batch_sizes))))
@@ -93,6 +113,15 @@ class BenchSettings:
     @property
     def cuda(self) -> bool:
         return self.device.startswith("cuda")
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(self.precision.split(","))
+
+    @property
+    def matrix(self) -> bool:
+        """Several precisions: every backend runs in each it supports, results keyed backend@precision."""
+        return len(self.precisions) > 1
 
 
 def parse_list(text: str, what: str) -> tuple[str, ...]:
@@ -111,12 +140,23 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def unavailable_reason(backend: BenchBackend, settings: BenchSettings) -> str | None:
-    """Why ``backend`` cannot run with these settings on this machine, or None."""
-    if settings.precision not in backend.precisions:
-        return f"runs {'/'.join(backend.precisions)}, not {settings.precision}"
+def unavailable_reason(backend: BenchBackend, settings: BenchSettings, precision: str | None = None) -> str | None:
+    """Why ``backend`` cannot run in ``precision`` (default: the run's) with these settings here, or None."""
+    precision = precision or settings.precisions[0]
+    if precision not in backend.precisions:
+        return f"runs {'/'.join(backend.precisions)}, not {precision}"
     if backend.cuda_only and not settings.cuda:
         return "needs --device cuda"
+    if backend.name == "openvino":
+        if importlib.util.find_spec("openvino") is None:
+            return "OpenVINO is not installed (pip install 'vivit-deploy[openvino]')"
+        if settings.cuda:
+            return "runs on the CPU (it is measured with --device cpu)"
+        if precision.endswith("bf16"):
+            from vivit_deploy.precision_matrix import _cpu_has_bf16
+
+            if not _cpu_has_bf16():
+                return "this CPU has no bf16 units (AVX512-BF16 or AMX)"
     if backend.peer and importlib.util.find_spec("transformers") is None:
         return "transformers is not installed"
     if backend.name == "onnxruntime":
@@ -136,6 +176,7 @@ def unavailable_reason(backend: BenchBackend, settings: BenchSettings) -> str | 
 class BackendChoice:
     run: tuple[str, ...]  # in the order they are measured
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why it was left out
+    variants: tuple[tuple[str, str], ...] = ()  # (backend, precision) pairs to measure, in order
 
 
 def choose_backends(settings: BenchSettings) -> BackendChoice:
@@ -150,39 +191,48 @@ def choose_backends(settings: BenchSettings) -> BackendChoice:
     wanted = list(settings.backends if explicit else DEFAULT_BACKENDS)
     if settings.peers:
         wanted += [p for p in PEERS if p not in wanted]
-    run, skipped = [], {}
+    run, skipped, variants = [], {}, []
     for name in wanted:
-        reason = unavailable_reason(BENCH_BACKENDS[name], settings)
-        if reason is None:
+        reasons = {p: unavailable_reason(BENCH_BACKENDS[name], settings, p) for p in settings.precisions}
+        runs_in = [p for p, reason in reasons.items() if reason is None]
+        if runs_in:
             run.append(name)
+            variants += [(name, p) for p in runs_in]
+            if settings.matrix:
+                skipped.update({f"{name}@{p}": why for p, why in reasons.items() if why})
         elif explicit and name in settings.backends:
-            raise BackendUnavailableError(f"backend {name} cannot run here: {reason}")
+            raise BackendUnavailableError(f"backend {name} cannot run here: {'; '.join(set(reasons.values()))}")
         else:
-            skipped[name] = reason
+            supported = [why for p, why in reasons.items() if p in BENCH_BACKENDS[name].precisions]
+            skipped[name] = "; ".join(dict.fromkeys(supported or reasons.values()))
     for given, backend in ((settings.onnx, "onnxruntime"), (settings.engine, "tensorrt")):
         if given is not None and backend in skipped:
             raise BackendUnavailableError(f"{given} is given, but {backend} cannot run here: {skipped[backend]}")
     if not run:
         raise BackendUnavailableError("no backend can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    return BackendChoice(tuple(run), skipped)
+    return BackendChoice(tuple(run), skipped, tuple(variants))
 
 
 @dataclass(frozen=True)
 class Artifacts:
     checkpoint: Path  # a local directory in the Hugging Face layout (transformers loads it too)
     label: str  # what was measured, for the report
-    onnx: Path | None = None
-    engine: Path | None = None
+    onnx: dict[str, Path] = field(default_factory=dict)  # graph precision -> exported file
+    engine: dict[str, Path] = field(default_factory=dict)  # engine precision -> TensorRT engine
+    notes: tuple[str, ...] = ()  # how files were made, where the report must say so
 
-    def target(self, backend: BenchBackend) -> Path:
-        path = {"checkpoint": self.checkpoint, "onnx": self.onnx, "engine": self.engine}[backend.artifact]
-        if path is None:
-            raise ConfigError(f"no {backend.artifact} file was prepared for {backend.name}")
-        return path
+    def target(self, backend: BenchBackend, precision: str) -> Path:
+        if backend.artifact == "checkpoint":
+            return self.checkpoint
+        files = self.onnx if backend.artifact == "onnx" else self.engine
+        key = onnx_precision(backend.name, precision)
+        if key not in files:
+            raise ConfigError(f"no {key} {backend.artifact} file was prepared for {backend.name}")
+        return files[key]
 
 
-def prepare_artifacts(settings: BenchSettings, backends: tuple[str, ...], workdir: Path, progress: Progress) -> Artifacts:
-    """The checkpoint (random weights for a preset), and the ONNX file and engine when a backend needs them."""
+def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: Path, progress: Progress) -> Artifacts:
+    """The checkpoint (random weights for a preset), and the ONNX files and engines the variants need."""
     from vivit_deploy.checkpoint import resolve_source
 
     if settings.config is not None:
@@ -193,34 +243,70 @@ def prepare_artifacts(settings: BenchSettings, backends: tuple[str, ...], workdi
         source = settings.source or str(demo_model_dir())
         checkpoint = resolve_source(source, local_files_only=settings.offline or None)
         label = "the demo model" if settings.source is None else source
-    needs = {BENCH_BACKENDS[name].artifact for name in backends}
+    kinds = {BENCH_BACKENDS[name].artifact for name, _ in choice.variants}
     for given, kind, backend in ((settings.onnx, "onnx", "onnxruntime"), (settings.engine, "engine", "tensorrt")):
-        if given is not None and kind not in needs:
+        if given is not None and kind not in kinds:
             raise ConfigError(f"--{kind} {given} is given but {backend} is not measured (see --backends)")
-    onnx, engine = settings.onnx, settings.engine
-    if engine is not None:
+    onnx: dict[str, Path] = {}
+    engine: dict[str, Path] = {}
+    notes: list[str] = []
+    if settings.engine is not None:
         from vivit_deploy.runtimes.trt_runtime import engine_metadata
 
-        _check_given_file(engine, engine_metadata(engine)[1], checkpoint, settings)
-    if onnx is not None:
+        _check_given_file(settings.engine, engine_metadata(settings.engine)[1], checkpoint, settings)
+        engine[settings.precision] = settings.engine
+    engines_needed = {p for name, p in choice.variants if BENCH_BACKENDS[name].artifact == "engine"} - set(engine)
+    onnx_needed = {onnx_precision(name, p) for name, p in choice.variants if BENCH_BACKENDS[name].artifact == "onnx"}
+    onnx_needed |= engines_needed  # an engine is built from the ONNX file of its precision
+    if settings.onnx is not None:
         from vivit_deploy.metadata import read_onnx_metadata
 
-        _check_given_file(onnx, read_onnx_metadata(onnx), checkpoint, settings)
-    elif "onnx" in needs or ("engine" in needs and engine is None):
-        from vivit_deploy.export import export_onnx
+        _check_given_file(settings.onnx, read_onnx_metadata(settings.onnx), checkpoint, settings)
+        onnx[read_onnx_metadata(settings.onnx).precision] = settings.onnx
+    for precision in ("fp32", "fp16", "int8"):
+        if precision in onnx_needed and precision not in onnx:
+            from vivit_deploy.export import export_onnx
 
-        onnx = workdir / f"model-{settings.precision}.onnx"
-        progress(f"exporting {label} to ONNX ({settings.precision}) ...")
-        export_onnx(checkpoint, onnx, precision=settings.precision, max_batch=max(settings.batch_sizes),
-                    validate=False, local_files_only=settings.offline or None)
-    if "engine" in needs and engine is None:
+            calibration = None
+            if precision == "int8":
+                calibration, note = _calibration(settings, checkpoint, workdir, progress)
+                notes.append(note)
+            onnx[precision] = workdir / f"model-{precision}.onnx"
+            progress(f"exporting {label} to ONNX ({precision}) ...")
+            export_onnx(checkpoint, onnx[precision], precision=precision, max_batch=max(settings.batch_sizes),
+                        calibration=calibration, validate=False, local_files_only=settings.offline or None)
+    for precision in sorted(engines_needed):
         from vivit_deploy.export.trt_build import build_engine
 
-        engine = workdir / f"model-{settings.precision}.engine"
-        progress("building the TensorRT engine (minutes) ...")
-        build_engine(onnx, engine, max_batch=max(settings.batch_sizes), opt_batch=max(settings.batch_sizes),
-                     timing_cache=workdir / "timing.cache", progress=progress)
-    return Artifacts(Path(checkpoint), label, onnx, engine)
+        engine[precision] = workdir / f"model-{precision}.engine"
+        progress(f"building the TensorRT {precision} engine (minutes) ...")
+        build_engine(onnx[precision], engine[precision], max_batch=max(settings.batch_sizes),
+                     opt_batch=max(settings.batch_sizes), timing_cache=workdir / "timing.cache", progress=progress)
+    return Artifacts(Path(checkpoint), label, onnx, engine, tuple(notes))
+
+
+def _calibration(settings: BenchSettings, checkpoint: Path, workdir: Path, progress: Progress) -> tuple[Path, str]:
+    """What the int8 export is calibrated on: --calibration; for the demo model, synthetic clips of a seed no
+    evaluation uses; otherwise random clips, said in the report (a speed figure; its drift is on random input)."""
+    if settings.calibration is not None:
+        return settings.calibration, f"int8 calibrated on {settings.calibration}"
+    from vivit_deploy.checkpoint import load_config
+    from vivit_deploy.compare import random_inputs, synthetic_inputs
+    from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor, preprocessor_config_in
+
+    config = load_config(checkpoint)
+    path = workdir / "calibration.npz"
+    if settings.source is None and settings.config is None:
+        from vivit_deploy.synthetic import CALIBRATION_SEED
+
+        preprocessor = VideoPreprocessor(preprocessor_config_in(checkpoint) or PreprocessorConfig.for_input_size(
+            config.image_height, config.image_width))
+        synthetic_inputs(config, preprocessor, 64, seed=CALIBRATION_SEED).save(path)
+        return path, "int8 calibrated on 64 synthetic clips of the demo task (a seed no evaluation set uses)"
+    progress("no --calibration: calibrating int8 on random clips (its speed is real; its drift is on random input)")
+    random_inputs(config, 8, seed=settings.seed + 1).save(path)
+    return path, ("int8 calibrated on 8 random clips (no --calibration was given): its speed is what int8 runs at, "
+                  "its drift only says the graph computes; `vivit-deploy compare` measures accuracy")
 
 
 def _check_given_file(path: Path, metadata, checkpoint: Path, settings: BenchSettings) -> None:
@@ -234,6 +320,8 @@ def _check_given_file(path: Path, metadata, checkpoint: Path, settings: BenchSet
                           f"with {metadata.config.num_labels} labels, the model {config.input_shape} with {config.num_labels}")
     if metadata.precision != settings.precision:
         raise ConfigError(f"{path} is {metadata.precision}; run the bench with --precision {metadata.precision}")
+    if metadata.precision == "int8" and settings.calibration is not None:
+        raise ConfigError(f"{path} is calibrated already; --calibration applies to the int8 export the bench makes")
     spec = metadata.input
     for batch in settings.batch_sizes:
         if batch < spec.min_batch or (spec.max_batch is not None and batch > spec.max_batch):

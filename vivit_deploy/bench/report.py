@@ -52,6 +52,22 @@ class BenchReport:
     def best_ceiling(self) -> float | None:
         return max(self.ceiling.values()) if self.ceiling else None
 
+    def ceiling_for(self, precision: str) -> float | None:
+        """The ceiling a result in ``precision`` is held against: the best fp32 product for fp32, torch's
+        product in that type for fp16 / bf16, none for int8 (no int8 ceiling is measured)."""
+        if precision == "fp32":
+            rates = [rate for name, rate in self.ceiling.items() if not name.endswith(("fp16", "bf16"))]
+            return max(rates) if rates else None
+        return next((rate for name, rate in self.ceiling.items() if name.endswith(precision)), None)
+
+    @property
+    def reference(self) -> str:
+        return self.settings.get("reference", REFERENCE_BACKEND)
+
+    @property
+    def peer_reference(self) -> str:
+        return PEER_REFERENCE + "@fp32" if self.settings.get("matrix") else PEER_REFERENCE
+
     def sdpa_vs_eager(self) -> list[dict[str, Any]]:
         """Per implementation and batch: speedup % and memory saved % of sdpa over eager (seed layout)."""
         out = []
@@ -86,8 +102,9 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["sdpa_vs_eager"] = self.sdpa_vs_eager()
-        for reference in (REFERENCE_BACKEND, PEER_REFERENCE):
-            data["speedup_over_" + reference.replace("-", "_")] = {str(b): s for b, s in self.speedups(reference).items()}
+        for reference in (self.reference, self.peer_reference):
+            key = "speedup_over_" + reference.replace("-", "_").replace("@", "_")
+            data[key] = {str(b): s for b, s in self.speedups(reference).items()}
         return data
 
     def to_json(self) -> str:
@@ -100,7 +117,9 @@ class BenchReport:
             "",
             f"{env['date']} · {env['device_name']} ({env['device']}) · {settings['precision']} · "
             f"{model['gflop_per_clip']:.3g} GFLOP per clip · warm-up {settings['warmup']}, timed {settings['iters']} "
-            f"per batch size · torch {env['torch']}" + (f" · {env['threads']} CPU threads" if env.get("threads") else ""),
+            f"per batch size · torch {env['torch']}" + (f" · {env['threads']} CPU threads" if env.get("threads") else "")
+            + (f" · CPU flags: {', '.join(env['cpu_flags']) or 'none of ' + 'avx2/avx512/vnni/bf16/amx'}"
+               if "cpu_flags" in env else ""),
             "",
             "### Latency, throughput, memory",
             "",
@@ -119,9 +138,10 @@ class BenchReport:
                     table.append([name, str(row["batch"]), row["error"]] + [""] * (len(header) - 3))
                     continue
                 rate = self.tflops(row)
+                own = self.ceiling_for(result.get("precision", settings["precision"]))
                 cells = [name, str(row["batch"])] + [f"{row[k]:.1f}" for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")]
                 cells += [f"{row['clips_per_s']:.2f}", f"{rate:.3g}"]
-                cells += [f"{rate * 1e3 / ceiling:.0%}"] if ceiling else []
+                cells += [f"{rate * 1e3 / own:.0%}" if own else "-"] if ceiling else []
                 cells += [f"{row['peak_mb']:.0f}"]
                 table.append(cells)
         lines += _table(header, table)
@@ -135,7 +155,9 @@ class BenchReport:
                   f"{p['mem_eager_mb']:.0f}", f"{p['mem_sdpa_mb']:.0f}",
                   "-" if p["mem_saved_pct"] is None else f"{p['mem_saved_pct']:.1f}"] for p in pairs],
             )
-        for reference in (REFERENCE_BACKEND, PEER_REFERENCE):
+        if self.settings.get("matrix"):
+            lines += self._matrix_markdown()
+        for reference in (self.reference, self.peer_reference):
             speedups = self.speedups(reference)
             if speedups:
                 names = [n for n in self.results if n != reference and "error" not in self.results[n]]
@@ -144,13 +166,15 @@ class BenchReport:
                                                      for b, s in speedups.items()])
         drift = [(n, r["drift"]) for n, r in self.results.items() if r.get("drift")]
         if drift:
-            lines += ["", f"### Drift from {REFERENCE_BACKEND} (logits of the first batch, identical input)", ""]
-            lines += _table(["backend", "max abs diff", "top-1 agreement"],
-                            [[n, f"{d['max_abs_diff']:.2e}", f"{d['top1_agreement']:.0%}"] for n, d in drift])
+            lines += ["", f"### Drift from {self.reference} (logits of the first batch, identical input)", ""]
+            lines += _table(["backend", "max abs diff", "min cosine", "top-1 agreement"],
+                            [[n, f"{d['max_abs_diff']:.2e}", f"{d['min_cosine']:.5f}" if "min_cosine" in d else "-",
+                              f"{d['top1_agreement']:.0%}"] for n, d in drift])
         if self.ceiling:
             lines += ["", "### Ceiling (matrix product, same run)", "",
                       "; ".join(f"{lib} {rate / 1e3:.3g} TFLOP/s" for lib, rate in self.ceiling.items())
-                      + f". '% of ceiling' above is against the best, {ceiling / 1e3:.3g} TFLOP/s."]
+                      + ". '% of ceiling' above is against the best product in the row's precision (fp32: the best "
+                        "library; fp16/bf16: torch in that type; int8: none measured)."]
         if self.stages:
             stages = self.stages
             lines += ["", f"### Stages of `predict` ({stages['backend']}, {stages['videos']} videos of "
@@ -172,6 +196,28 @@ class BenchReport:
             lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
         return "\n".join(lines) + "\n"
 
+    def _matrix_markdown(self) -> list[str]:
+        """Per backend x precision: median latency, speedup over transformers' fp32 sdpa, drift from our fp32."""
+        peer = self.peer_reference
+        lines = ["", f"### Backend x precision ({self.environment['device_name']}; speedup over {peer}, drift from "
+                     f"{self.reference} on identical input)", ""]
+        rows = []
+        for name, result in self.results.items():
+            if "error" in result:
+                continue
+            drift = result.get("drift", {})
+            for row in result["rows"]:
+                if "error" in row:
+                    continue
+                reference = self.row(peer, row["batch"])
+                rows.append([
+                    name.split("@")[0], result.get("precision", ""), str(row["batch"]), f"{row['p50_ms']:.1f}",
+                    f"{reference['p50_ms'] / row['p50_ms']:.2f}x" if reference else "-",
+                    f"{drift['min_cosine']:.5f}" if "min_cosine" in drift else ("reference" if name == self.reference else "-"),
+                    f"{drift['top1_agreement']:.0%}" if "top1_agreement" in drift else "-",
+                ])
+        return lines + _table(["backend", "precision", "batch", "p50 ms", f"over {peer}", "min cosine", "top-1 agreement"], rows)
+
     def plot(self, path: str | Path) -> Path:
         """PNG of throughput (clips/s) against batch size, one line per backend."""
         import matplotlib
@@ -190,7 +236,7 @@ class BenchReport:
             axes.set_xticks(self.settings["batch_sizes"], [str(b) for b in self.settings["batch_sizes"]])
             axes.set_xlabel("batch size")
             axes.set_ylabel("clips / s")
-            axes.set_title(f"{self.model['label']}\n{self.environment['device_name']}, {self.settings['precision']}",
+            axes.set_title(f"{self.model['label']}\n{self.environment['device_name']}, {self.settings['precision'].replace(',', ', ')}",
                            fontsize=9)
             axes.grid(True, alpha=0.3)
             axes.legend(fontsize=8)

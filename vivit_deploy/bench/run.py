@@ -14,7 +14,9 @@ from typing import Callable, ContextManager, Iterator, Sequence
 import numpy as np
 
 from vivit_deploy.bench.measure import Job, measure_in_child
-from vivit_deploy.bench.plan import BENCH_BACKENDS, REFERENCE_BACKEND, BenchSettings, choose_backends, prepare_artifacts
+from vivit_deploy.bench.plan import (
+    BENCH_BACKENDS, REFERENCE_BACKEND, BenchSettings, choose_backends, prepare_artifacts, variant_name,
+)
 from vivit_deploy.bench.report import BenchReport
 
 Progress = Callable[[str], None]
@@ -27,9 +29,14 @@ def _no_bar(total: int) -> Iterator[Callable[[str], None]]:
     yield lambda backend: None
 
 
-def steps_in(settings: BenchSettings, backends: Sequence[str]) -> int:
+def steps_in(settings: BenchSettings, variants: Sequence) -> int:
     """How many calls the run makes, for a progress bar over the whole run."""
-    return len(backends) * len(settings.batch_sizes) * (settings.warmup + settings.iters)
+    return len(variants) * len(settings.batch_sizes) * (settings.warmup + settings.iters)
+
+
+def reference_name(settings: BenchSettings) -> str:
+    """The result every drift is taken against: our PyTorch sdpa, in fp32 when the run has several precisions."""
+    return variant_name(REFERENCE_BACKEND, "fp32", True) if settings.matrix else REFERENCE_BACKEND
 
 
 def run_bench(
@@ -46,7 +53,7 @@ def run_bench(
     progress = progress or (lambda message: None)
     choice = choose_backends(settings)
     with tempfile.TemporaryDirectory(prefix="vivit-bench-") as tmp:
-        artifacts = prepare_artifacts(settings, choice.run, Path(tmp), progress)
+        artifacts = prepare_artifacts(settings, choice, Path(tmp), progress)
         from vivit_deploy.checkpoint import load_config
 
         config = load_config(artifacts.checkpoint)
@@ -55,18 +62,21 @@ def run_bench(
             from vivit_deploy.bench.ceiling import measure_ceiling
 
             progress("measuring the matrix-product ceiling ...")
-            ceiling = measure_ceiling(settings.device, settings.precision)
+            for precision in dict.fromkeys(p for p in settings.precisions if p in ("fp32", "fp16", "bf16")):
+                ceiling.update(measure_ceiling(settings.device, precision))
         results = {}
-        with bar(steps_in(settings, choice.run)) as advance:
-            for name in choice.run:
-                job = Job(name, str(artifacts.target(BENCH_BACKENDS[name])), settings.device, settings.precision,
+        with bar(steps_in(settings, choice.variants)) as advance:
+            for backend, precision in choice.variants:
+                name = variant_name(backend, precision, settings.matrix)
+                job = Job(backend, str(artifacts.target(BENCH_BACKENDS[backend], precision)), settings.device, precision,
                           settings.batch_sizes, settings.warmup, settings.iters, settings.seed, settings.offline)
                 results[name] = measure_in_child(job, tick=lambda name=name: advance(name))
-        _add_drift(results)
+                results[name]["precision"] = precision
+        _add_drift(results, reference_name(settings))
         stages = preprocessing = None
-        notes = []
+        notes = list(artifacts.notes)
         if settings.stages:
-            stages, note = _stages(settings, artifacts.checkpoint, videos, progress)
+            stages, note = _stages(settings, settings.precisions[0], artifacts.checkpoint, videos, progress)
             notes += [note] if note else []
         if settings.peers:
             preprocessing, note = _preprocessing(artifacts.checkpoint, config, progress)
@@ -77,30 +87,33 @@ def run_bench(
         model={"label": artifacts.label, "input_shape": list(config.input_shape), "tokens": config.num_patches + 1,
                "num_labels": config.num_labels, "gflop_per_clip": config.flops_per_clip() / 1e9},
         settings={"batch_sizes": list(settings.batch_sizes), "precision": settings.precision,
-                  "warmup": settings.warmup, "iters": settings.iters, "seed": settings.seed},
+                  "precisions": list(settings.precisions), "matrix": settings.matrix,
+                  "reference": reference_name(settings), "warmup": settings.warmup, "iters": settings.iters,
+                  "seed": settings.seed},
         results=results, skipped=dict(choice.skipped), ceiling=ceiling, stages=stages,
         preprocessing=preprocessing, notes=notes,
     )
 
 
-def _add_drift(results: dict[str, dict]) -> None:
-    """Max abs logit difference and top-1 agreement of each backend against the reference, same input."""
+def _add_drift(results: dict[str, dict], reference_name: str) -> None:
+    """Max abs logit difference, worst cosine and top-1 agreement of each result against the reference,
+    on identical input (the first batch size's clips, the same seed for every backend)."""
+    from vivit_deploy.compare import logit_stats
+
     probes = {name: result.pop("probe_logits", None) for name, result in results.items()}
-    reference = probes.get(REFERENCE_BACKEND)
+    reference = probes.get(reference_name)
     if reference is None:
         return
     reference = np.asarray(reference, dtype=np.float32)
     for name, logits in probes.items():
-        if name == REFERENCE_BACKEND or logits is None:
+        if name == reference_name or logits is None:
             continue
-        logits = np.asarray(logits, dtype=np.float32)
-        results[name]["drift"] = {
-            "max_abs_diff": float(np.abs(logits - reference).max()),
-            "top1_agreement": float((logits.argmax(axis=1) == reference.argmax(axis=1)).mean()),
-        }
+        stats = logit_stats(reference, np.asarray(logits, dtype=np.float32))
+        results[name]["drift"] = {"max_abs_diff": stats.max_abs, "min_cosine": stats.min_cosine,
+                                  "top1_agreement": stats.top1_agreement}
 
 
-def _stages(settings: BenchSettings, checkpoint: Path, videos, progress: Progress):
+def _stages(settings: BenchSettings, precision: str, checkpoint: Path, videos, progress: Progress):
     from vivit_deploy.bench.stages import measure_stages
     from vivit_deploy.demo import sample_videos
     from vivit_deploy.errors import VideoReadError
@@ -109,7 +122,8 @@ def _stages(settings: BenchSettings, checkpoint: Path, videos, progress: Progres
 
     videos = list(videos) if videos else [path for path, _ in sample_videos()]
     progress(f"timing decode, preprocessing and inference on {len(videos)} video(s) (torch-sdpa) ...")
-    with load_runtime(checkpoint, "torch", device=settings.device, precision=settings.precision,
+    precision = precision if precision in ("fp32", "fp16", "bf16") else "fp32"  # PyTorch runs no int8
+    with load_runtime(checkpoint, "torch", device=settings.device, precision=precision,
                       attn_implementation="sdpa") as runtime:
         config = runtime.config
         preprocessor = VideoPreprocessor(runtime.preprocessor or PreprocessorConfig.for_input_size(
@@ -118,7 +132,7 @@ def _stages(settings: BenchSettings, checkpoint: Path, videos, progress: Progres
             stages = measure_stages(runtime, preprocessor, videos)
         except VideoReadError as exc:  # the timings already taken are kept; the report says why
             return None, f"stages not measured: {exc}"
-    stages["backend"] = f"torch-sdpa on {settings.device}, {settings.precision}"
+    stages["backend"] = f"torch-sdpa on {settings.device}, {precision}"
     skipped = stages["unreadable"]
     return stages, (f"stages skipped {len(skipped)} unreadable video(s): {'; '.join(skipped)}" if skipped else None)
 
@@ -151,8 +165,22 @@ def environment(device: str) -> dict:
         info["cuda"] = torch.version.cuda
     else:
         info["device_name"] = _cpu_name()
+        info["cpu_flags"] = cpu_flags()
         info["threads"] = torch.get_num_threads()
     return info
+
+
+# What decides which CPU path is fastest (docs/benchmarks.md): vector width, int8 dot products, bf16 units.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    try:
+        line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    present = set(line.split(":", 1)[1].split())
+    return [flag for flag in CPU_FLAGS if flag in present]
 
 
 def _cpu_name() -> str:

@@ -1,0 +1,162 @@
+"""`vivit-deploy compare` from its options to a report: the reference, the candidates, the inputs.
+
+Candidates are the files and precisions named (``--onnx``, ``--openvino``, ``--engine``, ``--torch``),
+or, when none is named, every backend x precision that can run here (``precision_matrix``), exported
+into a temporary directory first. Inputs are the bundled samples, a directory of videos, synthetic
+labelled clips of the demo task, random clips, or clips saved by an earlier run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from vivit_deploy import compare as cmp
+from vivit_deploy.errors import ConfigError
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    source: str | None = None  # reference checkpoint; None: the demo model
+    onnx: tuple[Path, ...] = ()
+    openvino: tuple[Path, ...] = ()
+    openvino_precisions: tuple[str, ...] = ("fp32",)
+    engines: tuple[Path, ...] = ()
+    torch_precisions: tuple[str, ...] = ()
+    device: str = "auto"
+    demo: bool = False
+    videos_dir: Path | None = None
+    synthetic: int | None = None
+    samples: int | None = None
+    inputs_file: Path | None = None
+    save_inputs: Path | None = None
+    calibration: Path | None = None  # int8 candidates when none is named
+    tolerance_overrides: dict[str, float | None] = field(default_factory=dict)
+    batch_size: int = 8
+    offline: bool = False
+
+    @property
+    def named(self) -> bool:
+        return bool(self.onnx or self.openvino or self.engines or self.torch_precisions)
+
+
+def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonReport:
+    from vivit_deploy.demo import demo_model_dir
+    from vivit_deploy.runtimes import load_runtime
+    from vivit_deploy.tolerances import tolerance_for
+
+    chosen = [name for name, on in (("--videos", options.videos_dir), ("--samples", options.samples),
+                                    ("--demo", options.demo), ("--inputs", options.inputs_file),
+                                    ("--synthetic", options.synthetic)) if on]
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one source of inputs, got {' and '.join(chosen)}")
+    if options.calibration is not None and options.named:
+        raise ConfigError("--calibration is for the int8 candidates made when none is named; "
+                          "export an int8 file with `vivit-export --precision int8` to compare it")
+    demo_model = options.source is None
+    source = options.source or str(demo_model_dir())
+    demo = options.demo or (demo_model and not chosen)
+    samples = 8 if not demo_model and not chosen else options.samples
+    runtimes = {}
+    with tempfile.TemporaryDirectory(prefix="vivit-compare-") as work:
+        try:
+            progress(f"loading the reference {source} (PyTorch fp32) ...")
+            reference = load_runtime(source, "torch", device=options.device, precision="fp32",
+                                     local_files_only=options.offline or None)
+            runtimes["reference"] = reference
+            inputs = _inputs(options, reference, demo, samples, progress)
+            not_compared: dict[str, str] = {}
+            if options.named:
+                candidates = _named(options, source, progress)
+            else:
+                candidates = _every_variant(options, source, reference, demo_model, Path(work), not_compared, progress)
+            runtimes.update(candidates)
+            tolerances = {name: tolerance_for(runtime.precision).override(**options.tolerance_overrides)
+                          for name, runtime in candidates.items()}
+            if options.save_inputs is not None:
+                inputs.save(options.save_inputs)
+                progress(f"saved the inputs to {options.save_inputs}")
+            report = cmp.compare_runtimes(reference, candidates, inputs, tolerances,
+                                          reference_name=f"pytorch fp32 on {reference.device} ({source})",
+                                          batch_size=options.batch_size, progress=progress)
+            return dataclasses.replace(report, not_compared=not_compared)
+        finally:
+            for runtime in runtimes.values():
+                runtime.close()
+
+
+def _inputs(options: CompareOptions, reference, demo: bool, samples: int | None, progress: Progress) -> cmp.CompareInputs:
+    from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+
+    config = reference.config
+    if options.inputs_file is not None:
+        return cmp.CompareInputs.load(options.inputs_file)
+    if samples is not None:
+        return cmp.random_inputs(config, samples)
+    preprocessor = VideoPreprocessor(reference.preprocessor or PreprocessorConfig.for_input_size(
+        config.image_height, config.image_width))
+    if options.synthetic is not None:
+        progress(f"rendering {options.synthetic} labelled clips of the demo task ...")
+        return cmp.synthetic_inputs(config, preprocessor, options.synthetic)
+    from vivit_deploy.demo import sample_videos
+
+    videos = sample_videos() if demo else cmp.videos_in(options.videos_dir)
+    where = "the bundled sample videos" if demo else str(options.videos_dir)
+    return cmp.video_inputs(videos, config, preprocessor, where, progress)
+
+
+def _named(options: CompareOptions, source: str, progress: Progress) -> dict:
+    from vivit_deploy.runtimes import load_runtime
+
+    candidates = {}
+    for path in options.onnx:
+        progress(f"loading {path} ...")
+        candidates[f"{path} (onnxruntime)"] = load_runtime(path, "onnxruntime", device=options.device)
+    for path in options.openvino:
+        for precision in options.openvino_precisions:
+            progress(f"loading {path} with OpenVINO ({precision}) ...")
+            runtime = load_runtime(path, "openvino", device="cpu", precision=precision)
+            candidates[f"{path} (openvino {runtime.precision})"] = runtime
+    for path in options.engines:
+        progress(f"loading {path} ...")
+        candidates[f"{path} (tensorrt)"] = load_runtime(path, "tensorrt", device="cuda" if options.device == "auto" else options.device)
+    for precision in options.torch_precisions:
+        candidates[f"pytorch {precision}"] = load_runtime(source, "torch", device=options.device, precision=precision,
+                                                          local_files_only=options.offline or None)
+    return candidates
+
+
+def _every_variant(options: CompareOptions, source: str, reference, demo_model: bool, work: Path,
+                   not_compared: dict[str, str], progress: Progress) -> dict:
+    """Every variant that runs here, its files exported into ``work``; int8 calibrated on ``--calibration``,
+    or for the demo model on synthetic clips of a seed no evaluation set uses."""
+    from vivit_deploy.checkpoint import resolve_source
+    from vivit_deploy.precision_matrix import available_variants, prepare_files
+    from vivit_deploy.runtimes import load_runtime
+
+    variants, skipped = available_variants(reference.device)
+    calibration = options.calibration
+    if calibration is None and demo_model:
+        from vivit_deploy.preprocessing import VideoPreprocessor
+        from vivit_deploy.synthetic import CALIBRATION_SEED
+
+        calibration = work / "calibration.npz"
+        cmp.synthetic_inputs(reference.config, VideoPreprocessor(reference.preprocessor), 64,
+                             seed=CALIBRATION_SEED).save(calibration)
+    checkpoint = resolve_source(source, local_files_only=options.offline or None)
+    files, variants, dropped = prepare_files(checkpoint, variants, work, calibration=calibration,
+                                             max_batch=options.batch_size, progress=progress)
+    not_compared.update(skipped)
+    not_compared.update(dropped)
+    candidates = {}
+    for variant in variants:
+        progress(f"loading {variant.label} ...")
+        kwargs = {} if variant.backend != "torch" else {"local_files_only": options.offline or None}
+        candidates[variant.label] = load_runtime(files[variant.artifact], variant.backend, device=variant.device,
+                                                 precision=variant.precision, **kwargs)
+    return candidates

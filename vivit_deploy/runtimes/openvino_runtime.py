@@ -1,0 +1,142 @@
+"""OpenVINO backend: a ``vivit-export`` file (fp32, fp16 or int8 Q/DQ) on the CPU, in an explicit precision.
+
+OpenVINO reads the ONNX file itself (no conversion step). Its CPU plugin computes in bf16 by default
+on CPUs that have bf16 units (AMX, AVX512-BF16), silently; this runtime always sets
+``INFERENCE_PRECISION_HINT``, so what runs is what was asked for: ``precision="fp32"`` (the default)
+or ``"bf16"``. An int8 file runs its Q/DQ products in int8 and the rest in that precision; its
+``precision`` reads "int8" (rest in fp32) or "int8-bf16". Labels, preprocessing and the batch range come
+from the file's metadata, as for ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
+from vivit_deploy.metadata import read_onnx_metadata
+from vivit_deploy.runtimes.base import Runtime, register_backend
+
+HINTS = {"fp32": "f32", "bf16": "bf16"}  # our compute precision -> OpenVINO's INFERENCE_PRECISION_HINT
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailableError("OpenVINO is not installed: pip install 'vivit-deploy[openvino]'") from None
+    return openvino
+
+
+def openvino_precision(file_precision: str, compute: str) -> str:
+    """What a file of ``file_precision`` computes in with OpenVINO set to ``compute`` (fp32 or bf16)."""
+    if file_precision == "int8":
+        return "int8" if compute == "fp32" else "int8-bf16"
+    if file_precision == "fp16" and compute == "fp32":
+        return "fp16"  # fp16 weights and casts, computed in fp32
+    return compute
+
+
+@register_backend("openvino")
+class OpenVinoRuntime(Runtime):
+    """An OpenVINO ``CompiledModel`` on the CPU; each thread gets its own infer request.
+
+    ``precision``: "fp32" (default) or "bf16" for what is not int8 (the whole graph for fp32/fp16
+    files); also accepted: the name this runtime reports for a file ("int8", "int8-bf16", "fp16").
+    ``threads``: OpenVINO's inference threads (0: its choice). ``cache_dir``: OpenVINO's compiled-model
+    cache (faster loads next time).
+    """
+
+    thread_safe = True  # one compiled model, one infer request per thread
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        threads: int = 0,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        ov = import_openvino()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        if device not in ("auto", "cpu"):
+            raise ConfigError(f"the openvino backend runs on the CPU here, not {device!r}")
+        metadata = read_onnx_metadata(path)
+        compute = _compute_precision(precision, metadata.precision, path)
+        core = ov.Core()
+        if compute == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise BackendUnavailableError(
+                f"this CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')}) has no bf16 support in OpenVINO "
+                "(it needs AVX512-BF16 or AMX); use precision fp32"
+            )
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[compute], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache_dir)
+        try:
+            model = core.read_model(str(path))
+            compiled = core.compile_model(model, "CPU", config)
+        except RuntimeError as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"{path}: OpenVINO cannot load it ({message})") from exc
+        got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if got != HINTS[compute]:  # never run another precision than the one asked for
+            raise BackendUnavailableError(f"OpenVINO compiled {path} for {got}, not the {compute} asked for")
+        _check_io(compiled, metadata, path)
+        self.compiled = compiled
+        self.metadata = metadata
+        self.compute_precision = compute
+        self._input = metadata.input.name
+        self._output = compiled.output(metadata.output_name)
+        self._local = threading.local()
+        self.version = ov.__version__
+        super().__init__(
+            config=metadata.config, preprocessor=metadata.preprocessor, input_spec=metadata.input,
+            precision=openvino_precision(metadata.precision, compute), device="cpu", source=str(path),
+        )
+
+    def _run(self, pixel_values: np.ndarray) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request.infer({self._input: pixel_values})[self._output]
+
+    def _close(self) -> None:
+        self.compiled = None
+        self._local = threading.local()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "openvino": self.version, "inference_precision": self.compute_precision}
+
+
+def _compute_precision(asked: str | None, file_precision: str, path: Path) -> str:
+    if asked is None:
+        return "fp32"
+    if asked in HINTS:
+        return asked
+    for compute in HINTS:  # the reported name of a file/precision pair, e.g. "int8-bf16"
+        if openvino_precision(file_precision, compute) == asked:
+            return compute
+    raise ConfigError(f"{path} is an {file_precision} graph; OpenVINO runs it in fp32 or bf16"
+                      f" ({', '.join(sorted({openvino_precision(file_precision, c) for c in HINTS}))}), not {asked!r}")
+
+
+def _check_io(compiled, metadata, path: Path) -> None:
+    inputs = [sorted(i.get_names()) for i in compiled.inputs]  # a tensor can carry several names (an fp16 graph's
+    outputs = [sorted(o.get_names()) for o in compiled.outputs]  # input is also its first Cast's)
+    if len(inputs) != 1 or metadata.input.name not in inputs[0] or not any(metadata.output_name in o for o in outputs):
+        raise ModelFileError(f"{path}: graph inputs {inputs} / outputs {outputs} do not match its metadata "
+                             f"({metadata.input.name!r} -> {metadata.output_name!r})")
+    shape = compiled.input(0).get_partial_shape()
+    dims = [d.get_length() if d.is_static else None for d in shape]
+    if len(dims) != 5 or tuple(dims[1:]) != metadata.input.frame_shape:
+        raise ModelFileError(f"{path}: graph input shape {dims} does not match its metadata (batch, {metadata.input.frame_shape})")
