@@ -77,7 +77,13 @@ class VideoClassifier:
         return cls(load_runtime(target, backend, **runtime_kwargs))
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
-        """Logits (num_clips, num_labels) float32 for uint8 clips (num_clips, T, H, W, 3)."""
+        """Logits (num_clips, num_labels) float32 for uint8 clips (num_clips, T, H, W, 3).
+
+        A runtime that preprocesses on its side (a Triton model with the uint8-frames ensemble) gets the
+        frames themselves, when this classifier uses the runtime's own preprocessing.
+        """
+        if getattr(self.runtime, "frames_model", None) and self.preprocessor.config == self.runtime.preprocessor:
+            return self.runtime.run_frames(np.asarray(clips))
         return self.runtime.run_batches(self.preprocessor(clips))
 
     def classify(

@@ -131,10 +131,12 @@ def classify_corpus(
     spec = ClipSpec(info.config.num_frames, job.num_clips, job.sampling, job.frame_sample_rate)
     settings = ResultSettings(
         model=source, model_sha256=info.sha256, backend=info.backend,
-        precision=job.precision or info.precision or "fp32", sampling=job.sampling, clips=job.num_clips,
+        precision=_precision(info, job.precision), sampling=job.sampling, clips=job.num_clips,
         frame_sample_rate=job.frame_sample_rate, top_k_count=min(job.top_k, info.config.num_labels),
     )
-    loader = ClipLoader(spec, info.preprocessor)
+    # A Triton model with its frames ensemble preprocesses on the server: send it uint8 frames (local runs;
+    # Ray's decoding tasks preprocess, the actors' runtimes send float32)
+    loader = ClipLoader(spec, info.preprocessor, preprocess=not (info.frames and job.ray is None))
     times = StageTimes()
     with ResultStore(output, settings, resume=job.resume, retry_failed=job.retry_failed, warn=log) as store:
         pending = [item for item in items if not store.is_done(item.path)]
@@ -157,6 +159,15 @@ def classify_corpus(
         errors_in_output=sum(1 for r in rows if r["error"] is not None and r["path"] in paths),
         wall_s=time.perf_counter() - started, times=times, executor=executor,
     )
+
+
+def _precision(info, asked: str | None) -> str:
+    """The precision a runtime will report for this model and request (without loading it)."""
+    if info.backend == "openvino":
+        from vivit_deploy.runtimes.openvino_runtime import openvino_precision
+
+        return openvino_precision(info.precision or "fp32", asked if asked in ("fp32", "bf16") else "fp32")
+    return asked or info.precision or "fp32"
 
 
 def _run_here(pending, source, loader, store, settings, job: ClassifyJob, log: Log, bar: ProgressBar):

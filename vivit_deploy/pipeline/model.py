@@ -8,12 +8,14 @@ executors fingerprint a model the same way. Reading it loads no weights into a f
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vivit_deploy.config import VivitConfig
+from vivit_deploy.files import sha256_of
 from vivit_deploy.preprocessing import PreprocessorConfig
 
 
@@ -25,6 +27,7 @@ class ModelInfo:
     preprocessor: PreprocessorConfig
     sha256: str  # of the model file, or of a checkpoint's config and weight files together
     precision: str | None  # fixed by an exported file or engine; None where the runtime chooses (PyTorch)
+    frames: bool = False  # the runtime preprocesses uint8 frames itself (a Triton model with its frames ensemble)
 
     @property
     def frame_shape(self) -> tuple[int, int, int, int]:
@@ -36,18 +39,26 @@ def describe_model(source: str | os.PathLike, backend: str | None = None, **hub_
     from vivit_deploy.runtimes import backend_for
 
     backend = backend or backend_for(source)
+    if backend == "triton":
+        from vivit_deploy.serving.triton_client import TritonRuntime
+
+        with TritonRuntime(str(source)) as served:  # a few HTTP calls: configuration and readiness
+            sha = served.parameters.get("vivit_deploy.model_sha256") or hashlib.sha256(
+                json.dumps(served.parameters, sort_keys=True).encode()).hexdigest()
+            return ModelInfo(str(source), backend, served.config, served.preprocessor, sha, served.precision,
+                             frames=served.frames_model is not None)
     path = Path(source)
     if path.suffix.lower() in (".engine", ".plan"):
         from vivit_deploy.runtimes.trt_runtime import engine_metadata
 
         sidecar, metadata = engine_metadata(path)
-        return ModelInfo(str(source), backend, metadata.config, metadata.preprocessor, _sha256([path]),
+        return ModelInfo(str(source), backend, metadata.config, metadata.preprocessor, sha256_of(path),
                          sidecar["precision"])
     if path.suffix.lower() == ".onnx":
         from vivit_deploy.metadata import read_onnx_metadata
 
         metadata = read_onnx_metadata(path)
-        return ModelInfo(str(source), backend, metadata.config, metadata.preprocessor, _sha256([path]),
+        return ModelInfo(str(source), backend, metadata.config, metadata.preprocessor, sha256_of(path),
                          metadata.precision)
     from vivit_deploy.checkpoint import load_config, resolve_source
     from vivit_deploy.preprocessing import preprocessor_config_in
@@ -58,14 +69,4 @@ def describe_model(source: str | os.PathLike, backend: str | None = None, **hub_
     preprocessor = preprocessor_config_in(directory) or PreprocessorConfig.for_input_size(
         config.image_height, config.image_width)
     weights = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
-    return ModelInfo(str(source), backend, config, preprocessor, _sha256(weights), None)
-
-
-def _sha256(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return ModelInfo(str(source), backend, config, preprocessor, sha256_of(*weights), None)

@@ -51,10 +51,12 @@ class ClipLoader:
     thread count per video (0: one per core; workers that already fill the cores use 1).
     """
 
-    def __init__(self, spec: ClipSpec, preprocessor: PreprocessorConfig, decode_threads: int = 0):
+    def __init__(self, spec: ClipSpec, preprocessor: PreprocessorConfig, decode_threads: int = 0,
+                 preprocess: bool = True):
         self.spec = spec
         self.preprocessor_config = preprocessor
         self.decode_threads = decode_threads
+        self.preprocess = preprocess  # False: uint8 frames out, for a runtime that preprocesses (Triton's ensemble)
         self._preprocessor = VideoPreprocessor(preprocessor)
 
     def warm_up(self) -> None:
@@ -73,6 +75,8 @@ class ClipLoader:
         clips = read_clips(path, spec.num_frames, num_clips=spec.num_clips, sampling=spec.sampling,
                            frame_sample_rate=spec.frame_sample_rate, threads=self.decode_threads)
         decoded = time.perf_counter()
+        if not self.preprocess:
+            return clips, decoded - started, 0.0
         pixel_values = self._preprocessor(clips)
         return pixel_values, decoded - started, time.perf_counter() - decoded
 
@@ -129,7 +133,20 @@ def classify_videos(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size:
     from vivit_deploy.predict import top_predictions
 
     counts = [len(c) for c in clips]
-    logits = runtime.run_batches(np.concatenate(clips), batch_size)
+    if clips[0].dtype == np.uint8:  # frames for a runtime that preprocesses them itself: one call per frame size
+        logits = np.empty((sum(counts), runtime.num_labels), np.float32)
+        starts = np.cumsum([0, *counts])
+        sizes: dict[tuple, list[int]] = {}
+        for i, c in enumerate(clips):
+            sizes.setdefault(c.shape[1:], []).append(i)
+        for members in sizes.values():
+            out = runtime.run_frames(np.concatenate([clips[i] for i in members]))
+            offset = 0
+            for i in members:
+                logits[starts[i]:starts[i] + counts[i]] = out[offset:offset + counts[i]]
+                offset += counts[i]
+    else:
+        logits = runtime.run_batches(np.concatenate(clips), batch_size)
     bounds = np.cumsum([0, *counts])
     return [top_predictions(logits[a:b], runtime.id2label, top_k) for a, b in zip(bounds[:-1], bounds[1:])]
 

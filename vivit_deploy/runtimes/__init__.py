@@ -5,8 +5,9 @@
     with load_runtime("model.onnx") as runtime:          # ONNX Runtime, from the file suffix
         logits = runtime.run(pixel_values)               # (B, T, C, H, W) float32 -> (B, num_labels) float32
 
-``load_runtime`` picks the backend from the target: ``.onnx`` -> ONNX Runtime, ``.engine`` / ``.plan`` ->
-TensorRT, a checkpoint directory or Hub id -> PyTorch. The backend modules import their libraries only when a runtime is created, so a
+``load_runtime`` picks the backend from the target: ``.onnx`` -> ONNX Runtime (``backend="openvino"``
+runs it with OpenVINO), ``.engine`` / ``.plan`` -> TensorRT, ``triton://host:port/model`` -> a model on a
+Triton server, a checkpoint directory or Hub id -> PyTorch. The backend modules import their libraries only when a runtime is created, so a
 missing library breaks only its own backend.
 """
 
@@ -18,12 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.runtimes.base import BACKENDS, SUFFIXES, Runtime, RuntimeClosedError, register_backend
-from vivit_deploy.runtimes import ort_runtime, torch_runtime, trt_runtime  # noqa: F401  (registers the backends)
+from vivit_deploy.runtimes.base import BACKENDS, SCHEMES, SUFFIXES, Runtime, RuntimeClosedError, register_backend
+from vivit_deploy.runtimes import openvino_runtime, ort_runtime, torch_runtime, trt_runtime  # noqa: F401  (registers the backends)
+from vivit_deploy.serving import triton_client  # noqa: F401,E402  (registers triton://)
 
 
 def backend_for(target: str | os.PathLike) -> str:
-    """The backend name a target implies: a registered file suffix, else PyTorch (checkpoint dir or Hub id)."""
+    """The backend name a target implies: a URL scheme (triton://), a registered file suffix, else PyTorch
+    (checkpoint dir or Hub id)."""
+    scheme = str(target).split("://", 1)[0].lower() if "://" in str(target) else None
+    if scheme is not None:
+        if scheme not in SCHEMES:
+            raise ConfigError(f"{target}: no backend serves {scheme}:// (known: {', '.join(s + '://' for s in SCHEMES)})")
+        return SCHEMES[scheme]
     suffix = Path(target).suffix.lower()
     if suffix in SUFFIXES:
         return SUFFIXES[suffix]

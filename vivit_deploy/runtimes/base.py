@@ -152,21 +152,22 @@ class Runtime(ABC):
 
 BACKENDS: dict[str, type[Runtime]] = {}
 SUFFIXES: dict[str, str] = {}  # file suffix -> backend name
+SCHEMES: dict[str, str] = {}  # URL scheme (triton://...) -> backend name
 
 
-def register_backend(name: str, suffixes: tuple[str, ...] = ()) -> Callable[[type[Runtime]], type[Runtime]]:
-    """Class decorator: make a runtime loadable by ``name`` (and by file suffix); duplicates are refused."""
+def register_backend(name: str, suffixes: tuple[str, ...] = (), schemes: tuple[str, ...] = ()) -> Callable[[type[Runtime]], type[Runtime]]:
+    """Class decorator: make a runtime loadable by ``name`` (and by file suffix or URL scheme); duplicates are refused."""
 
     def decorate(cls: type[Runtime]) -> type[Runtime]:
         if name in BACKENDS:
             raise ConfigError(f"backend {name!r} is already registered by {BACKENDS[name].__qualname__}")
-        for suffix in suffixes:
-            if suffix in SUFFIXES:
-                raise ConfigError(f"file suffix {suffix!r} is already claimed by backend {SUFFIXES[suffix]!r}")
+        for key, claimed in [(s, SUFFIXES) for s in suffixes] + [(s, SCHEMES) for s in schemes]:
+            if key in claimed:
+                raise ConfigError(f"{key!r} is already claimed by backend {claimed[key]!r}")
         cls.backend = name
         BACKENDS[name] = cls
-        for suffix in suffixes:
-            SUFFIXES[suffix] = name
+        SUFFIXES.update({suffix: name for suffix in suffixes})
+        SCHEMES.update({scheme: name for scheme in schemes})
         return cls
 
     return decorate

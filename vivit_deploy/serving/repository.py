@@ -1,0 +1,305 @@
+"""`vivit-deploy triton-repo`: a Triton model repository for a deployable file, with a uint8-frames ensemble.
+
+    REPO/<name>/config.pbtxt            the model: tensorrt_plan, onnxruntime_onnx, or our runtime in the
+    REPO/<name>/1/model.plan|model.onnx   python backend (--platform python; ONNX Runtime or OpenVINO on a
+    REPO/<name>/labels.txt                CPU-only server); labels for Triton's classification extension
+    REPO/<name>_preprocess/...          python backend: uint8 frames (T, H, W, 3) -> pixel_values, through
+                                        vivit_deploy's bit-exact shared preprocessor
+    REPO/<name>_frames/config.pbtxt     ensemble: frames -> <name>_preprocess -> <name> -> logits
+
+Clients of the ensemble send uint8 frames (4.8 MB for a 32-frame 224x224 clip instead of 19 MB of
+float32), and preprocessing stays identical to every other path. Every config is built from the file's
+metadata (or the engine's sidecar), parsed into Triton's ``ModelConfig`` and cross-checked against the
+file before anything is written; the repository appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from vivit_deploy.errors import ConfigError
+from vivit_deploy.metadata import DeployMetadata
+from vivit_deploy.serving.model_config import (
+    FRAMES_INPUT, ModelConfigSpec, ServingConfigError, TensorSpec, check_against_metadata, parse_config,
+)
+
+PLATFORMS = ("tensorrt", "onnxruntime", "python")
+KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+PYTHON_BACKENDS = ("onnxruntime", "openvino", "tensorrt", "torch")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RepositoryReport:
+    repository: Path
+    models: dict[str, str]  # name -> what it is
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        lines = [f"{self.repository}: Triton model repository"]
+        lines += [f"  {name}: {what}" for name, what in self.models.items()]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    kind: str  # "onnx" or "engine"
+    metadata: DeployMetadata
+    sidecar: dict | None = None
+
+
+def write_repository(
+    source: str | os.PathLike,
+    repository: str | os.PathLike,
+    *,
+    name: str = "vivit",
+    platform: str | None = None,
+    kind: str | None = None,
+    instances: int = 1,
+    max_queue_delay_us: int = 100,
+    preferred_batch: list[int] | None = None,
+    ensemble: bool = True,
+    ort_tensorrt: bool = False,
+    python_backend: str | None = None,
+    python_device: str = "cpu",
+    python_precision: str | None = None,
+    progress: Progress | None = None,
+) -> RepositoryReport:
+    """Write the repository for ``source`` (.engine with its sidecar, .onnx from vivit-export, or a checkpoint,
+    exported first). Nothing is written unless every config parses and matches its file."""
+    progress = progress or (lambda message: None)
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"--name must be letters, digits, '-' and '_', got {name!r}")
+    if instances < 1 or max_queue_delay_us < 0:
+        raise ConfigError(f"--instances must be >= 1 and --max-queue-delay-us >= 0, got {instances}, {max_queue_delay_us}")
+    repository = Path(repository)
+    if repository.exists() and not repository.is_dir():
+        raise ConfigError(f"{repository} exists and is not a directory")
+    names = [name] + ([f"{name}_preprocess", f"{name}_frames"] if ensemble else [])
+    taken = [n for n in names if (repository / n).exists()]
+    if taken:
+        raise ConfigError(f"{repository} already has model(s) {', '.join(taken)}; remove them or choose another --name")
+
+    with tempfile.TemporaryDirectory(prefix="vivit-triton-") as work:
+        work = Path(work)
+        src = _read_source(Path(source), work, progress, keep_checkpoint=platform == "python" and python_backend == "torch")
+        platform = platform or ("tensorrt" if src.kind == "engine" else "onnxruntime")
+        if platform not in PLATFORMS:
+            raise ConfigError(f"--platform must be one of {', '.join(PLATFORMS)}, got {platform!r}")
+        if platform == "tensorrt" and src.kind != "engine":
+            raise ConfigError("--platform tensorrt serves a TensorRT engine: build one with `vivit-deploy build-engine`")
+        if platform == "onnxruntime" and src.kind != "onnx":
+            raise ConfigError("--platform onnxruntime serves an .onnx file; an engine is served with --platform tensorrt")
+        kind = kind or ("cpu" if platform == "python" and python_device == "cpu" else "gpu")
+        if kind not in KINDS:
+            raise ConfigError(f"--kind must be gpu or cpu, got {kind!r}")
+        if platform == "tensorrt" and kind != "gpu":
+            raise ConfigError("a TensorRT engine runs on a GPU: --kind gpu")
+        if ort_tensorrt and (platform != "onnxruntime" or kind != "gpu"):
+            raise ConfigError("--ort-tensorrt is ONNX Runtime's TensorRT accelerator: --platform onnxruntime --kind gpu")
+
+        spec = src.metadata.input
+        max_batch = spec.max_batch
+        if max_batch is None or spec.min_batch > 1:
+            raise ConfigError(f"{src.path} takes batches {spec.batch_range}; Triton needs 1..N (re-export with a dynamic batch)")
+        preferred = sorted(set(preferred_batch or _default_preferred(src)))
+        notes: list[str] = []
+        stage = work / "repository"
+        model_dir = stage / name
+        (model_dir / "1").mkdir(parents=True)
+        labels = "\n".join(src.metadata.config.id2label.get(i, f"LABEL_{i}") for i in range(src.metadata.config.num_labels))
+        (model_dir / "labels.txt").write_text(labels + "\n", encoding="utf-8")
+        from vivit_deploy.files import sha256_of
+
+        parameters = dict(src.metadata.to_props())
+        weights = sorted(src.path.iterdir()) if src.path.is_dir() else [src.path]
+        parameters["vivit_deploy.model_sha256"] = sha256_of(*weights)  # the model's identity for resumed corpus jobs
+        if ensemble:
+            parameters["vivit_deploy.frames_model"] = f"{name}_frames"
+        comments = [f"written by vivit-deploy triton-repo from {src.path.name}"]
+        model_file = {"onnx": "model.onnx", "engine": "model.plan", "checkpoint": "checkpoint"}[src.kind]
+        if platform == "python":
+            backend = python_backend or {"engine": "tensorrt", "onnx": "onnxruntime", "checkpoint": "torch"}[src.kind]
+            runs = {"onnxruntime": "onnx", "openvino": "onnx", "tensorrt": "engine", "torch": "checkpoint"}
+            if backend not in PYTHON_BACKENDS or runs[backend] != src.kind:
+                raise ConfigError(f"--python-backend {backend} runs a{'n' if runs[backend][0] in 'eo' else ''} "
+                                  f"{runs[backend]}, not a{'n' if src.kind[0] in 'eo' else ''} {src.kind}")
+            model_file = src.path.name
+            parameters.update({"vivit_deploy.runtime.file": model_file, "vivit_deploy.runtime.backend": backend,
+                               "vivit_deploy.runtime.device": python_device,
+                               "vivit_deploy.runtime.precision": python_precision or "",
+                               "vivit_deploy.served_precision": _served_precision(backend, src, python_precision)})
+            (model_dir / "1" / "model.py").write_text(_shim("ClassifierModel"), encoding="utf-8")
+            if src.sidecar is not None:
+                from vivit_deploy.export.trt_build import sidecar_path
+
+                shutil.copy2(sidecar_path(src.path), model_dir / "1" / sidecar_path(Path(model_file)).name)
+        elif src.kind == "checkpoint":
+            raise ConfigError("a checkpoint is served by --platform python --python-backend torch (or export it first)")
+        if src.sidecar is not None:
+            version = src.sidecar["tensorrt"]
+            comments.append(f"TensorRT {version} built this engine for {src.sidecar.get('gpu', {}).get('name', 'its GPU')}: "
+                            f"serve it with a Triton container that ships TensorRT {version}")
+            notes.append(f"the engine runs only on TensorRT {version} (and its GPU): pick the Triton container release "
+                         "whose TensorRT is that version (Triton's release notes list it per container)")
+        if src.kind == "checkpoint":
+            shutil.copytree(src.path, model_dir / "1" / model_file)
+        else:
+            shutil.copy2(src.path, model_dir / "1" / model_file)
+
+        main = ModelConfigSpec(
+            name=name, platform={"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx"}.get(platform),
+            backend="python" if platform == "python" else None, max_batch_size=max_batch,
+            inputs=[TensorSpec(spec.name, "float32", list(spec.frame_shape))],
+            outputs=[TensorSpec(src.metadata.output_name, "float32", [src.metadata.config.num_labels], "labels.txt")],
+            kind=KINDS[kind], instances=instances, preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us,
+            parameters=parameters, comments=comments,
+            ort_tensorrt=_ort_tensorrt(src) if ort_tensorrt else None,
+        )
+        configs = {name: (main, src.metadata)}
+        served = parameters.get("vivit_deploy.served_precision") or src.metadata.precision
+        models = {name: f"{platform} ({src.kind}, {served}, batch 1..{max_batch}, {kind})"}
+        if ensemble:
+            frames = [src.metadata.config.num_frames, -1, -1, 3]
+            pre_dir = stage / f"{name}_preprocess"
+            (pre_dir / "1").mkdir(parents=True)
+            (pre_dir / "1" / "model.py").write_text(_shim("PreprocessModel"), encoding="utf-8")
+            configs[f"{name}_preprocess"] = (ModelConfigSpec(
+                name=f"{name}_preprocess", platform=None, backend="python", max_batch_size=max_batch,
+                inputs=[TensorSpec(FRAMES_INPUT, "uint8", frames)],
+                outputs=[TensorSpec(spec.name, "float32", list(spec.frame_shape))],
+                kind="KIND_CPU", instances=instances, max_queue_delay_us=max_queue_delay_us,
+                parameters={k: v for k, v in src.metadata.to_props().items()},
+                comments=["uint8 RGB frames -> the model's input, with vivit_deploy's shared preprocessor"],
+            ), None)
+            ens_dir = stage / f"{name}_frames"
+            (ens_dir / "1").mkdir(parents=True)
+            (ens_dir / "labels.txt").write_text(labels + "\n", encoding="utf-8")
+            configs[f"{name}_frames"] = (ModelConfigSpec(
+                name=f"{name}_frames", platform="ensemble", backend=None, max_batch_size=max_batch,
+                inputs=[TensorSpec(FRAMES_INPUT, "uint8", frames)],
+                outputs=[TensorSpec(src.metadata.output_name, "float32", [src.metadata.config.num_labels], "labels.txt")],
+                ensemble_steps=[
+                    {"model": f"{name}_preprocess", "inputs": {FRAMES_INPUT: FRAMES_INPUT}, "outputs": {spec.name: "pixel_values"}},
+                    {"model": name, "inputs": {spec.name: "pixel_values"},
+                     "outputs": {src.metadata.output_name: src.metadata.output_name}},
+                ],
+                parameters={k: v for k, v in src.metadata.to_props().items()},
+                comments=[f"uint8 frames ({src.metadata.config.num_frames}, H, W, 3) -> {name}_preprocess -> {name} -> logits"],
+            ), None)
+            models[f"{name}_preprocess"] = "python backend: uint8 frames -> pixel_values (vivit_deploy's preprocessor)"
+            models[f"{name}_frames"] = f"ensemble: frames -> {name}_preprocess -> {name}"
+            notes.append(f"the python models need vivit_deploy (and numpy, numba; {python_backend or 'the runtime'} for "
+                         "--platform python) in the Python of Triton's python backend")
+
+        for model_name, (config_spec, metadata) in configs.items():
+            text = config_spec.text()
+            where = f"{model_name}/config.pbtxt"
+            parsed = parse_config(text, where)
+            if metadata is not None:
+                check_against_metadata(parsed, metadata, where, batch_max=max_batch)
+            _check_ensemble(parsed, configs, where)
+            (stage / model_name / "config.pbtxt").write_text(text, encoding="utf-8")
+
+        repository.mkdir(parents=True, exist_ok=True)
+        for model_name in configs:  # each model directory appears whole (a rename within one file system)
+            target = repository / model_name
+            staged = repository / f".{model_name}.tmp-{os.getpid()}"
+            shutil.copytree(stage / model_name, staged)
+            os.replace(staged, target)
+    return RepositoryReport(repository, models, notes)
+
+
+def _read_source(path: Path, work: Path, progress: Progress, keep_checkpoint: bool = False) -> _Source:
+    suffix = path.suffix.lower()
+    if suffix in (".engine", ".plan"):
+        from vivit_deploy.runtimes.trt_runtime import engine_metadata
+
+        sidecar, metadata = engine_metadata(path)
+        return _Source(path, "engine", metadata, sidecar)
+    if suffix == ".onnx":
+        from vivit_deploy.metadata import read_onnx_metadata
+
+        return _Source(path, "onnx", read_onnx_metadata(path))
+    if keep_checkpoint:  # served by PyTorch inside Triton's python backend: no export
+        from vivit_deploy.checkpoint import load_config, resolve_source
+        from vivit_deploy.io_spec import DEFAULT_MAX_BATCH, OUTPUT_NAME, input_spec
+        from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
+
+        directory = resolve_source(path)
+        config = load_config(directory)
+        preprocessor = preprocessor_config_in(directory) or PreprocessorConfig.for_input_size(
+            config.image_height, config.image_width)
+        metadata = DeployMetadata(config, preprocessor, input_spec(config, 1, DEFAULT_MAX_BATCH), "fp32", OUTPUT_NAME,
+                                  {"source": str(path)})
+        return _Source(Path(directory), "checkpoint", metadata)
+    from vivit_deploy.export import export_onnx
+
+    exported = work / "model.onnx"
+    progress(f"exporting {path} to ONNX first ...")
+    export_onnx(path, exported, progress=progress)
+    from vivit_deploy.metadata import read_onnx_metadata
+
+    return _Source(exported, "onnx", read_onnx_metadata(exported))
+
+
+def _served_precision(backend: str, src: _Source, asked: str | None) -> str:
+    """What the runtime inside Triton computes in, as runtimes name it (the client reports it)."""
+    if backend == "openvino":
+        from vivit_deploy.runtimes.openvino_runtime import openvino_precision
+
+        return openvino_precision(src.metadata.precision, asked or "fp32")
+    return asked or src.metadata.precision
+
+
+def _default_preferred(src: _Source) -> list[int]:
+    """The engine's opt batch, where TensorRT tuned it; none for ONNX (Triton then batches what is queued)."""
+    if src.sidecar is not None:
+        return [int(src.sidecar["profile"]["opt"])]
+    return []
+
+
+def _ort_tensorrt(src: _Source) -> dict[str, str]:
+    return {"precision_mode": "FP16" if src.metadata.precision == "fp16" else "FP32",
+            "max_workspace_size_bytes": str(4 << 30), "trt_engine_cache_enable": "true"}
+
+
+def _shim(cls: str) -> str:
+    from vivit_deploy import __version__
+
+    return f'''"""Triton python backend model, written by `vivit-deploy triton-repo` (vivit_deploy {__version__}).
+
+The code lives in vivit_deploy.serving.python_backend: vivit_deploy (with numpy, numba, Pillow and the
+model's runtime library) must be importable by the Python of Triton's python backend stub.
+"""
+
+import os
+import sys
+
+# The stub runs Python isolated, so PYTHONPATH is not applied: apply it here, so that vivit_deploy and
+# its dependencies can live in an environment of their own (tritonserver started with PYTHONPATH=...).
+for _entry in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    if _entry and _entry not in sys.path:
+        sys.path.insert(0, _entry)
+
+from vivit_deploy.serving.python_backend import {cls} as TritonPythonModel  # noqa: E402,F401
+'''
+
+
+def _check_ensemble(parsed, configs: dict, where: str) -> None:
+    """Every step of an ensemble names a model of this repository and one of its tensors."""
+    for step in parsed.ensemble_scheduling.step:
+        if step.model_name not in configs:
+            raise ServingConfigError(f"{where}: step model {step.model_name!r} is not in the repository")
+        step_spec = configs[step.model_name][0]
+        known = {t.name for t in step_spec.inputs} | {t.name for t in step_spec.outputs}
+        for key in list(step.input_map) + list(step.output_map):
+            if key not in known:
+                raise ServingConfigError(f"{where}: {step.model_name} has no tensor {key!r}")

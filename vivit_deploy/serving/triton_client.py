@@ -1,0 +1,176 @@
+"""A model served by Triton Inference Server, as one more runtime: ``load_runtime("triton://host:port/vivit")``.
+
+The runtime reads the model's configuration from the server: labels, preprocessing and batch range come
+from the ``parameters`` that `vivit-deploy triton-repo` writes (the same keys as an exported file's
+metadata), and the served input and output are checked against them. ``run`` sends preprocessed
+float32 clips over HTTP (binary tensors); when the repository has the uint8-frames ensemble,
+``run_frames`` sends uint8 frames instead and the server preprocesses them with the same
+preprocessor (``VideoClassifier`` uses it). Every error the server or the connection raises becomes a
+:class:`TritonError` naming the server and the model.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from vivit_deploy.errors import BackendUnavailableError, ModelFileError, VivitDeployError
+from vivit_deploy.metadata import DeployMetadata
+from vivit_deploy.runtimes.base import Runtime, register_backend
+
+SCHEME = "triton"
+# Binary tensors must say so: a Triton 2.51 server crashed on binary requests of another content type.
+BINARY = {"Content-Type": "application/octet-stream"}
+
+
+class TritonError(VivitDeployError, RuntimeError):
+    """The server refused or failed a request, or could not be reached."""
+
+
+def import_tritonclient():
+    try:
+        import tritonclient.http as http
+        from tritonclient.utils import InferenceServerException
+    except ImportError:
+        raise BackendUnavailableError("a triton:// model needs tritonclient: pip install 'vivit-deploy[triton]'") from None
+    return http, InferenceServerException
+
+
+def parse_url(url: str) -> tuple[str, str, str]:
+    """``triton://host:port/model[/version]`` -> (host:port, model, version or "")."""
+    parts = urlsplit(str(url))
+    path = [p for p in parts.path.split("/") if p]
+    if parts.scheme != SCHEME or not parts.netloc or not 1 <= len(path) <= 2:
+        raise ModelFileError(f"{url}: a Triton model is triton://host:port/MODEL[/VERSION]")
+    return parts.netloc, path[0], path[1] if len(path) == 2 else ""
+
+
+@register_backend("triton", schemes=(SCHEME,))
+class TritonRuntime(Runtime):
+    """A model on a Triton server over HTTP; one client connection per thread.
+
+    ``timeout``: seconds for connecting and for each request. ``frames``: use the uint8-frames ensemble
+    for ``VideoClassifier`` when the server has it (default True).
+    """
+
+    thread_safe = True
+
+    def __init__(self, url: str, *, device: str = "auto", precision: str | None = None, timeout: float = 60.0,
+                 frames: bool = True):
+        http, self._error_type = import_tritonclient()
+        self._http = http
+        self.server, self.model, self.version = parse_url(url)
+        self.url = str(url)
+        self.timeout = timeout
+        self._local = threading.local()
+        client = self._client()
+        try:
+            live = client.is_server_live()
+        except Exception as exc:  # noqa: BLE001  socket errors, timeouts, HTTP errors: all mean "not reachable"
+            raise TritonError(f"{self.url}: no Triton server answers at {self.server} ({_message(exc)})") from exc
+        if not live:
+            raise TritonError(f"{self.url}: the Triton server at {self.server} is not live")
+        config = self._call(lambda c: c.get_model_config(self.model, self.version), "reading the model configuration")
+        if not self._call(lambda c: c.is_model_ready(self.model, self.version), "asking whether the model is ready"):
+            raise TritonError(f"{self.url}: model {self.model!r} is not ready on {self.server}")
+        parameters = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+        self.parameters = parameters
+        metadata = DeployMetadata.from_props(parameters, source=f"{self.url} (its model configuration)")
+        _check_served(config, metadata, self.url)
+        served = parameters.get("vivit_deploy.served_precision") or metadata.precision  # --platform python's runtime
+        if precision is not None and precision != served:
+            raise ModelFileError(f"{self.url} serves a {served} model, not {precision}")
+        self.metadata = metadata
+        self.frames_model = None
+        ensemble = parameters.get("vivit_deploy.frames_model")
+        if frames and ensemble:
+            try:
+                if client.is_model_ready(ensemble):
+                    self.frames_model = ensemble
+            except Exception:  # noqa: BLE001  no ensemble: clients preprocess themselves
+                self.frames_model = None
+        super().__init__(
+            config=metadata.config, preprocessor=metadata.preprocessor, input_spec=metadata.input,
+            precision=served, device=f"triton {self.server}", source=self.url,
+        )
+
+    def _client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._http.InferenceServerClient(
+                self.server, connection_timeout=self.timeout, network_timeout=self.timeout)
+        return client
+
+    def _call(self, fn, doing: str):
+        try:
+            return fn(self._client())
+        except self._error_type as exc:
+            raise TritonError(f"{self.url}: the server refused {doing}: {_message(exc)}") from exc
+        except Exception as exc:  # noqa: BLE001  connection reset, timeout
+            raise TritonError(f"{self.url}: {doing} failed: {_message(exc)}") from exc
+
+    def _infer(self, model: str, name: str, array: np.ndarray, datatype: str, output: str) -> np.ndarray:
+        http = self._http
+        tensor = http.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=True)
+        wanted = [http.InferRequestedOutput(output, binary_data=True)]
+        result = self._call(lambda c: c.infer(model, [tensor], outputs=wanted, headers=BINARY,
+                                              model_version=self.version if model == self.model else ""),
+                            f"an inference on {model!r}")
+        out = result.as_numpy(output)
+        if out is None:
+            raise TritonError(f"{self.url}: {model!r} answered without {output!r}")
+        return out
+
+    def _run(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self._infer(self.model, self.input_spec.name, pixel_values, "FP32", self.metadata.output_name)
+
+    def run_frames(self, clips: np.ndarray) -> np.ndarray:
+        """Logits (N, num_labels) for uint8 RGB clips (N, T, H, W, 3), preprocessed by the server's ensemble."""
+        from vivit_deploy.errors import InputShapeError
+        from vivit_deploy.serving.model_config import FRAMES_INPUT
+
+        self._ensure_open()
+        if self.frames_model is None:
+            raise TritonError(f"{self.url}: the server has no frames ensemble for {self.model!r}")
+        clips = np.ascontiguousarray(clips)
+        frames = self.config.num_frames
+        if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[1] != frames or clips.shape[-1] != 3:
+            raise InputShapeError(f"frames must be uint8 (N, {frames}, height, width, 3), got {clips.dtype} {clips.shape}")
+        top = self.input_spec.max_batch or len(clips)
+        out = [self._infer(self.frames_model, FRAMES_INPUT, clips[i:i + top], "UINT8", self.metadata.output_name)
+               for i in range(0, len(clips), top)]
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def _close(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+        self._local = threading.local()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "server": self.server, "model": self.model, "frames_model": self.frames_model}
+
+
+def _message(exc: BaseException) -> str:
+    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    return " ".join(str(text).split()) or type(exc).__name__
+
+
+def _check_served(config: dict, metadata: DeployMetadata, url: str) -> None:
+    """The served tensors must be what the configuration's own vivit_deploy parameters describe."""
+    inputs = {i["name"]: i for i in config.get("input", [])}
+    outputs = {o["name"]: o for o in config.get("output", [])}
+    spec = metadata.input
+    problems = []
+    if spec.name not in inputs or [int(d) for d in inputs[spec.name].get("dims", [])] != list(spec.frame_shape):
+        problems.append(f"input {spec.name!r} {list(spec.frame_shape)}")
+    if metadata.output_name not in outputs:
+        problems.append(f"output {metadata.output_name!r}")
+    if int(config.get("max_batch_size", 0)) != (spec.max_batch or 0):
+        problems.append(f"max_batch_size {spec.max_batch}")
+    if problems:
+        raise ModelFileError(f"{url}: the served model does not match its vivit_deploy parameters ({'; '.join(problems)})")
