@@ -61,7 +61,7 @@ def _runtime_options(source: str, backend: str | None, attn_implementation: str 
     return options
 
 
-_BACKEND = click.option("--backend", type=click.Choice(["torch", "onnxruntime", "openvino", "tensorrt"]), default=None,
+_BACKEND = click.option("--backend", type=click.Choice(["torch", "onnxruntime", "openvino", "tensorrt", "triton"]), default=None,
                         help="Default: from --model (.onnx -> onnxruntime, .engine/.plan -> tensorrt, "
                              "checkpoint dir or Hub id -> torch); openvino runs an .onnx file on the CPU.")
 _DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -70,7 +70,8 @@ _DEVICE = click.option("--device", default="auto", show_default=True, help="auto
 @main.command()
 @click.argument("videos", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", "source", default=None,
-              help="Checkpoint directory, Hub id, exported .onnx file or TensorRT .engine. Default: the demo model.")
+              help="Checkpoint directory, Hub id, exported .onnx, TensorRT .engine, or triton://host:port/MODEL. "
+                   "Default: the demo model.")
 @_BACKEND
 @_DEVICE
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
@@ -162,7 +163,8 @@ def _ray_address(value: str | None) -> str | None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Results file: .parquet (needs pyarrow) or .jsonl. Rerunning resumes it.")
 @click.option("--model", "source", default=None,
-              help="Checkpoint directory, Hub id, exported .onnx file or TensorRT .engine. Default: the demo model.")
+              help="Checkpoint directory, Hub id, exported .onnx, TensorRT .engine, or triton://host:port/MODEL. "
+                   "Default: the demo model.")
 @_BACKEND
 @_DEVICE
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
@@ -288,6 +290,8 @@ main.add_command(export_command, name="export")
               help="What OpenVINO computes the --openvino files in (repeatable) [default: fp32].")
 @click.option("--engine", "engine_files", multiple=True, type=click.Path(path_type=Path),
               help="A TensorRT engine from build-engine to compare (repeatable; needs TensorRT and a GPU).")
+@click.option("--triton", "triton_urls", multiple=True, metavar="URL",
+              help="A model on a Triton server, triton://host:port/MODEL (repeatable).")
 @click.option("--torch", "torch_precisions", multiple=True, type=click.Choice(["fp16", "bf16"]),
               help="Also compare PyTorch at this precision (repeatable).")
 @_DEVICE
@@ -313,7 +317,7 @@ main.add_command(export_command, name="export")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
 @_friendly_errors
-def compare(source, onnx_files, openvino_files, openvino_precisions, engine_files, torch_precisions, device, videos_dir,
+def compare(source, onnx_files, openvino_files, openvino_precisions, engine_files, triton_urls, torch_precisions, device, videos_dir,
             synthetic, samples, demo, inputs_file, save_inputs, calibration, json_path, atol, rtol, min_cosine, min_top1,
             batch_size, offline):
     """How far each backend drifts from PyTorch fp32, and whether it still classifies the same.
@@ -331,7 +335,7 @@ def compare(source, onnx_files, openvino_files, openvino_precisions, engine_file
         raise click.UsageError("--openvino-precision applies to --openvino files")
     options = CompareOptions(
         source=source, onnx=onnx_files, openvino=openvino_files, openvino_precisions=openvino_precisions or ("fp32",),
-        engines=engine_files, torch_precisions=torch_precisions, device=device, demo=demo, videos_dir=videos_dir,
+        engines=engine_files, triton=triton_urls, torch_precisions=torch_precisions, device=device, demo=demo, videos_dir=videos_dir,
         synthetic=synthetic, samples=samples, inputs_file=inputs_file, save_inputs=save_inputs, calibration=calibration,
         tolerance_overrides=dict(atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1),
         batch_size=batch_size, offline=offline,

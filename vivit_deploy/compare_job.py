@@ -1,6 +1,7 @@
 """`vivit-deploy compare` from its options to a report: the reference, the candidates, the inputs.
 
-Candidates are the files and precisions named (``--onnx``, ``--openvino``, ``--engine``, ``--torch``),
+Candidates are the files, servers and precisions named (``--onnx``, ``--openvino``, ``--engine``,
+``--triton``, ``--torch``),
 or, when none is named, every backend x precision that can run here (``precision_matrix``), exported
 into a temporary directory first. Inputs are the bundled samples, a directory of videos, synthetic
 labelled clips of the demo task, random clips, or clips saved by an earlier run.
@@ -27,6 +28,7 @@ class CompareOptions:
     openvino: tuple[Path, ...] = ()
     openvino_precisions: tuple[str, ...] = ("fp32",)
     engines: tuple[Path, ...] = ()
+    triton: tuple[str, ...] = ()  # triton://host:port/model URLs
     torch_precisions: tuple[str, ...] = ()
     device: str = "auto"
     demo: bool = False
@@ -42,7 +44,7 @@ class CompareOptions:
 
     @property
     def named(self) -> bool:
-        return bool(self.onnx or self.openvino or self.engines or self.torch_precisions)
+        return bool(self.onnx or self.openvino or self.engines or self.triton or self.torch_precisions)
 
 
 def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonReport:
@@ -125,6 +127,9 @@ def _named(options: CompareOptions, source: str, progress: Progress) -> dict:
     for path in options.engines:
         progress(f"loading {path} ...")
         candidates[f"{path} (tensorrt)"] = load_runtime(path, "tensorrt", device="cuda" if options.device == "auto" else options.device)
+    for url in options.triton:
+        progress(f"connecting to {url} ...")
+        candidates[f"{url} (triton)"] = load_runtime(url, "triton")
     for precision in options.torch_precisions:
         candidates[f"pytorch {precision}"] = load_runtime(source, "torch", device=options.device, precision=precision,
                                                           local_files_only=options.offline or None)

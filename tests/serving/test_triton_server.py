@@ -1,0 +1,124 @@
+"""A real tritonserver (2.51, CPU, python backend) serving the demo model's `--platform python` repository
+with the uint8-frames ensemble, on 127.0.0.1 with free ports; every test is bounded and stops the server.
+
+Set-up: `bash scripts/setup_triton_server.sh DIR` and VIVIT_TRITON_HOME=DIR (.ci/run does both);
+without it these tests skip and say so.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("tritonclient", reason="tritonclient is not installed: pip install 'vivit-deploy[triton]'")
+
+from vivit_deploy.serving.local_server import LocalTritonServer, triton_home_problem  # noqa: E402
+
+pytestmark = [pytest.mark.triton,
+              pytest.mark.skipif(triton_home_problem() is not None, reason=str(triton_home_problem()))]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_onnx):
+    from vivit_deploy.serving.repository import write_repository
+
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    write_repository(demo_onnx, repo, platform="python", max_queue_delay_us=2000)
+    with LocalTritonServer(None, repo) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def runtimes(server, demo_onnx):
+    from vivit_deploy.runtimes import load_runtime
+
+    with load_runtime(f"triton://{server.http}/vivit") as remote, load_runtime(demo_onnx, device="cpu") as local:
+        yield remote, local
+
+
+def test_the_samples_through_the_ensemble_get_the_local_predictions(runtimes):
+    from vivit_deploy.demo import sample_videos
+    from vivit_deploy.predict import VideoClassifier
+
+    remote, local = runtimes
+    assert remote.frames_model == "vivit_frames" and remote.precision == "fp32"
+    served, here = VideoClassifier(remote), VideoClassifier(local)
+    for path, label in sample_videos():
+        a, b = served.classify(path, top_k=4), here.classify(path, top_k=4)
+        assert [p.label for p in a] == [p.label for p in b] and a[0].label == label
+        np.testing.assert_allclose([p.probability for p in a], [p.probability for p in b], atol=1e-6)
+
+
+def test_the_served_model_keeps_the_runtime_contract(runtimes):
+    from vivit_deploy.errors import InputShapeError
+
+    remote, local = runtimes
+    assert remote.id2label == local.id2label and remote.preprocessor == local.preprocessor
+    assert remote.input_spec == local.input_spec
+    x = np.random.default_rng(0).standard_normal((5, 8, 3, 32, 32), dtype=np.float32)
+    out = remote.run(x)
+    assert out.dtype == np.float32 and out.shape == (5, 4)
+    np.testing.assert_allclose(out, local.run(x), atol=1e-5)
+    with pytest.raises(InputShapeError, match="must be float32, got float64"):
+        remote.run(x.astype(np.float64))
+
+
+def test_concurrent_requests_are_batched_and_match_serial_ones(runtimes):
+    remote, _ = runtimes
+    inputs = [np.random.default_rng(i).standard_normal((1, 8, 3, 32, 32), dtype=np.float32) for i in range(16)]
+    serial = [remote.run(x) for x in inputs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(remote.run, inputs))
+    for a, b in zip(serial, together):  # batched with other requests: sums in another order, fp32 rounding apart
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_malformed_requests_are_refused_and_the_server_stays_up(server, runtimes):
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    client = http.InferenceServerClient(server.http)
+    headers = {"Content-Type": "application/octet-stream"}
+
+    def send(model, name, array, datatype):
+        tensor = http.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=True)
+        return client.infer(model, [tensor], headers=headers)
+
+    bad = [
+        ("vivit", "pixel_values", np.zeros((1, 7, 3, 32, 32), np.float32), "FP32"),  # wrong shape
+        ("vivit", "pixel_values", np.zeros((1, 8, 3, 32, 32), np.float64), "FP64"),  # wrong type
+        ("vivit_frames", "frames", np.zeros((1, 8, 20, 20, 3), np.float32), "FP32"),  # frames not uint8
+        ("vivit_frames", "frames", np.zeros((1, 5, 20, 20, 3), np.uint8), "UINT8"),  # too few frames
+    ]
+    for model, name, array, datatype in bad:
+        with pytest.raises(InferenceServerException):
+            send(model, name, array, datatype)
+    assert server.alive()
+    remote, local = runtimes
+    x = np.ones((2, 8, 3, 32, 32), np.float32)
+    np.testing.assert_allclose(remote.run(x), local.run(x), atol=1e-5)
+
+
+def test_predict_compare_and_classify_through_the_server(server, demo_onnx, tmp_path):
+    from vivit_deploy.cli import main
+    from vivit_deploy.demo import SAMPLES, default_sample
+
+    url = f"triton://{server.http}/vivit"
+    result = CliRunner().invoke(main, ["predict", str(default_sample()), "--model", url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["predictions"][0]["label"] == "moving down"
+    result = CliRunner().invoke(main, ["compare", "--triton", url, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["candidates"][0]["stats"]["accuracy"] == 1.0
+    output = tmp_path / "rows.jsonl"
+    result = CliRunner().invoke(main, ["classify", str(SAMPLES), "-o", str(output), "--model", url, "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    labels = json.loads((SAMPLES / "labels.json").read_text())
+    assert len(rows) == 12 and all(r["error"] is None and r["backend"] == "triton" for r in rows)
+    assert sum(r["label"] == labels[r["path"].rsplit("/", 1)[1]] for r in rows) == 12
