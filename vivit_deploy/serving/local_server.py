@@ -72,7 +72,9 @@ class LocalTritonServer:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(self.home / "lib"), env.get("LD_LIBRARY_PATH")]))
         # what the python models import: the stub's own packages, then vivit_deploy itself
-        env["PYTHONPATH"] = os.pathsep.join([str(self.home / "python"), package_root, *self.extra_pythonpath])
+        # (VIVIT_TRITON_EXTRA_PYTHONPATH: more, e.g. the site-packages of an environment that has torch)
+        extra = [*self.extra_pythonpath, *filter(None, os.environ.get("VIVIT_TRITON_EXTRA_PYTHONPATH", "").split(os.pathsep))]
+        env["PYTHONPATH"] = os.pathsep.join([str(self.home / "python"), package_root, *extra])
         command = [
             str(self.home / "bin" / "tritonserver"), "--model-repository", str(self.repository),
             "--backend-directory", str(self.home / "backends"), "--http-address", "127.0.0.1",
