@@ -3,7 +3,7 @@
     python scripts/bench_quantization.py                  # ~6 min on 2 cores
     python scripts/bench_quantization.py --frames 32 --clips 500
 
-Variants (``vivit_deploy.export.quantize.quantize_int8`` with other arguments, plus ONNX Runtime's own
+Variants (``vivit_deploy.export.quantize.quantize`` with other arguments, plus ONNX Runtime's own
 dynamic quantization): the export's choice (weight MatMuls, Q/K/V fused, int8 symmetric activations),
 the same with the patch Conv3d, without the Q/K/V fusion, with uint8 activations, and
 ``quantize_dynamic`` on the weight MatMuls. For each:
@@ -63,8 +63,8 @@ def main() -> int:
     from vivit_deploy.compare import logit_stats, synthetic_inputs, video_inputs
     from vivit_deploy.demo import demo_model_dir, sample_videos
     from vivit_deploy.export import export_onnx
-    from vivit_deploy.export.quantize import optimized_leftovers, quantize_int8
-    from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+    from vivit_deploy.export.quantize import optimized_leftovers, quantize
+    from vivit_deploy.preprocessing import VideoPreprocessor
     from vivit_deploy.runtimes import load_runtime
     from vivit_deploy.synthetic import CALIBRATION_SEED
 
@@ -72,7 +72,7 @@ def main() -> int:
         "export's choice: weight MatMuls, QKV fused, int8 sym.": {},
         "+ patch Conv3d": {"ops": ("MatMul", "Conv")},
         "QKV not fused": {"fuse_qkv": False},
-        "uint8 activations (not a TensorRT type)": {"unsigned_activations": True},
+        "uint8 activations (not a TensorRT type)": {"precision": "uint8"},
     }
     work = Path(tempfile.mkdtemp(prefix="bench-quant-"))
     print(f"{cpu()}; onnxruntime {ort.__version__}", file=sys.stderr)
@@ -81,7 +81,7 @@ def main() -> int:
         model = onnx.load(str(fp32))
         files = {"fp32": fp32}
         for i, (name, kwargs) in enumerate(variants.items()):
-            proto, _ = quantize_int8(model, clips, note, "pixel_values", **kwargs)
+            proto, _ = quantize(model, clips, note, "pixel_values", **kwargs)
             for prop in model.metadata_props:
                 proto.metadata_props.add(key=prop.key, value=prop.value if prop.key != "vivit_deploy.precision" else "int8")
             files[name] = fp32.with_name(f"{fp32.stem}-v{i}.onnx")

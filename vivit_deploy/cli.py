@@ -238,15 +238,16 @@ def classify(inputs, output, source, backend, device, precision, workers, batch_
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The .onnx file to write.")
-@click.option("--opset", default=18, show_default=True, type=click.IntRange(18, 23),
-              help="ONNX opset (18 is the exporter's native one; 20+ writes Gelu as one op).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--opset", default=None, type=click.IntRange(18, 23),
+              help="ONNX opset [default: 18, the exporter's native one; 19 for fp8]. 20+ writes Gelu as one op.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "fp8"]), default="fp32", show_default=True,
               help="fp16: an fp16 graph with float32 input and logits (TensorRT's strongly typed builds); int8: "
-                   "calibrated Q/DQ on the weight MatMuls (needs --calibration).")
+                   "calibrated Q/DQ on the weight MatMuls (needs --calibration); fp8: the same in float8 e4m3fn, "
+                   "for TensorRT on Hopper/Ada GPUs.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
-              help="int8: a directory of videos like those the model will see, or an .npz from `compare --save-inputs`.")
+              help="int8/fp8: a directory of videos like those the model will see, or an .npz from `compare --save-inputs`.")
 @click.option("--calibration-clips", type=click.IntRange(min=1), default=None,
-              help="int8: how many clips to calibrate on [default: 32].")
+              help="int8/fp8: how many clips to calibrate on [default: 32].")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Largest batch the file accepts [default: 32; 1 with --static-batch].")
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to --max-batch instead of a dynamic axis.")
@@ -483,12 +484,13 @@ def _writable(path: Path | None, option: str) -> None:
 @click.option("--batch-sizes", default="1,2,4,8", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", default="fp32", show_default=True,
-              help="fp32, fp16, bf16, int8 or int8-bf16, or several comma-separated: every backend in each it runs "
-                   "(fp16: fp16 ONNX graph and engine, half PyTorch; bf16: PyTorch and OpenVINO; int8: the calibrated "
-                   "Q/DQ export on ONNX Runtime, OpenVINO, TensorRT; int8-bf16: OpenVINO, the rest in bf16).")
+              help="fp32, fp16, bf16, int8, int8-bf16 or fp8, or several comma-separated: every backend in each it "
+                   "runs (fp16: fp16 ONNX graph and engine, half PyTorch; bf16: PyTorch and OpenVINO; int8: the "
+                   "calibrated Q/DQ export on ONNX Runtime, OpenVINO, TensorRT; int8-bf16: OpenVINO, the rest in bf16; "
+                   "fp8: TensorRT).")
 @click.option("--calibration", type=click.Path(path_type=Path, exists=True), default=None,
-              help="int8: calibrate the export on these videos (DIR) or clips (.npz) [default: synthetic clips for "
-                   "the demo model, random clips otherwise, said in the report].")
+              help="int8/fp8: calibrate the export on these videos (DIR) or clips (.npz) [default: synthetic clips "
+                   "for the demo model, random clips otherwise, said in the report].")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls per batch size.")
 @click.option("--iters", default=10, show_default=True, type=click.IntRange(min=1), help="Timed calls per batch size.")
 @click.option("--peers/--no-peers", default=True, show_default=True,

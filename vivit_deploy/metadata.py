@@ -20,7 +20,7 @@ from vivit_deploy.preprocessing import PreprocessorConfig
 
 FORMAT_VERSION = "1"
 PREFIX = "vivit_deploy."
-PRECISIONS = ("fp32", "fp16", "int8")  # of the graph; int8: Q/DQ on the weight MatMuls, the rest fp32
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")  # of the graph; int8/fp8: Q/DQ on the weight MatMuls, the rest fp32
 
 
 @dataclass(frozen=True)

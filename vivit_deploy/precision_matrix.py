@@ -48,7 +48,8 @@ def available_variants(device: str = "cpu") -> tuple[list[Variant], dict[str, st
     if importlib.util.find_spec("onnxruntime") is None:
         skipped["onnxruntime"] = "onnxruntime is not installed"
     else:
-        run += [Variant(f"onnxruntime {p}", "onnxruntime", f"onnx-{p}", None, "cpu") for p in ("fp32", "fp16", "int8")]
+        # fp8 runs on ONNX Runtime's CPU as fp8-rounded Q/DQ around fp32 products: its numerics, not its speed
+        run += [Variant(f"onnxruntime {p}", "onnxruntime", f"onnx-{p}", None, "cpu") for p in ("fp32", "fp16", "int8", "fp8")]
         if cuda:
             import onnxruntime
 
@@ -73,7 +74,7 @@ def available_variants(device: str = "cpu") -> tuple[list[Variant], dict[str, st
     elif importlib.util.find_spec("tensorrt") is None:
         skipped["tensorrt"] = "tensorrt is not installed (see docs/tensorrt.md)"
     else:
-        run += [Variant(f"tensorrt {p}", "tensorrt", f"engine-{p}", None, device) for p in ("fp16", "int8")]
+        run += [Variant(f"tensorrt {p}", "tensorrt", f"engine-{p}", None, device) for p in ("fp16", "int8", "fp8")]
     return run, skipped
 
 
@@ -94,18 +95,18 @@ def prepare_files(
     files: dict[str, Path] = {"checkpoint": Path(checkpoint)}
     kept, dropped = [], {}
     needed = {v.artifact for v in variants}
-    for precision in ("fp32", "fp16", "int8"):
+    for precision in ("fp32", "fp16", "int8", "fp8"):
         wanted = f"onnx-{precision}" in needed or f"engine-{precision}" in needed
         if not wanted:
             continue
-        if precision == "int8" and calibration is None:
+        if precision in ("int8", "fp8") and calibration is None:
             continue
         path = workdir / f"model-{precision}.onnx"
         progress(f"exporting {checkpoint} to ONNX ({precision}) ...")
         export_onnx(checkpoint, path, precision=precision, max_batch=max_batch,
-                    calibration=calibration if precision == "int8" else None, validate=False)
+                    calibration=calibration if precision in ("int8", "fp8") else None, validate=False)
         files[f"onnx-{precision}"] = path
-    for precision in ("fp16", "int8"):
+    for precision in ("fp16", "int8", "fp8"):
         if f"engine-{precision}" in needed and f"onnx-{precision}" in files:
             from vivit_deploy.export.trt_build import build_engine
 
@@ -117,8 +118,8 @@ def prepare_files(
     for variant in variants:
         if variant.artifact in files:
             kept.append(variant)
-        elif "int8" in variant.artifact:
-            dropped[variant.label] = "int8 needs calibration data (--calibration DIR_OR_NPZ)"
+        elif variant.artifact.endswith(("int8", "fp8")):
+            dropped[variant.label] = f"{variant.artifact[-4:]} needs calibration data (--calibration DIR_OR_NPZ)"
         else:
             raise ConfigError(f"no {variant.artifact} file for {variant.label}")
     return files, kept, dropped

@@ -50,6 +50,11 @@ TOLERANCES: dict[str, Tolerance] = {
     # grows with depth: the bounds allow a little more and gate on cosine and top-1 first.
     "int8": Tolerance(atol=5e-1, rtol=2e-1, min_cosine=0.99, min_top1=0.95),
     "int8-bf16": Tolerance(atol=5e-1, rtol=2e-1, min_cosine=0.99, min_top1=0.95),
+    # fp8 (float8 e4m3fn Q/DQ on the same MatMuls, 3 mantissa bits): on the same 1000 clips it drifted up to
+    # 1.16 (worst cosine 0.9715), accuracy 99.8% and every top-1 kept, computed by ONNX Runtime's CPU as
+    # fp8-rounded Q/DQ around fp32 products (what TensorRT's fp8 kernels round to, not their accumulation).
+    "fp8": Tolerance(atol=1.5, rtol=3e-1, min_cosine=0.95, min_top1=0.95),
+    "fp8-bf16": Tolerance(atol=1.5, rtol=3e-1, min_cosine=0.95, min_top1=0.95),
 }
 
 

@@ -112,7 +112,7 @@ def test_bad_calibration_data_is_refused_before_exporting(tmp_path, tiny_checkpo
         export_onnx(demo_model_dir(), tmp_path / "b.onnx", precision="int8", calibration=tmp_path / "tiny.npz")
     with pytest.raises(FileNotFoundError, match="no such calibration directory"):
         export_onnx(demo_model_dir(), tmp_path / "c.onnx", precision="int8", calibration=tmp_path / "missing")
-    with pytest.raises(ConfigError, match="apply to --precision int8 only"):
+    with pytest.raises(ConfigError, match="apply to --precision int8 and fp8 only"):
         export_onnx(demo_model_dir(), tmp_path / "d.onnx", calibration=SAMPLES)
     assert not list(tmp_path.glob("*.onnx"))
 
@@ -145,3 +145,26 @@ def test_fused_qkv_computes_what_three_matmuls_did():
     after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     for a, b in zip(before, after):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_fp8_export_is_checked_for_numerics_on_onnxruntimes_cpu(tmp_path):
+    from vivit_deploy.predict import VideoClassifier
+    from vivit_deploy.runtimes import load_runtime
+
+    path = tmp_path / "demo-fp8.onnx"
+    report = export_onnx(demo_model_dir(), path, precision="fp8", calibration=SAMPLES)
+    assert report.passed and report.opset == 19  # float8 Q/DQ are opset 19 ops
+    model = onnx.load(str(path))
+    summary = summarize(model)
+    assert summary.quantized_matmuls == 16 and summary.asymmetric_qdq == 0 and summary.qdq_on_norm_softmax == 0
+    assert max(summary.weight_types, key=summary.weight_types.get) == "float8e4m3fn"
+    assert read_onnx_metadata(path).calibration["activations"].startswith("float8 e4m3fn")
+    with load_runtime(path) as runtime:
+        assert runtime.precision == "fp8" and runtime.describe()["graph_optimization"] == "basic (float8 Q/DQ)"
+        classifier = VideoClassifier(runtime)
+        for video, label in sample_videos():
+            assert classifier.classify(video, top_k=1)[0].label == label
+    result = CliRunner().invoke(main, ["check-trt", str(path)])
+    assert result.exit_code == 0 and "fp8 needs a GPU of compute capability 8.9" in result.output
+    with pytest.raises(ConfigError, match="fp8 Q/DQ needs opset 19 or newer"):
+        export_onnx(demo_model_dir(), tmp_path / "old.onnx", precision="fp8", calibration=SAMPLES, opset=18)

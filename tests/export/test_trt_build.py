@@ -42,6 +42,8 @@ def test_int8_engines_use_explicit_quantization(version, typed, int8_flag):
         plan_build(version, "int8", "fp32")
     with pytest.raises(ConfigError, match="that graph only builds an int8 engine"):
         plan_build(version, "fp16", "int8")
+    fp8 = plan_build(version, "fp8", "fp8")
+    assert (fp8.strongly_typed, fp8.fp8_flag, fp8.int8_flag) == (typed, int8_flag, False)
 
 
 def test_build_plan_refusals():

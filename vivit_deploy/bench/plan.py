@@ -36,7 +36,7 @@ BENCH_BACKENDS: dict[str, BenchBackend] = {
         BenchBackend("torch-sdpa", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="sdpa"),
         BenchBackend("onnxruntime", "onnx", ("fp32", "fp16", "int8")),
         BenchBackend("openvino", "onnx", ("fp32", "bf16", "int8", "int8-bf16")),
-        BenchBackend("tensorrt", "engine", ("fp32", "fp16", "int8"), cuda_only=True),
+        BenchBackend("tensorrt", "engine", ("fp32", "fp16", "int8", "fp8"), cuda_only=True),
         BenchBackend("transformers-eager", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="eager", peer=True),
         BenchBackend("transformers-sdpa", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="sdpa", peer=True),
     )
@@ -44,8 +44,10 @@ BENCH_BACKENDS: dict[str, BenchBackend] = {
 DEFAULT_BACKENDS = ("torch-eager", "torch-sdpa", "onnxruntime", "openvino", "tensorrt")
 PEERS = ("transformers-eager", "transformers-sdpa")
 REFERENCE_BACKEND = "torch-sdpa"  # every ratio and every drift is taken against it
-# What a run can measure; "int8-bf16" is OpenVINO running the int8 file with the rest in bf16.
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-bf16")
+# What a run can measure; "int8-bf16" is OpenVINO running the int8 file with the rest in bf16. fp8 is
+# TensorRT's alone here: ONNX Runtime's CPU runs an fp8 graph as Q/DQ around fp32 products (numerics for
+# `compare`, no speed to measure).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-bf16", "fp8")
 
 
 def onnx_precision(backend: str, precision: str) -> str:
@@ -263,12 +265,12 @@ def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: P
 
         _check_given_file(settings.onnx, read_onnx_metadata(settings.onnx), checkpoint, settings)
         onnx[read_onnx_metadata(settings.onnx).precision] = settings.onnx
-    for precision in ("fp32", "fp16", "int8"):
+    for precision in ("fp32", "fp16", "int8", "fp8"):
         if precision in onnx_needed and precision not in onnx:
             from vivit_deploy.export import export_onnx
 
             calibration = None
-            if precision == "int8":
+            if precision in ("int8", "fp8"):
                 calibration, note = _calibration(settings, checkpoint, workdir, progress)
                 notes.append(note)
             onnx[precision] = workdir / f"model-{precision}.onnx"

@@ -41,9 +41,9 @@ class GraphSummary:
     attention_blocks: int  # Softmax nodes between two MatMuls
     prescaled_attention_blocks: int  # of those, with Q (or K) scaled before the first MatMul
     softmax_residue: int  # IsNaN nodes, and Where nodes next to a Softmax or an IsNaN
-    quantized_matmuls: int = 0  # MatMuls fed by DequantizeLinear (int8 graphs)
+    quantized_matmuls: int = 0  # MatMuls fed by DequantizeLinear (int8 / fp8 graphs)
     qdq_on_norm_softmax: int = 0  # LayerNorm / Softmax nodes reading a DequantizeLinear, Softmax feeding a QuantizeLinear
-    asymmetric_qdq: int = 0  # Q/DQ nodes whose zero point is not an int8 zero (TensorRT takes only those)
+    asymmetric_qdq: int = 0  # Q/DQ nodes whose zero point is not an int8 / float8 zero (TensorRT takes only those)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,7 +113,8 @@ def summarize(model) -> GraphSummary:
         if len(node.input) < 3 or not node.input[2]:
             return False  # no zero point given: uint8 by the spec
         zero = initializers.get(node.input[2])
-        return zero is not None and zero.data_type == 3 and not np.any(_array(zero))  # 3: INT8
+        # 3: INT8, 17: FLOAT8E4M3FN (whose zero is the all-zero byte)
+        return zero is not None and zero.data_type in (3, 17) and not np.any(np.asarray(_array(zero), np.float32))
 
     quantized = sum(1 for n in graph.node if n.op_type == "MatMul" and reads_dequantized(n))
     # LayerNorm and Softmax compute in float: neither reads a dequantized int8 tensor, and the attention
@@ -176,19 +177,19 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
         f"inputs/outputs must be float32, got {io_types}")
     add("double" not in summary.weight_types, "double", "no float64 weights",
         f"{summary.weight_types.get('double')} float64 weight elements")
-    stored = {t: n for t, n in summary.weight_types.items() if t in ("float", "float16", "bfloat16", "int8")}
+    stored = {t: n for t, n in summary.weight_types.items() if t in ("float", "float16", "bfloat16", "int8", "float8e4m3fn")}
     main = max(stored, key=stored.get) if stored else None
-    want = {"fp32": "float", "fp16": "float16", "int8": "int8"}[precision]
+    want = {"fp32": "float", "fp16": "float16", "int8": "int8", "fp8": "float8e4m3fn"}[precision]
     add(main == want, "precision", f"weights are mostly {want} ({stored.get(want, 0):,} elements)",
         f"a {precision} graph should hold mostly {want} weights, found {stored}")
-    if precision == "int8":
+    if precision in ("int8", "fp8"):
         # per layer: the fused Q/K/V projection, the attention output, the two MLP products
         expected = 4 * num_layers if num_layers is not None else None
         add(summary.quantized_matmuls > 0 and expected in (None, summary.quantized_matmuls), "quantized matmuls",
-            f"{summary.quantized_matmuls} weight MatMuls read int8 Q/DQ",
+            f"{summary.quantized_matmuls} weight MatMuls read {precision} Q/DQ",
             f"{summary.quantized_matmuls} MatMuls read Q/DQ, expected {expected} (4 per layer)")
         add(summary.qdq_on_norm_softmax == 0, "float islands", "LayerNorm and Softmax stay in float",
             f"{summary.qdq_on_norm_softmax} LayerNorm/Softmax nodes read or feed Q/DQ")
-        add(summary.asymmetric_qdq == 0, "symmetric", "every Q/DQ is int8 with zero point 0 (what TensorRT takes)",
-            f"{summary.asymmetric_qdq} Q/DQ nodes are not int8 with zero point 0")
+        add(summary.asymmetric_qdq == 0, "symmetric", f"every Q/DQ is {precision} with zero point 0 (what TensorRT takes)",
+            f"{summary.asymmetric_qdq} Q/DQ nodes are not {precision} with zero point 0")
     return findings

@@ -48,6 +48,8 @@ from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_i
 from vivit_deploy.tolerances import tolerance_for
 
 DEFAULT_OPSET = 18
+FP8_MIN_OPSET = 19  # QuantizeLinear / DequantizeLinear take float8 from opset 19
+QUANTIZED = ("int8", "fp8")  # precisions made by quantizing the fp32 graph
 OPSETS = range(18, 24)  # what the dynamo exporter writes natively (it refuses to convert below 18)
 MAX_FILE_BYTES = 2 * 1024**3  # protobuf's limit for a single-file model
 
@@ -140,7 +142,7 @@ def export_onnx(
     source,
     output: str | os.PathLike,
     *,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     precision: str = "fp32",
     max_batch: int | None = None,
     static_batch: bool = False,
@@ -154,25 +156,31 @@ def export_onnx(
     """Export ``source`` (anything ``load_model`` takes, or a ``VivitForVideoClassification``) to ``output``.
 
     The batch axis is dynamic over 1..``max_batch`` (default 32), or fixed to ``max_batch`` (default 1)
-    with ``static_batch``. ``precision="int8"`` quantizes the fp32 graph (``export/quantize.py``),
-    calibrated on ``calibration``: a directory of videos or an ``.npz`` saved by ``compare
-    --save-inputs`` (its first ``calibration_clips``, default 32). Raises :class:`ExportError` when the
-    graph fails a check or its validation; then nothing is written at ``output``.
+    with ``static_batch``. ``precision="int8"`` (or ``"fp8"``, for TensorRT on Hopper/Ada) quantizes the
+    fp32 graph (``export/quantize.py``), calibrated on ``calibration``: a directory of videos or an
+    ``.npz`` saved by ``compare --save-inputs`` (its first ``calibration_clips``, default 32). ``opset``
+    defaults to 18, 19 for fp8 (float8 Q/DQ). Raises :class:`ExportError` when the graph fails a check
+    or its validation; then nothing is written at ``output``.
     """
     from vivit_deploy.export.quantize import DEFAULT_CALIBRATION_CLIPS
 
     progress = progress or _silent_progress
+    quantized = precision in QUANTIZED
+    if opset is None:
+        opset = FP8_MIN_OPSET if precision == "fp8" else DEFAULT_OPSET
+    if precision == "fp8" and opset < FP8_MIN_OPSET:
+        raise ConfigError(f"fp8 Q/DQ needs opset {FP8_MIN_OPSET} or newer, got --opset {opset}")
     if opset not in OPSETS:
         raise ConfigError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1} (the dynamo exporter's range), got {opset}")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "int8" and calibration is None:
+    if quantized and calibration is None:
         raise ConfigError(
-            "int8 needs calibration data: --calibration DIR (videos like the ones it will see) or FILE.npz "
+            f"{precision} needs calibration data: --calibration DIR (videos like the ones it will see) or FILE.npz "
             "(from `vivit-deploy compare --save-inputs`); calibrating on random noise would set wrong ranges silently"
         )
-    if precision != "int8" and (calibration is not None or calibration_clips is not None):
-        raise ConfigError("--calibration and --calibration-clips apply to --precision int8 only")
+    if not quantized and (calibration is not None or calibration_clips is not None):
+        raise ConfigError("--calibration and --calibration-clips apply to --precision int8 and fp8 only")
     calibration_clips = calibration_clips or DEFAULT_CALIBRATION_CLIPS
     if max_batch is not None and max_batch < 1:
         raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
@@ -192,7 +200,7 @@ def export_onnx(
     spec = input_spec(model.config, max_batch if static_batch else 1, max_batch)
 
     clips = calibration_note = None
-    if precision == "int8":  # read the calibration data first: a bad directory fails before the long steps
+    if quantized:  # read the calibration data first: a bad directory fails before the long steps
         from vivit_deploy.export.quantize import calibration_clips as read_calibration
         from vivit_deploy.preprocessing import VideoPreprocessor
 
@@ -202,14 +210,14 @@ def export_onnx(
 
     started = time.perf_counter()
     progress(f"exporting with torch.onnx (dynamo, opset {opset}, {precision}, batch {spec.batch_range}) ...")
-    proto = _trace(model, "fp32" if precision == "int8" else precision, opset, spec)
+    proto = _trace(model, "fp32" if quantized else precision, opset, spec)
     seconds["export"] = time.perf_counter() - started
     calibration_summary = None
-    if precision == "int8":
-        from vivit_deploy.export.quantize import quantize_int8
+    if quantized:
+        from vivit_deploy.export.quantize import quantize
 
         started = time.perf_counter()
-        proto, calibration_summary = quantize_int8(proto, clips, calibration_note, INPUT_NAME, progress)
+        proto, calibration_summary = quantize(proto, clips, calibration_note, INPUT_NAME, progress, precision=precision)
         seconds["quantize"] = time.perf_counter() - started
 
     metadata = DeployMetadata(

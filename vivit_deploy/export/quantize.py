@@ -1,4 +1,5 @@
-"""int8: a static, calibrated, explicit Q/DQ graph from the fp32 export, for ONNX Runtime, OpenVINO and TensorRT.
+"""int8 (and fp8): a static, calibrated, explicit Q/DQ graph from the fp32 export, for ONNX Runtime, OpenVINO
+and TensorRT.
 
 The form is the one all three consume: QuantizeLinear/DequantizeLinear pairs in the graph (QDQ format),
 symmetric int8 everywhere (zero points 0, which TensorRT requires), weights per output channel,
@@ -27,6 +28,13 @@ for accuracy (fp32: 99.8%):
   but only on ONNX Runtime (activation ranges computed at run time, no Q/DQ for TensorRT), so the one
   int8 file is the static one.
 ``optimized_leftovers`` reports where a session still runs DequantizeLinear -> MatMul in fp32.
+
+fp8 (``--precision fp8``) puts float8 e4m3fn Q/DQ on the same MatMuls, for TensorRT on Ada and Hopper
+GPUs. Nothing here runs fp8 arithmetic; ONNX Runtime's CPU provider runs the graph as fp8-rounded
+Q/DQ around fp32 products (at its basic optimization level, see ``ort_runtime``), which is how its
+numerics are checked: on the demo model's 1000 held-out clips every top-1 is kept, with larger drift
+than int8 (worst cosine 0.9715 against 0.9983: 3 mantissa bits against int8's 127 steps near the
+range's top).
 """
 
 from __future__ import annotations
@@ -164,25 +172,41 @@ def activation_matmuls(model) -> list[str]:
 
 # ---- quantization --------------------------------------------------------------------------------
 
-def quantize_int8(fp32_model, clips: np.ndarray, calibration_source: str, input_name: str,
-                  progress: Progress | None = None, *, ops: tuple[str, ...] = QUANTIZED_OPS, fuse_qkv: bool = True,
-                  unsigned_activations: bool = False):
-    """The int8 Q/DQ ``ModelProto`` of an fp32 ``ModelProto`` (ours), calibrated on ``clips``, with its summary.
+# What each quantized type is: the largest magnitude it holds, and how a Q/DQ zero point is stored.
+FP8_MAX = 448.0  # float8 e4m3fn
+QUANTIZED_TYPES = {
+    "int8": "int8, symmetric (zero point 0), per tensor",
+    "uint8": "uint8, per tensor",  # for the measurements only: not a TensorRT Q/DQ type
+    "fp8": "float8 e4m3fn, symmetric (zero point 0), per tensor",
+}
+
+
+def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name: str,
+             progress: Progress | None = None, *, precision: str = "int8", ops: tuple[str, ...] = QUANTIZED_OPS,
+             fuse_qkv: bool = True):
+    """The Q/DQ ``ModelProto`` of an fp32 ``ModelProto`` (ours), calibrated on ``clips``, with its summary.
+
+    ``precision``: "int8" (the default; ONNX Runtime, OpenVINO, TensorRT), "fp8" (float8 e4m3fn, for
+    TensorRT on Hopper/Ada GPUs; needs opset 19; ONNX Runtime's CPU provider runs it as Q/DQ around
+    fp32 products, which checks its numerics, not its speed), or "uint8" (measurements only).
 
     Calibration runs the fp32 graph with ONNX Runtime, fully optimized, with a ReduceMin and a ReduceMax
     added on each tensor that gets quantized, so its memory is that of plain inference. ONNX Runtime's
     own ``quantize_static`` was the first choice; its calibration session (graph optimizations off, a
     range taken for every MatMul tensor, the attention products' 3137 x 3137 scores included) went past
     24 GB on one 32-frame ViViT-B clip and was killed on this project's 24 GiB machines. The quantization
-    is the textbook one, written out here: symmetric int8 per tensor for activations (scale =
-    max |x| / 127, zero point 0), per output channel for weights (scale = max |w| / 127, values in
-    [-127, 127]), Q -> DQ in front of each quantized input, the form ONNX Runtime's own tool writes.
+    is the textbook one, written out here: symmetric per tensor for activations (scale = max |x| / 127,
+    or / 448 for fp8; zero point 0), per output channel for weights (scale = max |w| / 127, values in
+    [-127, 127]; / 448 for fp8), Q -> DQ in front of each quantized input, the form ONNX Runtime's own
+    tool writes.
 
-    ``ops``, ``fuse_qkv`` and ``unsigned_activations`` exist for the measurements that chose the defaults
-    (``scripts/bench_quantization.py``); uint8 activations are not a TensorRT Q/DQ type.
+    ``ops`` and ``fuse_qkv`` exist for the measurements that chose the defaults
+    (``scripts/bench_quantization.py``).
     """
     import onnx
 
+    if precision not in QUANTIZED_TYPES:
+        raise ConfigError(f"quantized precision must be one of {sorted(QUANTIZED_TYPES)}, got {precision!r}")
     model = onnx.ModelProto()
     model.CopyFrom(fp32_model)
     fused = fuse_shared_input_matmuls(model) if fuse_qkv else 0
@@ -196,13 +220,12 @@ def quantize_int8(fp32_model, clips: np.ndarray, calibration_source: str, input_
         progress(f"calibrating {len(activations)} activations on {len(clips)} clips (min/max) ...")
     ranges = activation_ranges(model, activations, clips, input_name, progress)
     if progress:
-        progress(f"writing Q/DQ for {len(targets)} weighted ops ...")
-    _insert_qdq(model, targets, ranges, unsigned_activations)
+        progress(f"writing {precision} Q/DQ for {len(targets)} weighted ops ...")
+    _insert_qdq(model, targets, ranges, precision)
     _drop_unused_domains(model)
     summary = CalibrationSummary(
-        source=calibration_source, clips=len(clips), method="minmax",
-        activations="uint8, per tensor" if unsigned_activations else "int8, symmetric (zero point 0), per tensor",
-        weights="int8, symmetric, per output channel",
+        source=calibration_source, clips=len(clips), method="minmax", activations=QUANTIZED_TYPES[precision],
+        weights=f"{'float8 e4m3fn' if precision == 'fp8' else 'int8'}, symmetric, per output channel",
         quantized=_quantized_counts(model, ops),
         excluded={"attention products": len(attention), "classifier": len(classifier)},
         fused_qkv=fused,
@@ -236,7 +259,7 @@ def activation_ranges(model, tensors: list[str], clips: np.ndarray, input_name: 
     high = np.full(len(tensors), -np.inf)
     fixed = session.get_inputs()[0].shape[0]  # a file exported with --static-batch takes exactly that many
     batch = fixed if isinstance(fixed, int) else CALIBRATION_BATCH
-    started = time.perf_counter()
+    started = reported = time.perf_counter()
     for start in range(0, len(clips), batch):
         chunk = clips[start:start + batch]
         if isinstance(fixed, int) and len(chunk) < fixed:  # repeated clips change no minimum or maximum
@@ -244,17 +267,29 @@ def activation_ranges(model, tensors: list[str], clips: np.ndarray, input_name: 
         values = session.run(outputs, {input_name: np.ascontiguousarray(chunk)})
         low = np.minimum(low, np.array(values[0::2], dtype=np.float64))
         high = np.maximum(high, np.array(values[1::2], dtype=np.float64))
-        if progress and start + batch < len(clips):
-            progress(f"calibrating: {start + batch}/{len(clips)} clips ({time.perf_counter() - started:.0f} s)")
+        if progress and start + batch < len(clips) and time.perf_counter() - reported > 10:
+            reported = time.perf_counter()
+            progress(f"calibrating: {start + batch}/{len(clips)} clips ({reported - started:.0f} s)")
     return {name: (float(lo), float(hi)) for name, lo, hi in zip(tensors, low, high)}
 
 
-def _insert_qdq(model, targets: list, ranges: dict[str, tuple[float, float]], unsigned: bool) -> None:
-    """Q -> DQ on each target's activation input; its weight stored int8 per output channel behind a DQ."""
-    from onnx import helper, numpy_helper
+def _zero_point(precision: str, shape: list[int], value: int = 0):
+    """A Q/DQ zero point of the quantized type (ONNX: its type is what Q quantizes to)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if precision == "fp8":  # zero is the all-zero byte in e4m3fn
+        return lambda name: helper.make_tensor(name, TensorProto.FLOAT8E4M3FN, shape, bytes(int(np.prod(shape))), raw=True)
+    dtype = np.uint8 if precision == "uint8" else np.int8
+    return lambda name: numpy_helper.from_array(np.full(shape, value, dtype), name)
+
+
+def _insert_qdq(model, targets: list, ranges: dict[str, tuple[float, float]], precision: str) -> None:
+    """Q -> DQ on each target's activation input; its weight stored quantized per output channel behind a DQ."""
+    from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
+    top = FP8_MAX if precision == "fp8" else 127.0
     dequantized: dict[str, str] = {}  # activation -> its dequantized name (shared by every target reading it)
     for target in targets:
         position = list(graph.node).index(target)
@@ -262,16 +297,16 @@ def _insert_qdq(model, targets: list, ranges: dict[str, tuple[float, float]], un
         activation = target.input[0]
         if activation not in dequantized:
             low, high = ranges[activation]
-            if unsigned:
+            if precision == "uint8":
                 low, high = min(low, 0.0), max(high, 0.0)
                 scale = max(high - low, 1e-12) / 255.0
-                zero = np.array(int(round(-low / scale)), np.uint8)
+                zero = _zero_point(precision, [], int(round(-low / scale)))
             else:
-                scale = max(abs(low), abs(high), 1e-12) / 127.0
-                zero = np.array(0, np.int8)
-            base = f"{activation}.int8"
+                scale = max(abs(low), abs(high), 1e-12) / top
+                zero = _zero_point(precision, [])
+            base = f"{activation}.{precision}"
             graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{base}.scale"),
-                                      numpy_helper.from_array(zero, f"{base}.zero_point")])
+                                      zero(f"{base}.zero_point")])
             new_nodes += [
                 helper.make_node("QuantizeLinear", [activation, f"{base}.scale", f"{base}.zero_point"], [f"{base}.q"],
                                  name=f"{base}.QuantizeLinear"),
@@ -282,15 +317,20 @@ def _insert_qdq(model, targets: list, ranges: dict[str, tuple[float, float]], un
         weight = numpy_helper.to_array(initializers[target.input[1]]).astype(np.float32)
         axis = 1 if target.op_type == "MatMul" else 0  # the output channel: MatMul [in, out], Conv [out, in, ...]
         reduce = tuple(i for i in range(weight.ndim) if i != axis)
-        scale = (np.maximum(np.abs(weight).max(axis=reduce), 1e-12) / 127.0).astype(np.float32)
+        scale = (np.maximum(np.abs(weight).max(axis=reduce), 1e-12) / top).astype(np.float32)
         shape = [1] * weight.ndim
         shape[axis] = -1
-        quantized = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
-        base = f"{target.input[1]}.int8"
-        graph.initializer.extend([
-            numpy_helper.from_array(quantized, f"{base}.quantized"), numpy_helper.from_array(scale, f"{base}.scale"),
-            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}.zero_point"),
-        ])
+        base = f"{target.input[1]}.{precision}"
+        scaled = weight / scale.reshape(shape)
+        if precision == "fp8":
+            import ml_dtypes  # onnx's own dependency for its float8 types
+
+            raw = scaled.astype(ml_dtypes.float8_e4m3fn).view(np.uint8).tobytes()
+            stored = helper.make_tensor(f"{base}.quantized", TensorProto.FLOAT8E4M3FN, list(weight.shape), raw, raw=True)
+        else:
+            stored = numpy_helper.from_array(np.clip(np.round(scaled), -127, 127).astype(np.int8), f"{base}.quantized")
+        graph.initializer.extend([stored, numpy_helper.from_array(scale, f"{base}.scale"),
+                                  _zero_point("int8" if precision == "uint8" else precision, list(scale.shape))(f"{base}.zero_point")])
         new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}.quantized", f"{base}.scale", f"{base}.zero_point"],
                                           [f"{base}.dq"], name=f"{base}.DequantizeLinear", axis=axis))
         target.input[0] = dequantized[activation]

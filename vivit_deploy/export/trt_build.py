@@ -58,7 +58,8 @@ class BuildPlan:
     strongly_typed: bool  # network created strongly typed (always so on 11.x)
     fp16_flag: bool  # BuilderFlag.FP16 on a weakly typed 10.x network
     reason: str
-    int8_flag: bool = False  # BuilderFlag.INT8 for a Q/DQ graph on a weakly typed 10.x network
+    int8_flag: bool = False  # BuilderFlag.INT8 for an int8 Q/DQ graph on a weakly typed 10.x network
+    fp8_flag: bool = False  # BuilderFlag.FP8 for an fp8 Q/DQ graph on a weakly typed 10.x network
 
 
 def plan_build(tensorrt_version: str, engine_precision: str, graph_precision: str) -> BuildPlan:
@@ -68,22 +69,25 @@ def plan_build(tensorrt_version: str, engine_precision: str, graph_precision: st
         raise BackendUnavailableError(
             f"TensorRT {tensorrt_version} is not supported; vivit_deploy builds engines with TensorRT 10.x and 11.x"
         )
-    if engine_precision not in ("fp32", "fp16", "int8"):
-        raise ConfigError(f"engine precision must be fp32, fp16 or int8, got {engine_precision!r}")
+    if engine_precision not in ("fp32", "fp16", "int8", "fp8"):
+        raise ConfigError(f"engine precision must be fp32, fp16, int8 or fp8, got {engine_precision!r}")
     typed = major >= 11 or (major, minor) >= STRONGLY_TYPED_FROM
-    if engine_precision == "int8" or graph_precision == "int8":
+    quantized = ("int8", "fp8")
+    if engine_precision in quantized or graph_precision in quantized:
         # Explicit quantization: the Q/DQ nodes say what runs in int8, the rest runs in the graph's float
         # type. NVIDIA: "use explicit quantization with strong typing; precision-control build flags are
         # not required"; before strong typing (10.0-10.11) a Q/DQ network needs BuilderFlag.INT8.
         if engine_precision != graph_precision:
-            raise ConfigError(f"an int8 engine is built from the int8 Q/DQ graph (`vivit-export --precision int8 "
-                              f"--calibration ...`), and that graph only builds an int8 engine; got a "
+            precision = engine_precision if engine_precision in quantized else graph_precision
+            raise ConfigError(f"an {precision} engine is built from the {precision} Q/DQ graph (`vivit-export --precision "
+                              f"{precision} --calibration ...`), and that graph only builds an {precision} engine; got a "
                               f"{graph_precision} graph for a {engine_precision} engine")
         if typed:
-            return BuildPlan(True, False, f"strongly typed network from the int8 Q/DQ graph (TensorRT {major}.{minor}); "
-                                          "what is not quantized runs in fp32")
-        return BuildPlan(False, False, f"BuilderFlag.INT8 on a weakly typed network with Q/DQ (TensorRT {major}.{minor} < 10.12)",
-                         int8_flag=True)
+            return BuildPlan(True, False, f"strongly typed network from the {engine_precision} Q/DQ graph "
+                                          f"(TensorRT {major}.{minor}); what is not quantized runs in fp32")
+        return BuildPlan(False, False, f"BuilderFlag.{engine_precision.upper()} on a weakly typed network with Q/DQ "
+                                       f"(TensorRT {major}.{minor} < 10.12)",
+                         int8_flag=engine_precision == "int8", fp8_flag=engine_precision == "fp8")
     if engine_precision == "fp32":
         if graph_precision != "fp32":
             raise ConfigError("an fp32 engine needs the fp32 graph (`vivit-export` without --precision fp16)")
@@ -324,6 +328,8 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.FP16)
     if plan.int8_flag:
         config.set_flag(trt.BuilderFlag.INT8)
+    if plan.fp8_flag:
+        config.set_flag(trt.BuilderFlag.FP8)
     spec = metadata.input
     shape = lambda batch: (batch, *spec.frame_shape)  # noqa: E731
     trt_profile = builder.create_optimization_profile()

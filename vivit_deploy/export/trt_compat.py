@@ -143,7 +143,7 @@ def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompa
 
     types = _element_types(model)
     rejected = sorted(t for t in types if t not in parser.element_types)
-    limited = sorted(t for t in types if t in parser.limited_element_types and t not in ("int8", "uint8"))
+    limited = sorted(t for t in types if t in parser.limited_element_types and t not in ("int8", "uint8", "float8e4m3fn"))
     if rejected:
         findings.append(Finding("blocker", "tensor types", f"types TensorRT does not take: {', '.join(rejected)}"))
     elif limited:
@@ -152,9 +152,10 @@ def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompa
     else:
         findings.append(Finding("ok", "tensor types", f"{', '.join(sorted(types))}"))
 
-    if precision not in ("fp32", "fp16", "int8"):
+    if precision not in ("fp32", "fp16", "int8", "fp8"):
         weights = summary.weight_types
-        precision = max(("fp32", "float"), ("fp16", "float16"), ("int8", "int8"), key=lambda p: weights.get(p[1], 0))[0]
+        precision = max(("fp32", "float"), ("fp16", "float16"), ("int8", "int8"), ("fp8", "float8e4m3fn"),
+                        key=lambda p: weights.get(p[1], 0))[0]
         findings.append(Finding("warning", "metadata",
                                 f"no vivit_deploy metadata: treating it as an {precision} graph (from its weights)"))
     layers = json.loads(props["vivit_deploy.config"]).get("num_hidden_layers") if "vivit_deploy.config" in props else None
@@ -164,10 +165,11 @@ def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompa
             "warning", "engine precision",
             "an fp32 graph builds an fp32 engine on TensorRT 11 (strongly typed); for fp16 export with --precision fp16",
         ))
-    if precision == "int8":
+    if precision in ("int8", "fp8"):
         findings.append(Finding(
             "warning", "engine precision",
-            f"explicit quantization: the {summary.quantized_matmuls} Q/DQ MatMuls run in int8, attention, LayerNorm and "
-            "Softmax in fp32 (strongly typed: the graph's types decide, no fp16 flag applies)",
+            f"explicit quantization: the {summary.quantized_matmuls} Q/DQ MatMuls run in {precision}, attention, LayerNorm "
+            "and Softmax in fp32 (strongly typed: the graph's types decide, no fp16 flag applies)"
+            + ("; fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper)" if precision == "fp8" else ""),
         ))
     return TrtCompatReport(path, precision, summary, findings, parser)

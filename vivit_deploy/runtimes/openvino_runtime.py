@@ -34,8 +34,8 @@ def import_openvino():
 
 def openvino_precision(file_precision: str, compute: str) -> str:
     """What a file of ``file_precision`` computes in with OpenVINO set to ``compute`` (fp32 or bf16)."""
-    if file_precision == "int8":
-        return "int8" if compute == "fp32" else "int8-bf16"
+    if file_precision in ("int8", "fp8"):  # Q/DQ products in the file's type, the rest in fp32 or bf16
+        return file_precision if compute == "fp32" else f"{file_precision}-bf16"
     if file_precision == "fp16" and compute == "fp32":
         return "fp16"  # fp16 weights and casts, computed in fp32
     return compute

@@ -74,8 +74,19 @@ class OnnxRuntimeRuntime(Runtime):
         options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only: the CPU fallback warnings are handled below
         providers = self._providers(ort, provider, device_index(device), precision, trt_cache_dir)
+        self.optimization = "all"
         try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
+            try:
+                session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as exc:
+                if "float8" not in str(exc):
+                    raise
+                # An fp8 Q/DQ graph: ONNX Runtime's (extended) rewrite of DequantizeLinear -> MatMul into
+                # MatMulIntegerToFloat also takes float8 inputs, for which it has no kernel (1.31). The basic
+                # level leaves the Q/DQ as they are: fp8 rounding, fp32 products, the numerics to check.
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+                session = ort.InferenceSession(str(path), options, providers=providers)
+                self.optimization = "basic (float8 Q/DQ)"
         except Exception as exc:  # pybind raises InvalidProtobuf / InvalidGraph / Fail / NoSuchFile, all plain Exceptions
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message})") from exc
@@ -128,7 +139,7 @@ class OnnxRuntimeRuntime(Runtime):
         self.session = None
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "provider": self.provider}
+        return {**super().describe(), "provider": self.provider, "graph_optimization": self.optimization}
 
 
 def _check_session_matches(session, metadata: DeployMetadata, path: Path) -> None:
