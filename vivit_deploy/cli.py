@@ -66,28 +66,47 @@ _BACKEND = click.option("--backend", type=click.Choice(["torch", "onnxruntime", 
                              "checkpoint dir or Hub id -> torch); openvino runs an .onnx file on the CPU.")
 _DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 
+def _options(*decorators):
+    """Several click options as one decorator, for the ones predict and classify share."""
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
+_MODEL = click.option("--model", "source", default=None,
+                      help="Checkpoint directory, Hub id, exported .onnx, TensorRT .engine, or "
+                           "triton://host:port/MODEL. Default: the demo model.")
+_PRECISION = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+                          help="Compute precision: PyTorch's, or what OpenVINO computes in (fp32, bf16); ONNX Runtime "
+                               "and TensorRT run a file in the precision it was exported in.")
+_SAMPLING = _options(
+    click.option("--clips", "num_clips", default=1, show_default=True, type=click.IntRange(min=1),
+                 help="Temporal clips per video; their logits are averaged (the paper uses 4)."),
+    click.option("--sampling", type=click.Choice(["uniform", "stride"]), default="uniform", show_default=True,
+                 help="uniform: frames spread over the video (or each clip's segment); stride: every Nth frame."),
+    click.option("--frame-sample-rate", default=4, show_default=True, type=click.IntRange(min=1),
+                 help="N for --sampling stride."),
+)
+_TORCH_SOURCE = _options(
+    click.option("--attn", "attn_implementation", type=click.Choice(["sdpa", "eager"]), default=None,
+                 help="Attention of the PyTorch backend [default: sdpa]."),
+    click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),
+    click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1)."),
+)
+
+
 
 @main.command()
 @click.argument("videos", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--model", "source", default=None,
-              help="Checkpoint directory, Hub id, exported .onnx, TensorRT .engine, or triton://host:port/MODEL. "
-                   "Default: the demo model.")
+@_MODEL
 @_BACKEND
 @_DEVICE
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-              help="Compute precision: PyTorch's, or what OpenVINO computes in (fp32, bf16); ONNX Runtime and "
-                   "TensorRT run a file in the precision it was exported in.")
+@_PRECISION
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="How many labels to print.")
-@click.option("--clips", "num_clips", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Temporal clips per video; their logits are averaged (the paper uses 4).")
-@click.option("--sampling", type=click.Choice(["uniform", "stride"]), default="uniform", show_default=True,
-              help="uniform: frames spread over the video (or each clip's segment); stride: every Nth frame.")
-@click.option("--frame-sample-rate", default=4, show_default=True, type=click.IntRange(min=1),
-              help="N for --sampling stride.")
-@click.option("--attn", "attn_implementation", type=click.Choice(["sdpa", "eager"]), default=None,
-              help="Attention of the PyTorch backend [default: sdpa].")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
-@click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
+@_SAMPLING
+@_TORCH_SOURCE
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_friendly_errors
 def predict(videos, source, backend, device, precision, top_k, num_clips, sampling, frame_sample_rate,
@@ -162,25 +181,16 @@ def _ray_address(value: str | None) -> str | None:
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Results file: .parquet (needs pyarrow) or .jsonl. Rerunning resumes it.")
-@click.option("--model", "source", default=None,
-              help="Checkpoint directory, Hub id, exported .onnx, TensorRT .engine, or triton://host:port/MODEL. "
-                   "Default: the demo model.")
+@_MODEL
 @_BACKEND
 @_DEVICE
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-              help="Compute precision: PyTorch's, or what OpenVINO computes in (fp32, bf16); ONNX Runtime and "
-                   "TensorRT run a file in the precision it was exported in.")
+@_PRECISION
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decoding processes [default: every core; with a GPU, every core but one]. "
                    "With --ray: decoding tasks at once [default: as many as the cluster's CPUs allow].")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Clips per inference call.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Labels per row.")
-@click.option("--clips", "num_clips", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Temporal clips per video; their logits are averaged (the paper uses 4).")
-@click.option("--sampling", type=click.Choice(["uniform", "stride"]), default="uniform", show_default=True,
-              help="uniform: frames spread over the video (or each clip's segment); stride: every Nth frame.")
-@click.option("--frame-sample-rate", default=4, show_default=True, type=click.IntRange(min=1),
-              help="N for --sampling stride.")
+@_SAMPLING
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run on Ray (pip install 'vivit-deploy[ray]'): --ray alone starts a local Ray, --ray=ADDRESS "
                    "joins a cluster ('auto', host:port, ray://host:port).")
@@ -190,10 +200,7 @@ def _ray_address(value: str | None) -> str | None:
               help="Skip videos already in the output with the same settings; --no-resume starts over.")
 @click.option("--retry-failed", is_flag=True, help="Classify again the videos whose rows have an error.")
 @click.option("--strict", is_flag=True, help="Exit with code 1 when any video of the job has an error row.")
-@click.option("--attn", "attn_implementation", type=click.Choice(["sdpa", "eager"]), default=None,
-              help="Attention of the PyTorch backend [default: sdpa].")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
-@click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
+@_TORCH_SOURCE
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the job summary as JSON to this file ('-' for stdout instead of the text).")
 @_friendly_errors
