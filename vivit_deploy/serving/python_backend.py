@@ -17,6 +17,7 @@ Settings come from the config's ``parameters`` (the keys an exported file's meta
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ def _parameters(args: dict[str, Any]) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
 
 
-class _BatchedModel:
+class _BatchedModel(ABC):
+    """What both models share: settings from the config, and ``execute`` over a batch of requests."""
+
     input_name: str
     output_name: str
 
@@ -40,15 +43,17 @@ class _BatchedModel:
         self.model_dir = Path(args["model_repository"]) / args["model_version"]
         self.setup(args)
 
+    @abstractmethod
     def setup(self, args: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Load what the model needs; sets ``input_name`` and ``output_name``."""
 
+    @abstractmethod
     def compute(self, batch: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The outputs of a batch of inputs that passed ``check``."""
 
+    @abstractmethod
     def check(self, array: np.ndarray) -> str | None:
         """Why one request's input cannot be computed, or None."""
-        raise NotImplementedError
 
     def execute(self, requests: list) -> list:
         pb = self.pb
