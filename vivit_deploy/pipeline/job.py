@@ -122,6 +122,10 @@ def classify_corpus(
     log = log or (lambda message: None)
     bar = bar or _no_bar
     started = time.perf_counter()
+    if job.ray is not None:  # a missing Ray is a one-line error before any work
+        from vivit_deploy.pipeline.ray_job import import_ray
+
+        import_ray()
     items = expand_inputs(inputs)
     source = job.model or str(demo_model_dir())
     hub = {k: job.runtime_options[k] for k in ("revision", "local_files_only", "cache_dir", "token")
