@@ -7,7 +7,7 @@ import pytest
 
 from vivit_deploy.demo import demo_model_dir
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
-from vivit_deploy.runtimes import backend_for, load_runtime, register_backend
+from vivit_deploy.runtimes import backend_for, expected_precision, load_runtime, register_backend
 from vivit_deploy.runtimes.base import Runtime
 
 
@@ -19,6 +19,18 @@ def test_backend_follows_the_target(tmp_path, demo_onnx):
     odd.write_bytes(b"x")
     with pytest.raises(ConfigError, match="cannot tell which backend runs a .pt file"):
         backend_for(odd)
+
+
+def test_expected_precision_names_what_the_runtime_will_report():
+    assert expected_precision("torch", None, None) == "fp32"
+    assert expected_precision("torch", None, "bf16") == "bf16"
+    assert expected_precision("onnxruntime", "int8", None) == "int8"
+    assert expected_precision("openvino", "fp32", None) == "fp32"
+    assert expected_precision("openvino", "fp32", "bf16") == "bf16"
+    assert expected_precision("openvino", "int8", "bf16") == "int8-bf16"
+    assert expected_precision("openvino", "int8", "int8-bf16") == "int8-bf16"  # the reported name is accepted too
+    with pytest.raises(ConfigError, match="OpenVINO runs it in fp32 or bf16"):
+        expected_precision("openvino", "fp32", "fp16")
 
 
 def test_unknown_backend_and_options_are_refused(demo_onnx):

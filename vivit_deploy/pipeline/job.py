@@ -118,6 +118,7 @@ def classify_corpus(
 ) -> JobSummary:
     """Classify every video named by ``inputs`` into ``output`` (.parquet or .jsonl), resuming where it stopped."""
     from vivit_deploy.demo import demo_model_dir
+    from vivit_deploy.runtimes import expected_precision
 
     log = log or (lambda message: None)
     bar = bar or _no_bar
@@ -135,7 +136,7 @@ def classify_corpus(
     spec = ClipSpec(info.config.num_frames, job.num_clips, job.sampling, job.frame_sample_rate)
     settings = ResultSettings(
         model=source, model_sha256=info.sha256, backend=info.backend,
-        precision=_precision(info, job.precision), sampling=job.sampling, clips=job.num_clips,
+        precision=expected_precision(info.backend, info.precision, job.precision), sampling=job.sampling, clips=job.num_clips,
         frame_sample_rate=job.frame_sample_rate, top_k_count=min(job.top_k, info.config.num_labels),
     )
     # A Triton model with its frames ensemble preprocesses on the server: send it uint8 frames (local runs;
@@ -163,15 +164,6 @@ def classify_corpus(
         errors_in_output=sum(1 for r in rows if r["error"] is not None and r["path"] in paths),
         wall_s=time.perf_counter() - started, times=times, executor=executor,
     )
-
-
-def _precision(info, asked: str | None) -> str:
-    """The precision a runtime will report for this model and request (without loading it)."""
-    if info.backend == "openvino":
-        from vivit_deploy.runtimes.openvino_runtime import openvino_precision
-
-        return openvino_precision(info.precision or "fp32", asked if asked in ("fp32", "bf16") else "fp32")
-    return asked or info.precision or "fp32"
 
 
 def _run_here(pending, source, loader, store, settings, job: ClassifyJob, log: Log, bar: ProgressBar):

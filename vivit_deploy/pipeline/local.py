@@ -58,12 +58,17 @@ class StageTimes:
     failed: int = 0
     workers: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, other: "StageTimes") -> None:
-        for name in ("decode", "preprocess", "inference", "write"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.videos += other.videos
-        self.clips += other.clips
-        self.failed += other.failed
+    def write_part(self, store: "ResultStore", rows: list[dict[str, Any]], clips: int, failed: int,
+                   progress: Progress | None) -> None:
+        """Write a finished batch's rows as one part and count it: how every executor ends a batch."""
+        started = time.perf_counter()
+        store.write_part(rows)
+        self.write += time.perf_counter() - started
+        self.videos += len(rows)
+        self.clips += clips
+        self.failed += failed
+        if progress is not None:
+            progress(len(rows), clips)
 
 
 @dataclass
@@ -157,9 +162,8 @@ class DecodePool:
         self._deaths: collections.Counter[str] = collections.Counter()  # per video path
 
     def __enter__(self) -> "DecodePool":
-        with _main_module_hidden():
-            for w in range(self.workers):
-                self._start(w)
+        for w in range(self.workers):
+            self._start(w)
         return self
 
     def _start(self, w: int) -> None:
@@ -346,16 +350,9 @@ class _Inference(threading.Thread):
                                           settings.top_k_count)
             times.inference += time.perf_counter() - started
             rows += [result_row(d.item.path, settings, p) for d, p in zip(ok, predictions)]
-        started = time.perf_counter()
-        self.store.write_part(rows)
-        times.write += time.perf_counter() - started
-        times.videos += len(rows)
-        times.clips += clips
-        times.failed += len(batch) - len(ok)
         times.decode += sum(d.decode_s for d in batch)
         times.preprocess += sum(d.preprocess_s for d in batch)
-        if self.progress is not None:
-            self.progress(len(rows), clips)
+        times.write_part(self.store, rows, clips, len(batch) - len(ok), self.progress)
 
 
 def start_pool(loader: ClipLoader, workers: int) -> DecodePool:

@@ -198,13 +198,7 @@ def _run(ray, pending, source, loader, store, settings, job, info, log, progress
                 times.inference += stage["inference"]
                 clips += stage["clips"]
                 failed += entry["row"]["error"] is not None
-            write_started = time.perf_counter()
-            store.write_part(rows)
-            times.write += time.perf_counter() - write_started
-            times.videos += len(rows)
-            times.clips += clips
-            times.failed += failed
-            progress(len(rows), clips)
+            times.write_part(store, rows, clips, failed, progress)
     except ray.exceptions.RayError as exc:
         cause = getattr(exc, "cause", None) or exc
         if isinstance(cause, VivitDeployError):

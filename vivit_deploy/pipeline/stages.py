@@ -133,9 +133,9 @@ def classify_videos(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size:
     from vivit_deploy.predict import top_predictions
 
     counts = [len(c) for c in clips]
+    bounds = np.cumsum([0, *counts])
     if clips[0].dtype == np.uint8:  # frames for a runtime that preprocesses them itself: one call per frame size
-        logits = np.empty((sum(counts), runtime.num_labels), np.float32)
-        starts = np.cumsum([0, *counts])
+        logits = np.empty((bounds[-1], runtime.num_labels), np.float32)
         sizes: dict[tuple, list[int]] = {}
         for i, c in enumerate(clips):
             sizes.setdefault(c.shape[1:], []).append(i)
@@ -143,11 +143,10 @@ def classify_videos(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size:
             out = runtime.run_frames(np.concatenate([clips[i] for i in members]))
             offset = 0
             for i in members:
-                logits[starts[i]:starts[i] + counts[i]] = out[offset:offset + counts[i]]
+                logits[bounds[i]:bounds[i + 1]] = out[offset:offset + counts[i]]
                 offset += counts[i]
     else:
         logits = runtime.run_batches(np.concatenate(clips), batch_size)
-    bounds = np.cumsum([0, *counts])
     return [top_predictions(logits[a:b], runtime.id2label, top_k) for a, b in zip(bounds[:-1], bounds[1:])]
 
 

@@ -24,6 +24,16 @@ from vivit_deploy.runtimes import openvino_runtime, ort_runtime, torch_runtime, 
 from vivit_deploy.serving import triton_client  # noqa: F401,E402  (registers triton://)
 
 
+def expected_precision(backend: str, file_precision: str | None, asked: str | None) -> str:
+    """The precision a ``backend`` runtime will report for a model of ``file_precision`` (None: a checkpoint)
+    loaded with ``precision=asked``, without loading it: what a corpus job's rows and a Triton config name."""
+    if backend == "openvino":  # computes in fp32 or bf16, and names an int8 file's precision after both
+        from vivit_deploy.runtimes.openvino_runtime import reported_precision
+
+        return reported_precision(file_precision or "fp32", asked)
+    return asked or file_precision or "fp32"
+
+
 def backend_for(target: str | os.PathLike) -> str:
     """The backend name a target implies: a URL scheme (triton://), a registered file suffix, else PyTorch
     (checkpoint dir or Hub id)."""

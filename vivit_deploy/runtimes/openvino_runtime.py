@@ -118,7 +118,13 @@ class OpenVinoRuntime(Runtime):
         return {**super().describe(), "openvino": self.version, "inference_precision": self.compute_precision}
 
 
-def _compute_precision(asked: str | None, file_precision: str, path: Path) -> str:
+def reported_precision(file_precision: str, asked: str | None, where: str = "the file") -> str:
+    """The precision this runtime reports for a file of ``file_precision`` loaded with ``precision=asked``,
+    without loading it (an unknown ``asked`` is the same ConfigError the runtime raises)."""
+    return openvino_precision(file_precision, _compute_precision(asked, file_precision, where))
+
+
+def _compute_precision(asked: str | None, file_precision: str, path: Path | str) -> str:
     if asked is None:
         return "fp32"
     if asked in HINTS:

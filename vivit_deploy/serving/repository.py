@@ -131,11 +131,14 @@ def write_repository(
             if backend not in PYTHON_BACKENDS or runs[backend] != src.kind:
                 raise ConfigError(f"--python-backend {backend} runs a{'n' if runs[backend][0] in 'eo' else ''} "
                                   f"{runs[backend]}, not a{'n' if src.kind[0] in 'eo' else ''} {src.kind}")
+            from vivit_deploy.runtimes import expected_precision
+
             model_file = src.path.name
             parameters.update({"vivit_deploy.runtime.file": model_file, "vivit_deploy.runtime.backend": backend,
                                "vivit_deploy.runtime.device": python_device,
                                "vivit_deploy.runtime.precision": python_precision or "",
-                               "vivit_deploy.served_precision": _served_precision(backend, src, python_precision)})
+                               "vivit_deploy.served_precision": expected_precision(backend, src.metadata.precision,
+                                                                                 python_precision)})
             (model_dir / "1" / "model.py").write_text(_shim("ClassifierModel"), encoding="utf-8")
             if src.sidecar is not None:
                 from vivit_deploy.export.trt_build import sidecar_path
@@ -248,15 +251,6 @@ def _read_source(path: Path, work: Path, progress: Progress, keep_checkpoint: bo
     from vivit_deploy.metadata import read_onnx_metadata
 
     return _Source(exported, "onnx", read_onnx_metadata(exported))
-
-
-def _served_precision(backend: str, src: _Source, asked: str | None) -> str:
-    """What the runtime inside Triton computes in, as runtimes name it (the client reports it)."""
-    if backend == "openvino":
-        from vivit_deploy.runtimes.openvino_runtime import openvino_precision
-
-        return openvino_precision(src.metadata.precision, asked or "fp32")
-    return asked or src.metadata.precision
 
 
 def _default_preferred(src: _Source) -> list[int]:
