@@ -20,23 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:
@@ -57,6 +46,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args()
 
+    from vivit_deploy.cpu_info import cpu_name
     from vivit_deploy.demo import demo_model_dir
     from vivit_deploy.pipeline import default_workers
     from vivit_deploy.pipeline.inputs import expand_inputs

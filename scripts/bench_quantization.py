@@ -18,7 +18,6 @@ Prints a markdown table; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -28,14 +27,10 @@ import numpy as np
 
 
 def cpu() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags"))
-        wanted = [f for f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-        return f"{name} ({', '.join(wanted) or 'no VNNI/AMX'})"
-    except (OSError, StopIteration):
-        return platform.processor()
+    from vivit_deploy.cpu_info import cpu_flags, cpu_name
+
+    wanted = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]
+    return f"{cpu_name()} ({', '.join(wanted) or 'no VNNI/AMX'})"
 
 
 def median_seconds(session, x, iters: int) -> float:

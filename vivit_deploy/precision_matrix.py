@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from vivit_deploy.cpu_info import cpu_has_bf16
 from vivit_deploy.errors import ConfigError
 
 Progress = Callable[[str], None]
@@ -27,14 +28,6 @@ class Variant:
     artifact: str  # "checkpoint", "onnx-fp32", "onnx-fp16", "onnx-int8", "engine-fp16", "engine-int8"
     precision: str | None  # the runtime's precision argument (None: the file's own)
     device: str
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def available_variants(device: str = "cpu") -> tuple[list[Variant], dict[str, str]]:
@@ -63,7 +56,7 @@ def available_variants(device: str = "cpu") -> tuple[list[Variant], dict[str, st
     else:
         run += [Variant("openvino fp32", "openvino", "onnx-fp32", "fp32", "cpu"),
                 Variant("openvino int8", "openvino", "onnx-int8", "fp32", "cpu")]
-        if _cpu_has_bf16():
+        if cpu_has_bf16():
             run += [Variant("openvino bf16", "openvino", "onnx-fp32", "bf16", "cpu"),
                     Variant("openvino int8-bf16", "openvino", "onnx-int8", "bf16", "cpu")]
         else:

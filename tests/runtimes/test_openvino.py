@@ -13,11 +13,11 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install '
 from vivit_deploy.cli import main  # noqa: E402
 from vivit_deploy.demo import default_sample, demo_model_dir  # noqa: E402
 from vivit_deploy.errors import BackendUnavailableError, ConfigError  # noqa: E402
-from vivit_deploy.precision_matrix import _cpu_has_bf16  # noqa: E402
+from vivit_deploy.cpu_info import cpu_has_bf16  # noqa: E402
 from vivit_deploy.runtimes import load_runtime  # noqa: E402
 from vivit_deploy.tolerances import tolerance_for  # noqa: E402
 
-requires_bf16 = pytest.mark.skipif(not _cpu_has_bf16(), reason="this CPU has no bf16 units (AVX512-BF16 or AMX)")
+requires_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 units (AVX512-BF16 or AMX)")
 
 
 @pytest.fixture(scope="module")

@@ -155,9 +155,9 @@ def unavailable_reason(backend: BenchBackend, settings: BenchSettings, precision
         if settings.cuda:
             return "runs on the CPU (it is measured with --device cpu)"
         if precision.endswith("bf16"):
-            from vivit_deploy.precision_matrix import _cpu_has_bf16
+            from vivit_deploy.cpu_info import cpu_has_bf16
 
-            if not _cpu_has_bf16():
+            if not cpu_has_bf16():
                 return "this CPU has no bf16 units (AVX512-BF16 or AMX)"
     if backend.peer and importlib.util.find_spec("transformers") is None:
         return "transformers is not installed"

@@ -164,30 +164,9 @@ def environment(device: str) -> dict:
         info["device_name"] = torch.cuda.get_device_name(device_index(device))
         info["cuda"] = torch.version.cuda
     else:
-        info["device_name"] = _cpu_name()
+        from vivit_deploy.cpu_info import cpu_flags, cpu_name
+
+        info["device_name"] = f"{cpu_name()} ({os.cpu_count()} cores)"
         info["cpu_flags"] = cpu_flags()
         info["threads"] = torch.get_num_threads()
     return info
-
-
-# What decides which CPU path is fastest (docs/benchmarks.md): vector width, int8 dot products, bf16 units.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    present = set(line.split(":", 1)[1].split())
-    return [flag for flag in CPU_FLAGS if flag in present]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
