@@ -141,18 +141,16 @@ def _every_variant(options: CompareOptions, source: str, reference, demo_model: 
     """Every variant that runs here, its files exported into ``work``; int8 calibrated on ``--calibration``,
     or for the demo model on synthetic clips of a seed no evaluation set uses."""
     from vivit_deploy.checkpoint import resolve_source
-    from vivit_deploy.precision_matrix import available_variants, prepare_files
+    from vivit_deploy.precision_matrix import available_variants, prepare_files, write_demo_calibration
     from vivit_deploy.runtimes import load_runtime
 
     variants, skipped = available_variants(reference.device)
     calibration = options.calibration
     if calibration is None and demo_model:
         from vivit_deploy.preprocessing import VideoPreprocessor
-        from vivit_deploy.synthetic import CALIBRATION_SEED
 
-        calibration = work / "calibration.npz"
-        cmp.synthetic_inputs(reference.config, VideoPreprocessor(reference.preprocessor), 64,
-                             seed=CALIBRATION_SEED).save(calibration)
+        calibration = write_demo_calibration(reference.config, VideoPreprocessor(reference.preprocessor),
+                                             work / "calibration.npz")
     checkpoint = resolve_source(source, local_files_only=options.offline or None)
     files, variants, dropped = prepare_files(checkpoint, variants, work, calibration=calibration,
                                              max_batch=options.batch_size, progress=progress)

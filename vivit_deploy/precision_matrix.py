@@ -4,7 +4,8 @@ no candidate is named.
 A variant is a runtime backend in one precision on one device (ONNX Runtime int8, OpenVINO bf16,
 PyTorch bf16, ...). ``available_variants`` says which run on this machine and why the others do not
 (a missing library, no bf16 units, no GPU); ``prepare_files`` exports the ONNX files (fp32, fp16,
-int8) and engines they load into a working directory. PyTorch fp32 is the reference, not a variant.
+int8, fp8) and engines they load into a working directory, with ``export_files``, which bench uses
+too. PyTorch fp32 is the reference, not a variant.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from vivit_deploy.cpu_info import cpu_has_bf16
 from vivit_deploy.errors import ConfigError
@@ -71,6 +72,72 @@ def available_variants(device: str = "cpu") -> tuple[list[Variant], dict[str, st
     return run, skipped
 
 
+# The ONNX files a variant can need, in the order they are made; int8 and fp8 are quantized and calibrated.
+ONNX_PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+QUANTIZED = ("int8", "fp8")
+DEMO_CALIBRATION_CLIPS = 64
+
+
+def write_demo_calibration(config, preprocessor, path: Path) -> Path:
+    """What int8/fp8 are calibrated on for the demo model when no --calibration is given: labelled clips of
+    its motion task, of a seed no evaluation set uses, saved as an .npz the export reads."""
+    from vivit_deploy.compare import synthetic_inputs
+    from vivit_deploy.synthetic import CALIBRATION_SEED
+
+    synthetic_inputs(config, preprocessor, DEMO_CALIBRATION_CLIPS, seed=CALIBRATION_SEED).save(path)
+    return path
+
+
+def export_files(
+    checkpoint: str | os.PathLike,
+    workdir: Path,
+    *,
+    onnx: Iterable[str] = (),
+    engines: Iterable[str] = (),
+    calibration: Callable[[], str | os.PathLike] | None = None,
+    max_batch: int = 8,
+    opt_batch: int | None = None,
+    given: dict[str, Path] | None = None,
+    label: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Path]:
+    """Export the ONNX files of precisions ``onnx`` and build the TensorRT engines of precisions ``engines``
+    (each from the ONNX file of its precision, exported too) into ``workdir``.
+
+    Returns "onnx-P" / "engine-P" -> file, starting from ``given`` (files already at hand, not made
+    again). ``calibration`` is called once, when the first int8 or fp8 file is exported, for the videos
+    or .npz to calibrate on.
+    """
+    from vivit_deploy.export import export_onnx
+
+    progress = progress or (lambda message: None)
+    files = dict(given or {})
+    engines = [p for p in ONNX_PRECISIONS if p in set(engines) and f"engine-{p}" not in files]
+    wanted = set(onnx) | set(engines)
+    calibration_data = None
+    for precision in ONNX_PRECISIONS:
+        if precision not in wanted or f"onnx-{precision}" in files:
+            continue
+        if precision in QUANTIZED and calibration_data is None:
+            if calibration is None:
+                raise ConfigError(f"{precision} needs calibration data (--calibration DIR_OR_NPZ)")
+            calibration_data = calibration()
+        path = workdir / f"model-{precision}.onnx"
+        progress(f"exporting {label or checkpoint} to ONNX ({precision}) ...")
+        export_onnx(checkpoint, path, precision=precision, max_batch=max_batch,
+                    calibration=calibration_data if precision in QUANTIZED else None, validate=False)
+        files[f"onnx-{precision}"] = path
+    for precision in engines:
+        from vivit_deploy.export.trt_build import build_engine
+
+        path = workdir / f"model-{precision}.engine"
+        progress(f"building a TensorRT {precision} engine (minutes) ...")
+        build_engine(files[f"onnx-{precision}"], path, max_batch=max_batch, opt_batch=opt_batch,
+                     timing_cache=workdir / "timing.cache", progress=progress)
+        files[f"engine-{precision}"] = path
+    return files
+
+
 def prepare_files(
     checkpoint: str | os.PathLike,
     variants: list[Variant],
@@ -80,38 +147,21 @@ def prepare_files(
     max_batch: int = 8,
     progress: Progress | None = None,
 ) -> tuple[dict[str, Path], list[Variant], dict[str, str]]:
-    """Export (and build) what ``variants`` load; int8 ones are dropped, with the reason, when there is
-    no ``calibration`` data. Returns artifact -> file, the variants kept, and the ones dropped."""
-    from vivit_deploy.export import export_onnx
-
-    progress = progress or (lambda message: None)
-    files: dict[str, Path] = {"checkpoint": Path(checkpoint)}
-    kept, dropped = [], {}
+    """Export (and build) what ``variants`` load; int8 and fp8 ones are dropped, with the reason, when
+    there is no ``calibration`` data. Returns artifact -> file, the variants kept, and the ones dropped."""
     needed = {v.artifact for v in variants}
-    for precision in ("fp32", "fp16", "int8", "fp8"):
-        wanted = f"onnx-{precision}" in needed or f"engine-{precision}" in needed
-        if not wanted:
-            continue
-        if precision in ("int8", "fp8") and calibration is None:
-            continue
-        path = workdir / f"model-{precision}.onnx"
-        progress(f"exporting {checkpoint} to ONNX ({precision}) ...")
-        export_onnx(checkpoint, path, precision=precision, max_batch=max_batch,
-                    calibration=calibration if precision in ("int8", "fp8") else None, validate=False)
-        files[f"onnx-{precision}"] = path
-    for precision in ("fp16", "int8", "fp8"):
-        if f"engine-{precision}" in needed and f"onnx-{precision}" in files:
-            from vivit_deploy.export.trt_build import build_engine
-
-            progress(f"building a TensorRT {precision} engine (minutes) ...")
-            path = workdir / f"model-{precision}.engine"
-            build_engine(files[f"onnx-{precision}"], path, max_batch=max_batch, timing_cache=workdir / "timing.cache",
-                         progress=progress)
-            files[f"engine-{precision}"] = path
+    usable = [p for p in ONNX_PRECISIONS if calibration is not None or p not in QUANTIZED]
+    files = export_files(
+        checkpoint, workdir, onnx=[p for p in usable if f"onnx-{p}" in needed],
+        engines=[p for p in usable if f"engine-{p}" in needed],
+        calibration=None if calibration is None else lambda: calibration, max_batch=max_batch, progress=progress,
+    )
+    files["checkpoint"] = Path(checkpoint)
+    kept, dropped = [], {}
     for variant in variants:
         if variant.artifact in files:
             kept.append(variant)
-        elif variant.artifact.endswith(("int8", "fp8")):
+        elif variant.artifact.endswith(QUANTIZED):
             dropped[variant.label] = f"{variant.artifact[-4:]} needs calibration data (--calibration DIR_OR_NPZ)"
         else:
             raise ConfigError(f"no {variant.artifact} file for {variant.label}")

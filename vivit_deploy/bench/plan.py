@@ -7,6 +7,7 @@ geometry, the ONNX export, the TensorRT engine) is building and stays apart from
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,41 +250,37 @@ def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: P
     for given, kind, backend in ((settings.onnx, "onnx", "onnxruntime"), (settings.engine, "engine", "tensorrt")):
         if given is not None and kind not in kinds:
             raise ConfigError(f"--{kind} {given} is given but {backend} is not measured (see --backends)")
-    onnx: dict[str, Path] = {}
-    engine: dict[str, Path] = {}
+    given: dict[str, Path] = {}
     notes: list[str] = []
     if settings.engine is not None:
         from vivit_deploy.runtimes.trt_runtime import engine_metadata
 
         _check_given_file(settings.engine, engine_metadata(settings.engine)[1], checkpoint, settings)
-        engine[settings.precision] = settings.engine
-    engines_needed = {p for name, p in choice.variants if BENCH_BACKENDS[name].artifact == "engine"} - set(engine)
-    onnx_needed = {onnx_precision(name, p) for name, p in choice.variants if BENCH_BACKENDS[name].artifact == "onnx"}
-    onnx_needed |= engines_needed  # an engine is built from the ONNX file of its precision
+        given[f"engine-{settings.precision}"] = settings.engine
     if settings.onnx is not None:
         from vivit_deploy.metadata import read_onnx_metadata
 
-        _check_given_file(settings.onnx, read_onnx_metadata(settings.onnx), checkpoint, settings)
-        onnx[read_onnx_metadata(settings.onnx).precision] = settings.onnx
-    for precision in ("fp32", "fp16", "int8", "fp8"):
-        if precision in onnx_needed and precision not in onnx:
-            from vivit_deploy.export import export_onnx
+        metadata = read_onnx_metadata(settings.onnx)
+        _check_given_file(settings.onnx, metadata, checkpoint, settings)
+        given[f"onnx-{metadata.precision}"] = settings.onnx
 
-            calibration = None
-            if precision in ("int8", "fp8"):
-                calibration, note = _calibration(settings, checkpoint, workdir, progress)
-                notes.append(note)
-            onnx[precision] = workdir / f"model-{precision}.onnx"
-            progress(f"exporting {label} to ONNX ({precision}) ...")
-            export_onnx(checkpoint, onnx[precision], precision=precision, max_batch=max(settings.batch_sizes),
-                        calibration=calibration, validate=False, local_files_only=settings.offline or None)
-    for precision in sorted(engines_needed):
-        from vivit_deploy.export.trt_build import build_engine
+    @functools.cache
+    def calibration() -> Path:
+        path, note = _calibration(settings, checkpoint, workdir, progress)
+        notes.append(note)
+        return path
 
-        engine[precision] = workdir / f"model-{precision}.engine"
-        progress(f"building the TensorRT {precision} engine (minutes) ...")
-        build_engine(onnx[precision], engine[precision], max_batch=max(settings.batch_sizes),
-                     opt_batch=max(settings.batch_sizes), timing_cache=workdir / "timing.cache", progress=progress)
+    from vivit_deploy.precision_matrix import export_files
+
+    files = export_files(
+        checkpoint, workdir,
+        onnx={onnx_precision(name, p) for name, p in choice.variants if BENCH_BACKENDS[name].artifact == "onnx"},
+        engines={p for name, p in choice.variants if BENCH_BACKENDS[name].artifact == "engine"},
+        calibration=calibration, max_batch=max(settings.batch_sizes), opt_batch=max(settings.batch_sizes),
+        given=given, label=label, progress=progress,
+    )
+    onnx = {key.split("-", 1)[1]: path for key, path in files.items() if key.startswith("onnx-")}
+    engine = {key.split("-", 1)[1]: path for key, path in files.items() if key.startswith("engine-")}
     return Artifacts(Path(checkpoint), label, onnx, engine, tuple(notes))
 
 
@@ -293,18 +290,19 @@ def _calibration(settings: BenchSettings, checkpoint: Path, workdir: Path, progr
     if settings.calibration is not None:
         return settings.calibration, f"int8 calibrated on {settings.calibration}"
     from vivit_deploy.checkpoint import load_config
-    from vivit_deploy.compare import random_inputs, synthetic_inputs
+    from vivit_deploy.compare import random_inputs
     from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor, preprocessor_config_in
 
     config = load_config(checkpoint)
     path = workdir / "calibration.npz"
     if settings.source is None and settings.config is None:
-        from vivit_deploy.synthetic import CALIBRATION_SEED
+        from vivit_deploy.precision_matrix import DEMO_CALIBRATION_CLIPS, write_demo_calibration
 
         preprocessor = VideoPreprocessor(preprocessor_config_in(checkpoint) or PreprocessorConfig.for_input_size(
             config.image_height, config.image_width))
-        synthetic_inputs(config, preprocessor, 64, seed=CALIBRATION_SEED).save(path)
-        return path, "int8 calibrated on 64 synthetic clips of the demo task (a seed no evaluation set uses)"
+        write_demo_calibration(config, preprocessor, path)
+        return path, (f"int8 calibrated on {DEMO_CALIBRATION_CLIPS} synthetic clips of the demo task "
+                      "(a seed no evaluation set uses)")
     progress("no --calibration: calibrating int8 on random clips (its speed is real; its drift is on random input)")
     random_inputs(config, 8, seed=settings.seed + 1).save(path)
     return path, ("int8 calibrated on 8 random clips (no --calibration was given): its speed is what int8 runs at, "
