@@ -21,6 +21,7 @@ from vivit_deploy.preprocessing import PreprocessorConfig
 FORMAT_VERSION = "1"
 PREFIX = "vivit_deploy."
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")  # of the graph; int8/fp8: Q/DQ on the weight MatMuls, the rest fp32
+QUANTIZED_PRECISIONS = ("int8", "fp8")  # made by quantizing the fp32 graph, with calibration data
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 from vivit_deploy.cpu_info import cpu_has_bf16
 from vivit_deploy.errors import ConfigError
+from vivit_deploy.metadata import PRECISIONS, QUANTIZED_PRECISIONS
 
 Progress = Callable[[str], None]
 
@@ -43,7 +44,7 @@ def available_variants(device: str = "cpu") -> tuple[list[Variant], dict[str, st
         skipped["onnxruntime"] = "onnxruntime is not installed"
     else:
         # fp8 runs on ONNX Runtime's CPU as fp8-rounded Q/DQ around fp32 products: its numerics, not its speed
-        run += [Variant(f"onnxruntime {p}", "onnxruntime", f"onnx-{p}", None, "cpu") for p in ("fp32", "fp16", "int8", "fp8")]
+        run += [Variant(f"onnxruntime {p}", "onnxruntime", f"onnx-{p}", None, "cpu") for p in PRECISIONS]
         if cuda:
             import onnxruntime
 
@@ -72,9 +73,6 @@ def available_variants(device: str = "cpu") -> tuple[list[Variant], dict[str, st
     return run, skipped
 
 
-# The ONNX files a variant can need, in the order they are made; int8 and fp8 are quantized and calibrated.
-ONNX_PRECISIONS = ("fp32", "fp16", "int8", "fp8")
-QUANTIZED = ("int8", "fp8")
 DEMO_CALIBRATION_CLIPS = 64
 
 
@@ -112,20 +110,20 @@ def export_files(
 
     progress = progress or (lambda message: None)
     files = dict(given or {})
-    engines = [p for p in ONNX_PRECISIONS if p in set(engines) and f"engine-{p}" not in files]
+    engines = [p for p in PRECISIONS if p in set(engines) and f"engine-{p}" not in files]
     wanted = set(onnx) | set(engines)
     calibration_data = None
-    for precision in ONNX_PRECISIONS:
+    for precision in PRECISIONS:
         if precision not in wanted or f"onnx-{precision}" in files:
             continue
-        if precision in QUANTIZED and calibration_data is None:
+        if precision in QUANTIZED_PRECISIONS and calibration_data is None:
             if calibration is None:
                 raise ConfigError(f"{precision} needs calibration data (--calibration DIR_OR_NPZ)")
             calibration_data = calibration()
         path = workdir / f"model-{precision}.onnx"
         progress(f"exporting {label or checkpoint} to ONNX ({precision}) ...")
         export_onnx(checkpoint, path, precision=precision, max_batch=max_batch,
-                    calibration=calibration_data if precision in QUANTIZED else None, validate=False)
+                    calibration=calibration_data if precision in QUANTIZED_PRECISIONS else None, validate=False)
         files[f"onnx-{precision}"] = path
     for precision in engines:
         from vivit_deploy.export.trt_build import build_engine
@@ -150,7 +148,7 @@ def prepare_files(
     """Export (and build) what ``variants`` load; int8 and fp8 ones are dropped, with the reason, when
     there is no ``calibration`` data. Returns artifact -> file, the variants kept, and the ones dropped."""
     needed = {v.artifact for v in variants}
-    usable = [p for p in ONNX_PRECISIONS if calibration is not None or p not in QUANTIZED]
+    usable = [p for p in PRECISIONS if calibration is not None or p not in QUANTIZED_PRECISIONS]
     files = export_files(
         checkpoint, workdir, onnx=[p for p in usable if f"onnx-{p}" in needed],
         engines=[p for p in usable if f"engine-{p}" in needed],
@@ -161,7 +159,7 @@ def prepare_files(
     for variant in variants:
         if variant.artifact in files:
             kept.append(variant)
-        elif variant.artifact.endswith(QUANTIZED):
+        elif variant.artifact.endswith(QUANTIZED_PRECISIONS):
             dropped[variant.label] = f"{variant.artifact[-4:]} needs calibration data (--calibration DIR_OR_NPZ)"
         else:
             raise ConfigError(f"no {variant.artifact} file for {variant.label}")

@@ -10,9 +10,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from vivit_deploy.metadata import QUANTIZED_PRECISIONS
+
 Level = Literal["ok", "warning", "blocker"]
 
 MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17
+# graph precision -> the ONNX element type most of its weights are stored in
+WEIGHT_TYPES = {"fp32": "float", "fp16": "float16", "int8": "int8", "fp8": "float8e4m3fn"}
 
 
 @dataclass(frozen=True)
@@ -101,9 +105,6 @@ def summarize(model) -> GraphSummary:
 
     residue = sum(1 for n in graph.node if n.op_type == "IsNaN" or (n.op_type == "Where" and touches_softmax(n)))
 
-    def reads_dequantized(node) -> bool:
-        return any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
-
     def feeds_quantize(node) -> bool:
         return any(c.op_type == "QuantizeLinear" for o in node.output for c in consumers.get(o, []))
 
@@ -116,10 +117,10 @@ def summarize(model) -> GraphSummary:
         # 3: INT8, 17: FLOAT8E4M3FN (whose zero is the all-zero byte)
         return zero is not None and zero.data_type in (3, 17) and not np.any(np.asarray(_array(zero), np.float32))
 
-    quantized = sum(1 for n in graph.node if n.op_type == "MatMul" and reads_dequantized(n))
+    quantized = sum(1 for n in graph.node if n.op_type == "MatMul" and reads_dequantized(n, producers))
     # LayerNorm and Softmax compute in float: neither reads a dequantized int8 tensor, and the attention
     # probabilities are not quantized (a LayerNorm output feeding the Q of the next MatMul's input is fine)
-    on_norm = sum(1 for n in graph.node if (n.op_type in ("LayerNormalization", "Softmax") and reads_dequantized(n))
+    on_norm = sum(1 for n in graph.node if (n.op_type in ("LayerNormalization", "Softmax") and reads_dequantized(n, producers))
                   or (n.op_type == "Softmax" and feeds_quantize(n)))
     asymmetric = sum(1 for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not symmetric(n))
 
@@ -141,6 +142,17 @@ def summarize(model) -> GraphSummary:
         qdq_on_norm_softmax=on_norm,
         asymmetric_qdq=asymmetric,
     )
+
+
+def reads_dequantized(node, producers: dict) -> bool:
+    """Whether one of ``node``'s inputs comes from a DequantizeLinear (``producers``: tensor name -> node)."""
+    return any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
+
+
+def count_reading_dequantized(graph, op_types: tuple[str, ...]) -> Counter:
+    """Op type -> how many nodes of ``op_types`` read a DequantizeLinear: the quantized ones of a Q/DQ graph."""
+    producers = {out: node for node in graph.node for out in node.output}
+    return Counter(n.op_type for n in graph.node if n.op_type in op_types and reads_dequantized(n, producers))
 
 
 def _array(tensor):
@@ -179,10 +191,10 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
         f"{summary.weight_types.get('double')} float64 weight elements")
     stored = {t: n for t, n in summary.weight_types.items() if t in ("float", "float16", "bfloat16", "int8", "float8e4m3fn")}
     main = max(stored, key=stored.get) if stored else None
-    want = {"fp32": "float", "fp16": "float16", "int8": "int8", "fp8": "float8e4m3fn"}[precision]
+    want = WEIGHT_TYPES[precision]
     add(main == want, "precision", f"weights are mostly {want} ({stored.get(want, 0):,} elements)",
         f"a {precision} graph should hold mostly {want} weights, found {stored}")
-    if precision in ("int8", "fp8"):
+    if precision in QUANTIZED_PRECISIONS:
         # per layer: the fused Q/K/V projection, the attention output, the two MLP products
         expected = 4 * num_layers if num_layers is not None else None
         add(summary.quantized_matmuls > 0 and expected in (None, summary.quantized_matmuls), "quantized matmuls",

@@ -43,13 +43,12 @@ from vivit_deploy.files import atomic_write
 from vivit_deploy.errors import ConfigError, ExportError
 from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
 from vivit_deploy.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME, OUTPUT_NAME, input_spec
-from vivit_deploy.metadata import PRECISIONS, DeployMetadata
+from vivit_deploy.metadata import PRECISIONS, QUANTIZED_PRECISIONS, DeployMetadata
 from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
 from vivit_deploy.tolerances import tolerance_for
 
 DEFAULT_OPSET = 18
 FP8_MIN_OPSET = 19  # QuantizeLinear / DequantizeLinear take float8 from opset 19
-QUANTIZED = ("int8", "fp8")  # precisions made by quantizing the fp32 graph
 OPSETS = range(18, 24)  # what the dynamo exporter writes natively (it refuses to convert below 18)
 MAX_FILE_BYTES = 2 * 1024**3  # protobuf's limit for a single-file model
 
@@ -165,7 +164,7 @@ def export_onnx(
     from vivit_deploy.export.quantize import DEFAULT_CALIBRATION_CLIPS
 
     progress = progress or _silent_progress
-    quantized = precision in QUANTIZED
+    quantized = precision in QUANTIZED_PRECISIONS
     if opset is None:
         opset = FP8_MIN_OPSET if precision == "fp8" else DEFAULT_OPSET
     if precision == "fp8" and opset < FP8_MIN_OPSET:

@@ -50,6 +50,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vivit_deploy.errors import ConfigError, InputShapeError
+from vivit_deploy.export.graph_checks import count_reading_dequantized
 
 # Op types whose weights (and inputs) are quantized; the patch Conv3d is left out (see the module docstring).
 QUANTIZED_OPS = ("MatMul",)
@@ -157,10 +158,7 @@ def fuse_shared_input_matmuls(model) -> int:
         graph.node.insert(position, split)
         graph.node.insert(position, matmul)
         fused += 1
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _drop_unused_initializers(graph)
     return fused
 
 
@@ -226,7 +224,7 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
     summary = CalibrationSummary(
         source=calibration_source, clips=len(clips), method="minmax", activations=QUANTIZED_TYPES[precision],
         weights=f"{'float8 e4m3fn' if precision == 'fp8' else 'int8'}, symmetric, per output channel",
-        quantized=_quantized_counts(model, ops),
+        quantized=dict(count_reading_dequantized(model.graph, ops)),
         excluded={"attention products": len(attention), "classifier": len(classifier)},
         fused_qkv=fused,
     )
@@ -337,6 +335,11 @@ def _insert_qdq(model, targets: list, ranges: dict[str, tuple[float, float]], pr
         target.input[1] = f"{base}.dq"
         for offset, node in enumerate(new_nodes):
             graph.node.insert(position + offset, node)
+    _drop_unused_initializers(graph)
+
+
+def _drop_unused_initializers(graph) -> None:
+    """Remove the initializers no node reads any more (the weights a rewrite replaced)."""
     used = {name for node in graph.node for name in node.input}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
@@ -350,17 +353,6 @@ def _drop_unused_domains(model) -> None:
     kept = [o for o in model.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
     del model.opset_import[:]
     model.opset_import.extend(kept)
-
-
-def _quantized_counts(model, ops: tuple[str, ...]) -> dict[str, int]:
-    producers = {out: node for node in model.graph.node for out in node.output}
-    counts: Counter = Counter()
-    for node in model.graph.node:
-        if node.op_type in ops and any(
-            producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input
-        ):
-            counts[node.op_type] += 1
-    return dict(counts)
 
 
 def optimized_leftovers(path: str | os.PathLike) -> dict[str, int]:
@@ -377,13 +369,8 @@ def optimized_leftovers(path: str | os.PathLike) -> dict[str, int]:
         options.log_severity_level = 3
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         model = onnx.load(str(optimized), load_external_data=False)
-    producers = {out: node for node in model.graph.node for out in node.output}
     ops = Counter(node.op_type for node in model.graph.node)
-    leftover = sum(
-        1 for node in model.graph.node
-        if node.op_type in ("MatMul", "Gemm") and any(
-            producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
-    )
+    leftover = sum(count_reading_dequantized(model.graph, ("MatMul", "Gemm")).values())
     return {"dequantize_then_fp32_matmul": leftover,
             **{op: ops[op] for op in ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul")
                if ops.get(op)}}

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ExportError, ModelFileError
 from vivit_deploy.io_spec import DEFAULT_MAX_BATCH
 from vivit_deploy.files import sha256_of
-from vivit_deploy.metadata import DeployMetadata, read_onnx_metadata
+from vivit_deploy.metadata import PRECISIONS, QUANTIZED_PRECISIONS, DeployMetadata, read_onnx_metadata
 
 SUPPORTED_MAJORS = (10, 11)
 STRONGLY_TYPED_FROM = (10, 12)  # first 10.x release where vivit_deploy builds fp16 strongly typed
@@ -69,16 +69,15 @@ def plan_build(tensorrt_version: str, engine_precision: str, graph_precision: st
         raise BackendUnavailableError(
             f"TensorRT {tensorrt_version} is not supported; vivit_deploy builds engines with TensorRT 10.x and 11.x"
         )
-    if engine_precision not in ("fp32", "fp16", "int8", "fp8"):
+    if engine_precision not in PRECISIONS:
         raise ConfigError(f"engine precision must be fp32, fp16, int8 or fp8, got {engine_precision!r}")
     typed = major >= 11 or (major, minor) >= STRONGLY_TYPED_FROM
-    quantized = ("int8", "fp8")
-    if engine_precision in quantized or graph_precision in quantized:
+    if engine_precision in QUANTIZED_PRECISIONS or graph_precision in QUANTIZED_PRECISIONS:
         # Explicit quantization: the Q/DQ nodes say what runs in int8, the rest runs in the graph's float
         # type. NVIDIA: "use explicit quantization with strong typing; precision-control build flags are
         # not required"; before strong typing (10.0-10.11) a Q/DQ network needs BuilderFlag.INT8.
         if engine_precision != graph_precision:
-            precision = engine_precision if engine_precision in quantized else graph_precision
+            precision = engine_precision if engine_precision in QUANTIZED_PRECISIONS else graph_precision
             raise ConfigError(f"an {precision} engine is built from the {precision} Q/DQ graph (`vivit-export --precision "
                               f"{precision} --calibration ...`), and that graph only builds an {precision} engine; got a "
                               f"{graph_precision} graph for a {engine_precision} engine")

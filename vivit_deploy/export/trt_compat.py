@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from vivit_deploy.errors import ModelFileError
-from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
-from vivit_deploy.metadata import load_onnx_graph
+from vivit_deploy.export.graph_checks import WEIGHT_TYPES, Finding, GraphSummary, check_graph, summarize
+from vivit_deploy.metadata import PRECISIONS, QUANTIZED_PRECISIONS, load_onnx_graph
 
 PARSER_OPS = Path(__file__).with_name("trt_parser_ops.json")
 
@@ -152,10 +152,9 @@ def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompa
     else:
         findings.append(Finding("ok", "tensor types", f"{', '.join(sorted(types))}"))
 
-    if precision not in ("fp32", "fp16", "int8", "fp8"):
+    if precision not in PRECISIONS:
         weights = summary.weight_types
-        precision = max(("fp32", "float"), ("fp16", "float16"), ("int8", "int8"), ("fp8", "float8e4m3fn"),
-                        key=lambda p: weights.get(p[1], 0))[0]
+        precision = max(WEIGHT_TYPES, key=lambda p: weights.get(WEIGHT_TYPES[p], 0))
         findings.append(Finding("warning", "metadata",
                                 f"no vivit_deploy metadata: treating it as an {precision} graph (from its weights)"))
     layers = json.loads(props["vivit_deploy.config"]).get("num_hidden_layers") if "vivit_deploy.config" in props else None
@@ -165,7 +164,7 @@ def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompa
             "warning", "engine precision",
             "an fp32 graph builds an fp32 engine on TensorRT 11 (strongly typed); for fp16 export with --precision fp16",
         ))
-    if precision in ("int8", "fp8"):
+    if precision in QUANTIZED_PRECISIONS:
         findings.append(Finding(
             "warning", "engine precision",
             f"explicit quantization: the {summary.quantized_matmuls} Q/DQ MatMuls run in {precision}, attention, LayerNorm "

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
-from vivit_deploy.metadata import read_onnx_metadata
+from vivit_deploy.metadata import QUANTIZED_PRECISIONS, read_onnx_metadata
 from vivit_deploy.runtimes.base import Runtime, register_backend
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # our compute precision -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -34,7 +34,7 @@ def import_openvino():
 
 def openvino_precision(file_precision: str, compute: str) -> str:
     """What a file of ``file_precision`` computes in with OpenVINO set to ``compute`` (fp32 or bf16)."""
-    if file_precision in ("int8", "fp8"):  # Q/DQ products in the file's type, the rest in fp32 or bf16
+    if file_precision in QUANTIZED_PRECISIONS:  # Q/DQ products in the file's type, the rest in fp32 or bf16
         return file_precision if compute == "fp32" else f"{file_precision}-bf16"
     if file_precision == "fp16" and compute == "fp32":
         return "fp16"  # fp16 weights and casts, computed in fp32
