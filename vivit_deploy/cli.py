@@ -232,12 +232,7 @@ def classify(inputs, output, source, backend, device, precision, workers, batch_
         click.echo(f"\ninterrupted: finished batches are kept in {output}.parts; run the same command to "
                    "continue", err=True)
         sys.exit(130)
-    if json_path is not None and str(json_path) == "-":
-        click.echo(json.dumps(summary.to_dict(), indent=2))
-    else:
-        click.echo(summary.format())
-        if json_path is not None:
-            json_path.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+    _print_report(summary.format() + "\n", json.dumps(summary.to_dict(), indent=2) + "\n", json_path)
     if strict and summary.errors_in_output:
         raise click.ClickException(f"{summary.errors_in_output} of {summary.total} videos have an error row (--strict)")
 
@@ -349,12 +344,7 @@ def compare(source, onnx_files, openvino_files, openvino_precisions, engine_file
         batch_size=batch_size, offline=offline,
     )
     report = run_compare(options, _Stopwatch())
-    if json_path is not None and str(json_path) == "-":
-        click.echo(report.to_json(), nl=False)
-    else:
-        click.echo(report.format_table())
-        if json_path is not None:
-            json_path.write_text(report.to_json(), encoding="utf-8")
+    _print_report(report.format_table() + "\n", report.to_json(), json_path)
     if not report.passed:
         sys.exit(1)
 
@@ -473,6 +463,16 @@ def _progress_bar(total: int):
         yield advance
 
 
+def _print_report(text: str, json_text: str, json_path: Path | None) -> None:
+    """Print a command's report, or with ``--json -`` its JSON instead; ``--json FILE`` also writes the JSON there."""
+    if json_path is not None and str(json_path) == "-":
+        click.echo(json_text, nl=False)
+        return
+    click.echo(text, nl=False)
+    if json_path is not None:
+        json_path.write_text(json_text, encoding="utf-8")
+
+
 def _writable(path: Path | None, option: str) -> None:
     if path is not None and str(path) != "-" and not path.parent.resolve().is_dir():
         raise click.UsageError(f"{option} {path}: the directory {path.parent} does not exist")
@@ -554,12 +554,7 @@ def bench(source, config_preset, num_frames, backends, batch_sizes, device, prec
     )
     report = run_bench(settings, progress=_Stopwatch(), bar=_progress_bar, videos=videos)
     markdown = report.to_markdown()
-    if json_path is not None and str(json_path) == "-":
-        click.echo(report.to_json(), nl=False)
-    else:
-        click.echo(markdown, nl=False)
-        if json_path is not None:
-            json_path.write_text(report.to_json(), encoding="utf-8")
+    _print_report(markdown, report.to_json(), json_path)
     if markdown_path is not None:
         markdown_path.write_text(markdown, encoding="utf-8")
     if plot_path is not None:

@@ -49,6 +49,12 @@ def _load_pb2(path: str):
     return module
 
 
+def config_parameters(config: dict[str, Any]) -> dict[str, str]:
+    """The ``parameters`` of a model configuration as Triton returns it in JSON (to a client, or to a python
+    backend model's ``initialize``): key -> string value."""
+    return {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+
+
 @dataclass
 class TensorSpec:
     name: str

@@ -24,11 +24,6 @@ from typing import Any
 import numpy as np
 
 
-def _parameters(args: dict[str, Any]) -> dict[str, str]:
-    config = json.loads(args["model_config"])
-    return {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
-
-
 class _BatchedModel(ABC):
     """What both models share: settings from the config, and ``execute`` over a batch of requests."""
 
@@ -38,8 +33,10 @@ class _BatchedModel(ABC):
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
 
+        from vivit_deploy.serving.model_config import config_parameters
+
         self.pb = pb_utils
-        self.parameters = _parameters(args)
+        self.parameters = config_parameters(json.loads(args["model_config"]))
         self.model_dir = Path(args["model_repository"]) / args["model_version"]
         self.setup(args)
 

@@ -118,7 +118,8 @@ def write_repository(
         (model_dir / "labels.txt").write_text(labels + "\n", encoding="utf-8")
         from vivit_deploy.files import sha256_of
 
-        parameters = dict(src.metadata.to_props())
+        props = src.metadata.to_props()  # the file's metadata, which every model of the repository carries
+        parameters = dict(props)
         weights = sorted(src.path.iterdir()) if src.path.is_dir() else [src.path]
         parameters["vivit_deploy.model_sha256"] = sha256_of(*weights)  # the model's identity for resumed corpus jobs
         if ensemble:
@@ -179,7 +180,7 @@ def write_repository(
                 inputs=[TensorSpec(FRAMES_INPUT, "uint8", frames)],
                 outputs=[TensorSpec(spec.name, "float32", list(spec.frame_shape))],
                 kind="KIND_CPU", instances=instances, max_queue_delay_us=max_queue_delay_us,
-                parameters={k: v for k, v in src.metadata.to_props().items()},
+                parameters=dict(props),
                 comments=["uint8 RGB frames -> the model's input, with vivit_deploy's shared preprocessor"],
             ), None)
             ens_dir = stage / f"{name}_frames"
@@ -194,7 +195,7 @@ def write_repository(
                     {"model": name, "inputs": {spec.name: "pixel_values"},
                      "outputs": {src.metadata.output_name: src.metadata.output_name}},
                 ],
-                parameters={k: v for k, v in src.metadata.to_props().items()},
+                parameters=dict(props),
                 comments=[f"uint8 frames ({src.metadata.config.num_frames}, H, W, 3) -> {name}_preprocess -> {name} -> logits"],
             ), None)
             models[f"{name}_preprocess"] = "python backend: uint8 frames -> pixel_values (vivit_deploy's preprocessor)"

@@ -20,6 +20,7 @@ import numpy as np
 from vivit_deploy.errors import BackendUnavailableError, ModelFileError, VivitDeployError
 from vivit_deploy.metadata import DeployMetadata
 from vivit_deploy.runtimes.base import Runtime, register_backend
+from vivit_deploy.serving.model_config import FRAMES_INPUT, config_parameters
 
 SCHEME = "triton"
 # Binary tensors must say so: a Triton 2.51 server crashed on binary requests of another content type.
@@ -76,7 +77,7 @@ class TritonRuntime(Runtime):
         config = self._call(lambda c: c.get_model_config(self.model, self.version), "reading the model configuration")
         if not self._call(lambda c: c.is_model_ready(self.model, self.version), "asking whether the model is ready"):
             raise TritonError(f"{self.url}: model {self.model!r} is not ready on {self.server}")
-        parameters = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+        parameters = config_parameters(config)
         self.parameters = parameters
         metadata = DeployMetadata.from_props(parameters, source=f"{self.url} (its model configuration)")
         _check_served(config, metadata, self.url)
@@ -131,7 +132,6 @@ class TritonRuntime(Runtime):
     def run_frames(self, clips: np.ndarray) -> np.ndarray:
         """Logits (N, num_labels) for uint8 RGB clips (N, T, H, W, 3), preprocessed by the server's ensemble."""
         from vivit_deploy.errors import InputShapeError
-        from vivit_deploy.serving.model_config import FRAMES_INPUT
 
         self._ensure_open()
         if self.frames_model is None:
