@@ -126,6 +126,23 @@ def tensorrt_missing() -> str | None:
 requires_tensorrt = pytest.mark.skipif(tensorrt_missing() is not None, reason=str(tensorrt_missing()))
 
 
+def engine_without_tensorrt(path: Path, onnx_path: Path, *, precision: str = "fp32", profile: tuple[int, int, int] = (1, 1, 4),
+                            gpu_name: str = "GPU", tensorrt_version: str = "10.13.0") -> Path:
+    """A stand-in ``.engine`` with a real sidecar (from ``onnx_path``'s metadata): what the code that reads
+    engines before TensorRT deserializes them sees, on machines without TensorRT."""
+    import json
+
+    from vivit_deploy.export.trt_build import Profile, make_sidecar, sidecar_path
+    from vivit_deploy.metadata import read_onnx_metadata
+
+    path.write_bytes(b"serialized engine")
+    sidecar = make_sidecar(read_onnx_metadata(onnx_path), tensorrt_version=tensorrt_version, gpu_name=gpu_name,
+                           compute_capability="9.0", precision=precision, profile=Profile(*profile),
+                           onnx_sha256="0" * 64, build={})
+    sidecar_path(path).write_text(json.dumps(sidecar))
+    return path
+
+
 @pytest.fixture(scope="session")
 def demo_engines(tmp_path_factory, demo_onnx, demo_onnx_fp16) -> dict:
     """fp32 and fp16 engines of the demo model, batch 1..8, sharing one timing cache."""

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
-from tests.conftest import requires_tensorrt, tensorrt_missing
+from tests.conftest import engine_without_tensorrt, requires_tensorrt, tensorrt_missing
 from vivit_deploy.demo import demo_model_dir, sample_videos
 from vivit_deploy.errors import BackendUnavailableError, ModelFileError
-from vivit_deploy.export.trt_build import Profile, make_sidecar, sidecar_path
-from vivit_deploy.metadata import read_onnx_metadata
 from vivit_deploy.runtimes import backend_for, load_runtime
 
 
@@ -30,12 +27,7 @@ def test_missing_engine_and_missing_sidecar(tmp_path):
 
 @pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT and a GPU are present")
 def test_engine_with_sidecar_but_no_tensorrt_is_a_clear_error(tmp_path, demo_onnx):
-    engine = tmp_path / "m.engine"
-    engine.write_bytes(b"x")
-    sidecar = make_sidecar(read_onnx_metadata(demo_onnx), tensorrt_version="10.13.0", gpu_name="GPU",
-                           compute_capability="9.0", precision="fp32", profile=Profile(1, 1, 4),
-                           onnx_sha256="0" * 64, build={})
-    sidecar_path(engine).write_text(json.dumps(sidecar))
+    engine = engine_without_tensorrt(tmp_path / "m.engine", demo_onnx)
     with pytest.raises(BackendUnavailableError):
         load_runtime(engine)
 

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 pytest.importorskip("tritonclient", reason="tritonclient is not installed: pip install 'vivit-deploy[triton]'")
 
+from tests.conftest import engine_without_tensorrt  # noqa: E402
 from vivit_deploy.cli import main  # noqa: E402
 from vivit_deploy.demo import demo_model_dir  # noqa: E402
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError  # noqa: E402
-from vivit_deploy.export.trt_build import Profile, make_sidecar, sidecar_path  # noqa: E402
 from vivit_deploy.metadata import read_onnx_metadata  # noqa: E402
 from vivit_deploy.serving.model_config import ServingConfigError, check_against_metadata, parse_config  # noqa: E402
 from vivit_deploy.serving.repository import write_repository  # noqa: E402
@@ -65,12 +65,8 @@ def test_python_platform_serves_our_runtime_on_the_cpu(demo_onnx, tmp_path):
 
 
 def test_engine_gets_a_tensorrt_plan_with_its_profile_and_version(demo_onnx, tmp_path):
-    engine = tmp_path / "demo.engine"
-    engine.write_bytes(b"serialized engine")
-    sidecar = make_sidecar(read_onnx_metadata(demo_onnx), tensorrt_version="10.13.0", gpu_name="NVIDIA H100 80GB HBM3",
-                           compute_capability="9.0", precision="fp16", profile=Profile(1, 4, 16),
-                           onnx_sha256="0" * 64, build={})
-    sidecar_path(engine).write_text(json.dumps(sidecar))
+    engine = engine_without_tensorrt(tmp_path / "demo.engine", demo_onnx, precision="fp16", profile=(1, 4, 16),
+                                     gpu_name="NVIDIA H100 80GB HBM3")
     report = write_repository(engine, tmp_path / "repo", ensemble=False)
     model = parsed(tmp_path / "repo", "vivit")
     assert model.platform == "tensorrt_plan" and model.max_batch_size == 16
