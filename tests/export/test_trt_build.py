@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import requires_tensorrt, tensorrt_missing
+from tests.conftest import requires_tensorrt
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
 from vivit_deploy.export.trt_build import (
     Profile, build_engine, check_profile, check_sidecar, make_sidecar, plan_build, read_sidecar, sidecar_path,

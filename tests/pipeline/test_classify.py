@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from vivit_deploy.cli import main
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.pipeline import ClassifyJob, classify_corpus
+from vivit_deploy.pipeline import ClassifyJob, JobSummary, classify_corpus
 from vivit_deploy.pipeline.results import read_results
 
 from tests.pipeline.conftest import BAD, GOOD
@@ -31,7 +31,7 @@ def rows_by_name(path: Path) -> dict[str, dict]:
     return dict(zip(names, rows))
 
 
-def run(inputs, output, **job) -> "JobSummary":  # noqa: F821
+def run(inputs, output, **job) -> JobSummary:
     return classify_corpus([str(i) for i in inputs], output, ClassifyJob(**{"workers": 2, **job}))
 
 

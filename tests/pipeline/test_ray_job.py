@@ -7,7 +7,6 @@ network address; the test checks the node addresses.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
