@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +33,12 @@ def cpu() -> str:
 
 
 def median_seconds(session, x, iters: int) -> float:
-    session.run(None, {"pixel_values": x})
-    times = []
-    for _ in range(iters):
-        started = time.perf_counter()
-        session.run(None, {"pixel_values": x})
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+    """Median of ``iters`` timed calls after one untimed call."""
+    from vivit_deploy.bench.measure import time_calls
+
+    call = lambda x: session.run(None, {"pixel_values": x})  # noqa: E731
+    call(x)
+    return float(np.median(time_calls(call, x, iters, cuda=False, tick=lambda: None)))
 
 
 def main() -> int:

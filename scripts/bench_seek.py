@@ -16,17 +16,13 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
 def best_of(fn, iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+    from vivit_deploy.bench.measure import time_calls
+
+    return min(time_calls(lambda _: fn(), None, iters, cuda=False, tick=lambda: None))
 
 
 def main() -> int:
