@@ -76,8 +76,8 @@ def test_a_worker_node_lost_mid_job_still_gives_every_video_exactly_once(corpus,
     total = 3 * (GOOD + len(BAD))
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    worker = cluster.add_node(num_cpus=2)
     try:
+        worker = cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         output = tmp_path / "results.jsonl"
