@@ -111,11 +111,11 @@ requires_gpu = pytest.mark.skipif(gpu_missing() is not None, reason=str(gpu_miss
 # ---- TensorRT: real engines where TensorRT and a GPU exist, a skip with the reason elsewhere ---------
 
 def tensorrt_missing() -> str | None:
-    """Why TensorRT tests cannot run here, or None when they can."""
+    """Why TensorRT 10/11 tests cannot run here, or None when they can."""
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:
-        return "tensorrt is not installed (its wheels come from NVIDIA's index; see docs/tensorrt.md)"
+        return "tensorrt (TensorRT 10/11) is not installed (its wheels come from NVIDIA's index; see docs/tensorrt.md)"
     import torch
 
     if not torch.cuda.is_available():
@@ -126,19 +126,52 @@ def tensorrt_missing() -> str | None:
 requires_tensorrt = pytest.mark.skipif(tensorrt_missing() is not None, reason=str(tensorrt_missing()))
 
 
+def rtx_missing() -> str | None:
+    """Why TensorRT for RTX cannot build engines here (it needs no GPU to build), or None when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        return "tensorrt_rtx is not installed: pip install -e '.[tensorrt-rtx]' (PyPI tensorrt-rtx-cu13)"
+    return None
+
+
+requires_rtx = pytest.mark.skipif(rtx_missing() is not None, reason=str(rtx_missing()))
+
+
+def rtx_gpu_missing() -> str | None:
+    """Why TensorRT for RTX engines cannot run here: no tensorrt_rtx, no GPU, or a GPU it does not target."""
+    if rtx_missing():
+        return rtx_missing()
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU: TensorRT for RTX engines run on one"
+    from vivit_deploy.engine_files import EDITIONS
+
+    major, minor = torch.cuda.get_device_capability(0)
+    if f"{major}.{minor}" not in EDITIONS["rtx"].targets:
+        return f"this GPU (compute {major}.{minor}, {torch.cuda.get_device_name(0)}) is not a TensorRT for RTX target"
+    return None
+
+
+requires_rtx_gpu = pytest.mark.skipif(rtx_gpu_missing() is not None, reason=str(rtx_gpu_missing()))
+
+
 def engine_without_tensorrt(path: Path, onnx_path: Path, *, precision: str = "fp32", profile: tuple[int, int, int] = (1, 1, 4),
-                            gpu_name: str = "GPU", tensorrt_version: str = "10.13.0") -> Path:
+                            gpu_name: str = "GPU", tensorrt_version: str = "10.13.0", edition: str = "tensorrt") -> Path:
     """A stand-in ``.engine`` with a real sidecar (from ``onnx_path``'s metadata): what the code that reads
     engines before TensorRT deserializes them sees, on machines without TensorRT."""
     import json
 
-    from vivit_deploy.export.trt_build import Profile, make_sidecar, sidecar_path
+    from vivit_deploy.engine_files import Profile, make_sidecar, sidecar_path
     from vivit_deploy.metadata import read_onnx_metadata
 
     path.write_bytes(b"serialized engine")
-    sidecar = make_sidecar(read_onnx_metadata(onnx_path), tensorrt_version=tensorrt_version, gpu_name=gpu_name,
-                           compute_capability="9.0", precision=precision, profile=Profile(*profile),
-                           onnx_sha256="0" * 64, build={})
+    sidecar = make_sidecar(read_onnx_metadata(onnx_path), edition_name=edition, tensorrt_version=tensorrt_version,
+                           gpu_name=gpu_name if edition == "tensorrt" else None,
+                           compute_capability="9.0" if edition == "tensorrt" else None,
+                           targets=() if edition == "tensorrt" else ("8.6", "8.9"), precision=precision,
+                           profile=Profile(*profile), onnx_sha256="0" * 64, build={})
     sidecar_path(path).write_text(json.dumps(sidecar))
     return path
 
@@ -154,10 +187,35 @@ def demo_engines(tmp_path_factory, demo_onnx, demo_onnx_fp16) -> dict:
     directory = tmp_path_factory.mktemp("engines")
     cache = directory / "timing.cache"
     return {
-        "fp32": build_engine(demo_onnx, directory / "demo-fp32.engine", max_batch=8, timing_cache=cache),
-        "fp16": build_engine(demo_onnx_fp16, directory / "demo-fp16.engine", max_batch=8, timing_cache=cache),
+        "fp32": build_engine(demo_onnx, directory / "demo-fp32.engine", trt="tensorrt", max_batch=8, timing_cache=cache),
+        "fp16": build_engine(demo_onnx_fp16, directory / "demo-fp16.engine", trt="tensorrt", max_batch=8, timing_cache=cache),
         "cache": cache,
     }
+
+
+@pytest.fixture(scope="session")
+def demo_onnx_fp8(tmp_path_factory) -> Path:
+    """The demo model as an fp8 (e4m3fn) Q/DQ file, calibrated on the bundled sample videos."""
+    from vivit_deploy.demo import SAMPLES, demo_model_dir
+    from vivit_deploy.export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "demo-fp8.onnx"
+    export_onnx(demo_model_dir(), path, precision="fp8", calibration=SAMPLES)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_rtx_engines(tmp_path_factory, demo_onnx, demo_onnx_fp16, demo_onnx_int8, demo_onnx_fp8) -> dict:
+    """The demo model in every precision, built by TensorRT for RTX ahead of time (no GPU needed) for the
+    default targets (fp8: those with fp8), batch 1..8: precision -> BuildReport."""
+    reason = rtx_missing()
+    if reason:
+        pytest.skip(reason)
+    from vivit_deploy.export.trt_build import build_engine
+
+    directory = tmp_path_factory.mktemp("rtx-engines")
+    files = {"fp32": demo_onnx, "fp16": demo_onnx_fp16, "int8": demo_onnx_int8, "fp8": demo_onnx_fp8}
+    return {p: build_engine(f, directory / f"demo-{p}.engine", trt="rtx", max_batch=8) for p, f in files.items()}
 
 
 @pytest.fixture(scope="session")

@@ -36,9 +36,11 @@ def _input(config: VivitConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
     ids=["default", "erf-gelu-no-qkv-bias", "non-square", "tubelet-3"],
 )
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_classifier_matches_transformers(tmp_path, overrides, attn):
+@pytest.mark.parametrize("tubelet", ["conv", "matmul"])
+def test_classifier_matches_transformers(tmp_path, overrides, attn, tubelet):
     directory = hf_checkpoint(tmp_path, **overrides)
     ours = load_model(directory, attn_implementation=attn)
+    ours.vivit.embeddings.patch_embeddings.as_matmul = tubelet == "matmul"  # the export's tubelet projection
     assert isinstance(ours, VivitForVideoClassification)
     x = _input(ours.config)
     with torch.no_grad():

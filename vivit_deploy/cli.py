@@ -352,56 +352,69 @@ def compare(source, onnx_files, openvino_files, openvino_precisions, engine_file
 @main.command("build-engine")
 @click.argument("onnx_file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="The engine file to write.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
-              help="Engine precision [default: the graph's]. TensorRT 11 / 10.12+ build fp16 only from an fp16 graph.")
+@click.option("--trt", "edition", type=click.Choice(["auto", "tensorrt", "rtx"]), default="auto", show_default=True,
+              help="Which TensorRT builds it: auto = TensorRT 10/11 where it imports, else TensorRT for RTX (builds "
+                   "without a GPU, for RTX/Ada/Ampere/Turing GPUs).")
+@click.option("--compute-capability", "compute_capabilities", default=None, metavar="8.6,8.9,...",
+              help="TensorRT for RTX: the GPU generations to build for (7.5, 8.0, 8.6, 8.9, 12.0, 12.1) [default: "
+                   "8.0,8.6,8.9,12.0; for an fp8 graph 8.9,12.0].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "fp8"]), default=None,
+              help="Engine precision [default: the graph's]. Strongly typed builds take it from the graph.")
 @click.option("--min-batch", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--opt-batch", default=None, type=click.IntRange(min=1), help="Batch TensorRT tunes for [default: min(8, max)].")
 @click.option("--max-batch", default=None, type=click.IntRange(min=1), help="[default: the ONNX file's own limit]")
 @click.option("--workspace-gb", default=None, type=float, help="Builder workspace limit in GiB [default: TensorRT's].")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
-              help="Read this timing cache if it exists and write it back after the build (faster rebuilds).")
+              help="TensorRT 10/11: read this timing cache if it exists and write it back after the build.")
 @click.option("--optimization-level", default=None, type=click.IntRange(0, 5),
               help="TensorRT builder optimization level [default: TensorRT's, 3].")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the build report (edition, targets, memory, layers) as JSON to this file ('-' for stdout).")
 @_friendly_errors
-def build_engine_command(onnx_file, output, precision, min_batch, opt_batch, max_batch, workspace_gb, timing_cache,
-                         optimization_level):
+def build_engine_command(onnx_file, output, edition, compute_capabilities, precision, min_batch, opt_batch, max_batch,
+                         workspace_gb, timing_cache, optimization_level, json_path):
     """Build a TensorRT engine from ONNX_FILE (written by vivit-export), with a sidecar JSON next to it.
 
-    Needs TensorRT 10.x or 11.x and a CUDA GPU. The sidecar records the TensorRT version, GPU, precision,
-    batch profile, the ONNX file's sha256 and the model's config, labels and preprocessing.
+    TensorRT 10/11 build on the GPU the engine will run on; TensorRT for RTX builds ahead of time on any
+    machine, for the compute capabilities named. The report (and the sidecar) hold NVIDIA's own account
+    of the build: edition, version, targets, weights and activation memory, the fused layers. A build
+    that fails writes nothing and says why in one line.
     """
     from vivit_deploy.export.trt_build import build_engine
 
+    _writable(json_path, "--json")
     report = build_engine(
-        onnx_file, output, precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-        workspace_gb=workspace_gb, timing_cache=timing_cache, optimization_level=optimization_level,
-        progress=_Stopwatch(),
+        onnx_file, output, trt=edition, compute_capabilities=compute_capabilities, precision=precision,
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace_gb,
+        timing_cache=timing_cache, optimization_level=optimization_level, progress=_Stopwatch(),
     )
-    click.echo(report.format())
+    _print_report(report.format() + "\n", json.dumps(report.to_dict(), indent=2) + "\n", json_path)
 
 
 @main.command("check-trt")
 @click.argument("onnx_file", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "fp8"]), default=None,
               help="Engine precision to check for [default: the file's own, from its metadata].")
+@click.option("--trt", "edition", type=click.Choice(["auto", "tensorrt", "rtx"]), default="auto", show_default=True,
+              help="Whose ONNX parser reads the file: auto = TensorRT 10/11 where it imports, else TensorRT for RTX.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write the report as JSON to this file.")
+              help="Also write the report as JSON to this file ('-' for stdout).")
 @_friendly_errors
-def check_trt_command(onnx_file, precision, json_path):
-    """Check ONNX_FILE against TensorRT's ONNX parser and engine needs, without TensorRT.
+def check_trt_command(onnx_file, precision, edition, json_path):
+    """Check ONNX_FILE against TensorRT's ONNX parser and engine needs.
 
-    Operators against the parser's supported list, opset range, LayerNormalization as one op, the
-    fusable attention pattern, tensor types, fp16 graph with float32 I/O. Exit code 1 on a blocker.
+    NVIDIA's own parser reads the file where an edition of TensorRT imports (its errors verbatim, per
+    node); beside it, static checks that need no TensorRT: operators against the parser's supported
+    list, opset range, LayerNormalization as one op, the fusable attention pattern, tensor types, fp16
+    graph with float32 I/O. Exit code 1 on a blocker.
     """
     from vivit_deploy.export.trt_compat import check_trt
 
-    report = check_trt(onnx_file, precision)
-    click.echo(report.format())
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    _writable(json_path, "--json")
+    report = check_trt(onnx_file, precision, trt=edition)
+    _print_report(report.format() + "\n", json.dumps(report.to_dict(), indent=2) + "\n", json_path)
     if not report.passed:
         sys.exit(1)
-
 
 
 @main.command("triton-repo")
@@ -424,7 +437,7 @@ def check_trt_command(onnx_file, precision, json_path):
 @click.option("--ort-tensorrt", is_flag=True, help="ONNX Runtime's TensorRT accelerator (--platform onnxruntime --kind gpu).")
 @click.option("--python-backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt", "torch"]), default=None,
               help="--platform python: the runtime inside Triton [default: onnxruntime; tensorrt for an engine].")
-@click.option("--python-device", default="cpu", show_default=True, help="--platform python: cpu or cuda.")
+@click.option("--python-device", default=None, help="--platform python: cpu or cuda [default: cuda for an engine, else cpu].")
 @click.option("--python-precision", default=None, help="--platform python: the runtime's precision (e.g. OpenVINO bf16).")
 @_friendly_errors
 def triton_repo_command(source, repository, name, platform, kind, instances, max_queue_delay_us, preferred_batch,

@@ -35,15 +35,29 @@ def _check_attn_implementation(name: str) -> str:
 
 
 class TubeletEmbeddings(nn.Module):
-    """Cuts the clip into non-overlapping tubelets (t x p x p) and projects each to one token."""
+    """Cuts the clip into non-overlapping tubelets (t x p x p) and projects each to one token.
+
+    Two implementations of the same product on the same Conv3d weights: the Conv3d (default, as in the
+    paper and transformers) and, with ``as_matmul``, tubelets cut out by a reshape and projected by one
+    matrix product. The exporter uses the second: TensorRT compiles no fp32 3-D convolution for Turing
+    (SM75), and a MatMul is what every backend runs fastest (measured in ``export/onnx_export.py``).
+    """
 
     def __init__(self, config: VivitConfig):
         super().__init__()
         self.projection = nn.Conv3d(
             config.num_channels, config.hidden_size, kernel_size=config.tubelet_size, stride=config.tubelet_size
         )
+        self.as_matmul = False
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.as_matmul:
+            _, t, c, h, w = pixel_values.shape
+            kt, kh, kw = self.projection.kernel_size
+            x = pixel_values.reshape(-1, t // kt, kt, c, h // kh, kh, w // kw, kw)
+            x = x.permute(0, 1, 4, 6, 3, 2, 5, 7)  # (B, T/t, H/p, W/p, C, t, p, p): the Conv3d weight's order
+            x = x.flatten(4).flatten(1, 3)  # (B, N, C*t*p*p), tokens in (time, row, column) order
+            return F.linear(x, self.projection.weight.flatten(1), self.projection.bias)  # (B, N, D)
         x = pixel_values.transpose(1, 2)  # (B, T, C, H, W) -> (B, C, T, H, W) for Conv3d
         x = self.projection(x)  # (B, D, T/t, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, N, D), tokens in (time, row, column) order

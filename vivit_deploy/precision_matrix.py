@@ -64,13 +64,44 @@ def available_variants(device: str = "cpu") -> tuple[list[Variant], dict[str, st
         else:
             skipped["openvino bf16"] = "this CPU has no bf16 units (AVX512-BF16 or AMX)"
 
-    if not cuda:
-        skipped["tensorrt"] = "needs a CUDA device (--device cuda)"
-    elif importlib.util.find_spec("tensorrt") is None:
-        skipped["tensorrt"] = "tensorrt is not installed (see docs/tensorrt.md)"
+    why_not = tensorrt_unavailable(device)
+    if why_not:
+        skipped["tensorrt"] = why_not
     else:
         run += [Variant(f"tensorrt {p}", "tensorrt", f"engine-{p}", None, device) for p in ("fp16", "int8", "fp8")]
     return run, skipped
+
+
+def tensorrt_unavailable(device: str) -> str | None:
+    """Why no engine can be built and run for ``device`` here (None when one can): TensorRT 10/11 on any GPU,
+    or TensorRT for RTX on a GPU it targets."""
+    from vivit_deploy.engine_files import EDITIONS, gpu_identity, installed
+
+    if not device.startswith("cuda"):
+        return "needs a CUDA device (--device cuda)"
+    if installed("tensorrt"):
+        return None
+    if not installed("rtx"):
+        return "neither tensorrt nor tensorrt_rtx is installed (see docs/tensorrt.md)"
+    name, capability = gpu_identity(_index(device))
+    if capability not in EDITIONS["rtx"].targets:
+        return f"TensorRT 10/11 is not installed, and TensorRT for RTX does not target {name} (compute {capability})"
+    return None
+
+
+def _index(device: str) -> int:
+    return int(device[5:]) if device.startswith("cuda:") else 0
+
+
+def engine_build_options(workdir: Path, device: str = "cuda") -> dict:
+    """How ``export_files`` builds engines with the edition ``build_engine`` picks: with a shared timing cache
+    (TensorRT 10/11), or ahead of time for this GPU's compute capability (TensorRT for RTX, no timing cache)."""
+    from vivit_deploy.engine_files import choose_edition, gpu_identity
+
+    edition = choose_edition("auto")
+    if edition.timing_cache:
+        return {"timing_cache": workdir / "timing.cache"}
+    return {"compute_capabilities": gpu_identity(_index(device))[1]}
 
 
 DEMO_CALIBRATION_CLIPS = 64
@@ -130,8 +161,8 @@ def export_files(
 
         path = workdir / f"model-{precision}.engine"
         progress(f"building a TensorRT {precision} engine (minutes) ...")
-        build_engine(files[f"onnx-{precision}"], path, max_batch=max_batch, opt_batch=opt_batch,
-                     timing_cache=workdir / "timing.cache", progress=progress)
+        build_engine(files[f"onnx-{precision}"], path, max_batch=max_batch, opt_batch=opt_batch, progress=progress,
+                     **engine_build_options(workdir))
         files[f"engine-{precision}"] = path
     return files
 

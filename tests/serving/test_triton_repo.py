@@ -77,6 +77,24 @@ def test_engine_gets_a_tensorrt_plan_with_its_profile_and_version(demo_onnx, tmp
     assert (tmp_path / "repo" / "vivit" / "1" / "model.plan").read_bytes() == b"serialized engine"
 
 
+def test_an_rtx_engine_is_served_by_our_runtime_in_the_python_backend_not_tensorrt_plan(demo_onnx, tmp_path):
+    engine = engine_without_tensorrt(tmp_path / "demo.engine", demo_onnx, precision="fp16", profile=(1, 4, 16),
+                                     tensorrt_version="1.7.1.116", edition="rtx")
+    result = CliRunner().invoke(main, ["triton-repo", str(engine), "-o", str(tmp_path / "repo")])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "is a TensorRT for RTX engine, which Triton's tensorrt_plan backend cannot load" in result.stderr
+    assert "--platform python" in result.stderr and not (tmp_path / "repo").exists()
+    report = write_repository(engine, tmp_path / "repo", platform="python", ensemble=False)
+    model = parsed(tmp_path / "repo", "vivit")
+    params = {k: v.string_value for k, v in model.parameters.items()}
+    assert model.backend == "python" and params["vivit_deploy.runtime.backend"] == "tensorrt"
+    assert params["vivit_deploy.runtime.device"] == "cuda" and model.instance_group[0].kind == model.instance_group[0].KIND_GPU
+    assert (tmp_path / "repo" / "vivit" / "1" / "demo.engine.json").is_file()
+    assert any("tensorrt_rtx 1.7.1.116" in note and "8.6, 8.9" in note for note in report.notes)
+    with pytest.raises(ConfigError, match="an engine runs on a GPU: --python-device cuda"):
+        write_repository(engine, tmp_path / "repo2", platform="python", python_device="cpu", ensemble=False)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

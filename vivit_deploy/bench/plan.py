@@ -170,8 +170,10 @@ def unavailable_reason(backend: BenchBackend, settings: BenchSettings, precision
 
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
                 return "this onnxruntime has no CUDA provider (install onnxruntime-gpu with CUDA 13 and cuDNN 9)"
-    if backend.name == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        return "tensorrt is not installed (see docs/tensorrt.md)"
+    if backend.name == "tensorrt" and settings.cuda:
+        from vivit_deploy.precision_matrix import tensorrt_unavailable
+
+        return tensorrt_unavailable(settings.device)
     return None
 
 
@@ -253,7 +255,7 @@ def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: P
     given: dict[str, Path] = {}
     notes: list[str] = []
     if settings.engine is not None:
-        from vivit_deploy.runtimes.trt_runtime import engine_metadata
+        from vivit_deploy.engine_files import engine_metadata
 
         _check_given_file(settings.engine, engine_metadata(settings.engine)[1], checkpoint, settings)
         given[f"engine-{settings.precision}"] = settings.engine

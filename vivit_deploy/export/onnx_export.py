@@ -51,6 +51,9 @@ DEFAULT_OPSET = 18
 FP8_MIN_OPSET = 19  # QuantizeLinear / DequantizeLinear take float8 from opset 19
 OPSETS = range(18, 24)  # what the dynamo exporter writes natively (it refuses to convert below 18)
 MAX_FILE_BYTES = 2 * 1024**3  # protobuf's limit for a single-file model
+TUBELET_EMBEDDINGS = ("matmul", "conv")  # how the tubelet projection is written (see the module docstring)
+DEFAULT_TUBELET = "matmul"
+FOLD_LIMIT = 1 << 26  # elements: larger than any ViViT weight
 
 Progress = Callable[[str], None]
 
@@ -149,6 +152,7 @@ def export_onnx(
     calibration: str | os.PathLike | None = None,
     calibration_clips: int | None = None,
     validate: bool = True,
+    tubelet: str = DEFAULT_TUBELET,
     progress: Progress | None = None,
     **load_kwargs: Any,
 ) -> ExportReport:
@@ -180,6 +184,8 @@ def export_onnx(
         )
     if not quantized and (calibration is not None or calibration_clips is not None):
         raise ConfigError("--calibration and --calibration-clips apply to --precision int8 and fp8 only")
+    if tubelet not in TUBELET_EMBEDDINGS:
+        raise ConfigError(f"tubelet must be one of {TUBELET_EMBEDDINGS}, got {tubelet!r}")
     calibration_clips = calibration_clips or DEFAULT_CALIBRATION_CLIPS
     if max_batch is not None and max_batch < 1:
         raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
@@ -195,6 +201,7 @@ def export_onnx(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     model, preprocessor, source_name = _load(source, preprocessor, progress, load_kwargs)
+    model.vivit.embeddings.patch_embeddings.as_matmul = tubelet == "matmul"
     seconds["load"] = time.perf_counter() - started
     spec = input_spec(model.config, max_batch if static_batch else 1, max_batch)
 
@@ -223,6 +230,7 @@ def export_onnx(
         config=model.config, preprocessor=preprocessor, input=spec, precision=precision, output_name=OUTPUT_NAME,
         provenance={
             "exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "attention": "eager, Q pre-scaled",
+            "tubelet_embedding": tubelet,
             "source": source_name, "versions": _versions(),
         },
         calibration=None if calibration_summary is None else calibration_summary.to_dict(),
@@ -308,6 +316,11 @@ def _trace(model, precision: str, opset: int, spec):
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+    # The exporter's own folding stops at 8192-element inputs; the tubelet projection's weight is reshaped and
+    # transposed for its MatMul (1.2M elements in ViViT-B): fold that into one initializer, as every Linear's is.
+    import onnxscript.optimizer
+
+    onnxscript.optimizer.fold_constants(program.model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
     return _without_initializer_value_info(program.model_proto)
 
 

@@ -51,9 +51,11 @@ import numpy as np
 
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.export.graph_checks import count_reading_dequantized
+from vivit_deploy.export.graph_scopes import in_module
 
 # Op types whose weights (and inputs) are quantized; the patch Conv3d is left out (see the module docstring).
 QUANTIZED_OPS = ("MatMul",)
+FLOAT_MODULE = "vivit.embeddings"  # the tubelet projection (a MatMul in the export) stays float, as the Conv3d did
 DEFAULT_CALIBRATION_CLIPS = 32
 CALIBRATION_BATCH = 2  # clips per calibration run: ViViT-B at batch 2 needs about 3 GB in ONNX Runtime
 
@@ -150,6 +152,7 @@ def fuse_shared_input_matmuls(model) -> int:
         graph.initializer.append(numpy_helper.from_array(np.concatenate(weights, axis=1), f"{name}.weight"))
         graph.initializer.append(numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64), f"{name}.split"))
         matmul = helper.make_node("MatMul", [activation, f"{name}.weight"], [f"{name}.out"], name=name)
+        matmul.metadata_props.extend(nodes[0].metadata_props)  # its module path, for the float fallback
         split = helper.make_node("Split", [f"{name}.out", f"{name}.split"], [n.output[0] for n in nodes],
                                  name=f"{name}.split", axis=-1)
         position = min(list(graph.node).index(n) for n in nodes)
@@ -210,7 +213,7 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
     fused = fuse_shared_input_matmuls(model) if fuse_qkv else 0
     constants = {init.name for init in model.graph.initializer}
     targets = [n for n in model.graph.node if n.op_type in ops and len(n.input) > 1 and n.input[1] in constants
-               and n.input[0] not in constants]
+               and n.input[0] not in constants and not in_module(n, FLOAT_MODULE)]
     attention = activation_matmuls(model)
     classifier = [n.name for n in model.graph.node if n.op_type == "Gemm"]
     activations = list(dict.fromkeys(n.input[0] for n in targets))

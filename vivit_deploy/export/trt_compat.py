@@ -1,6 +1,9 @@
-"""Will TensorRT's ONNX parser take this file, and build a good engine from it? Answered without TensorRT.
+"""Will TensorRT's ONNX parser take this file, and build a good engine from it?
 
-The parser's operator list is data (``trt_parser_ops.json``, from onnx-tensorrt's own
+Two answers, side by side. Where an edition of TensorRT imports (TensorRT 10/11, or TensorRT for RTX,
+which installs from PyPI and needs no GPU), NVIDIA's own ONNX parser reads the file and its errors are
+reported verbatim, per node (name, op, NVIDIA's error code). Everywhere, static checks run without
+TensorRT: the parser's operator list is data (``trt_parser_ops.json``, from onnx-tensorrt's own
 ``docs/operators.md``, with the release it describes). On top of it come the graph checks every export
 passes (LayerNormalization as one op, the fusable attention pattern, no IsNaN/Where residue, float32
 I/O) and what the engine's precision needs: TensorRT 11 networks are strongly typed, so an fp16 engine
@@ -47,6 +50,47 @@ def parser_support() -> ParserSupport:
     )
 
 
+@dataclass(frozen=True)
+class ParserRun:
+    """What NVIDIA's ONNX parser made of the file, or why it did not run."""
+
+    ran: bool
+    edition: str | None = None  # "tensorrt" or "rtx"
+    title: str | None = None
+    version: str | None = None
+    errors: tuple[dict[str, Any], ...] = ()  # node, node_name, op, code, message
+    reason: str | None = None  # why it did not run
+
+    @property
+    def passed(self) -> bool:
+        return self.ran and not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ran": self.ran, "edition": self.edition, "version": self.version, "passed": self.passed,
+                "errors": list(self.errors), "reason": self.reason}
+
+
+def run_parser(path: str | os.PathLike, trt: str = "auto") -> ParserRun:
+    """Parse ``path`` with NVIDIA's ONNX parser of the chosen edition (auto: whichever imports)."""
+    from vivit_deploy.engine_files import choose_edition, import_edition
+    from vivit_deploy.errors import BackendUnavailableError
+    from vivit_deploy.export.trt_build import parser_errors
+
+    try:
+        ed = choose_edition(trt)
+        module = import_edition(ed.name)
+    except BackendUnavailableError as exc:
+        return ParserRun(False, reason=str(exc))
+    logger = module.Logger(module.Logger.INTERNAL_ERROR)  # the errors come back through the parser, not the log
+    builder = module.Builder(logger)
+    network = builder.create_network(0)
+    parser = module.OnnxParser(network, logger)
+    ok = parser.parse_from_file(str(path))
+    errors = () if ok else tuple(parser_errors(parser)) or ({"node": None, "node_name": None, "op": None,
+                                                            "code": "UNKNOWN", "message": "the parser failed without an error"},)
+    return ParserRun(True, ed.name, ed.title, module.__version__, errors)
+
+
 @dataclass
 class TrtCompatReport:
     path: Path
@@ -54,6 +98,7 @@ class TrtCompatReport:
     summary: GraphSummary
     findings: list[Finding]
     parser: ParserSupport
+    parser_run: ParserRun = field(default_factory=lambda: ParserRun(False, reason="not asked for"))
 
     @property
     def blockers(self) -> list[Finding]:
@@ -67,6 +112,7 @@ class TrtCompatReport:
         return {
             "path": str(self.path), "precision": self.precision, "passed": self.passed,
             "parser_list": {"tensorrt": self.parser.tensorrt, "source": self.parser.source},
+            "nvidia_parser": self.parser_run.to_dict(),
             "findings": [f.to_dict() for f in self.findings], "summary": self.summary.to_dict(),
         }
 
@@ -78,7 +124,10 @@ class TrtCompatReport:
         ]
         lines += [f.format() for f in self.findings]
         verdict = "no blockers" if self.passed else f"{len(self.blockers)} blocker(s)"
-        lines.append(f"{verdict}; this is a static check: only a TensorRT build proves the engine")
+        run = self.parser_run
+        proof = (f"{run.title} {run.version}'s parser read the file; only a build (`vivit-deploy build-engine`) proves "
+                 "the engine" if run.ran else "the NVIDIA parser was not run, so this is a static check only")
+        lines.append(f"{verdict}; {proof}")
         return "\n".join(lines)
 
 
@@ -104,8 +153,9 @@ def _element_types(model) -> dict[str, int]:
     return dict(types)
 
 
-def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompatReport:
-    """Static report on ``path`` against TensorRT's ONNX parser and the engine precision it will get.
+def check_trt(path: str | os.PathLike, precision: str | None = None, trt: str = "auto") -> TrtCompatReport:
+    """Report on ``path`` against TensorRT's ONNX parser and the engine precision it will get: NVIDIA's parser
+    where an edition imports (``trt``: auto, tensorrt or rtx), the static checks everywhere.
 
     ``precision`` defaults to the precision recorded in the file's metadata.
     """
@@ -171,4 +221,11 @@ def check_trt(path: str | os.PathLike, precision: str | None = None) -> TrtCompa
             "and Softmax in fp32 (strongly typed: the graph's types decide, no fp16 flag applies)"
             + ("; fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper)" if precision == "fp8" else ""),
         ))
-    return TrtCompatReport(path, precision, summary, findings, parser)
+    run = run_parser(path, trt)
+    if run.ran and run.passed:
+        findings.insert(0, Finding("ok", "nvidia parser", f"{run.title} {run.version}'s ONNX parser took every node"))
+    elif run.ran:
+        findings[0:0] = [Finding("blocker", "nvidia parser", f"{run.title} {run.version}: {e['message']}") for e in run.errors]
+    else:
+        findings.insert(0, Finding("warning", "nvidia parser", f"not run: {run.reason}"))
+    return TrtCompatReport(path, precision, summary, findings, parser, run)

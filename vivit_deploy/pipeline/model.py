@@ -49,7 +49,7 @@ def describe_model(source: str | os.PathLike, backend: str | None = None, **hub_
                              frames=served.frames_model is not None)
     path = Path(source)
     if path.suffix.lower() in (".engine", ".plan"):
-        from vivit_deploy.runtimes.trt_runtime import engine_metadata
+        from vivit_deploy.engine_files import engine_metadata
 
         sidecar, metadata = engine_metadata(path)
         return ModelInfo(str(source), backend, metadata.config, metadata.preprocessor, sha256_of(path),

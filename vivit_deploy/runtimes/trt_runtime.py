@@ -1,65 +1,111 @@
-"""TensorRT backend: a serialized engine from ``vivit-deploy build-engine``, run on a CUDA stream.
+"""TensorRT backend: an engine from ``vivit-deploy build-engine``, run on a CUDA stream, by the edition that built it.
+
+The sidecar says which edition (TensorRT 10/11 or TensorRT for RTX, ``engine_files.EDITIONS``) and
+version built the engine and for which GPU or compute capabilities; it is read and checked before the
+engine bytes are handed to that edition, so an engine never reaches the wrong library, version or GPU.
+TensorRT for RTX also answers ``Runtime.get_engine_validity`` first, so an unsupported GPU, another
+version or an old driver is one error naming NVIDIA's reason; its kernels are compiled on the GPU when
+the execution context is created, kept in a runtime cache file next to the engine (``runtime_cache``)
+so that the next load skips the compilation, and ``cuda_graphs=True`` captures each shape's launches
+as one CUDA graph (``CudaGraphStrategy.WHOLE_GRAPH_CAPTURE``).
 
 Device buffers are torch CUDA tensors (torch is already a dependency, so no pycuda): numpy input is
-copied in, a torch CUDA tensor is used where it lies (``run_torch``). Written against TensorRT's
-documented runtime API (10.x and 11.x): ``Runtime.deserialize_cuda_engine``,
-``create_execution_context``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``.
-TensorRT cannot be installed where vivit_deploy is developed: this backend has not run there, and
-its tests skip unless TensorRT and a GPU are present (the sidecar and input checks run everywhere).
+copied in, a torch CUDA tensor is used where it lies (``run_torch``). Written against NVIDIA's
+documented runtime API (``deserialize_cuda_engine``, ``create_execution_context``, ``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``; ``IRuntimeConfig`` for TensorRT for RTX). No GPU that
+either edition runs on has been available where vivit_deploy is developed: this backend has not run
+an engine. What runs everywhere: the sidecar checks, and with TensorRT for RTX installed and no GPU,
+the refusal that says a CUDA GPU is needed (``tests/runtimes/test_trt_runtime.py``).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vivit_deploy.engine_files import check_sidecar, edition, engine_metadata, gpu_identity, import_edition
 from vivit_deploy.errors import ConfigError, InputShapeError, ModelFileError, VivitDeployError
-from vivit_deploy.export.trt_build import check_sidecar, gpu_identity, import_tensorrt, read_sidecar
-from vivit_deploy.metadata import DeployMetadata
 from vivit_deploy.runtimes.base import Runtime, device_index, register_backend, resolve_device
 
+RUNTIME_CACHE_SUFFIX = ".runtime-cache"
 
-def engine_metadata(path: str | os.PathLike) -> tuple[dict[str, Any], DeployMetadata]:
-    """The sidecar of an engine and the model metadata in it (input spec with the engine's batch profile)."""
-    sidecar = read_sidecar(path)
-    return sidecar, DeployMetadata.from_props(sidecar["metadata"], source=f"{path} sidecar")
+
+def runtime_cache_path(engine: str | os.PathLike) -> Path:
+    engine = Path(engine)
+    return engine.with_name(engine.name + RUNTIME_CACHE_SUFFIX)
+
+
+def validity_reasons(trt, diagnostics: int) -> list[str]:
+    """The names of the ``EngineInvalidityDiagnostics`` flags set in ``diagnostics`` (UNSUPPORTED_CC, ...)."""
+    members = trt.EngineInvalidityDiagnostics.__members__.values()
+    return [m.name for m in members if int(m.value) and diagnostics & int(m.value)]
+
+
+_VALIDITY_HINTS = {
+    "UNSUPPORTED_CC": "this GPU's compute capability is not one the engine was built for",
+    "VERSION_MISMATCH": "another TensorRT for RTX version built it: rebuild it with this one",
+    "OLD_CUDA_DRIVER": "the NVIDIA driver is older than this TensorRT for RTX needs: update it",
+    "OLD_CUDA_RUNTIME": "the CUDA runtime is older than this TensorRT for RTX needs",
+    "INSUFFICIENT_GPU_MEMORY": "the GPU has not enough free memory for it",
+    "MALFORMED_ENGINE": "the file is not a whole engine",
+    "CUDA_ERROR": "CUDA reported an error while checking it",
+}
 
 
 @register_backend("tensorrt", suffixes=(".engine", ".plan"))
 class TensorRTRuntime(Runtime):
-    """One engine, one execution context, one CUDA stream; ``run`` calls are serialised (one context)."""
+    """One engine, one execution context, one CUDA stream; ``run`` calls are serialised (one context).
+
+    ``runtime_cache`` (TensorRT for RTX): True keeps the kernels compiled at load in
+    ``ENGINE.runtime-cache`` next to the engine, a path puts them there, False keeps none; the cache is
+    valid for the same GPU model, TensorRT for RTX version and driver. ``cuda_graphs`` (TensorRT for RTX):
+    capture each input shape's kernel launches as one CUDA graph, replayed on the next call.
+    """
 
     thread_safe = False
 
-    def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str | None = None):
+    def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
+                 runtime_cache: bool | str | os.PathLike = True, cuda_graphs: bool = False):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such TensorRT engine")
         sidecar, metadata = engine_metadata(path)
         if precision is not None and precision != sidecar["precision"]:
             raise ConfigError(f"{path} is an {sidecar['precision']} engine; build another for {precision}")
-        trt = import_tensorrt()
+        ed = edition(sidecar["edition"])
+        if not ed.builds_without_gpu and (cuda_graphs or runtime_cache not in (True, False)):
+            raise ConfigError(f"runtime_cache and cuda_graphs are TensorRT for RTX options; {path} is a {ed.title} engine")
+        trt = import_edition(ed.name)
         import torch
 
         device = resolve_device("cuda" if device == "auto" else device)
         if device == "cpu":
-            raise ConfigError("TensorRT engines run on a CUDA device, not the CPU")
+            raise ConfigError(f"{ed.title} engines run on a CUDA GPU, not the CPU")
         index = device_index(device)
-        name, capability = gpu_identity(index)
-        check_sidecar(sidecar, tensorrt_version=trt.__version__, gpu_name=name, compute_capability=capability,
-                      engine=str(path))
+        name, capability = gpu_identity(index, f"{path} is a {ed.title} engine: it")
+        check_sidecar(sidecar, edition_name=ed.name, tensorrt_version=trt.__version__, gpu_name=name,
+                      compute_capability=capability, engine=str(path))
 
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._trt_runtime = trt.Runtime(self._logger)
+        engine_bytes = path.read_bytes()
+        self._cache_file: Path | None = None
+        self._cache = None
         with torch.cuda.device(index):
-            engine = self._trt_runtime.deserialize_cuda_engine(path.read_bytes())
+            if ed.builds_without_gpu:
+                self._check_validity(trt, engine_bytes, path, name, capability)
+            engine = self._trt_runtime.deserialize_cuda_engine(engine_bytes)
             if engine is None:
-                raise ModelFileError(f"{path}: TensorRT {trt.__version__} could not deserialize it (see its log above): "
-                                     "corrupt, or built by another TensorRT version or for another GPU")
-            context = engine.create_execution_context()
+                raise ModelFileError(f"{path}: {ed.title} {trt.__version__} could not deserialize it (see its log above): "
+                                     "corrupt, or built by another version or for another GPU")
+            if ed.builds_without_gpu:
+                context = engine.create_execution_context(self._runtime_config(trt, engine, path, runtime_cache, cuda_graphs))
+            else:
+                context = engine.create_execution_context()
             self._stream = torch.cuda.Stream(device=index)
         spec = metadata.input
         names = {engine.get_tensor_name(i): engine.get_tensor_mode(engine.get_tensor_name(i)) for i in range(engine.num_io_tensors)}
@@ -69,11 +115,37 @@ class TensorRTRuntime(Runtime):
         lowest, _, highest = engine.get_tensor_profile_shape(spec.name, 0)
         if tuple(lowest)[0] != spec.min_batch or tuple(highest)[0] != spec.max_batch:
             raise ModelFileError(f"{path}: engine profile batch {lowest[0]}..{highest[0]} differs from its sidecar {spec.batch_range}")
-        self.engine, self.context, self.sidecar = engine, context, sidecar
+        self.engine, self.context, self.sidecar, self.edition = engine, context, sidecar, ed
+        self.cuda_graphs = cuda_graphs
         self._torch_device = torch.device(device if ":" in device else f"cuda:{index}")
         self._output_name = metadata.output_name
         super().__init__(config=metadata.config, preprocessor=metadata.preprocessor, input_spec=spec,
                          precision=sidecar["precision"], device=str(self._torch_device), source=str(path))
+
+    def _check_validity(self, trt, engine_bytes: bytes, path: Path, gpu: str, capability: str) -> None:
+        """TensorRT for RTX's own verdict on whether this GPU, driver and version can run the engine."""
+        validity, diagnostics = self._trt_runtime.get_engine_validity(engine_bytes)
+        if validity == trt.EngineValidity.VALID:
+            return
+        reasons = validity_reasons(trt, int(diagnostics))
+        explained = "; ".join(f"{r} ({_VALIDITY_HINTS.get(r, 'see NVIDIA docs')})" for r in reasons) or "no reason given"
+        if validity == trt.EngineValidity.SUBOPTIMAL:
+            warnings.warn(f"{path} runs on {gpu} (compute {capability}), suboptimally: {explained}", stacklevel=3)
+            return
+        raise ModelFileError(f"{path} cannot run on {gpu} (compute {capability}): TensorRT for RTX "
+                             f"{trt.__version__} says {explained}")
+
+    def _runtime_config(self, trt, engine, path: Path, runtime_cache, cuda_graphs: bool):
+        config = engine.create_runtime_config()
+        if cuda_graphs:
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        if runtime_cache is not False:
+            self._cache_file = runtime_cache_path(path) if runtime_cache is True else Path(runtime_cache)
+            self._cache = config.create_runtime_cache()
+            if self._cache_file.is_file():
+                self._cache.deserialize(self._cache_file.read_bytes())
+            config.set_runtime_cache(self._cache)
+        return config
 
     def _execute(self, pixel_values):
         """Run a validated CUDA float32 tensor; returns a CUDA float32 tensor of logits."""
@@ -87,7 +159,7 @@ class TensorRTRuntime(Runtime):
         self.context.set_tensor_address(self.input_spec.name, pixel_values.data_ptr())
         self.context.set_tensor_address(self._output_name, logits.data_ptr())
         if not self.context.execute_async_v3(self._stream.cuda_stream):
-            raise VivitDeployError(f"TensorRT failed to run {self.source} (see its log above)")
+            raise VivitDeployError(f"{self.edition.title} failed to run {self.source} (see its log above)")
         self._stream.synchronize()
         return logits
 
@@ -109,9 +181,18 @@ class TensorRTRuntime(Runtime):
             return self._execute(pixel_values.contiguous())
 
     def _close(self) -> None:
+        if self._cache is not None and self._cache_file is not None:
+            from vivit_deploy.files import atomic_write
+
+            data = bytes(self._cache.serialize())
+            if data:
+                atomic_write(self._cache_file, lambda tmp: Path(tmp).write_bytes(data))
         self.context = None
         self.engine = None
+        self._cache = None
         self._trt_runtime = None
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "tensorrt": self.sidecar["tensorrt"], "gpu": self.sidecar["gpu"]}
+        return {**super().describe(), "edition": self.edition.name, "tensorrt": self.sidecar["tensorrt"],
+                "gpu": self.sidecar["gpu"], "targets": self.sidecar.get("targets"), "cuda_graphs": self.cuda_graphs,
+                "runtime_cache": None if self._cache_file is None else str(self._cache_file)}

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from vivit_deploy.engine_files import describe_build, edition
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.metadata import DeployMetadata
 from vivit_deploy.serving.model_config import (
@@ -68,7 +69,7 @@ def write_repository(
     ensemble: bool = True,
     ort_tensorrt: bool = False,
     python_backend: str | None = None,
-    python_device: str = "cpu",
+    python_device: str | None = None,
     python_precision: str | None = None,
     progress: Progress | None = None,
 ) -> RepositoryReport:
@@ -95,8 +96,16 @@ def write_repository(
             raise ConfigError(f"--platform must be one of {', '.join(PLATFORMS)}, got {platform!r}")
         if platform == "tensorrt" and src.kind != "engine":
             raise ConfigError("--platform tensorrt serves a TensorRT engine: build one with `vivit-deploy build-engine`")
+        built_by = edition(src.sidecar["edition"]) if src.sidecar is not None else None
+        if platform == "tensorrt" and not built_by.triton_backend:
+            raise ConfigError(f"{src.path} is a {built_by.title} engine, which Triton's tensorrt_plan backend cannot load "
+                              "(it runs TensorRT 10/11 engines): serve it with --platform python, vivit_deploy's "
+                              f"{built_by.title} runtime inside Triton's python backend, on a GPU the engine targets")
         if platform == "onnxruntime" and src.kind != "onnx":
             raise ConfigError("--platform onnxruntime serves an .onnx file; an engine is served with --platform tensorrt")
+        python_device = python_device or ("cuda" if src.kind == "engine" else "cpu")
+        if platform == "python" and src.kind == "engine" and python_device == "cpu":
+            raise ConfigError("an engine runs on a GPU: --python-device cuda")
         kind = kind or ("cpu" if platform == "python" and python_device == "cpu" else "gpu")
         if kind not in KINDS:
             raise ConfigError(f"--kind must be gpu or cpu, got {kind!r}")
@@ -142,17 +151,23 @@ def write_repository(
                                                                                  python_precision)})
             (model_dir / "1" / "model.py").write_text(_shim("ClassifierModel"), encoding="utf-8")
             if src.sidecar is not None:
-                from vivit_deploy.export.trt_build import sidecar_path
+                from vivit_deploy.engine_files import sidecar_path
 
                 shutil.copy2(sidecar_path(src.path), model_dir / "1" / sidecar_path(Path(model_file)).name)
         elif src.kind == "checkpoint":
             raise ConfigError("a checkpoint is served by --platform python --python-backend torch (or export it first)")
-        if src.sidecar is not None:
+        if src.sidecar is not None and built_by.triton_backend and platform == "tensorrt":
             version = src.sidecar["tensorrt"]
-            comments.append(f"TensorRT {version} built this engine for {src.sidecar.get('gpu', {}).get('name', 'its GPU')}: "
-                            f"serve it with a Triton container that ships TensorRT {version}")
+            gpu = (src.sidecar.get("gpu") or {}).get("name", "its GPU")
+            comments.append(f"TensorRT {version} built this engine for {gpu}: serve it with a Triton container that "
+                            f"ships TensorRT {version}")
             notes.append(f"the engine runs only on TensorRT {version} (and its GPU): pick the Triton container release "
                          "whose TensorRT is that version (Triton's release notes list it per container)")
+        elif src.sidecar is not None:
+            comments.append(f"built by {describe_build(src.sidecar)}; vivit_deploy's runtime runs it in the "
+                            f"python backend, which needs {built_by.module} {src.sidecar['tensorrt']} in its Python")
+            notes.append(f"the python backend's Python needs {built_by.module} {src.sidecar['tensorrt']} and a GPU of "
+                         f"compute capability {', '.join(src.sidecar.get('targets') or ['?'])}")
         if src.kind == "checkpoint":
             shutil.copytree(src.path, model_dir / "1" / model_file)
         else:
@@ -224,7 +239,7 @@ def write_repository(
 def _read_source(path: Path, work: Path, progress: Progress, keep_checkpoint: bool = False) -> _Source:
     suffix = path.suffix.lower()
     if suffix in (".engine", ".plan"):
-        from vivit_deploy.runtimes.trt_runtime import engine_metadata
+        from vivit_deploy.engine_files import engine_metadata
 
         sidecar, metadata = engine_metadata(path)
         return _Source(path, "engine", metadata, sidecar)
