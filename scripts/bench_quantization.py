@@ -53,7 +53,8 @@ def main() -> int:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from vivit_deploy.bench.plan import random_checkpoint
-    from vivit_deploy.compare import logit_stats, synthetic_inputs, video_inputs
+    from vivit_deploy.accuracy.inputs import synthetic_inputs, video_inputs
+    from vivit_deploy.accuracy.statistics import logit_stats
     from vivit_deploy.demo import demo_model_dir, sample_videos
     from vivit_deploy.export import export_onnx
     from vivit_deploy.export.quantize import optimized_leftovers, quantize

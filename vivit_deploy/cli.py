@@ -330,9 +330,9 @@ def compare(source, onnx_files, openvino_files, openvino_precisions, engine_file
     CUDA provider and TensorRT), exported into a temporary directory first.
 
     Exit code 0 when every candidate is within its tolerance (per precision, see
-    vivit_deploy/tolerances.py, or the overrides), 1 otherwise: a release pipeline can gate on it.
+    vivit_deploy/accuracy/tolerances.py, or the overrides), 1 otherwise: a release pipeline can gate on it.
     """
-    from vivit_deploy.compare_job import CompareOptions, run_compare
+    from vivit_deploy.accuracy.job import CompareOptions, run_compare
 
     if openvino_precisions and not openvino_files:
         raise click.UsageError("--openvino-precision applies to --openvino files")
@@ -553,7 +553,7 @@ def bench(source, config_preset, num_frames, backends, batch_sizes, device, prec
         raise click.UsageError("--plot needs matplotlib: pip install 'vivit-deploy[bench]'")
     videos = None
     if videos_dir is not None:
-        from vivit_deploy.compare import videos_in
+        from vivit_deploy.accuracy.inputs import videos_in
 
         videos = [path for path, _ in videos_in(videos_dir)]
         if not videos:

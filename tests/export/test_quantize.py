@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from vivit_deploy.cli import export_command, main
-from vivit_deploy.compare import random_inputs
+from vivit_deploy.accuracy.inputs import random_inputs
 from vivit_deploy.demo import SAMPLES, demo_model_dir, sample_videos
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.export import export_onnx

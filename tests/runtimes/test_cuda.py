@@ -13,7 +13,7 @@ from tests.conftest import requires_gpu
 from vivit_deploy.demo import demo_model_dir, sample_videos
 from vivit_deploy.predict import VideoClassifier
 from vivit_deploy.runtimes import load_runtime
-from vivit_deploy.tolerances import tolerance_for
+from vivit_deploy.accuracy.tolerances import tolerance_for
 
 
 pytestmark = [pytest.mark.gpu, requires_gpu]

@@ -15,7 +15,7 @@ from vivit_deploy.demo import default_sample, demo_model_dir  # noqa: E402
 from vivit_deploy.errors import BackendUnavailableError, ConfigError  # noqa: E402
 from vivit_deploy.cpu_info import cpu_has_bf16  # noqa: E402
 from vivit_deploy.runtimes import load_runtime  # noqa: E402
-from vivit_deploy.tolerances import tolerance_for  # noqa: E402
+from vivit_deploy.accuracy.tolerances import tolerance_for  # noqa: E402
 
 requires_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 units (AVX512-BF16 or AMX)")
 

@@ -13,7 +13,7 @@ from vivit_deploy.demo import demo_model_dir
 from vivit_deploy.errors import InputShapeError
 from vivit_deploy.predict import VideoClassifier
 from vivit_deploy.runtimes import BACKENDS, Runtime, RuntimeClosedError, load_runtime
-from vivit_deploy.tolerances import tolerance_for
+from vivit_deploy.accuracy.tolerances import tolerance_for
 
 FRAME_SHAPE = (8, 3, 32, 32)  # the demo model's (T, C, H, W)
 

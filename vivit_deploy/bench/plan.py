@@ -171,7 +171,7 @@ def unavailable_reason(backend: BenchBackend, settings: BenchSettings, precision
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
                 return "this onnxruntime has no CUDA provider (install onnxruntime-gpu with CUDA 13 and cuDNN 9)"
     if backend.name == "tensorrt" and settings.cuda:
-        from vivit_deploy.precision_matrix import tensorrt_unavailable
+        from vivit_deploy.accuracy.matrix import tensorrt_unavailable
 
         return tensorrt_unavailable(settings.device)
     return None
@@ -272,7 +272,7 @@ def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: P
         notes.append(note)
         return path
 
-    from vivit_deploy.precision_matrix import export_files
+    from vivit_deploy.accuracy.matrix import export_files
 
     files = export_files(
         checkpoint, workdir,
@@ -292,13 +292,13 @@ def _calibration(settings: BenchSettings, checkpoint: Path, workdir: Path, progr
     if settings.calibration is not None:
         return settings.calibration, f"int8 calibrated on {settings.calibration}"
     from vivit_deploy.checkpoint import load_config
-    from vivit_deploy.compare import random_inputs
+    from vivit_deploy.accuracy.inputs import random_inputs
     from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor, preprocessor_config_in
 
     config = load_config(checkpoint)
     path = workdir / "calibration.npz"
     if settings.source is None and settings.config is None:
-        from vivit_deploy.precision_matrix import DEMO_CALIBRATION_CLIPS, write_demo_calibration
+        from vivit_deploy.accuracy.matrix import DEMO_CALIBRATION_CLIPS, write_demo_calibration
 
         preprocessor = VideoPreprocessor(preprocessor_config_in(checkpoint) or PreprocessorConfig.for_input_size(
             config.image_height, config.image_width))

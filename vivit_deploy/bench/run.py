@@ -98,7 +98,7 @@ def run_bench(
 def _add_drift(results: dict[str, dict], reference_name: str) -> None:
     """Max abs logit difference, worst cosine and top-1 agreement of each result against the reference,
     on identical input (the first batch size's clips, the same seed for every backend)."""
-    from vivit_deploy.compare import logit_stats
+    from vivit_deploy.accuracy.statistics import logit_stats
 
     probes = {name: result.pop("probe_logits", None) for name, result in results.items()}
     reference = probes.get(reference_name)

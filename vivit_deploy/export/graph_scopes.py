@@ -1,9 +1,9 @@
-"""Which module of the PyTorch model each node of an exported graph came from.
+"""Which module of the PyTorch model each node of an exported graph came from, and the probe points' names.
 
 ``torch.onnx.export(dynamo=True)`` records on every node the module path it was traced in
 (``pkg.torch.onnx.name_scopes``: ``['', 'vivit', 'vivit.encoder', 'vivit.encoder.layer.0', ...]``),
-with the checkpoint's own parameter names. The quantizer reads it to leave modules in float, scripts to
-find a module's output tensor. A wrapper
+with the checkpoint's own parameter names. The quantizer reads it to leave modules in float, the
+exporter to find each module's output tensor and give it its stable name (``probes.py``). A wrapper
 the exporter traces around the model (the fp16 graph's float32 boundary, an fp32 island) adds a
 prefix or a level, so a module path matches when it ends a recorded scope.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 from typing import Iterable
+
+from vivit_deploy.probes import ProbePoint
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 FLOAT_TYPES = (1, 10, 16)  # float, float16, bfloat16
@@ -70,3 +72,24 @@ class ScopedGraph:
 
 def module_output(graph, module: str) -> str | None:
     return ScopedGraph(graph).module_output(module)
+
+
+def name_probe_points(model, points: list[ProbePoint]) -> list[str]:
+    """Rename each point's module output to its stable name (``probes.py``); returns the modules not found."""
+    scoped = ScopedGraph(model.graph)
+    found = {point: scoped.module_output(point.module) for point in points}
+    tensors = [t for t in found.values() if t is not None]
+    found = {p: (t if tensors.count(t) == 1 else None) for p, t in found.items()}  # one tensor, one name
+    renames = {tensor: point.tensor for point, tensor in found.items() if tensor is not None}
+    graph = model.graph
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        for i, name in enumerate(node.output):
+            if name in renames:
+                node.output[i] = renames[name]
+    for value in [*graph.value_info, *graph.output]:
+        if value.name in renames:
+            value.name = renames[value.name]
+    return [point.module for point, tensor in found.items() if tensor is None]

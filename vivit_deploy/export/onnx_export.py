@@ -42,10 +42,12 @@ import numpy as np
 from vivit_deploy.files import atomic_write
 from vivit_deploy.errors import ConfigError, ExportError
 from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
+from vivit_deploy.export.graph_scopes import name_probe_points
 from vivit_deploy.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME, OUTPUT_NAME, input_spec
 from vivit_deploy.metadata import PRECISIONS, QUANTIZED_PRECISIONS, DeployMetadata
 from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
-from vivit_deploy.tolerances import tolerance_for
+from vivit_deploy.probes import probe_points
+from vivit_deploy.accuracy.tolerances import tolerance_for
 
 DEFAULT_OPSET = 18
 FP8_MIN_OPSET = 19  # QuantizeLinear / DequantizeLinear take float8 from opset 19
@@ -217,6 +219,8 @@ def export_onnx(
     started = time.perf_counter()
     progress(f"exporting with torch.onnx (dynamo, opset {opset}, {precision}, batch {spec.batch_range}) ...")
     proto = _trace(model, "fp32" if quantized else precision, opset, spec)
+    points = probe_points(model.config.num_hidden_layers)
+    unnamed = name_probe_points(proto, points)
     seconds["export"] = time.perf_counter() - started
     calibration_summary = None
     if quantized:
@@ -244,6 +248,8 @@ def export_onnx(
         raise ExportError(f"the graph is {size / 1e9:.2f} GB, over protobuf's 2 GB single-file limit")
     summary = summarize(proto)
     findings = check_graph(summary, precision=precision, num_layers=model.config.num_hidden_layers)
+    findings.append(Finding("blocker", "probe points", f"no output tensor found for {', '.join(unnamed)}") if unnamed else
+                    Finding("ok", "probe points", f"{len(points)} hidden states named <module>:output (vivit_deploy/probes.py)"))
     report = ExportReport(output, precision, opset, spec.batch_range, size, summary, findings, seconds=seconds)
 
     def write_checked(tmp: str) -> None:
@@ -343,7 +349,7 @@ def _validate(model, path: Path, spec, precision: str, progress: Progress,
               clips: np.ndarray | None = None) -> list[ValidationRow]:
     """ONNX Runtime (CPU) against PyTorch fp32 at two batch sizes, one file: on random clips, or for int8
     on its calibration clips (an int8 graph is only meant for inputs in the ranges it was calibrated on)."""
-    from vivit_deploy.compare import failures, logit_stats
+    from vivit_deploy.accuracy.statistics import failures, logit_stats
     from vivit_deploy.runtimes.ort_runtime import OnnxRuntimeRuntime
     from vivit_deploy.runtimes.torch_runtime import TorchRuntime
 

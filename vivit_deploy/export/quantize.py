@@ -89,7 +89,7 @@ def calibration_clips(source: str | os.PathLike, config, preprocessor, limit: in
     ``limit`` in name order, searched recursively); an ``.npz`` is one saved by ``compare --save-inputs``
     and must match the model's input. Returns the clips and a description for the metadata.
     """
-    from vivit_deploy.compare import CompareInputs
+    from vivit_deploy.accuracy.inputs import CompareInputs
 
     if limit < 1:
         raise ConfigError(f"calibration clips must be at least 1, got {limit}")

@@ -110,6 +110,27 @@ class Runtime(ABC):
             raise ConfigError("no clips to run")
         return np.concatenate(outputs)
 
+    probe_names: tuple[str, ...] = ()  # hidden states this runtime exposes (``probes.py``); set by backends that can
+
+    def run_probes(self, pixel_values: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits and the hidden states at the file's probe points (``vivit_deploy/probes.py``), float32, for
+        per-layer drift. Backends that can expose them (ONNX Runtime, OpenVINO) do when loaded with
+        ``probes=True``."""
+        self._ensure_open()
+        if not self.probe_names:
+            raise ConfigError(f"the {self.backend} runtime for {self.source} exposes no hidden states; per-layer drift "
+                              "runs on ONNX files with ONNX Runtime or OpenVINO, loaded with probes=True")
+        pixel_values = self.input_spec.validate(pixel_values)
+        if self._lock is None:
+            logits, hidden = self._run_probes(pixel_values)
+        else:
+            with self._lock:
+                logits, hidden = self._run_probes(pixel_values)
+        return np.asarray(logits, np.float32), {k: np.asarray(v, np.float32) for k, v in hidden.items()}
+
+    def _run_probes(self, pixel_values: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        raise NotImplementedError
+
     def set_threads(self, threads: int) -> int | None:
         """Change the backend's intra-op CPU threads while it runs; returns the previous count, or None
         where the backend fixes them when it loads (ONNX Runtime's ``threads`` option) or runs on a GPU."""

@@ -61,6 +61,7 @@ class OpenVinoRuntime(Runtime):
         precision: str | None = None,
         threads: int = 0,
         cache_dir: str | os.PathLike | None = None,
+        probes: bool = False,
     ):
         ov = import_openvino()
         path = Path(path)
@@ -82,8 +83,11 @@ class OpenVinoRuntime(Runtime):
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(cache_dir)
+        probe_names: tuple[str, ...] = ()
         try:
             model = core.read_model(str(path))
+            if probes:
+                probe_names = _add_probe_outputs(model, path)
             compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -97,6 +101,8 @@ class OpenVinoRuntime(Runtime):
         self.compute_precision = compute
         self._input = metadata.input.name
         self._output = compiled.output(metadata.output_name)
+        self.probe_names = probe_names
+        self._probe_outputs = [compiled.output(name) for name in probe_names]
         self._local = threading.local()
         self.version = ov.__version__
         super().__init__(
@@ -104,11 +110,18 @@ class OpenVinoRuntime(Runtime):
             precision=openvino_precision(metadata.precision, compute), device="cpu", source=str(path),
         )
 
-    def _run(self, pixel_values: np.ndarray) -> np.ndarray:
+    def _request(self):
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        return request.infer({self._input: pixel_values})[self._output]
+        return request
+
+    def _run(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self._request().infer({self._input: pixel_values})[self._output]
+
+    def _run_probes(self, pixel_values: np.ndarray):
+        results = self._request().infer({self._input: pixel_values})
+        return results[self._output], {name: results[port] for name, port in zip(self.probe_names, self._probe_outputs)}
 
     def _close(self) -> None:
         self.compiled = None
@@ -146,3 +159,16 @@ def _check_io(compiled, metadata, path: Path) -> None:
     dims = [d.get_length() if d.is_static else None for d in shape]
     if len(dims) != 5 or tuple(dims[1:]) != metadata.input.frame_shape:
         raise ModelFileError(f"{path}: graph input shape {dims} does not match its metadata (batch, {metadata.input.frame_shape})")
+
+
+def _add_probe_outputs(model, path: Path) -> tuple[str, ...]:
+    """Add the file's probe points (``vivit_deploy/probes.py``) to an OpenVINO model's outputs; their names."""
+    from vivit_deploy.metadata import load_onnx_graph
+    from vivit_deploy.probes import is_probe_name
+
+    names = tuple(o for node in load_onnx_graph(path).graph.node for o in node.output if is_probe_name(o))
+    if not names:
+        raise ModelFileError(f"{path} names no hidden states (<module>:output); re-export it with this vivit-export "
+                             "to compare it layer by layer")
+    model.add_outputs(list(names))
+    return names

@@ -54,6 +54,7 @@ class OnnxRuntimeRuntime(Runtime):
         provider: str | None = None,
         trt_cache_dir: str | os.PathLike | None = None,
         threads: int = 0,
+        probes: bool = False,
     ):
         ort = import_onnxruntime()
         path = Path(path)
@@ -75,9 +76,13 @@ class OnnxRuntimeRuntime(Runtime):
         options.log_severity_level = 3  # errors only: the CPU fallback warnings are handled below
         providers = self._providers(ort, provider, device_index(device), precision, trt_cache_dir)
         self.optimization = "all"
+        source: str | bytes = str(path)
+        probe_names: tuple[str, ...] = ()
+        if probes:
+            source, probe_names = with_probe_outputs(path)
         try:
             try:
-                session = ort.InferenceSession(str(path), options, providers=providers)
+                session = ort.InferenceSession(source, options, providers=providers)
             except Exception as exc:
                 if "float8" not in str(exc):
                     raise
@@ -85,7 +90,7 @@ class OnnxRuntimeRuntime(Runtime):
                 # MatMulIntegerToFloat also takes float8 inputs, for which it has no kernel (1.31). The basic
                 # level leaves the Q/DQ as they are: fp8 rounding, fp32 products, the numerics to check.
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-                session = ort.InferenceSession(str(path), options, providers=providers)
+                session = ort.InferenceSession(source, options, providers=providers)
                 self.optimization = "basic (float8 Q/DQ)"
         except Exception as exc:  # pybind raises InvalidProtobuf / InvalidGraph / Fail / NoSuchFile, all plain Exceptions
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -108,6 +113,7 @@ class OnnxRuntimeRuntime(Runtime):
         self.session = session
         self.metadata = metadata
         self.provider = provider
+        self.probe_names = probe_names
         self._output_name = metadata.output_name
         super().__init__(
             config=metadata.config, preprocessor=metadata.preprocessor, input_spec=metadata.input,
@@ -135,6 +141,10 @@ class OnnxRuntimeRuntime(Runtime):
     def _run(self, pixel_values: np.ndarray) -> np.ndarray:
         return self.session.run([self._output_name], {self.input_spec.name: pixel_values})[0]
 
+    def _run_probes(self, pixel_values: np.ndarray):
+        values = self.session.run([self._output_name, *self.probe_names], {self.input_spec.name: pixel_values})
+        return values[0], dict(zip(self.probe_names, values[1:]))
+
     def _close(self) -> None:
         self.session = None
 
@@ -155,3 +165,29 @@ def _check_session_matches(session, metadata: DeployMetadata, path: Path) -> Non
     names = [o.name for o in outputs]
     if metadata.output_name not in names:
         raise ModelFileError(f"{path}: graph has no output {metadata.output_name!r} (outputs: {names})")
+
+
+def with_probe_outputs(path: Path) -> tuple[bytes, tuple[str, ...]]:
+    """The file's graph with its probe points (``vivit_deploy/probes.py``) as extra outputs, serialized, and their
+    names in graph order. A file without any (not written by this vivit-export) is a clear error."""
+    import onnx
+
+    from vivit_deploy.metadata import load_onnx_graph
+    from vivit_deploy.probes import is_probe_name
+
+    model = load_onnx_graph(path)
+    names = tuple(o for node in model.graph.node for o in node.output if is_probe_name(o))
+    if not names:
+        raise ModelFileError(f"{path} names no hidden states (<module>:output); re-export it with this vivit-export "
+                             "to compare it layer by layer")
+    known = {v.name: v for v in model.graph.value_info}
+    if any(name not in known for name in names):
+        known = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    for name in names:
+        value = onnx.ValueInfoProto()
+        if name in known:
+            value.CopyFrom(known[name])
+        else:
+            value = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        model.graph.output.append(value)
+    return model.SerializeToString(), names

@@ -110,7 +110,7 @@ DEMO_CALIBRATION_CLIPS = 64
 def write_demo_calibration(config, preprocessor, path: Path) -> Path:
     """What int8/fp8 are calibrated on for the demo model when no --calibration is given: labelled clips of
     its motion task, of a seed no evaluation set uses, saved as an .npz the export reads."""
-    from vivit_deploy.compare import synthetic_inputs
+    from vivit_deploy.accuracy.inputs import synthetic_inputs
     from vivit_deploy.synthetic import CALIBRATION_SEED
 
     synthetic_inputs(config, preprocessor, DEMO_CALIBRATION_CLIPS, seed=CALIBRATION_SEED).save(path)

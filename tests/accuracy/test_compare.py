@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from vivit_deploy.cli import main
-from vivit_deploy.compare import UNLABELLED, CompareInputs, failures, logit_stats, random_inputs
+from vivit_deploy.accuracy.inputs import UNLABELLED, CompareInputs, random_inputs
+from vivit_deploy.accuracy.statistics import failures, logit_stats
 from vivit_deploy.config import preset
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.tolerances import Tolerance, tolerance_for
+from vivit_deploy.accuracy.tolerances import Tolerance, tolerance_for
 
 
 def test_statistics_on_known_logits():

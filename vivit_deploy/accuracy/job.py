@@ -2,7 +2,7 @@
 
 Candidates are the files, servers and precisions named (``--onnx``, ``--openvino``, ``--engine``,
 ``--triton``, ``--torch``),
-or, when none is named, every backend x precision that can run here (``precision_matrix``), exported
+or, when none is named, every backend x precision that can run here (``accuracy.matrix``), exported
 into a temporary directory first. Inputs are the bundled samples, a directory of videos, synthetic
 labelled clips of the demo task, random clips, or clips saved by an earlier run.
 """
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from vivit_deploy import compare as cmp
+from vivit_deploy.accuracy import inputs as clips
+from vivit_deploy.accuracy import statistics as cmp
 from vivit_deploy.errors import ConfigError
 
 Progress = Callable[[str], None]
@@ -50,7 +51,7 @@ class CompareOptions:
 def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonReport:
     from vivit_deploy.demo import demo_model_dir
     from vivit_deploy.runtimes import load_runtime
-    from vivit_deploy.tolerances import tolerance_for
+    from vivit_deploy.accuracy.tolerances import tolerance_for
 
     chosen = [name for name, on in (("--videos", options.videos_dir), ("--samples", options.samples),
                                     ("--demo", options.demo), ("--inputs", options.inputs_file),
@@ -92,24 +93,24 @@ def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonRe
                 runtime.close()
 
 
-def _inputs(options: CompareOptions, reference, demo: bool, samples: int | None, progress: Progress) -> cmp.CompareInputs:
+def _inputs(options: CompareOptions, reference, demo: bool, samples: int | None, progress: Progress) -> clips.CompareInputs:
     from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
 
     config = reference.config
     if options.inputs_file is not None:
-        return cmp.CompareInputs.load(options.inputs_file)
+        return clips.CompareInputs.load(options.inputs_file)
     if samples is not None:
-        return cmp.random_inputs(config, samples)
+        return clips.random_inputs(config, samples)
     preprocessor = VideoPreprocessor(reference.preprocessor or PreprocessorConfig.for_input_size(
         config.image_height, config.image_width))
     if options.synthetic is not None:
         progress(f"rendering {options.synthetic} labelled clips of the demo task ...")
-        return cmp.synthetic_inputs(config, preprocessor, options.synthetic)
+        return clips.synthetic_inputs(config, preprocessor, options.synthetic)
     from vivit_deploy.demo import sample_videos
 
-    videos = sample_videos() if demo else cmp.videos_in(options.videos_dir)
+    videos = sample_videos() if demo else clips.videos_in(options.videos_dir)
     where = "the bundled sample videos" if demo else str(options.videos_dir)
-    return cmp.video_inputs(videos, config, preprocessor, where, progress)
+    return clips.video_inputs(videos, config, preprocessor, where, progress)
 
 
 def _named(options: CompareOptions, source: str, progress: Progress) -> dict:
@@ -141,7 +142,7 @@ def _every_variant(options: CompareOptions, source: str, reference, demo_model: 
     """Every variant that runs here, its files exported into ``work``; int8 calibrated on ``--calibration``,
     or for the demo model on synthetic clips of a seed no evaluation set uses."""
     from vivit_deploy.checkpoint import resolve_source
-    from vivit_deploy.precision_matrix import available_variants, prepare_files, write_demo_calibration
+    from vivit_deploy.accuracy.matrix import available_variants, prepare_files, write_demo_calibration
     from vivit_deploy.runtimes import load_runtime
 
     variants, skipped = available_variants(reference.device)
