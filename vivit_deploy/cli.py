@@ -247,33 +247,51 @@ def classify(inputs, output, source, backend, device, precision, workers, batch_
                    "calibrated Q/DQ on the weight MatMuls (needs --calibration); fp8: the same in float8 e4m3fn, "
                    "for TensorRT on Hopper/Ada GPUs.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
-              help="int8/fp8: a directory of videos like those the model will see, or an .npz from `compare --save-inputs`.")
+              help="int8/fp8: a directory of videos like those the model will see, or an .npz from `compare "
+                   "--save-inputs`, to calibrate on; fp16: the clips to validate on [default: random clips].")
 @click.option("--calibration-clips", type=click.IntRange(min=1), default=None,
-              help="int8/fp8: how many clips to calibrate on [default: 32].")
+              help="How many clips of --calibration to use [default: 32].")
+@click.option("--keep-fp32", "keep_fp32", default=None, metavar="auto|none|LAYERS",
+              help="fp16/int8/fp8: keep these layers (2,5) or parts of them (2.attention, 2.mlp, 2.norms) in fp32; "
+                   "auto: the fewest that make the file pass [default: none].")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None,
+              help="The logits' cosine the file must keep against PyTorch fp32 [default: the precision's tolerance].")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Largest batch the file accepts [default: 32; 1 with --static-batch].")
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to --max-batch instead of a dynamic axis.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write the export report as JSON to this file.")
+              help="Also write the export report as JSON to this file (also when the export is refused).")
 @_friendly_errors
-def export_command(source, output, opset, precision, calibration, calibration_clips, max_batch, static_batch, revision,
-                   offline, json_path):
+def export_command(source, output, opset, precision, calibration, calibration_clips, keep_fp32, min_cosine, max_batch,
+                   static_batch, revision, offline, json_path):
     """Export SOURCE (checkpoint directory or Hub id) to a validated ONNX file.
 
     The file carries the model config, labels and preprocessor config, so `vivit-deploy predict
     --model FILE` needs nothing else. It is checked (onnx.checker, graph hygiene) and run with ONNX
-    Runtime at two batch sizes against PyTorch before it is written; on failure nothing is written.
+    Runtime at two batch sizes against PyTorch before it is written (an fp16 graph is also checked for
+    products beyond fp16's range); on failure nothing is written, and the error names the first failing
+    layer, what broke there and the --keep-fp32 option that fixes it.
     """
+    from vivit_deploy.errors import ExportError
     from vivit_deploy.export import export_onnx
 
+    _writable(json_path, "--json")
     progress = _Stopwatch()
-    report = export_onnx(
-        source, output, opset=opset, precision=precision, max_batch=max_batch, static_batch=static_batch,
-        calibration=calibration, calibration_clips=calibration_clips, progress=progress, revision=revision,
-        local_files_only=offline or None,
-    )
+    try:
+        report = export_onnx(
+            source, output, opset=opset, precision=precision, max_batch=max_batch, static_batch=static_batch,
+            calibration=calibration, calibration_clips=calibration_clips, keep_fp32=keep_fp32, min_cosine=min_cosine,
+            progress=progress, revision=revision, local_files_only=offline or None,
+        )
+    except ExportError as exc:
+        refused = getattr(exc, "report", None)
+        if refused is not None:
+            click.echo(refused.format(), err=True)
+            if json_path is not None:
+                json_path.write_text(json.dumps(refused.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        raise
     click.echo(report.format())
     if json_path is not None:
         json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
@@ -318,11 +336,16 @@ main.add_command(export_command, name="export")
 @click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help="Override the minimum cosine similarity.")
 @click.option("--min-top1", type=click.FloatRange(0, 1), default=None, help="Override the minimum top-1 agreement (0..1).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--layers", is_flag=True,
+              help="Also per-layer drift: the hidden states of every layer against PyTorch fp32 hooks, the first layer "
+                   "out of tolerance and what broke there (ONNX Runtime, OpenVINO and PyTorch candidates).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="With --layers: write a PNG of drift against depth (needs matplotlib: pip install 'vivit-deploy[bench]').")
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
 @_friendly_errors
 def compare(source, onnx_files, openvino_files, openvino_precisions, engine_files, triton_urls, torch_precisions, device, videos_dir,
             synthetic, samples, demo, inputs_file, save_inputs, calibration, json_path, atol, rtol, min_cosine, min_top1,
-            batch_size, offline):
+            batch_size, layers, plot_path, offline):
     """How far each backend drifts from PyTorch fp32, and whether it still classifies the same.
 
     With no candidate named, every backend x precision that can run here is compared (ONNX Runtime
@@ -332,16 +355,24 @@ def compare(source, onnx_files, openvino_files, openvino_precisions, engine_file
     Exit code 0 when every candidate is within its tolerance (per precision, see
     vivit_deploy/accuracy/tolerances.py, or the overrides), 1 otherwise: a release pipeline can gate on it.
     """
+    import importlib.util
+
     from vivit_deploy.accuracy.job import CompareOptions, run_compare
 
     if openvino_precisions and not openvino_files:
         raise click.UsageError("--openvino-precision applies to --openvino files")
+    if plot_path is not None and not layers:
+        raise click.UsageError("--plot draws the per-layer drift: add --layers")
+    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
+        raise click.UsageError("--plot needs matplotlib: pip install 'vivit-deploy[bench]'")
+    for path, option in ((json_path, "--json"), (plot_path, "--plot")):
+        _writable(path, option)
     options = CompareOptions(
         source=source, onnx=onnx_files, openvino=openvino_files, openvino_precisions=openvino_precisions or ("fp32",),
         engines=engine_files, triton=triton_urls, torch_precisions=torch_precisions, device=device, demo=demo, videos_dir=videos_dir,
         synthetic=synthetic, samples=samples, inputs_file=inputs_file, save_inputs=save_inputs, calibration=calibration,
         tolerance_overrides=dict(atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1),
-        batch_size=batch_size, offline=offline,
+        batch_size=batch_size, offline=offline, layers=layers, plot=plot_path,
     )
     report = run_compare(options, _Stopwatch())
     _print_report(report.format_table() + "\n", report.to_json(), json_path)

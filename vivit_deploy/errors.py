@@ -42,3 +42,7 @@ class BackendUnavailableError(VivitDeployError, ImportError):
 
 class ExportError(VivitDeployError, RuntimeError):
     """An export that could not produce a valid file; nothing is left at the output path."""
+
+
+class InputRangeWarning(UserWarning):
+    """Inputs outside the range a quantized (int8/fp8) file was calibrated on: its accuracy holds only inside it."""

@@ -35,10 +35,17 @@ class DeployMetadata:
     output_name: str = "logits"
     provenance: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None  # int8: what it was calibrated on and what was quantized
+    kept_fp32: tuple[str, ...] = ()  # layers or parts kept in fp32 in a low-precision graph ("2", "2.mlp", ...)
 
     @property
     def id2label(self) -> dict[int, str]:
         return dict(self.config.id2label)
+
+    @property
+    def calibrated_range(self) -> tuple[float, float] | None:
+        """The range of the preprocessed clips an int8/fp8 file was calibrated on; its ranges hold inside it."""
+        bounds = (self.calibration or {}).get("input_range")
+        return None if bounds is None else (float(bounds[0]), float(bounds[1]))
 
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for ONNX ``metadata_props`` (JSON values under ``vivit_deploy.*`` keys)."""
@@ -51,6 +58,7 @@ class DeployMetadata:
             PREFIX + "precision": self.precision,
             PREFIX + "provenance": json.dumps(self.provenance, sort_keys=True),
             **({} if self.calibration is None else {PREFIX + "calibration": json.dumps(self.calibration, sort_keys=True)}),
+            **({PREFIX + "kept_fp32": json.dumps(list(self.kept_fp32))} if self.kept_fp32 else {}),
         }
 
     @classmethod
@@ -76,6 +84,7 @@ class DeployMetadata:
                 output_name=props.get(PREFIX + "output_name", "logits"),
                 provenance=json.loads(props.get(PREFIX + "provenance", "{}")),
                 calibration=json.loads(props[PREFIX + "calibration"]) if PREFIX + "calibration" in props else None,
+                kept_fp32=tuple(json.loads(props.get(PREFIX + "kept_fp32", "[]"))),
             )
         except (KeyError, json.JSONDecodeError, ConfigError) as exc:
             raise ModelFileError(f"{source}: unreadable vivit_deploy metadata ({exc})") from exc

@@ -99,7 +99,7 @@ def test_static_batch_and_opset_20(tmp_path):
 
 
 def test_failed_validation_leaves_no_file(tmp_path, monkeypatch):
-    from vivit_deploy import tolerances
+    from vivit_deploy.accuracy import tolerances
 
     monkeypatch.setitem(tolerances.TOLERANCES, "fp32", tolerances.Tolerance(atol=0, rtol=0, min_cosine=1.0, min_top1=1.0))
     path = tmp_path / "model.onnx"

@@ -112,7 +112,7 @@ def test_bad_calibration_data_is_refused_before_exporting(tmp_path, tiny_checkpo
         export_onnx(demo_model_dir(), tmp_path / "b.onnx", precision="int8", calibration=tmp_path / "tiny.npz")
     with pytest.raises(FileNotFoundError, match="no such calibration directory"):
         export_onnx(demo_model_dir(), tmp_path / "c.onnx", precision="int8", calibration=tmp_path / "missing")
-    with pytest.raises(ConfigError, match="apply to --precision int8 and fp8 only"):
+    with pytest.raises(ConfigError, match=r"apply to --precision int8 and fp8 \(calibration\) and fp16"):
         export_onnx(demo_model_dir(), tmp_path / "d.onnx", calibration=SAMPLES)
     assert not list(tmp_path.glob("*.onnx"))
 

@@ -42,6 +42,8 @@ class CompareOptions:
     tolerance_overrides: dict[str, float | None] = field(default_factory=dict)
     batch_size: int = 8
     offline: bool = False
+    layers: bool = False  # also per-layer drift of every candidate that can expose its hidden states
+    plot: Path | None = None  # with layers: a PNG of drift against depth
 
     @property
     def named(self) -> bool:
@@ -87,10 +89,53 @@ def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonRe
             report = cmp.compare_runtimes(reference, candidates, inputs, tolerances,
                                           reference_name=f"pytorch fp32 on {reference.device} ({source})",
                                           batch_size=options.batch_size, progress=progress)
-            return dataclasses.replace(report, not_compared=not_compared)
+            report = dataclasses.replace(report, not_compared=not_compared)
+            if options.layers:
+                report = _layers(options, report, reference, candidates, runtimes, inputs, tolerances, progress)
+            return report
         finally:
             for runtime in runtimes.values():
                 runtime.close()
+
+
+def _layers(options: CompareOptions, report, reference, candidates: dict, runtimes: dict, inputs, tolerances,
+            progress: Progress):
+    """Per-layer drift of each candidate that can expose its hidden states, each loaded again with its probe points
+    (one at a time, so memory holds one extra runtime), against the reference's forward hooks."""
+    from vivit_deploy.accuracy.layers import layer_drift, plot_layer_drift
+    from vivit_deploy.runtimes.torch_runtime import TorchRuntime
+
+    probed_reference = TorchRuntime.from_model(reference.model, reference.preprocessor, source=reference.source,
+                                               probes=True)
+    drifts, skipped = {}, {}
+    for name, runtime in candidates.items():
+        probed = _with_probes(runtime, options)
+        if probed is None:
+            skipped[name] = f"the {runtime.backend} runtime exposes no hidden states (per-layer drift runs on ONNX files " \
+                            "with ONNX Runtime or OpenVINO, and on PyTorch)"
+            continue
+        runtime.close()  # its numbers are taken; the probed one replaces it
+        runtimes[name] = probed
+        drifts[name] = layer_drift(probed_reference, probed, inputs.pixel_values, tolerances[name], name=name,
+                                   batch_size=min(options.batch_size, 4), progress=progress)
+    if options.plot is not None and drifts:
+        plot_layer_drift(list(drifts.values()), options.plot)
+        progress(f"wrote {options.plot}")
+    return dataclasses.replace(report, layer_drift=drifts, layers_skipped=skipped)
+
+
+def _with_probes(runtime, options: CompareOptions):
+    """The same backend, file and precision as ``runtime``, with its probe points exposed; None where it has none."""
+    from vivit_deploy.runtimes import load_runtime
+
+    if runtime.backend == "onnxruntime":
+        return load_runtime(runtime.source, "onnxruntime", device=runtime.device, provider=runtime.provider, probes=True)
+    if runtime.backend == "openvino":
+        return load_runtime(runtime.source, "openvino", precision=runtime.compute_precision, probes=True)
+    if runtime.backend == "torch":
+        return load_runtime(runtime.source, "torch", device=runtime.device, precision=runtime.precision, probes=True,
+                            local_files_only=options.offline or None)
+    return None
 
 
 def _inputs(options: CompareOptions, reference, demo: bool, samples: int | None, progress: Progress) -> clips.CompareInputs:

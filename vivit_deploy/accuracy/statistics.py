@@ -7,6 +7,7 @@ bring their own libraries.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -103,6 +104,8 @@ class ComparisonReport:
     num_inputs: int
     candidates: tuple[CandidateResult, ...] = field(default_factory=tuple)
     not_compared: dict[str, str] = field(default_factory=dict)  # candidate -> why it could not run here
+    layer_drift: dict[str, Any] = field(default_factory=dict)  # candidate -> accuracy.layers.LayerDriftReport (--layers)
+    layers_skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why it has no per-layer drift
 
     @property
     def passed(self) -> bool:
@@ -112,10 +115,17 @@ class ComparisonReport:
         return self.passed
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = asdict(dataclasses.replace(self, layer_drift={}))
         out["passed"] = self.passed
+        del out["layer_drift"]
         for entry, candidate in zip(out["candidates"], self.candidates):
             entry["passed"] = candidate.passed
+            drift = self.layer_drift.get(candidate.name)
+            if drift is not None:
+                layers = drift.to_dict()
+                entry.update(layers=layers["layers"], first_failing_layer=layers["first_failing_layer"],
+                             layer_diagnosis=layers["diagnosis"], embeddings=layers["embeddings"],
+                             final_norm=layers["final_norm"], layers_min_cosine=layers["min_cosine"])
         return out
 
     def to_json(self) -> str:
@@ -147,6 +157,10 @@ class ComparisonReport:
                 lines.append(f"  FAIL: {reason}")
         for name, why in self.not_compared.items():
             lines.append(f"not compared: {name} ({why})")
+        for drift in self.layer_drift.values():
+            lines += ["", drift.format_table()]
+        for name, why in self.layers_skipped.items():
+            lines.append(f"no per-layer drift: {name} ({why})")
         lines.append("")
         lines.append("PASSED" if self.passed else "FAILED")
         return "\n".join(lines)

@@ -161,8 +161,10 @@ def _array(tensor):
     return numpy_helper.to_array(tensor)
 
 
-def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None = None) -> list[Finding]:
-    """The hygiene an exported ViViT graph must have for ONNX Runtime and TensorRT."""
+def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None = None,
+                kept_fp32: tuple[str, ...] = ()) -> list[Finding]:
+    """The hygiene an exported ViViT graph must have for ONNX Runtime and TensorRT (``kept_fp32``: the units a
+    low-precision graph keeps in fp32, ``export/fp32_fallback.py``)."""
     findings: list[Finding] = []
 
     def add(ok: bool, check: str, good: str, bad: str, level: Level = "blocker") -> None:
@@ -192,16 +194,28 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
     stored = {t: n for t, n in summary.weight_types.items() if t in ("float", "float16", "bfloat16", "int8", "float8e4m3fn")}
     main = max(stored, key=stored.get) if stored else None
     want = WEIGHT_TYPES[precision]
-    add(main == want, "precision", f"weights are mostly {want} ({stored.get(want, 0):,} elements)",
-        f"a {precision} graph should hold mostly {want} weights, found {stored}")
+    if kept_fp32:  # a mixed graph: its own type and fp32 for the units kept
+        add(stored.get(want, 0) > 0, "precision",
+            f"{stored.get(want, 0):,} {want} and {stored.get('float', 0):,} float weight elements ({', '.join(kept_fp32)} "
+            "kept in fp32)", f"a {precision} graph with {', '.join(kept_fp32)} in fp32 holds no {want} weights: {stored}")
+    else:
+        add(main == want, "precision", f"weights are mostly {want} ({stored.get(want, 0):,} elements)",
+            f"a {precision} graph should hold mostly {want} weights, found {stored}")
     if precision in QUANTIZED_PRECISIONS:
-        # per layer: the fused Q/K/V projection, the attention output, the two MLP products
-        expected = 4 * num_layers if num_layers is not None else None
+        # per layer: the fused Q/K/V projection, the attention output, the two MLP products; fewer where kept in fp32
+        expected = 4 * num_layers - kept_matmuls(kept_fp32) if num_layers is not None else None
         add(summary.quantized_matmuls > 0 and expected in (None, summary.quantized_matmuls), "quantized matmuls",
             f"{summary.quantized_matmuls} weight MatMuls read {precision} Q/DQ",
-            f"{summary.quantized_matmuls} MatMuls read Q/DQ, expected {expected} (4 per layer)")
+            f"{summary.quantized_matmuls} MatMuls read Q/DQ, expected {expected} (4 per layer"
+            + (f", less those of {', '.join(kept_fp32)})" if kept_fp32 else ")"))
         add(summary.qdq_on_norm_softmax == 0, "float islands", "LayerNorm and Softmax stay in float",
             f"{summary.qdq_on_norm_softmax} LayerNorm/Softmax nodes read or feed Q/DQ")
         add(summary.asymmetric_qdq == 0, "symmetric", f"every Q/DQ is {precision} with zero point 0 (what TensorRT takes)",
             f"{summary.asymmetric_qdq} Q/DQ nodes are not {precision} with zero point 0")
     return findings
+
+
+def kept_matmuls(units: tuple[str, ...]) -> int:
+    """How many weight MatMuls of a Q/DQ graph the fp32 units leave unquantized: 4 a layer, 2 its attention
+    (the fused Q/K/V and the output projection), 2 its MLP."""
+    return sum(4 if "." not in unit else 2 if unit.endswith((".attention", ".mlp")) else 0 for unit in units)

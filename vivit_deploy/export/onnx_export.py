@@ -33,7 +33,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,22 +80,56 @@ class ExportReport:
     findings: list[Finding]
     validation: list[ValidationRow] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    kept_fp32: tuple[str, ...] = ()  # units kept in fp32 (export/fp32_fallback.py)
+    overflows: list[dict[str, Any]] = field(default_factory=list)  # fp16 range check: products over 65504
+    layer_drift: Any = None  # accuracy.layers.LayerDriftReport, when the file failed
+    diagnosis: Any = None  # accuracy.layers.Diagnosis: where it broke and what fixes it
+    search: list[dict[str, Any]] = field(default_factory=list)  # --keep-fp32 auto: every export tried
+    min_cosine: float | None = None  # the logits' tolerance it was validated with
 
     @property
     def passed(self) -> bool:
-        return all(f.level != "blocker" for f in self.findings) and all(r.passed for r in self.validation)
+        return (all(f.level != "blocker" for f in self.findings) and all(r.passed for r in self.validation)
+                and not self.overflows)
+
+    @property
+    def first_failing_layer(self) -> int | None:
+        if self.diagnosis is not None:
+            return self.diagnosis.layer
+        return None if self.layer_drift is None else self.layer_drift.first_failing_layer
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = asdict(replace(self, layer_drift=None, diagnosis=None))
         out["path"] = str(self.path)
         out["passed"] = self.passed
+        out["kept_fp32"] = list(self.kept_fp32)
+        out["first_failing_layer"] = self.first_failing_layer
+        out["diagnosis"] = None if self.diagnosis is None else self.diagnosis.to_dict()
+        drift = None if self.layer_drift is None else self.layer_drift.to_dict()
+        out["layers"] = None if drift is None else drift["layers"]
+        out["layer_drift"] = drift
         return out
+
+    def failure(self) -> str:
+        """Why the file was refused, in one line: the failed checks, where it broke, and the option that fixes it."""
+        reasons = [f"{f.check}: {f.detail}" for f in self.findings if f.level == "blocker"]
+        reasons += [f"onnxruntime vs pytorch fp32 at batch {r.batch}: cosine {r.min_cosine:.4f}, max abs {r.max_abs:.3g}"
+                    for r in self.validation if not r.passed]
+        reasons += [f"fp16 range: layer {o['layer']} {o['what']} reaches {o['value']:.3g} (fp16 holds 65504)"
+                    for o in self.overflows[:1]]
+        line = f"the {self.precision} graph failed its checks ({'; '.join(reasons)})"
+        if self.diagnosis is not None:
+            line += f"; it breaks first in {self.diagnosis.sentence()}; {self.diagnosis.fix_advice()}"
+        elif self.layer_drift is not None:
+            line += "; no single layer falls out of tolerance: the drift accumulates over layers (--keep-fp32 auto searches)"
+        return line + "; nothing was written"
 
     def format(self) -> str:
         s = self.summary
         ops = ", ".join(f"{k} {v}" for k, v in list(s.op_counts.items())[:8])
+        kept = f", kept in fp32: {', '.join(self.kept_fp32)}" if self.kept_fp32 else ""
         lines = [
-            f"{self.path}: {self.size_bytes / 1e6:.1f} MB, {self.precision}, opset {self.opset}, IR {s.ir_version}, "
+            f"{self.path}: {self.size_bytes / 1e6:.1f} MB, {self.precision}{kept}, opset {self.opset}, IR {s.ir_version}, "
             f"batch {self.batch_range}",
             f"  nodes: {sum(s.op_counts.values())} ({ops}, ...)",
         ]
@@ -106,6 +140,15 @@ class ExportReport:
                 f"  [{mark}] onnxruntime vs pytorch fp32, batch {r.batch}: max abs {r.max_abs:.2e}, "
                 f"max rel {r.max_rel:.2e}, min cosine {r.min_cosine:.6f}"
             )
+        if self.precision == "fp16" and self.validation:
+            mark = "FAIL" if self.overflows else "ok  "
+            detail = "; ".join(f"layer {o['layer']} {o['what']} reaches {o['value']:.3g}" for o in self.overflows) or \
+                "no product of the fp32 model exceeds 65504 on the validation clips where the graph stores fp16"
+            lines.append(f"  [{mark}] fp16 range: {detail}")
+        for attempt in self.search:
+            lines.append(f"  --keep-fp32 auto: {', '.join(attempt['kept']) or 'nothing'} kept: {attempt['reason']}")
+        if self.layer_drift is not None:
+            lines.append(self.layer_drift.format_table())
         timing = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
         lines.append(f"  time: {timing}")
         return "\n".join(lines)
@@ -153,6 +196,8 @@ def export_onnx(
     preprocessor: PreprocessorConfig | None = None,
     calibration: str | os.PathLike | None = None,
     calibration_clips: int | None = None,
+    keep_fp32: str | None = None,
+    min_cosine: float | None = None,
     validate: bool = True,
     tubelet: str = DEFAULT_TUBELET,
     progress: Progress | None = None,
@@ -163,10 +208,18 @@ def export_onnx(
     The batch axis is dynamic over 1..``max_batch`` (default 32), or fixed to ``max_batch`` (default 1)
     with ``static_batch``. ``precision="int8"`` (or ``"fp8"``, for TensorRT on Hopper/Ada) quantizes the
     fp32 graph (``export/quantize.py``), calibrated on ``calibration``: a directory of videos or an
-    ``.npz`` saved by ``compare --save-inputs`` (its first ``calibration_clips``, default 32). ``opset``
-    defaults to 18, 19 for fp8 (float8 Q/DQ). Raises :class:`ExportError` when the graph fails a check
-    or its validation; then nothing is written at ``output``.
+    ``.npz`` saved by ``compare --save-inputs`` (its first ``calibration_clips``, default 32); an fp16
+    export takes them too, as the clips it is validated on. ``opset`` defaults to 18, 19 for fp8.
+
+    ``keep_fp32`` ("auto", "none", or units like "2,5" / "2.mlp", ``export/fp32_fallback.py``) keeps those
+    layers or parts in fp32; "auto" searches for the fewest that make the file pass. ``min_cosine`` overrides
+    the precision's tolerance on the logits' cosine.
+
+    Raises :class:`ExportError` (with the report as ``.report``) when the graph fails a check or its
+    validation; then nothing is written at ``output``. Its message names the first failing layer, what broke
+    there and the ``--keep-fp32`` option that fixes it.
     """
+    from vivit_deploy.export.fp32_fallback import AUTO, parse_keep_fp32
     from vivit_deploy.export.quantize import DEFAULT_CALIBRATION_CLIPS
 
     progress = progress or _silent_progress
@@ -184,10 +237,13 @@ def export_onnx(
             f"{precision} needs calibration data: --calibration DIR (videos like the ones it will see) or FILE.npz "
             "(from `vivit-deploy compare --save-inputs`); calibrating on random noise would set wrong ranges silently"
         )
-    if not quantized and (calibration is not None or calibration_clips is not None):
-        raise ConfigError("--calibration and --calibration-clips apply to --precision int8 and fp8 only")
+    if precision == "fp32" and (calibration is not None or calibration_clips is not None):
+        raise ConfigError("--calibration and --calibration-clips apply to --precision int8 and fp8 (calibration) and fp16 "
+                          "(the clips it is validated on)")
     if tubelet not in TUBELET_EMBEDDINGS:
         raise ConfigError(f"tubelet must be one of {TUBELET_EMBEDDINGS}, got {tubelet!r}")
+    if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
+        raise ConfigError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
     calibration_clips = calibration_clips or DEFAULT_CALIBRATION_CLIPS
     if max_batch is not None and max_batch < 1:
         raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
@@ -204,53 +260,119 @@ def export_onnx(
     started = time.perf_counter()
     model, preprocessor, source_name = _load(source, preprocessor, progress, load_kwargs)
     model.vivit.embeddings.patch_embeddings.as_matmul = tubelet == "matmul"
+    keep = parse_keep_fp32(keep_fp32, model.config.num_hidden_layers, precision)
     seconds["load"] = time.perf_counter() - started
     spec = input_spec(model.config, max_batch if static_batch else 1, max_batch)
 
     clips = calibration_note = None
-    if quantized:  # read the calibration data first: a bad directory fails before the long steps
+    if calibration is not None:  # read the clips first: a bad directory fails before the long steps
         from vivit_deploy.export.quantize import calibration_clips as read_calibration
         from vivit_deploy.preprocessing import VideoPreprocessor
 
-        progress(f"reading calibration data from {calibration} ...")
+        progress(f"reading {'calibration' if quantized else 'validation'} clips from {calibration} ...")
         clips, calibration_note = read_calibration(calibration, model.config, VideoPreprocessor(preprocessor),
                                                    calibration_clips, progress)
+    job = _Job(model=model, preprocessor=preprocessor, source_name=source_name, spec=spec, precision=precision,
+               opset=opset, tubelet=tubelet, output=output, clips=clips, calibration_note=calibration_note,
+               tolerance=tolerance_for(precision).override(min_cosine=min_cosine, min_top1=0.0),
+               validate=validate, seconds=seconds, progress=progress)
+    if keep == AUTO:
+        if not validate:
+            raise ConfigError("--keep-fp32 auto searches by validating each export; it cannot run with validate=False")
+        return _export_searching(job)
+    report, _ = _export_once(job, keep, output)
+    return report
+
+
+@dataclass
+class _Job:
+    """What every export of one ``export_onnx`` call shares: the model, its input, the clips, the tolerance."""
+
+    model: Any
+    preprocessor: PreprocessorConfig
+    source_name: str
+    spec: Any
+    precision: str
+    opset: int
+    tubelet: str
+    output: Path
+    clips: np.ndarray | None  # calibration (int8/fp8) or validation (fp16) clips
+    calibration_note: str | None
+    tolerance: Any  # accuracy.tolerances.Tolerance for the logits (top-1 left to compare: random clips tie)
+    validate: bool
+    seconds: dict[str, float]
+    progress: Progress
+    fp32_proto: Any = None  # the traced fp32 graph, reused by every int8/fp8 attempt
+    ranges: dict | None = None  # its activation ranges, measured once
+    unnamed: list[str] = field(default_factory=list)  # probe points the fp32 graph lacks
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in QUANTIZED_PRECISIONS
+
+
+def _build(job: _Job, kept: tuple[str, ...]):
+    """The graph of ``job`` with ``kept`` in fp32, its metadata written into it: (proto, calibration summary)."""
+    from vivit_deploy.export.fp32_fallback import modules_of
 
     started = time.perf_counter()
-    progress(f"exporting with torch.onnx (dynamo, opset {opset}, {precision}, batch {spec.batch_range}) ...")
-    proto = _trace(model, "fp32" if quantized else precision, opset, spec)
-    points = probe_points(model.config.num_hidden_layers)
-    unnamed = name_probe_points(proto, points)
-    seconds["export"] = time.perf_counter() - started
-    calibration_summary = None
-    if quantized:
-        from vivit_deploy.export.quantize import quantize
+    points = probe_points(job.model.config.num_hidden_layers)
+    if job.quantized:
+        from vivit_deploy.export.quantize import calibration_ranges, quantize
 
-        started = time.perf_counter()
-        proto, calibration_summary = quantize(proto, clips, calibration_note, INPUT_NAME, progress, precision=precision)
-        seconds["quantize"] = time.perf_counter() - started
-
+        if job.fp32_proto is None:
+            job.progress(f"exporting with torch.onnx (dynamo, opset {job.opset}, fp32 for {job.precision}, batch "
+                         f"{job.spec.batch_range}) ...")
+            job.fp32_proto = _trace(job.model, "fp32", job.opset, job.spec)
+            job.unnamed = name_probe_points(job.fp32_proto, points)
+            job.seconds["export"] = time.perf_counter() - started
+            started = time.perf_counter()
+            job.ranges = calibration_ranges(job.fp32_proto, job.clips, INPUT_NAME, job.progress)
+        proto, calibration_summary = quantize(job.fp32_proto, job.clips, job.calibration_note, INPUT_NAME, job.progress,
+                                              precision=job.precision, float_modules=tuple(modules_of(kept)),
+                                              ranges=job.ranges)
+        job.seconds["quantize"] = job.seconds.get("quantize", 0.0) + time.perf_counter() - started
+        unnamed = job.unnamed
+    else:
+        kept_note = f", {', '.join(kept)} in fp32" if kept else ""
+        job.progress(f"exporting with torch.onnx (dynamo, opset {job.opset}, {job.precision}{kept_note}, batch "
+                     f"{job.spec.batch_range}) ...")
+        proto = _trace(job.model, job.precision, job.opset, job.spec, kept)
+        unnamed = name_probe_points(proto, points)
+        calibration_summary = None
+        job.seconds["export"] = job.seconds.get("export", 0.0) + time.perf_counter() - started
     metadata = DeployMetadata(
-        config=model.config, preprocessor=preprocessor, input=spec, precision=precision, output_name=OUTPUT_NAME,
+        config=job.model.config, preprocessor=job.preprocessor, input=job.spec, precision=job.precision,
+        output_name=OUTPUT_NAME,
         provenance={
-            "exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "attention": "eager, Q pre-scaled",
-            "tubelet_embedding": tubelet,
-            "source": source_name, "versions": _versions(),
+            "exporter": "torch.onnx.export(dynamo=True)", "opset": job.opset, "attention": "eager, Q pre-scaled",
+            "tubelet_embedding": job.tubelet, "source": job.source_name, "versions": _versions(),
         },
         calibration=None if calibration_summary is None else calibration_summary.to_dict(),
+        kept_fp32=kept,
     )
     for key, value in metadata.to_props().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = f"ViViT exported by vivit_deploy from {source_name}"
+    proto.doc_string = f"ViViT exported by vivit_deploy from {job.source_name}"
+    findings_extra = [Finding("blocker", "probe points", f"no output tensor found for {', '.join(unnamed)}") if unnamed
+                      else Finding("ok", "probe points", f"{len(points)} hidden states named <module>:output "
+                                                          "(vivit_deploy/probes.py)")]
+    return proto, findings_extra
+
+
+def _export_once(job: _Job, kept: tuple[str, ...], output: Path, *, write: bool = True) -> tuple[ExportReport, Path | None]:
+    """Build, check and validate one graph with ``kept`` in fp32; write it to ``output`` when it passes (and
+    ``write``), else raise. Returns the report and, with ``write=False``, the passing temporary file."""
+    proto, extra = _build(job, kept)
     size = proto.ByteSize()
     if size >= MAX_FILE_BYTES:
         raise ExportError(f"the graph is {size / 1e9:.2f} GB, over protobuf's 2 GB single-file limit")
     summary = summarize(proto)
-    findings = check_graph(summary, precision=precision, num_layers=model.config.num_hidden_layers)
-    findings.append(Finding("blocker", "probe points", f"no output tensor found for {', '.join(unnamed)}") if unnamed else
-                    Finding("ok", "probe points", f"{len(points)} hidden states named <module>:output (vivit_deploy/probes.py)"))
-    report = ExportReport(output, precision, opset, spec.batch_range, size, summary, findings, seconds=seconds)
+    findings = check_graph(summary, precision=job.precision, num_layers=job.model.config.num_hidden_layers,
+                           kept_fp32=kept) + extra
+    report = ExportReport(output, job.precision, job.opset, job.spec.batch_range, size, summary, findings,
+                          seconds=job.seconds, kept_fp32=kept, min_cosine=job.tolerance.min_cosine)
 
     def write_checked(tmp: str) -> None:
         """Write the graph next to ``output``, check and validate it there; raising leaves nothing behind."""
@@ -258,23 +380,73 @@ def export_onnx(
         import onnx
 
         started = time.perf_counter()
-        progress("checking the graph (onnx.checker full check, graph hygiene) ...")
+        job.progress("checking the graph (onnx.checker full check, graph hygiene) ...")
         onnx.save_model(proto, tmp)
         proto = None  # the file holds it now; validation needs the memory more
         try:
             onnx.checker.check_model(tmp, full_check=True)
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"onnx.checker rejected the exported graph: {str(exc).splitlines()[0]}") from exc
-        seconds["check"] = time.perf_counter() - started
-        if validate:
+        job.seconds["check"] = job.seconds.get("check", 0.0) + time.perf_counter() - started
+        if job.validate:
             started = time.perf_counter()
-            report.validation = _validate(model, Path(tmp), spec, precision, progress, clips)
-            seconds["validate"] = time.perf_counter() - started
+            _validate(job, Path(tmp), report, kept)
+            job.seconds["validate"] = job.seconds.get("validate", 0.0) + time.perf_counter() - started
         if not report.passed:
-            raise ExportError("the exported graph failed its checks; nothing was written:\n" + report.format())
+            error = ExportError(report.failure())
+            error.report = report
+            raise error
 
-    atomic_write(output, write_checked)
-    return report
+    if write:
+        atomic_write(output, write_checked)
+        return report, None
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.try.", suffix=".onnx")
+    os.close(fd)
+    try:
+        write_checked(tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return report, Path(tmp)
+
+
+def _export_searching(job: _Job) -> ExportReport:
+    """``--keep-fp32 auto``: export, validate, keep what the diagnosis names in fp32, until it passes; then prune."""
+    from vivit_deploy.export.fp32_fallback import Attempt, search
+
+    passing: dict[tuple[str, ...], tuple[ExportReport, Path]] = {}
+    tried: dict[tuple[str, ...], Attempt] = {}
+
+    def try_export(kept: tuple[str, ...]) -> Attempt:
+        if kept in tried:
+            return tried[kept]
+        try:
+            report, path = _export_once(job, kept, job.output, write=False)
+        except ExportError as exc:
+            report = getattr(exc, "report", None)
+            if report is None:
+                raise
+            diagnosis = report.diagnosis
+            reason = diagnosis.sentence() if diagnosis is not None else report.failure()
+            attempt = Attempt(kept, False, reason, None if diagnosis is None else diagnosis.unit)
+        else:
+            passing[kept] = (report, path)
+            attempt = Attempt(kept, True, "passed", None)
+        tried[kept] = attempt
+        return attempt
+
+    try:
+        kept, attempts = search(try_export, job.progress)
+        report, path = passing[kept]
+        report.search = [{"kept": list(a.kept), "passed": a.passed, "reason": a.reason} for a in attempts]
+        os.replace(path, job.output)
+        del passing[kept]
+        return report
+    finally:
+        for _, path in passing.values():
+            path.unlink(missing_ok=True)
 
 
 def _load(source, preprocessor, progress: Progress, load_kwargs):
@@ -298,10 +470,15 @@ def _load(source, preprocessor, progress: Progress, load_kwargs):
     return model, preprocessor, source_name
 
 
-def _trace(model, precision: str, opset: int, spec):
+def _trace(model, precision: str, opset: int, spec, kept: tuple[str, ...] = ()):
     import torch
 
-    module = model if precision == "fp32" else _float_io_wrapper(copy.deepcopy(model).half())
+    if precision == "fp32":
+        module = model
+    else:
+        from vivit_deploy.export.fp32_fallback import half_with_fp32_units
+
+        module = _float_io_wrapper(half_with_fp32_units(model, kept))
     # batch 2 as the example: torch.export specialises a dimension traced at size 1
     example = torch.zeros(spec.static_batch or 2, *spec.frame_shape)
     dynamic = None if spec.static_batch else ({0: torch.export.Dim(BATCH_AXIS, min=1, max=spec.max_batch)},)
@@ -345,28 +522,57 @@ def _without_initializer_value_info(proto):
     return proto
 
 
-def _validate(model, path: Path, spec, precision: str, progress: Progress,
-              clips: np.ndarray | None = None) -> list[ValidationRow]:
-    """ONNX Runtime (CPU) against PyTorch fp32 at two batch sizes, one file: on random clips, or for int8
-    on its calibration clips (an int8 graph is only meant for inputs in the ranges it was calibrated on)."""
+def _validate(job: _Job, path: Path, report: ExportReport, kept: tuple[str, ...]) -> None:
+    """ONNX Runtime (CPU) against PyTorch fp32 at two batch sizes, one file: on random clips (random frames through
+    the preprocessor), or on the calibration (validation) clips, which an int8 graph is meant for. An fp16 graph is also range-checked: a product of the fp32
+    model that exceeds 65504 where the graph stores fp16 overflows in an fp16 engine, even where ONNX Runtime's CPU
+    computes that product in fp32 and cannot show it. A failing file gets its per-layer drift and diagnosis."""
+    from vivit_deploy.accuracy.layers import FP16_MAX, RangeWatch, layer_drift, overflow_diagnosis
     from vivit_deploy.accuracy.statistics import failures, logit_stats
     from vivit_deploy.runtimes.ort_runtime import OnnxRuntimeRuntime
     from vivit_deploy.runtimes.torch_runtime import TorchRuntime
 
-    tolerance = tolerance_for(precision).override(min_top1=0.0)  # random clips have near ties; top-1 is for compare
+    spec, clips, tolerance = job.spec, job.clips, job.tolerance
     batches = [spec.static_batch] if spec.static_batch else sorted({1, min(3, spec.max_batch)})
-    reference = TorchRuntime.from_model(model)
-    rows = []
-    with OnnxRuntimeRuntime(path, device="cpu") as candidate:
-        rng = np.random.default_rng(0)
+    reference = TorchRuntime.from_model(job.model, probes=True)
+    rng = np.random.default_rng(0)
+    inputs = []
+    with OnnxRuntimeRuntime(path, device="cpu") as candidate, RangeWatch(job.model) as watch:
         for batch in batches:
-            progress(f"validating with onnxruntime at batch {batch} ...")
+            job.progress(f"validating with onnxruntime at batch {batch} ...")
             if clips is not None:
                 x = np.ascontiguousarray(np.resize(clips, (batch, *clips.shape[1:])))  # repeats clips if too few
             else:
-                x = rng.standard_normal(spec.shape(batch), dtype=np.float32)
+                x = _random_clips(job, batch, rng)
+            inputs.append(x)
             ref, out = reference.run(x), candidate.run(x)
             stats = logit_stats(ref, out)
-            rows.append(ValidationRow(batch, stats.max_abs, stats.max_rel, stats.min_cosine,
-                                      not failures(ref, out, stats, tolerance)))
-    return rows
+            report.validation.append(ValidationRow(batch, stats.max_abs, stats.max_rel, stats.min_cosine,
+                                                   not failures(ref, out, stats, tolerance)))
+    if job.precision == "fp16":
+        from vivit_deploy.export.fp32_fallback import fp16_weight_overflows
+
+        found = fp16_weight_overflows(job.model, kept) + watch.overflows(FP16_MAX, frozenset(kept))
+        report.overflows = [{"layer": layer, "part": part, "what": what, "value": value}
+                            for layer, part, what, value in sorted(found, key=lambda o: o[0])]
+    if report.passed or any(f.level == "blocker" for f in report.findings):
+        return
+    if report.overflows:
+        first = report.overflows[0]
+        report.diagnosis = overflow_diagnosis(first["layer"], first["part"], first["what"], first["value"])
+        return
+    job.progress("locating the drift layer by layer ...")
+    with OnnxRuntimeRuntime(path, device="cpu", probes=True) as candidate:
+        report.layer_drift = layer_drift(reference, candidate, np.concatenate(inputs), tolerance, name=str(job.output),
+                                         batch_size=max(batches))
+    report.diagnosis = report.layer_drift.diagnosis
+
+
+def _random_clips(job: _Job, batch: int, rng) -> np.ndarray:
+    """Clips of random uint8 frames through the model's own preprocessor: random, and in the range a real video's
+    clips take (a Gaussian's tails reach past it and would range-check products no video drives that far)."""
+    from vivit_deploy.preprocessing import VideoPreprocessor
+
+    config = job.model.config
+    frames = rng.integers(0, 256, (batch, config.num_frames, config.image_height, config.image_width, 3), dtype=np.uint8)
+    return VideoPreprocessor(job.preprocessor)(frames)

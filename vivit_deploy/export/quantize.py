@@ -16,8 +16,9 @@ for accuracy (fp32: 99.8%):
   probability ranges are where ViT int8 loses accuracy. Not LayerNorm or Softmax (no int8 kernels on
   ONNX Runtime's CPU, and the distributions post-training ViT quantization struggles with). Not the
   classifier (it writes the logits).
-- Not the patch Conv3d (``QUANTIZED_OPS``): with it, 2.48x instead of 2.90x (ONNX Runtime's int8 Conv
-  needs a quantized output, so it runs DequantizeLinear + fp32 Conv) and twice the drift (cosine 0.99862).
+- Not the tubelet projection (``FLOAT_MODULE``), measured when it was the patch Conv3d: with it, 2.48x
+  instead of 2.90x (ONNX Runtime's int8 Conv needs a quantized output, so it runs DequantizeLinear + fp32
+  Conv) and twice the drift (cosine 0.99862). It is exported as a MatMul now and stays float, as before.
 - Q, K and V fused into one MatMul (``fuse_shared_input_matmuls``) before quantizing: unfused, ONNX
   Runtime's x86 rewrite of int8 activations to the uint8 its kernels take does not apply to the three
   MatMuls reading one LayerNorm output, and those 36 ran as DequantizeLinear + fp32 MatMul: 1.86x.
@@ -53,7 +54,7 @@ from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.export.graph_checks import count_reading_dequantized
 from vivit_deploy.export.graph_scopes import in_module
 
-# Op types whose weights (and inputs) are quantized; the patch Conv3d is left out (see the module docstring).
+# Op types whose weights (and inputs) are quantized; the tubelet projection is left out (see the module docstring).
 QUANTIZED_OPS = ("MatMul",)
 FLOAT_MODULE = "vivit.embeddings"  # the tubelet projection (a MatMul in the export) stays float, as the Conv3d did
 DEFAULT_CALIBRATION_CLIPS = 32
@@ -74,6 +75,8 @@ class CalibrationSummary:
     quantized: dict[str, int]  # op type -> nodes with Q/DQ inputs
     excluded: dict[str, int]  # why -> nodes left in float
     fused_qkv: int
+    input_range: tuple[float, float] | None = None  # of the calibration clips: runtimes warn outside it
+    kept_fp32_modules: tuple[str, ...] = ()  # whose MatMuls stayed fp32 (--keep-fp32)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,7 +187,7 @@ QUANTIZED_TYPES = {
 
 def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name: str,
              progress: Progress | None = None, *, precision: str = "int8", ops: tuple[str, ...] = QUANTIZED_OPS,
-             fuse_qkv: bool = True):
+             fuse_qkv: bool = True, float_modules: tuple[str, ...] = (), ranges: dict | None = None):
     """The Q/DQ ``ModelProto`` of an fp32 ``ModelProto`` (ours), calibrated on ``clips``, with its summary.
 
     ``precision``: "int8" (the default; ONNX Runtime, OpenVINO, TensorRT), "fp8" (float8 e4m3fn, for
@@ -201,7 +204,9 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
     [-127, 127]; / 448 for fp8), Q -> DQ in front of each quantized input, the form ONNX Runtime's own
     tool writes.
 
-    ``ops`` and ``fuse_qkv`` exist for the measurements that chose the defaults
+    ``float_modules`` (module paths, ``export/fp32_fallback.py``) keep their MatMuls in fp32. ``ranges`` are
+    activation ranges an earlier call measured on the same clips (``calibration_ranges``): only the missing ones
+    are measured. ``ops`` and ``fuse_qkv`` exist for the measurements that chose the defaults
     (``scripts/bench_quantization.py``).
     """
     import onnx
@@ -212,14 +217,18 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
     model.CopyFrom(fp32_model)
     fused = fuse_shared_input_matmuls(model) if fuse_qkv else 0
     constants = {init.name for init in model.graph.initializer}
-    targets = [n for n in model.graph.node if n.op_type in ops and len(n.input) > 1 and n.input[1] in constants
-               and n.input[0] not in constants and not in_module(n, FLOAT_MODULE)]
+    weighted = [n for n in model.graph.node if n.op_type in ops and len(n.input) > 1 and n.input[1] in constants
+                and n.input[0] not in constants and not in_module(n, FLOAT_MODULE)]
+    targets = [n for n in weighted if not any(in_module(n, m) for m in float_modules)]
     attention = activation_matmuls(model)
     classifier = [n.name for n in model.graph.node if n.op_type == "Gemm"]
     activations = list(dict.fromkeys(n.input[0] for n in targets))
-    if progress:
-        progress(f"calibrating {len(activations)} activations on {len(clips)} clips (min/max) ...")
-    ranges = activation_ranges(model, activations, clips, input_name, progress)
+    ranges = dict(ranges or {})
+    missing = [a for a in activations if a not in ranges]
+    if missing:
+        if progress:
+            progress(f"calibrating {len(missing)} activations on {len(clips)} clips (min/max) ...")
+        ranges.update(activation_ranges(model, missing, clips, input_name, progress))
     if progress:
         progress(f"writing {precision} Q/DQ for {len(targets)} weighted ops ...")
     _insert_qdq(model, targets, ranges, precision)
@@ -228,10 +237,31 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
         source=calibration_source, clips=len(clips), method="minmax", activations=QUANTIZED_TYPES[precision],
         weights=f"{'float8 e4m3fn' if precision == 'fp8' else 'int8'}, symmetric, per output channel",
         quantized=dict(count_reading_dequantized(model.graph, ops)),
-        excluded={"attention products": len(attention), "classifier": len(classifier)},
-        fused_qkv=fused,
+        excluded={"attention products": len(attention), "classifier": len(classifier),
+                  **({"kept in fp32": len(weighted) - len(targets)} if float_modules else {})},
+        fused_qkv=fused, input_range=(float(clips.min()), float(clips.max())),
+        kept_fp32_modules=tuple(float_modules),
     )
     return model, summary
+
+
+def calibration_ranges(fp32_model, clips: np.ndarray, input_name: str, progress: Progress | None = None,
+                       *, ops: tuple[str, ...] = QUANTIZED_OPS, fuse_qkv: bool = True) -> dict[str, tuple[float, float]]:
+    """The range of every activation ``quantize`` may quantize, measured once, for several quantize calls with
+    different ``float_modules`` (the fp32 fallback's search)."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32_model)
+    if fuse_qkv:
+        fuse_shared_input_matmuls(model)
+    constants = {init.name for init in model.graph.initializer}
+    activations = list(dict.fromkeys(n.input[0] for n in model.graph.node if n.op_type in ops and len(n.input) > 1
+                                     and n.input[1] in constants and n.input[0] not in constants
+                                     and not in_module(n, FLOAT_MODULE)))
+    if progress:
+        progress(f"calibrating {len(activations)} activations on {len(clips)} clips (min/max) ...")
+    return activation_ranges(model, activations, clips, input_name, progress)
 
 
 def activation_ranges(model, tensors: list[str], clips: np.ndarray, input_name: str,

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Callable
 import numpy as np
 
 from vivit_deploy.config import VivitConfig
-from vivit_deploy.errors import ConfigError, VivitDeployError
+from vivit_deploy.errors import ConfigError, InputRangeWarning, VivitDeployError
 from vivit_deploy.io_spec import InputSpec
 from vivit_deploy.preprocessing import PreprocessorConfig
 
@@ -55,6 +55,8 @@ class Runtime(ABC):
         self.source = source
         self._closed = False
         self._lock = None if self.thread_safe else threading.Lock()
+        self.calibrated_range: tuple[float, float] | None = None  # set by backends running a calibrated int8/fp8 file
+        self._range_warned = False
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -68,6 +70,8 @@ class Runtime(ABC):
         """Logits (batch, num_labels) float32 for preprocessed clips (batch, T, C, H, W) float32."""
         self._ensure_open()
         pixel_values = self.input_spec.validate(pixel_values)
+        if self.calibrated_range is not None and not self._range_warned:
+            self._check_range(pixel_values)
         if self._lock is None:
             logits = self._run(pixel_values)
         else:
@@ -81,6 +85,20 @@ class Runtime(ABC):
                 f"the model file does not match its own metadata ({self.source})"
             )
         return logits
+
+    def _check_range(self, pixel_values: np.ndarray) -> None:
+        """Warn once when inputs leave the range the file was calibrated on (its int8/fp8 scales fit only inside)."""
+        import warnings
+
+        low, high = self.calibrated_range
+        outside = int(np.count_nonzero(pixel_values < low)) + int(np.count_nonzero(pixel_values > high))
+        if outside:
+            self._range_warned = True
+            share = outside / pixel_values.size
+            warnings.warn(
+                f"{self.source}: {share:.2%} of the input values lie outside the range its {self.precision} scales were "
+                f"calibrated on ({low:.3g}..{high:.3g}); its accuracy is measured only inside it: recalibrate on clips "
+                "like these (vivit-export --calibration)", InputRangeWarning, stacklevel=3)
 
     def _ensure_open(self) -> None:
         if self._closed:

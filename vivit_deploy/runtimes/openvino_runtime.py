@@ -109,6 +109,7 @@ class OpenVinoRuntime(Runtime):
             config=metadata.config, preprocessor=metadata.preprocessor, input_spec=metadata.input,
             precision=openvino_precision(metadata.precision, compute), device="cpu", source=str(path),
         )
+        self.calibrated_range = metadata.calibrated_range
 
     def _request(self):
         request = getattr(self._local, "request", None)

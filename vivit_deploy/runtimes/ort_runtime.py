@@ -119,6 +119,7 @@ class OnnxRuntimeRuntime(Runtime):
             config=metadata.config, preprocessor=metadata.preprocessor, input_spec=metadata.input,
             precision=precision or file_precision, device=device, source=str(path),
         )
+        self.calibrated_range = metadata.calibrated_range
 
     @staticmethod
     def _providers(ort, provider: str, index: int, precision: str | None, trt_cache_dir) -> list:

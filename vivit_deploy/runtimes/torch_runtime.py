@@ -13,6 +13,7 @@ import numpy as np
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.io_spec import input_spec
 from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
+from vivit_deploy.probes import probe_points
 from vivit_deploy.runtimes.base import Runtime, register_backend, resolve_device
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -44,6 +45,7 @@ class TorchRuntime(Runtime):
         local_files_only: bool | None = None,
         cache_dir: str | os.PathLike | None = None,
         token: str | bool | None = None,
+        probes: bool = False,
     ):
         from vivit_deploy.checkpoint import load_model
 
@@ -54,11 +56,13 @@ class TorchRuntime(Runtime):
             device=device, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token,
         )
         self._init_from_model(model, preprocessor_config_in(model.checkpoint_dir), precision, device, str(source), max_batch)
+        if probes:
+            self.probe_names = tuple(point.tensor for point in probe_points(model.config.num_hidden_layers))
 
     @classmethod
     def from_model(
         cls, model, preprocessor: PreprocessorConfig | None = None, *, source: str = "in-memory model",
-        max_batch: int | None = None,
+        max_batch: int | None = None, probes: bool = False,
     ) -> "TorchRuntime":
         """Wrap a model already in memory (its dtype and device are kept)."""
         import torch
@@ -68,6 +72,8 @@ class TorchRuntime(Runtime):
             raise ConfigError(f"the model's dtype {model.dtype} is not one of {TORCH_PRECISIONS}")
         self = cls.__new__(cls)
         self._init_from_model(model, preprocessor, precision, str(model.device), source, max_batch)
+        if probes:
+            self.probe_names = tuple(point.tensor for point in probe_points(model.config.num_hidden_layers))
         return self
 
     def _init_from_model(self, model, preprocessor, precision: str, device: str, source: str, max_batch: int | None) -> None:
@@ -83,6 +89,30 @@ class TorchRuntime(Runtime):
         x = torch.from_numpy(pixel_values).to(self.model.device)
         with torch.inference_mode():
             return self.model(x).float().cpu().numpy()
+
+    def _run_probes(self, pixel_values: np.ndarray):
+        """Logits and the outputs of the probe points' modules, read by forward hooks on this run."""
+        import torch
+
+        modules = dict(self.model.named_modules())
+        hidden: dict[str, np.ndarray] = {}
+
+        def keep(name):
+            def hook(module, args, output):
+                value = output.last_hidden_state if hasattr(output, "last_hidden_state") else output
+                hidden[name] = value.float().cpu().numpy()
+            return hook
+
+        handles = [modules[point.module].register_forward_hook(keep(point.tensor))
+                   for point in probe_points(self.config.num_hidden_layers) if point.tensor in self.probe_names]
+        try:
+            x = torch.from_numpy(pixel_values).to(self.model.device)
+            with torch.inference_mode():
+                logits = self.model(x).float().cpu().numpy()
+        finally:
+            for handle in handles:
+                handle.remove()
+        return logits, hidden
 
     def set_threads(self, threads: int) -> int | None:
         """torch's intra-op threads (process-wide, as torch has them) when running on the CPU."""

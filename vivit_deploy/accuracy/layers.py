@@ -1,0 +1,551 @@
+"""Per-layer drift: where in the model a candidate starts to differ from PyTorch fp32, and what broke there.
+
+A candidate runtime loaded with ``probes=True`` (ONNX Runtime, OpenVINO or PyTorch) returns the hidden
+states at the probe points (``vivit_deploy/probes.py``: the embeddings, each layer's two LayerNorms,
+attention branch, MLP branch and block output, the final norm); the fp32 PyTorch reference returns the
+same points from forward hooks, on the same clips. Per point: the worst clip's cosine similarity, the
+largest absolute difference, the reference's largest magnitude (its headroom to fp16's 65504) and the
+candidate's NaN/inf counts. A layer fails when its block output (the residual stream) drops below the
+tolerance's cosine or holds a non-finite value; the first one that does is ``first_failing_layer``.
+
+The diagnosis looks inside that layer: which part first went non-finite, or injected the most error
+into the residual stream, and, from the reference's own internals (the largest Q/K/V, Q·Kᵀ score and
+MLP activations, and the per-channel range of every quantized MatMul's input), what kind of op broke:
+a MatMul overflowing fp16, a LayerNorm on a residual stream too large for fp16, Softmax, or an int8
+input range one outlier channel dominates. It names the ``--keep-fp32`` unit that repairs it.
+
+Memory stays that of a batch: statistics accumulate per batch, no hidden state is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from vivit_deploy.accuracy.tolerances import Tolerance
+from vivit_deploy.errors import ConfigError
+from vivit_deploy.metadata import QUANTIZED_PRECISIONS
+from vivit_deploy.probes import LAYER_PARTS, PART_TITLES, ProbePoint, probe_points
+
+if TYPE_CHECKING:
+    from vivit_deploy.runtimes.base import Runtime
+
+Progress = Callable[[str], None]
+
+FP16_MAX = 65504.0
+FP16_SQUARE_LIMIT = math.sqrt(FP16_MAX)  # |x| above this overflows x**2 in fp16 (a LayerNorm's variance)
+OUTLIER_RATIO = 8.0  # a channel this many times the median channel's range dominates a per-tensor int8 scale
+FIX_UNITS = {"layernorm_before": "norms", "attention": "attention", "layernorm_after": "norms", "output": "mlp",
+             "block": None}
+
+
+# ---- numbers per point ---------------------------------------------------------------------------
+
+@dataclass
+class _Running:
+    """Statistics of one probe point, accumulated over batches."""
+
+    cosine: float = 1.0
+    max_abs: float = 0.0
+    max_magnitude: float = 0.0
+    candidate_max_magnitude: float = 0.0
+    nan: int = 0
+    inf: int = 0
+    error_sq: float = 0.0
+    reference_sq: float = 0.0
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        ref = reference.reshape(len(reference), -1).astype(np.float64)
+        cand = candidate.reshape(len(candidate), -1).astype(np.float64)
+        finite = np.isfinite(cand)
+        self.nan += int(np.isnan(cand).sum())
+        self.inf += int(np.isinf(cand).sum())
+        self.max_magnitude = max(self.max_magnitude, float(np.abs(ref).max()))
+        if finite.any():
+            self.candidate_max_magnitude = max(self.candidate_max_magnitude, float(np.abs(cand[finite]).max()))
+        if not finite.all():
+            self.cosine = float("nan")
+            self.max_abs = float("inf")
+            self.error_sq = float("inf")
+            return
+        diff = cand - ref
+        self.max_abs = max(self.max_abs, float(np.abs(diff).max()))
+        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+        cosine = np.where(norms > 0, (ref * cand).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
+        if not math.isnan(self.cosine):
+            self.cosine = min(self.cosine, float(cosine.min()))
+        self.error_sq += float((diff ** 2).sum())
+        self.reference_sq += float((ref ** 2).sum())
+
+
+@dataclass(frozen=True)
+class PointDrift:
+    """One probe point's drift over every clip."""
+
+    tensor: str
+    part: str
+    cosine: float | None  # worst clip; None when the candidate has NaN/inf there
+    max_abs: float | None
+    max_magnitude: float  # the reference's largest |value|
+    candidate_max_magnitude: float  # the candidate's largest finite |value|
+    nan: int
+    inf: int
+    relative_error: float | None  # ||candidate - reference|| / ||reference|| over every clip
+
+    @property
+    def finite(self) -> bool:
+        return self.nan == 0 and self.inf == 0
+
+    @property
+    def fp16_headroom(self) -> float:
+        """fp16's largest value over this point's largest |value| (below 1: it does not fit in fp16)."""
+        return FP16_MAX / self.max_magnitude if self.max_magnitude > 0 else float("inf")
+
+    def passes(self, min_cosine: float) -> bool:
+        return self.finite and self.cosine is not None and self.cosine >= min_cosine
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["fp16_headroom"] = _finite_or_none(self.fp16_headroom)
+        return out
+
+    @classmethod
+    def of(cls, point: ProbePoint, running: _Running) -> "PointDrift":
+        finite = running.nan == 0 and running.inf == 0
+        relative = math.sqrt(running.error_sq / running.reference_sq) if finite and running.reference_sq > 0 else None
+        return cls(point.tensor, point.part, running.cosine if finite else None, running.max_abs if finite else None,
+                   running.max_magnitude, running.candidate_max_magnitude, running.nan, running.inf, relative)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+@dataclass(frozen=True)
+class LayerDrift:
+    """One encoder layer: its block output's drift (the row of the table), its parts, and the reference's internals."""
+
+    layer: int
+    block: PointDrift
+    parts: dict[str, PointDrift]
+    internals: dict[str, Any]  # the fp32 reference's largest activations and quantized inputs' channel ranges
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.block
+        return {"layer": self.layer, "cosine": b.cosine, "max_abs": b.max_abs, "max_magnitude": b.max_magnitude,
+                "fp16_headroom": _finite_or_none(b.fp16_headroom), "nan": b.nan, "inf": b.inf, "passed": self.passed,
+                "parts": {part: drift.to_dict() for part, drift in self.parts.items()}, "internals": self.internals}
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Where the first failing layer broke and what fixes it."""
+
+    layer: int
+    part: str  # a probe part: "attention", "output" (the MLP), "layernorm_before", ...
+    op_kind: str  # "MatMul overflow", "LayerNorm", "Softmax", "int8 input range", "rounding", ...
+    detail: str
+    unit: str | None  # the --keep-fp32 unit that keeps it in fp32 ("2", "2.mlp", "2.attention", "2.norms"); None: none can
+
+    @property
+    def fix(self) -> str | None:
+        """The option that repairs it, e.g. ``--keep-fp32 2.mlp``; None where keeping layers in fp32 cannot."""
+        return None if self.unit is None else f"--keep-fp32 {self.unit}"
+
+    def fix_advice(self) -> str:
+        if self.unit is None:
+            return "no --keep-fp32 set repairs it (what overflows is stored between layers): export it in fp32"
+        return f"re-export with {self.fix} (or --keep-fp32 auto)"
+
+    def sentence(self) -> str:
+        where = f"layer {self.layer}, {PART_TITLES[self.part]}" if self.layer >= 0 else "outside the encoder layers"
+        return f"{where}: {self.op_kind}: {self.detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class LayerDriftReport:
+    """Per-layer drift of one candidate against the reference; truthy when no layer fails."""
+
+    candidate: str
+    backend: str
+    precision: str
+    min_cosine: float
+    num_inputs: int
+    embeddings: PointDrift
+    layers: tuple[LayerDrift, ...]
+    final_norm: PointDrift
+    diagnosis: Diagnosis | None = None
+
+    @property
+    def first_failing_layer(self) -> int | None:
+        return next((layer.layer for layer in self.layers if not layer.passed), None)
+
+    @property
+    def passed(self) -> bool:
+        return self.first_failing_layer is None and self.final_norm.passes(self.min_cosine)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidate": self.candidate, "backend": self.backend, "precision": self.precision,
+                "min_cosine": self.min_cosine, "num_inputs": self.num_inputs, "passed": self.passed,
+                "first_failing_layer": self.first_failing_layer,
+                "diagnosis": None if self.diagnosis is None else self.diagnosis.to_dict(),
+                "embeddings": self.embeddings.to_dict(), "layers": [layer.to_dict() for layer in self.layers],
+                "final_norm": self.final_norm.to_dict()}
+
+    def format_table(self) -> str:
+        header = ("layer", "cosine", "max abs", "max |x|", "fp16 room", "NaN", "inf", "verdict")
+        rows = [header]
+
+        def row(name: str, drift: PointDrift, ok: bool):
+            headroom = drift.fp16_headroom
+            rows.append((name, "-" if drift.cosine is None else f"{drift.cosine:.6f}",
+                         "-" if drift.max_abs is None else f"{drift.max_abs:.2e}", f"{drift.max_magnitude:.3g}",
+                         "inf" if math.isinf(headroom) else f"{headroom:.3g}x", str(drift.nan), str(drift.inf),
+                         "ok" if ok else "FAIL"))
+
+        row("embeddings", self.embeddings, self.embeddings.passes(self.min_cosine))
+        for layer in self.layers:
+            row(str(layer.layer), layer.block, layer.passed)
+        row("final norm", self.final_norm, self.final_norm.passes(self.min_cosine))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = [f"per-layer drift of {self.candidate} ({self.backend} {self.precision}) against pytorch fp32, "
+                 f"{self.num_inputs} clips; a layer fails below cosine {self.min_cosine:g} or on NaN/inf"]
+        lines += ["  " + "  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+        first = self.first_failing_layer
+        if first is None:
+            lines.append("  no layer out of tolerance")
+        else:
+            lines.append(f"  first failing layer: {first}")
+            if self.diagnosis is not None:
+                lines.append(f"  where: {self.diagnosis.sentence()}")
+                lines.append(f"  fix: {self.diagnosis.fix_advice()}")
+        return "\n".join(lines)
+
+
+# ---- running both sides ----------------------------------------------------------------------------
+
+class RangeWatch:
+    """Forward hooks on an fp32 PyTorch model that keep, per layer, the largest |value| of its products (Q/K/V, the
+    Q·Kᵀ scores, attention output, MLP in and out, the residual stream) and the per-channel range of every quantized
+    MatMul's input, over every forward while it is attached (``with RangeWatch(model): ...``).
+
+    Kept as maxima, so memory is that of one batch. The fp16 range check of the exporter reads it (a product that
+    exceeds 65504 in fp32 overflows in an fp16 engine, even where ONNX Runtime's CPU runs that product in fp32 and
+    cannot show it), and so does the diagnosis of a failing layer.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.num_layers = model.config.num_hidden_layers
+        self.stats: dict[int, dict[str, Any]] = {i: {} for i in range(self.num_layers)}
+        self.final_input_max = 0.0
+        self._handles: list = []
+
+    def _peak(self, layer: int, key: str, value) -> None:
+        self.stats[layer][key] = max(self.stats[layer].get(key, 0.0), float(value.detach().abs().max()))
+
+    def _channels(self, layer: int, key: str, value) -> None:
+        per_channel = value.detach().abs().reshape(-1, value.shape[-1]).amax(dim=0).double().cpu().numpy()
+        old = self.stats[layer].get(key)
+        self.stats[layer][key] = per_channel if old is None else np.maximum(old, per_channel)
+
+    # forward hooks return None: anything else would replace the module's output
+    def _peak_hook(self, layer: int, key: str):
+        def hook(module, args, output) -> None:
+            self._peak(layer, key, output)
+        return hook
+
+    def _channels_hook(self, layer: int, key: str):
+        def hook(module, args, output) -> None:
+            self._channels(layer, key, output)
+        return hook
+
+    def _norm_hook(self, layer: int, key: str):
+        """A LayerNorm: the range of its output per channel (a quantized MatMul's input) and of its input."""
+        def hook(module, args, output) -> None:
+            self._channels(layer, key, output)
+            self._peak(layer, "residual_max", args[0])
+        return hook
+
+    def __enter__(self) -> "RangeWatch":
+        import torch
+
+        for i, layer in enumerate(self.model.vivit.encoder.layer):
+            attention = layer.attention.attention
+            seen: dict[str, torch.Tensor] = {}
+
+            def projection(name, i=i, seen=seen, attention=attention):
+                def hook(module, args, output):
+                    self._peak(i, "qkv_max", output)
+                    seen[name] = output
+                    if name == "key":  # query and key known: the largest Q·Kᵀ score, head by head
+                        q, k = seen["query"], output
+                        b, n, d = q.shape
+                        heads = attention.num_heads
+                        q = (q * attention.scale).reshape(b, n, heads, d // heads).transpose(1, 2)
+                        k = k.reshape(b, n, heads, d // heads).transpose(1, 2)
+                        top = max(float(torch.matmul(q[:, h], k[:, h].transpose(-2, -1)).abs().max()) for h in range(heads))
+                        self.stats[i]["scores_max"] = max(self.stats[i].get("scores_max", 0.0), top)
+                return hook
+
+            hooks = [
+                (attention.query, projection("query")), (attention.key, projection("key")),
+                (attention.value, projection("value")),
+                (layer.layernorm_before, self._norm_hook(i, "attention_input")),
+                (layer.layernorm_after, self._norm_hook(i, "mlp_input")),
+                (layer.intermediate.dense, self._peak_hook(i, "fc1_max")),
+                (layer.intermediate, self._channels_hook(i, "fc2_input")),
+                (layer.output.dense, self._peak_hook(i, "fc2_max")),
+                (layer.attention.output.dense, self._peak_hook(i, "attention_output_max")),
+                (layer, self._peak_hook(i, "residual_max")),
+            ]
+            self._handles += [module.register_forward_hook(hook) for module, hook in hooks]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def summary(self, layer: int) -> dict[str, Any]:
+        """Plain numbers for one layer: the peaks, and each quantized input's outlier channel."""
+        seen = self.stats[layer]
+        out = {k: v for k, v in seen.items() if not isinstance(v, np.ndarray)}
+        for key in ("attention_input", "mlp_input", "fc2_input"):
+            if key in seen:
+                out[key] = _channel_summary(seen[key])
+        return out
+
+    def overflows(self, limit: float = FP16_MAX, kept: frozenset[str] = frozenset()) -> list[tuple[int, str, str, float]]:
+        """(layer, part, what, value) for every product that exceeds ``limit`` where it would be stored in fp16:
+        what an fp32 unit (``kept``: "L", "L.attention", "L.mlp", "L.norms") computes inside stays in fp32, its output
+        is stored in fp16 again."""
+        found = []
+        for i in range(self.num_layers):
+            seen = self.stats[i]
+            whole = str(i) in kept
+            checks = [("attention", "the Q/K/V projections", "qkv_max", f"{i}.attention"),
+                      ("attention", "Q·Kᵀ (the attention scores)", "scores_max", f"{i}.attention"),
+                      ("attention", "the attention output projection", "attention_output_max", None),
+                      ("output", "the MLP's first product (intermediate.dense)", "fc1_max", f"{i}.mlp"),
+                      ("output", "the MLP's second product (output.dense)", "fc2_max", None),
+                      ("block", "the residual stream", "residual_max", None)]
+            for part, what, key, inside in checks:
+                if (whole and part != "block") or (inside is not None and inside in kept):
+                    continue
+                if seen.get(key, 0.0) > limit:
+                    found.append((i, part, what, seen[key]))
+        return found
+
+
+def _channel_summary(per_channel: np.ndarray) -> dict[str, Any]:
+    median = float(np.median(per_channel))
+    top = int(per_channel.argmax())
+    return {"max": float(per_channel[top]), "median_channel": median, "outlier_channel": top,
+            "outlier_ratio": float(per_channel[top] / median) if median > 0 else None}
+
+
+def layer_drift(
+    reference: "Runtime",
+    candidate: "Runtime",
+    pixel_values: np.ndarray,
+    tolerance: Tolerance,
+    *,
+    name: str | None = None,
+    batch_size: int = 2,
+    progress: Progress | None = None,
+) -> LayerDriftReport:
+    """Run ``pixel_values`` through both runtimes with their probe points exposed and compare them point by point.
+
+    ``reference`` is a PyTorch runtime in fp32 (loaded with ``probes=True``); ``candidate`` any runtime loaded with
+    ``probes=True`` (ONNX Runtime, OpenVINO, PyTorch in another precision or on another device).
+    """
+    if reference.backend != "torch" or reference.precision != "fp32":
+        raise ConfigError("per-layer drift is measured against PyTorch fp32")
+    for runtime in (reference, candidate):
+        if not runtime.probe_names:
+            raise ConfigError(f"{runtime.source}: load it with probes=True to compare it layer by layer")
+    config = reference.config
+    points = probe_points(config.num_hidden_layers)
+    missing = [p.tensor for p in points if p.tensor not in candidate.probe_names]
+    if missing:
+        raise ConfigError(f"{candidate.source} exposes no {missing[0]} (and {len(missing) - 1} more): re-export it with "
+                          "this vivit-export, which names every probe point")
+    running = {p.tensor: _Running() for p in points}
+    with RangeWatch(reference.model) as watch:
+        for start in range(0, len(pixel_values), batch_size):
+            chunk = np.ascontiguousarray(pixel_values[start:start + batch_size])
+            if progress:
+                progress(f"per-layer drift of {name or candidate.source}: clips {start + 1}-{start + len(chunk)} "
+                         f"of {len(pixel_values)}")
+            _, ref = reference.run_probes(chunk)
+            _, cand = candidate.run_probes(chunk)
+            for p in points:
+                running[p.tensor].add(ref[p.tensor], cand[p.tensor])
+
+    drift = {p.tensor: PointDrift.of(p, running[p.tensor]) for p in points}
+    layers = []
+    for i in range(config.num_hidden_layers):
+        parts = {p.part: drift[p.tensor] for p in points if p.layer == i}
+        block = parts["block"]
+        layers.append(LayerDrift(i, block, parts, watch.summary(i), block.passes(tolerance.min_cosine)))
+    report = LayerDriftReport(
+        candidate=name or candidate.source, backend=candidate.backend, precision=candidate.precision,
+        min_cosine=tolerance.min_cosine, num_inputs=len(pixel_values), embeddings=drift[points[0].tensor],
+        layers=tuple(layers), final_norm=drift[points[-1].tensor],
+    )
+    first = report.first_failing_layer
+    if first is None:
+        return report
+    return replace(report, diagnosis=diagnose(layers[first], layers[first - 1].block if first else report.embeddings,
+                                              candidate.precision, tolerance.min_cosine))
+
+
+# ---- what broke --------------------------------------------------------------------------------------
+
+def _failing_part(layer: LayerDrift, upstream: PointDrift, min_cosine: float) -> str:
+    """The part of ``layer`` where it went wrong: the first to hold NaN/inf, else the branch (attention or MLP)
+    that put the most error into the residual stream, or a LayerNorm whose output is far worse than its input."""
+    for part in LAYER_PARTS:
+        if not layer.parts[part].finite:
+            return part
+    def injected(part: str) -> float:
+        """The branch's error, in the units of the residual stream it is added to."""
+        drift = layer.parts[part]
+        return (drift.relative_error or 0.0) * (drift.max_magnitude + 1e-30)
+
+    for norm, branch in (("layernorm_before", "attention"), ("layernorm_after", "output")):
+        drift = layer.parts[norm]
+        before = upstream.relative_error or 0.0
+        if drift.relative_error is not None and drift.relative_error > 10 * max(before, 1e-6) and not drift.passes(min_cosine):
+            return norm
+    return max(("attention", "output"), key=injected)
+
+
+def _unit(layer: int, part: str, precision: str) -> str:
+    kind = FIX_UNITS[part]
+    if kind is None:
+        return str(layer)
+    if kind == "norms" and precision in QUANTIZED_PRECISIONS:  # LayerNorm already runs in float there
+        kind = "attention" if part == "layernorm_before" else "mlp"
+    return f"{layer}.{kind}"
+
+
+def diagnose(layer: LayerDrift, upstream: PointDrift, precision: str, min_cosine: float) -> Diagnosis:
+    """What broke ``layer`` (the first failing one) for a candidate of ``precision``, from its parts' drift and the
+    fp32 reference's internals."""
+    part = _failing_part(layer, upstream, min_cosine)
+    seen = layer.internals
+    i = layer.layer
+    unit = _unit(i, part, precision)
+    quantized = precision.split("-")[0] in QUANTIZED_PRECISIONS
+    if quantized:
+        key, tensor = {"attention": ("attention_input", "layernorm_before"), "layernorm_before": ("attention_input", "layernorm_before"),
+                       "output": ("mlp_input", "layernorm_after"), "layernorm_after": ("mlp_input", "layernorm_after"),
+                       "block": ("mlp_input", "layernorm_after")}[part]
+        candidates = [(key, tensor)] + ([("fc2_input", "intermediate (GELU)")] if key == "mlp_input" else [])
+        for key, tensor in candidates:
+            summary = seen.get(key)
+            if summary and (summary["outlier_ratio"] or 0.0) >= OUTLIER_RATIO:
+                return Diagnosis(i, part, f"{precision.split('-')[0]} input range",
+                                 f"channel {summary['outlier_channel']} of {tensor}'s output reaches "
+                                 f"{summary['max']:.3g}, {summary['outlier_ratio']:.0f}x the median channel "
+                                 f"({summary['median_channel']:.3g}), so one per-tensor scale rounds the other channels "
+                                 "away", unit)
+        return Diagnosis(i, part, f"{precision.split('-')[0]} rounding",
+                         f"the {PART_TITLES[part]}'s quantized MatMuls drift (relative error "
+                         f"{layer.parts[part].relative_error or float('nan'):.3g}) with no outlier channel", unit)
+
+    limit = FP16_MAX if precision.startswith("fp16") else float(np.finfo(np.float32).max)
+    overflowing = [(name, key) for name, key in (
+        ("the Q/K/V projections", "qkv_max"), ("Q·Kᵀ (the attention scores)", "scores_max"),
+        ("the attention output projection", "attention_output_max"), ("the MLP's first product (intermediate.dense)", "fc1_max"),
+        ("the MLP's second product (output.dense)", "fc2_max")) if seen.get(key, 0.0) > limit]
+    in_part = {"attention": ("qkv_max", "scores_max", "attention_output_max"), "output": ("fc1_max", "fc2_max")}
+    for name, key in overflowing:
+        if key in in_part.get(part, ()) or part == "block":
+            return Diagnosis(i, part, "MatMul overflow", f"{name} reaches {seen[key]:.3g} in fp32; fp16 holds 65504", unit)
+    residual = seen.get("residual_max", 0.0)
+    if part in ("layernorm_before", "layernorm_after", "block"):
+        if residual > limit:
+            return Diagnosis(i, part, "residual stream overflow", f"the residual stream reaches {residual:.3g}; fp16 "
+                             "holds 65504", None)
+        if residual > FP16_SQUARE_LIMIT and precision.startswith("fp16"):
+            return Diagnosis(i, part, "LayerNorm", f"its input reaches {residual:.3g}: squared for the variance it "
+                             "exceeds fp16's 65504 where LayerNorm is computed in fp16", unit)
+        return Diagnosis(i, part, "LayerNorm", "its output drifts far more than its input", unit)
+    if part == "attention" and seen.get("scores_max", 0.0) > 1e3:
+        return Diagnosis(i, part, "Softmax", f"the attention scores reach {seen['scores_max']:.3g}: their exponentials "
+                         f"lose everything but the largest in {precision}", unit)
+    return Diagnosis(i, part, "rounding", f"the {PART_TITLES[part]} drifts (relative error "
+                     f"{layer.parts[part].relative_error or float('nan'):.3g}) without overflowing", unit)
+
+
+def overflow_diagnosis(layer: int, part: str, what: str, value: float) -> Diagnosis:
+    """The diagnosis of an fp16 range check's first overflow (``RangeWatch.overflows``, or a weight beyond fp16's range;
+    ``layer`` -1 for one outside the encoder layers)."""
+    if what.startswith("the weights of"):
+        return Diagnosis(layer, part, "weight overflow", f"{what} reach {value:.3g}; fp16 holds 65504",
+                         None if layer < 0 else _unit(layer, part, "fp16"))
+    if part == "block":
+        return Diagnosis(layer, part, "residual stream overflow", f"{what} reaches {value:.3g} on the validation clips; "
+                         "fp16 holds 65504", None)
+    return Diagnosis(layer, part, "MatMul overflow",
+                     f"{what} reaches {value:.3g} on the validation clips; fp16 holds 65504 (ONNX Runtime's CPU computes "
+                     "it in fp32 and cannot show it; an fp16 engine overflows)", _unit(layer, part, "fp16"))
+
+
+# ---- the plot ----------------------------------------------------------------------------------------
+
+def plot_layer_drift(reports: list[LayerDriftReport], path: str | Path) -> Path:
+    """A PNG of drift against depth (1 - cosine, log scale) and the reference's largest magnitude against fp16's
+    range, one line per candidate (needs matplotlib: pip install 'vivit-deploy[bench]')."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'vivit-deploy[bench]'") from None
+    fig, (drift_ax, range_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for report in reports:
+        depth = ["emb", *[str(layer.layer) for layer in report.layers], "norm"]
+        points = [report.embeddings, *[layer.block for layer in report.layers], report.final_norm]
+        gap = [1 - p.cosine if p.cosine is not None else np.nan for p in points]
+        drift_ax.plot(depth, np.maximum(gap, 1e-9), marker="o", label=f"{report.candidate}")
+        bad = [d for d, p in zip(depth, points) if not p.finite]
+        if bad:
+            drift_ax.scatter(bad, [1.0] * len(bad), marker="x", color="red", zorder=3)
+        range_ax.plot(depth, [p.max_magnitude for p in points], marker="o", label=report.candidate)
+    if reports:
+        drift_ax.axhline(1 - reports[0].min_cosine, color="grey", linestyle="--", label="tolerance")
+    range_ax.axhline(FP16_MAX, color="red", linestyle="--", label="fp16 max")
+    drift_ax.set(yscale="log", xlabel="layer", ylabel="1 - cosine (x: NaN/inf)", title="drift against depth")
+    range_ax.set(yscale="log", xlabel="layer", ylabel="max |hidden state| (fp32)", title="range against fp16")
+    drift_ax.legend(fontsize=7)
+    range_ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def reports_json(reports: list[LayerDriftReport]) -> str:
+    return json.dumps([r.to_dict() for r in reports], indent=2, allow_nan=False, default=_finite_or_none) + "\n"
+
+
+__all__ = ["Diagnosis", "LayerDrift", "LayerDriftReport", "PointDrift", "RangeWatch", "diagnose", "layer_drift",
+           "overflow_diagnosis", "plot_layer_drift"]

@@ -1,0 +1,189 @@
+"""fp32 fallback: the parts of a low-precision export kept in fp32, and the search for the fewest that make it pass.
+
+A unit is a whole encoder layer (``"2"``) or one of its parts: ``"2.attention"`` (Q/K/V, the attention
+products and Softmax, the output projection), ``"2.mlp"`` (both MLP products and the GELU between them)
+or ``"2.norms"`` (its two LayerNorms); layers count from 0 as in the checkpoint's parameter names.
+
+- fp16: the half model is traced with each kept unit computing in fp32 (its weights fp32, its input cast
+  up, its output cast back to fp16), so the graph stays strongly typed: every tensor carries the type
+  TensorRT 11 and TensorRT for RTX build.
+- int8 / fp8: the kept units' MatMuls get no Q/DQ (LayerNorm is float there already, so ``norms`` means
+  nothing and is refused).
+
+``--keep-fp32 auto`` searches: export, validate; while the file fails, the per-layer drift (or, for fp16,
+the range check) names the first failing layer and the part that broke it, which joins the kept set;
+once it passes, every kept unit is tried without (last added first) and dropped if the file still
+passes. What remains is a set where no unit can go, found in a few exports rather than by trying every
+subset (it is not guaranteed to be the smallest of all sets).
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Callable
+
+from vivit_deploy.errors import ConfigError
+from vivit_deploy.metadata import QUANTIZED_PRECISIONS
+
+UNIT_KINDS = ("attention", "mlp", "norms")
+AUTO = "auto"
+MAX_SEARCH_STEPS = 12  # exports an auto search may make before it gives up
+
+
+def parse_keep_fp32(text: str | None, num_layers: int, precision: str) -> tuple[str, ...] | str:
+    """``AUTO``, or the units of ``--keep-fp32 LAYERS`` checked against the model, normalised and sorted."""
+    if text is None or text.strip().lower() in ("", "none"):
+        return ()
+    if text.strip().lower() == AUTO:
+        if precision == "fp32":
+            raise ConfigError("--keep-fp32 applies to fp16, int8 and fp8 exports; an fp32 export is fp32 throughout")
+        return AUTO
+    if precision == "fp32":
+        raise ConfigError("--keep-fp32 applies to fp16, int8 and fp8 exports; an fp32 export is fp32 throughout")
+    units: list[str] = []
+    for part in text.split(","):
+        unit = part.strip()
+        layer, _, kind = unit.partition(".")
+        if not layer.isdigit() or (kind and kind not in UNIT_KINDS):
+            raise ConfigError(f"--keep-fp32 {unit!r}: give layers (e.g. 2,5) or parts of them (2.attention, 2.mlp, "
+                              "2.norms), or auto, or none")
+        if int(layer) >= num_layers:
+            raise ConfigError(f"--keep-fp32 {unit}: the model has {num_layers} layers (0..{num_layers - 1})")
+        if kind == "norms" and precision in QUANTIZED_PRECISIONS:
+            raise ConfigError(f"--keep-fp32 {unit}: LayerNorm already runs in float in an {precision} graph; keep "
+                              f"{layer}.attention or {layer}.mlp instead")
+        units.append(f"{int(layer)}.{kind}" if kind else str(int(layer)))
+    return normalise(units)
+
+
+def normalise(units) -> tuple[str, ...]:
+    """Sorted, each once, parts dropped where their whole layer is kept."""
+    whole = {u for u in units if "." not in u}
+    kept = {u for u in units if u in whole or u.split(".")[0] not in whole}
+
+    def key(unit: str):
+        layer, _, kind = unit.partition(".")
+        return int(layer), UNIT_KINDS.index(kind) if kind else -1
+
+    return tuple(sorted(kept, key=key))
+
+
+def modules_of(units) -> list[str]:
+    """The module paths (checkpoint names) the units keep in fp32."""
+    out = []
+    for unit in units:
+        layer, _, kind = unit.partition(".")
+        base = f"vivit.encoder.layer.{layer}"
+        out += {"": [base], "attention": [f"{base}.attention"], "mlp": [f"{base}.intermediate", f"{base}.output"],
+                "norms": [f"{base}.layernorm_before", f"{base}.layernorm_after"]}[kind]
+    return out
+
+
+def _island(module, out_dtype) -> None:
+    """Make ``module`` compute in fp32 in place: fp32 weights, input cast up, output cast to ``out_dtype`` (None:
+    left in fp32, for the next module of the same unit). The module keeps its name, so the graph's scopes and
+    probe points stay the checkpoint's."""
+    module.float()
+    forward = type(module).forward
+
+    def island_forward(self, x):
+        y = forward(self, x.float())
+        return y if out_dtype is None else y.to(out_dtype)
+
+    module.forward = types.MethodType(island_forward, module)
+
+
+def half_with_fp32_units(model, units):
+    """A half-precision copy of the fp32 ``model`` whose kept units compute in fp32 (for the fp16 export's trace).
+
+    The kept units' weights come from the fp32 model, not back from fp16: a weight beyond fp16's range is what
+    such a unit may be kept for."""
+    import copy
+
+    import torch
+
+    half = copy.deepcopy(model).half()
+    originals = dict(model.named_modules())
+    for name in modules_of(units):
+        module = half.get_submodule(name)
+        module.load_state_dict(originals[name].state_dict())  # fp32 values into the module, made fp32 below
+    layers = half.vivit.encoder.layer
+    for unit in units:
+        layer, _, kind = unit.partition(".")
+        block = layers[int(layer)]
+        if not kind:
+            _island(block, torch.float16)
+        elif kind == "attention":
+            _island(block.attention, torch.float16)
+        elif kind == "mlp":
+            _island(block.intermediate, None)  # fp32 into the second product
+            _island(block.output, torch.float16)
+        else:
+            _island(block.layernorm_before, torch.float16)
+            _island(block.layernorm_after, torch.float16)
+    return half
+
+
+def fp16_weight_overflows(model, units) -> list[tuple[int, str, str, float]]:
+    """(layer, part, what, value) for every weight of the fp32 ``model`` beyond fp16's 65504 outside the kept units:
+    rounded to fp16 it becomes infinite."""
+    kept = modules_of(units)
+    parts = {"attention": "attention", "intermediate": "output", "output": "output",
+             "layernorm_before": "layernorm_before", "layernorm_after": "layernorm_after"}
+    found = []
+    for name, parameter in model.named_parameters():
+        top = float(parameter.detach().abs().max())
+        if top <= 65504.0 or any(name.startswith(m + ".") for m in kept):
+            continue
+        pieces = name.split(".")
+        if pieces[:3] == ["vivit", "encoder", "layer"]:
+            found.append((int(pieces[3]), parts.get(pieces[4], "block"), f"the weights of {name.rsplit('.', 1)[0]}", top))
+        else:
+            found.append((-1, "block", f"the weights of {name.rsplit('.', 1)[0]}", top))
+    return found
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One export tried by the search: what it kept, and whether it passed (and why not)."""
+
+    kept: tuple[str, ...]
+    passed: bool
+    reason: str  # the failing layer's diagnosis, or "passed"
+    next_unit: str | None  # what the diagnosis suggests keeping next
+
+
+def search(try_export: Callable[[tuple[str, ...]], Attempt], progress: Callable[[str], None]) -> tuple[tuple[str, ...], list[Attempt]]:
+    """The fp32 units that make the export pass: grow by diagnosis until it passes, then prune what is not needed.
+
+    ``try_export(kept)`` exports and validates with ``kept`` in fp32. Raises ConfigError when no set found in
+    ``MAX_SEARCH_STEPS`` exports passes."""
+    attempts: list[Attempt] = []
+    kept: tuple[str, ...] = ()
+    while True:
+        attempt = try_export(kept)
+        attempts.append(attempt)
+        progress(f"--keep-fp32 auto: kept {', '.join(kept) or 'nothing'}: {attempt.reason}")
+        if attempt.passed:
+            break
+        unit = attempt.next_unit
+        if unit is None or len(attempts) >= MAX_SEARCH_STEPS:
+            tried = "; ".join(f"{', '.join(a.kept) or 'nothing'}: {a.reason}" for a in attempts)
+            raise ConfigError(f"--keep-fp32 auto found no set of fp32 layers that passes in {len(attempts)} exports ({tried})")
+        if unit in kept or unit.split(".")[0] in kept:
+            unit = unit.split(".")[0]  # the part did not suffice: keep its whole layer
+            if unit in kept:
+                raise ConfigError(f"--keep-fp32 auto: layer {unit} already runs in fp32 and the file still fails "
+                                  f"({attempt.reason}); the drift comes from elsewhere or accumulates over layers")
+        kept = normalise([*kept, unit])
+    for unit in reversed(kept):  # prune: the last added first
+        if len(kept) == 1 and len(attempts) == 1:
+            break
+        fewer = tuple(u for u in kept if u != unit)
+        attempt = try_export(fewer)
+        attempts.append(attempt)
+        progress(f"--keep-fp32 auto: without {unit}: {attempt.reason}")
+        if attempt.passed:
+            kept = fewer
+    return kept, attempts
