@@ -200,13 +200,21 @@ def _ray_address(value: str | None) -> str | None:
               help="Skip videos already in the output with the same settings; --no-resume starts over.")
 @click.option("--retry-failed", is_flag=True, help="Classify again the videos whose rows have an error.")
 @click.option("--strict", is_flag=True, help="Exit with code 1 when any video of the job has an error row.")
+@click.option("--window", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="A timeline: a row per window of this many seconds of each video (its frames sampled as predict "
+                   "samples a clip) instead of a row per video.")
+@click.option("--hop", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --window: seconds between the starts of windows [default: the window, back to back].")
+@click.option("--segments", is_flag=True,
+              help="With --window: also merge consecutive windows of one label into segments (start, end, label, mean "
+                   "probability), written to OUTPUT's name with .segments before the suffix.")
 @_TORCH_SOURCE
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the job summary as JSON to this file ('-' for stdout instead of the text).")
 @_friendly_errors
 def classify(inputs, output, source, backend, device, precision, workers, batch_size, top_k, num_clips, sampling,
-             frame_sample_rate, ray_address, actors, resume, retry_failed, strict, attn_implementation, revision,
-             offline, json_path):
+             frame_sample_rate, ray_address, actors, resume, retry_failed, strict, window, hop, segments,
+             attn_implementation, revision, offline, json_path):
     """Classify every video of INPUTS into one results file, resumably, at full throughput.
 
     INPUTS are video files, directories (searched recursively) and manifests (.txt: a path per line;
@@ -225,6 +233,7 @@ def classify(inputs, output, source, backend, device, precision, workers, batch_
         num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate, workers=workers,
         ray=_ray_address(ray_address), actors=actors, resume=resume, retry_failed=retry_failed,
         runtime_options=_runtime_options(source, backend, attn_implementation, revision, offline),
+        window=window, hop=hop, segments=segments,
     )
     try:
         summary = classify_corpus(inputs, output, job, log=_Stopwatch(), bar=_classify_bar)
@@ -235,6 +244,81 @@ def classify(inputs, output, source, backend, device, precision, workers, batch_
     _print_report(summary.format() + "\n", json.dumps(summary.to_dict(), indent=2) + "\n", json_path)
     if strict and summary.errors_in_output:
         raise click.ClickException(f"{summary.errors_in_output} of {summary.total} videos have an error row (--strict)")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@_MODEL
+@_BACKEND
+@_DEVICE
+@_PRECISION
+@click.option("--window", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds of stream each window covers (sampled to the model's frames, as predict samples a file).")
+@click.option("--hop", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds of stream between the ends of consecutive windows.")
+@click.option("--smooth", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Windows in the smoothed label (the mean of their probabilities).")
+@click.option("--min-probability", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Smoothed probability a label change needs to be announced.")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Labels per window record.")
+@click.option("--events", "events_path", default="-", show_default=True, type=click.Path(path_type=Path, allow_dash=True),
+              help="Where the JSON Lines go: a file (appended to) or - for stdout.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds [default: when every stream has ended].")
+@click.option("--reconnect/--no-reconnect", default=True, show_default=True,
+              help="Reopen a live source that drops, with backoff; --no-reconnect ends that stream instead.")
+@click.option("--realtime", is_flag=True, help="Read files at their own pace, as a camera delivers (default: as fast as "
+                                               "they decode, every window classified).")
+@_TORCH_SOURCE
+@_friendly_errors
+def stream(sources, source, backend, device, precision, window, hop, smooth, min_probability, top_k, events_path,
+           duration, reconnect, realtime, attn_implementation, revision, offline):
+    """Classify live streams in real time: a record per window and per event, as JSON Lines.
+
+    SOURCE: rtsp:// (TCP by default; rtsp+udp:// for UDP), http(s)://, udp://, tcp://, a device (/dev/video0)
+    or a video file; several share one runtime, their windows batched together. Every --hop seconds of
+    stream time, each stream's last --window seconds are classified; when inference cannot keep up with a
+    live stream, windows are skipped and counted, never queued. Dropped sources reconnect with backoff.
+    Label changes and the summary go to stderr; SIGINT or SIGTERM end the run cleanly with the summary.
+    """
+    import signal
+
+    from vivit_deploy.demo import demo_model_dir
+    from vivit_deploy.runtimes import load_runtime
+    from vivit_deploy.streaming import StreamClassifier, format_summary, label_change_line, parse_source
+
+    parsed = [parse_source(s, realtime=realtime) for s in sources]  # a bad source fails before the model loads
+    _writable(events_path, "--events")
+    source = source or str(demo_model_dir())
+    progress = _Stopwatch()
+    progress(f"loading {source} ...")
+    runtime = load_runtime(source, backend, device=device, precision=precision,
+                           **_runtime_options(source, backend, attn_implementation, revision, offline))
+    classifier = StreamClassifier(runtime, parsed, window=window, hop=hop, smooth=smooth, min_probability=min_probability,
+                                  top_k=top_k, realtime=realtime, reconnect=reconnect, duration=duration)
+    progress(f"{runtime.backend} on {runtime.device} ({runtime.precision}); following {len(parsed)} stream(s), "
+             f"{window:g} s windows every {hop:g} s")
+    stop = lambda signum, frame: classifier.stop()  # noqa: E731  (the iteration ends with the summary)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    out = sys.stdout if str(events_path) == "-" else open(events_path, "a", encoding="utf-8")
+    try:
+        with runtime:
+            for record in classifier:
+                out.write(json.dumps(record) + "\n")
+                out.flush()
+                event = record.get("event")
+                if event == "label_changed":
+                    click.echo(label_change_line(record), err=True)
+                elif event in ("connected", "disconnected", "reconnected", "ended"):
+                    detail = record.get("reason") or (f"{record.get('width')}x{record.get('height')} {record.get('codec')} "
+                                                      f"{record.get('fps')} fps" if event != "ended" else "")
+                    progress(f"{record['stream']}: {event}{': ' + str(detail) if detail else ''}")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if out is not sys.stdout:
+            out.close()
+    click.echo(format_summary(classifier.summary()), err=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -256,6 +340,9 @@ def classify(inputs, output, source, backend, device, precision, workers, batch_
                    "auto: the fewest that make the file pass [default: none].")
 @click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None,
               help="The logits' cosine the file must keep against PyTorch fp32 [default: the precision's tolerance].")
+@click.option("--smooth-quant", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+              help="int8/fp8: SmoothQuant's alpha, moving outlier channels of the MatMul inputs into the weights "
+                   "(the same function in fp32); 0 turns it off.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Largest batch the file accepts [default: 32; 1 with --static-batch].")
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to --max-batch instead of a dynamic axis.")
@@ -264,8 +351,8 @@ def classify(inputs, output, source, backend, device, precision, workers, batch_
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the export report as JSON to this file (also when the export is refused).")
 @_friendly_errors
-def export_command(source, output, opset, precision, calibration, calibration_clips, keep_fp32, min_cosine, max_batch,
-                   static_batch, revision, offline, json_path):
+def export_command(source, output, opset, precision, calibration, calibration_clips, keep_fp32, min_cosine, smooth_quant,
+                   max_batch, static_batch, revision, offline, json_path):
     """Export SOURCE (checkpoint directory or Hub id) to a validated ONNX file.
 
     The file carries the model config, labels and preprocessor config, so `vivit-deploy predict
@@ -283,7 +370,7 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
         report = export_onnx(
             source, output, opset=opset, precision=precision, max_batch=max_batch, static_batch=static_batch,
             calibration=calibration, calibration_clips=calibration_clips, keep_fp32=keep_fp32, min_cosine=min_cosine,
-            progress=progress, revision=revision, local_files_only=offline or None,
+            smooth_quant=smooth_quant, progress=progress, revision=revision, local_files_only=offline or None,
         )
     except ExportError as exc:
         refused = getattr(exc, "report", None)

@@ -108,3 +108,15 @@ def labelled_clips(count: int, seed: int, num_frames: int, preprocessor) -> tupl
     videos, labels = make_dataset(count, seed, noise=NOISE)
     frames = sample_indices(VIDEO_FRAMES, num_frames, sampling="uniform")[0]
     return preprocessor(videos[:, frames]), labels
+
+
+def write_phases(path, phases, *, fps: int = 8, seed: int = 0, noise: float = NOISE):
+    """An mp4 of the motion task that changes direction: ``phases`` is (label index, clips) pairs, each clip a
+    fresh VIDEO_FRAMES-frame video of that direction (the length of one demo clip at ``fps`` 8: 2 s), played
+    back to back. For following a stream whose content changes: a window that lines up with a clip sees
+    what the demo model was trained on. Returns the path."""
+    from vivit_deploy.video import write_video
+
+    rng = np.random.default_rng(seed)
+    frames = [render_clip(int(label), rng, noise=noise) for label, clips in phases for _ in range(clips)]
+    return write_video(path, np.concatenate(frames), fps=fps)

@@ -119,6 +119,70 @@ def read_clips(
     return np.stack([np.stack([frames[i] for i in row]) for row in indices.tolist()])
 
 
+def read_frames(path: str | os.PathLike, indices, *, threads: int = 0, seek: bool = True) -> np.ndarray:
+    """Decode the frames at ``indices`` (any order, repeats allowed): uint8 RGB (len(indices), H, W, 3).
+
+    The same decoding as ``read_clips`` (seeking to keyframes past long gaps, identical frames either way):
+    what a window of a long video (``time_windows``) reads."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoReadError(f"{path}: no such file")
+    wanted = set(int(i) for i in indices)
+    container = _open(path)
+    try:
+        total = int(container.streams.video[0].frames) or count_frames(path)
+        frames = _decode_seeking(path, wanted, total, threads) if seek and _sparse(wanted) else None
+        if frames is None:
+            frames, _ = _decode(path, wanted, threads, container)
+    finally:
+        container.close()
+    missing = sorted(wanted - set(frames))
+    if missing:
+        raise VideoReadError(f"{path}: frame {missing[0]} could not be decoded (the video holds fewer frames)")
+    return np.stack([frames[int(i)] for i in indices])
+
+
+def probe(path: str | os.PathLike) -> tuple[int, float]:
+    """(frames, frames per second) of a video's first video stream, from its header (counted when missing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoReadError(f"{path}: no such file")
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        total = int(stream.frames) if stream.frames else None
+    finally:
+        container.close()
+    if not rate:
+        raise VideoReadError(f"{path}: the video stream has no frame rate, so it has no timeline")
+    return total or count_frames(path), float(rate)
+
+
+def time_windows(total_frames: int, fps: float, window: float, hop: float, num_frames: int) -> list[tuple[float, float, list[int]]]:
+    """The windows of a video: every ``hop`` seconds one of ``window`` seconds, as (start s, end s, frame indices).
+
+    Each window is sampled at the centres of ``num_frames`` equal bins of its span, the frame showing each time
+    (frame i shows [i / fps, (i + 1) / fps)): the sampling ``vivit-deploy stream`` applies to a live stream and
+    ``sample_indices`` to a file's frames. A video shorter than one window is one window over all of it."""
+    if window <= 0 or hop <= 0:
+        raise ValueError(f"window and hop must be positive seconds, got {window} and {hop}")
+    duration = total_frames / fps
+    spans = []
+    start = 0.0
+    while start + window <= duration + 1e-6:
+        spans.append((start, start + window))
+        start = round(start + hop, 9)
+    if not spans:
+        spans = [(0.0, duration)]
+    out = []
+    for begin, end in spans:
+        step = (end - begin) / num_frames
+        indices = [min(total_frames - 1, int((begin + (i + 0.5) * step) * fps + 1e-9)) for i in range(num_frames)]
+        out.append((round(begin, 6), round(end, 6), indices))
+    return out
+
+
 def _open(path: Path):
     import av
 

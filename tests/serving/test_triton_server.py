@@ -122,3 +122,18 @@ def test_predict_compare_and_classify_through_the_server(server, demo_onnx, tmp_
     labels = json.loads((SAMPLES / "labels.json").read_text())
     assert len(rows) == 12 and all(r["error"] is None and r["backend"] == "triton" for r in rows)
     assert sum(r["label"] == labels[r["path"].rsplit("/", 1)[1]] for r in rows) == 12
+
+
+def test_a_stream_is_classified_through_the_server_with_uint8_frames(server, runtimes, tmp_path):
+    """`stream --model triton://...`: many stream processes can share one inference service."""
+    from vivit_deploy.streaming import StreamClassifier
+    from vivit_deploy.synthetic import write_phases
+
+    remote, local = runtimes
+    video = write_phases(tmp_path / "phases.mp4", [(1, 2), (0, 2)])
+    served = StreamClassifier(remote, [str(video)], window=2.0, hop=2.0, smooth=1)
+    assert served.send_frames  # the ensemble preprocesses on the server
+    records = [r for r in served if "event" not in r]
+    expected = [r for r in StreamClassifier(local, [str(video)], window=2.0, hop=2.0, smooth=1) if "event" not in r]
+    assert [r["label"] for r in records] == [r["label"] for r in expected] == ["moving right"] * 2 + ["moving left"] * 2
+    np.testing.assert_allclose([r["probability"] for r in records], [r["probability"] for r in expected], atol=1e-4)

@@ -26,9 +26,52 @@ MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 
 
 @dataclass(frozen=True)
+class TimeWindow:
+    """One window of a timeline: its number in the video, its span in seconds, the frames it samples."""
+
+    index: int
+    start: float
+    end: float
+    frames: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class VideoItem:
     order: int  # position in the job's input, for the order of the final file
     path: str  # absolute
+    window: TimeWindow | None = None  # a timeline's window of the video; None: the whole video (or it failed)
+
+    @property
+    def key(self) -> str:
+        """What identifies its row in the results (the job resumes by it)."""
+        return row_key(self.path, None if self.window is None else self.window.index)
+
+
+def row_key(path: str, window: int | None) -> str:
+    return path if window is None else f"{path}#{window}"
+
+
+def timeline_items(items: list[VideoItem], window: float, hop: float, num_frames: int,
+                   progress=None) -> tuple[list[VideoItem], dict[str, str]]:
+    """Each video's windows as items (``video.time_windows``), in order; a video that cannot be probed stays one
+    item, with the reason, to become an error row."""
+    from vivit_deploy.errors import VideoReadError
+    from vivit_deploy.video import probe, time_windows
+
+    out: list[VideoItem] = []
+    failed: dict[str, str] = {}
+    for n, item in enumerate(items, 1):
+        try:
+            total, fps = probe(item.path)
+        except VideoReadError as exc:
+            failed[item.path] = str(exc)
+            out.append(VideoItem(len(out), item.path))
+            continue
+        for index, (start, end, frames) in enumerate(time_windows(total, fps, window, hop, num_frames)):
+            out.append(VideoItem(len(out), item.path, TimeWindow(index, start, end, tuple(frames))))
+        if progress and n % 100 == 0:
+            progress(f"cutting videos into windows: {n}/{len(items)}")
+    return out, failed
 
 
 def require_pyarrow(why: str):

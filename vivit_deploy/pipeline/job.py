@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
 
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.pipeline.inputs import expand_inputs
+from vivit_deploy.pipeline.inputs import expand_inputs, timeline_items
 from vivit_deploy.pipeline.local import StageTimes, available_cores, run_local, start_pool
 from vivit_deploy.pipeline.model import describe_model
 from vivit_deploy.pipeline.results import ResultStore
-from vivit_deploy.pipeline.stages import ClipLoader, ClipSpec, ResultSettings
+from vivit_deploy.pipeline.stages import ClipLoader, ClipSpec, ResultSettings, result_row
 
 Log = Callable[[str], None]
 # bar(total videos) -> a context manager yielding update(videos finished, clips run)
@@ -48,11 +48,21 @@ class ClassifyJob:
     resume: bool = True
     retry_failed: bool = False
     runtime_options: dict[str, Any] = field(default_factory=dict)  # passed to load_runtime
+    window: float | None = None  # a timeline: a row per window of this many seconds (None: a row per video)
+    hop: float | None = None  # seconds between windows [default: the window, back to back]
+    segments: bool = False  # also merge consecutive windows of one label into segments (with window)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "top_k", "num_clips", "frame_sample_rate"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.window is None and (self.hop is not None or self.segments):
+            raise ConfigError("--hop and --segments make a timeline: give --window SECONDS")
+        if self.window is not None:
+            if not self.window > 0 or (self.hop is not None and not self.hop > 0):
+                raise ConfigError(f"--window and --hop must be positive seconds, got {self.window} and {self.hop}")
+            if self.num_clips != 1:
+                raise ConfigError("--clips is for a row per video; a timeline's window is one clip (--window, --hop)")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.actors is not None and (self.actors < 1 or self.ray is None):
@@ -77,16 +87,20 @@ class JobSummary:
     wall_s: float
     times: StageTimes
     executor: str
+    segments: Path | None = None  # a timeline's segments file
+    unit: str = "videos"  # what a row is: "videos", or a timeline's "windows"
 
     def format(self) -> str:
         t = self.times
         lines = [
-            f"{self.output}: {self.total} videos: {self.classified - self.failed} classified, {self.failed} failed, "
+            f"{self.output}: {self.total} {self.unit}: {self.classified - self.failed} classified, {self.failed} failed, "
             f"{self.skipped} skipped (already there)",
         ]
         if self.classified:
-            lines.append(f"  wall {self.wall_s:.1f} s ({self.classified / self.wall_s:.1f} videos/s, "
+            lines.append(f"  wall {self.wall_s:.1f} s ({self.classified / self.wall_s:.1f} {self.unit}/s, "
                          f"{t.clips / self.wall_s:.1f} clips/s) on {self.executor}")
+        if self.segments is not None:
+            lines.append(f"  segments: {self.segments}")
             lines.append(
                 f"  stage seconds: decode {t.decode:.1f}, preprocess {t.preprocess:.1f} (summed over parallel workers), "
                 f"inference {t.inference:.1f}, write {t.write:.2f}"
@@ -97,7 +111,8 @@ class JobSummary:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": str(self.output), "total": self.total, "skipped": self.skipped,
+        return {"output": str(self.output), "unit": self.unit, "segments": None if self.segments is None else str(self.segments),
+                "total": self.total, "skipped": self.skipped,
                 "classified": self.classified, "failed": self.failed, "errors_in_output": self.errors_in_output,
                 "wall_s": self.wall_s, "executor": self.executor,
                 "stages": {k: getattr(self.times, k) for k in ("decode", "preprocess", "inference", "write")},
@@ -134,19 +149,32 @@ def classify_corpus(
     log(f"{len(items)} videos; reading {source} ...")
     info = describe_model(source, job.backend, **hub)
     spec = ClipSpec(info.config.num_frames, job.num_clips, job.sampling, job.frame_sample_rate)
+    hop = None if job.window is None else (job.hop or job.window)
     settings = ResultSettings(
         model=source, model_sha256=info.sha256, backend=info.backend,
-        precision=expected_precision(info.backend, info.precision, job.precision), sampling=job.sampling, clips=job.num_clips,
+        precision=expected_precision(info.backend, info.precision, job.precision),
+        sampling="uniform" if job.window is not None else job.sampling, clips=job.num_clips,
         frame_sample_rate=job.frame_sample_rate, top_k_count=min(job.top_k, info.config.num_labels),
+        window_s=job.window, hop_s=hop,
     )
+    videos = {item.path for item in items}
+    unreadable: dict[str, str] = {}
+    if job.window is not None:
+        log(f"cutting {len(items)} videos into {job.window:g} s windows every {hop:g} s ...")
+        items, unreadable = timeline_items(items, job.window, hop, info.config.num_frames, log)
     # A Triton model with its frames ensemble preprocesses on the server: send it uint8 frames (local runs;
     # Ray's decoding tasks preprocess, the actors' runtimes send float32)
     loader = ClipLoader(spec, info.preprocessor, preprocess=not (info.frames and job.ray is None))
     times = StageTimes()
     with ResultStore(output, settings, resume=job.resume, retry_failed=job.retry_failed, warn=log) as store:
-        pending = [item for item in items if not store.is_done(item.path)]
+        pending = [item for item in items if not store.is_done(item.key)]
         skipped = len(items) - len(pending)
-        log(f"{skipped} already in {output}, {len(pending)} to classify")
+        failed_probes = [item for item in pending if item.path in unreadable]
+        if failed_probes:  # a timeline's video that cannot be cut into windows: its row says why
+            store.write_part([result_row(item.path, settings, error=unreadable[item.path]) for item in failed_probes])
+            pending = [item for item in pending if item.path not in unreadable]
+        noun = "windows" if job.window is not None else "videos"
+        log(f"{skipped} {noun} already in {output}, {len(pending)} to classify")
         executor = "nothing to do"
         if pending and job.ray is None:
             executor, times = _run_here(pending, source, loader, store, settings, job, log, bar)
@@ -157,12 +185,20 @@ def classify_corpus(
                 executor, times = run_on_ray(pending, source, loader, store, settings, job, info, log=log,
                                              progress=update)
         log(f"writing {output} ...")
-        rows = store.finalize({item.path: item.order for item in items})
-    paths = {item.path for item in items}
+        rows = store.finalize({item.key: item.order for item in items})
+    segments = None
+    if job.segments:
+        from vivit_deploy.pipeline.timeline import segments_path, write_segments
+
+        segments = segments_path(Path(output))
+        count = write_segments([r for r in rows if r["path"] in videos], segments)
+        log(f"{count} segments in {segments}")
     return JobSummary(
-        output=Path(output), total=len(items), skipped=skipped, classified=times.videos, failed=times.failed,
-        errors_in_output=sum(1 for r in rows if r["error"] is not None and r["path"] in paths),
-        wall_s=time.perf_counter() - started, times=times, executor=executor,
+        output=Path(output), total=len(items), skipped=skipped, classified=times.videos + len(failed_probes),
+        failed=times.failed + len(failed_probes),
+        errors_in_output=sum(1 for r in rows if r["error"] is not None and r["path"] in videos),
+        wall_s=time.perf_counter() - started, times=times, executor=executor, segments=segments,
+        unit="windows" if job.window is not None else "videos",
     )
 
 

@@ -83,7 +83,8 @@ class Decoded:
 # ---- decoding processes --------------------------------------------------------------------------
 
 def _worker_main(conn, loader: ClipLoader, threads: int) -> None:
-    """A decoding process: (seq, path) in, (seq, pixel_values | None, error | None, decode s, preprocess s) out."""
+    """A decoding process: (seq, path, frames | None) in, (seq, pixel_values | None, error | None, decode s,
+    preprocess s) out; ``frames`` are a timeline window's frame indices."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     import numba
 
@@ -99,9 +100,9 @@ def _worker_main(conn, loader: ClipLoader, threads: int) -> None:
             return  # the parent is gone
         if task is None:
             return
-        seq, path = task
+        seq, path, frames = task
         try:
-            pixel_values, decode_s, preprocess_s = loader.load(path)
+            pixel_values, decode_s, preprocess_s = loader.load(path, frames)
             message = (seq, pixel_values, None, decode_s, preprocess_s)
         except Exception as exc:  # any failure on one video is that video's row, never the end of the job
             message = (seq, None, error_line(exc), 0.0, 0.0)
@@ -194,7 +195,7 @@ class DecodePool:
                         exhausted = True
                         continue
                 seq += 1
-                self._conns[w].send((seq, item.path))
+                self._conns[w].send((seq, item.path, None if item.window is None else item.window.frames))
                 outstanding[w].append((seq, item))
             if not any(outstanding):
                 return
@@ -218,13 +219,13 @@ class DecodePool:
     def _blame(self, item: VideoItem, code: int | None, retry: collections.deque) -> Iterator[Decoded]:
         """A worker died reading ``item``: try it once more, then fail it (or stop, if no worker ever got far)."""
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        self._deaths[item.path] += 1
+        self._deaths[item.key] += 1
         if not self._decoded_any and sum(self._deaths.values()) > 2 * self.workers + 1:
             raise WorkerCrashError(
                 f"the decoding processes died {sum(self._deaths.values())} times ({how}) before decoding any "
                 f"video, the last while reading {item.path}; see their messages above"
             )
-        if self._deaths[item.path] < 2 or not self._decoded_any:
+        if self._deaths[item.key] < 2 or not self._decoded_any:
             retry.appendleft(item)
         else:
             yield Decoded(item, None, f"the decoding process died ({how}) while reading this video, twice")
@@ -342,14 +343,14 @@ class _Inference(threading.Thread):
     def _run_batch(self, batch: list[Decoded]) -> None:
         settings, times = self.settings, self.times
         ok = [d for d in batch if d.error is None]
-        rows = [result_row(d.item.path, settings, error=d.error) for d in batch if d.error is not None]
+        rows = [result_row(d.item.path, settings, error=d.error, window=d.item.window) for d in batch if d.error is not None]
         clips = sum(len(d.pixel_values) for d in ok)
         if ok:
             started = time.perf_counter()
             predictions = classify_videos(self.runtime, [d.pixel_values for d in ok], self.batch_size,
                                           settings.top_k_count)
             times.inference += time.perf_counter() - started
-            rows += [result_row(d.item.path, settings, p) for d, p in zip(ok, predictions)]
+            rows += [result_row(d.item.path, settings, p, window=d.item.window) for d, p in zip(ok, predictions)]
         times.decode += sum(d.decode_s for d in batch)
         times.preprocess += sum(d.preprocess_s for d in batch)
         times.write_part(self.store, rows, clips, len(batch) - len(ok), self.progress)

@@ -52,9 +52,9 @@ def import_ray():
 def decode_rows(batch: dict[str, np.ndarray], loader: ClipLoader, frame_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Ray task, stage 1 per row; a video that cannot be read keeps its row, with zeros and the error."""
     pixels, errors, decode_s, preprocess_s = [], [], [], []
-    for path in batch["path"]:
+    for path, frames in zip(batch["path"], batch["frames"]):
         try:
-            pixel_values, d, p = loader.load(str(path))
+            pixel_values, d, p = loader.load(str(path), list(frames) if len(frames) else None)
             error = ""
         except Exception as exc:  # a row, not a failed task
             pixel_values, d, p, error = np.zeros(loader.output_shape(frame_shape), np.float32), 0.0, 0.0, error_line(exc)
@@ -62,8 +62,17 @@ def decode_rows(batch: dict[str, np.ndarray], loader: ClipLoader, frame_shape: t
         errors.append(error)
         decode_s.append(d)
         preprocess_s.append(p)
-    return {"path": batch["path"], "pixel_values": np.stack(pixels), "error": np.array(errors, dtype=object),
+    return {"path": batch["path"], "window": batch["window"], "start": batch["start"], "end": batch["end"],
+            "pixel_values": np.stack(pixels), "error": np.array(errors, dtype=object),
             "decode_s": np.array(decode_s), "preprocess_s": np.array(preprocess_s)}
+
+
+def _window(batch: dict[str, np.ndarray], i: int):
+    """The timeline window of row ``i`` of a batch (None for a row per video)."""
+    from vivit_deploy.pipeline.inputs import TimeWindow
+
+    index = int(batch["window"][i])
+    return None if index < 0 else TimeWindow(index, float(batch["start"][i]), float(batch["end"][i]), ())
 
 
 class InferenceActor:
@@ -88,10 +97,10 @@ class InferenceActor:
         predictions = classify_videos(self.runtime, [batch["pixel_values"][i] for i in ok], self.batch_size,
                                       settings.top_k_count) if ok else []
         seconds = time.perf_counter() - started
-        rows = [result_row(str(path), settings, error=str(error)) if error else None
-                for path, error in zip(batch["path"], batch["error"])]
+        rows = [result_row(str(path), settings, error=str(error), window=_window(batch, i)) if error else None
+                for i, (path, error) in enumerate(zip(batch["path"], batch["error"]))]
         for i, p in zip(ok, predictions):
-            rows[i] = result_row(str(batch["path"][i]), settings, p)
+            rows[i] = result_row(str(batch["path"][i]), settings, p, window=_window(batch, i))
         clips = batch["pixel_values"].shape[1]
         out = []
         for i, row in enumerate(rows):
@@ -170,7 +179,10 @@ def _run(ray, pending, source, loader, store, settings, job, info, log, progress
                 f"actor(s) on {device}")
     log(f"classifying {len(pending)} videos on {executor}")
 
-    items = [{"path": item.path} for item in pending]
+    items = [{"path": item.path, "window": -1 if item.window is None else item.window.index,
+              "start": 0.0 if item.window is None else item.window.start,
+              "end": 0.0 if item.window is None else item.window.end,
+              "frames": [] if item.window is None else list(item.window.frames)} for item in pending]
     blocks = min(len(items), max(256, 16 * cpus))  # small blocks: spread over nodes, cheap to recompute
     dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         decode_rows, batch_size=1, batch_format="numpy", num_cpus=1, memory=decode_memory(loader, info),

@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable
 from vivit_deploy.errors import ConfigError, VivitDeployError
 from vivit_deploy.files import atomic_write, fsync_directory
 from vivit_deploy.pipeline.inputs import require_pyarrow
-from vivit_deploy.pipeline.stages import ROW_FIELDS, ResultSettings
+from vivit_deploy.pipeline.inputs import row_key
+from vivit_deploy.pipeline.stages import ROW_FIELDS, VIDEO_SETTINGS, WINDOW_FIELDS, ResultSettings
 
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 JOB_FILE = "job.json"
@@ -48,16 +49,25 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def parquet_schema():
+TIMELINE_FIELDS = ("path", *WINDOW_FIELDS, "label", "probability", "top_k", "error", *VIDEO_SETTINGS, "window_s", "hop_s")
+
+
+def parquet_schema(fields: tuple[str, ...] = ROW_FIELDS):
     pa = require_pyarrow("a .parquet output")
     prediction = pa.struct([("label", pa.string()), ("probability", pa.float64())])
     types = {
         "path": pa.string(), "label": pa.string(), "probability": pa.float64(), "top_k": pa.list_(prediction),
         "error": pa.string(), "model": pa.string(), "model_sha256": pa.string(), "backend": pa.string(),
         "precision": pa.string(), "sampling": pa.string(), "clips": pa.int32(), "frame_sample_rate": pa.int32(),
-        "top_k_count": pa.int32(),
+        "top_k_count": pa.int32(), "window": pa.int32(), "start": pa.float64(), "end": pa.float64(),
+        "window_s": pa.float64(), "hop_s": pa.float64(),
     }
-    return pa.schema([(name, types[name]) for name in ROW_FIELDS])
+    return pa.schema([(name, types[name]) for name in fields])
+
+
+def row_fields(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """A results file's columns: a row per video, or a timeline's row per window."""
+    return TIMELINE_FIELDS if rows and "window" in rows[0] else ROW_FIELDS
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -74,13 +84,16 @@ def read_results(path: Path) -> list[dict[str, Any]]:
             except (OSError, pa.ArrowException) as exc:
                 raise foreign from exc
             rows = table.to_pylist()
-            if set(table.column_names) != set(ROW_FIELDS):
+            if set(table.column_names) not in (set(ROW_FIELDS), set(TIMELINE_FIELDS)):
                 raise foreign
         else:
             rows = read_jsonl(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise foreign from exc
-    if any(not isinstance(r, dict) or set(r) != set(ROW_FIELDS) for r in rows):
+    if any(not isinstance(r, dict) for r in rows):
+        raise foreign
+    fields = set(row_fields(rows))
+    if any(set(r) != fields for r in rows):
         raise foreign
     return rows
 
@@ -90,7 +103,7 @@ def write_results(rows: list[dict[str, Any]], path: Path) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(rows, schema=parquet_schema())
+        table = pa.Table.from_pylist(rows, schema=parquet_schema(row_fields(rows)))
         atomic_write(path, lambda tmp: pq.write_table(table, tmp), durable=True)
     else:
         atomic_write(path, lambda tmp: write_jsonl(rows, tmp), durable=True)
@@ -135,7 +148,7 @@ class ResultStore:
                 if not fresh:
                     self._check_settings(existing, str(self.output))
                     for row in existing:
-                        self.rows[row["path"]] = row
+                        self.rows[_key(row)] = row
             for part in sorted(self.parts_dir.glob("part-*.jsonl")):
                 try:
                     rows = read_jsonl(part)
@@ -147,7 +160,7 @@ class ResultStore:
                     continue
                 self._check_settings(rows, str(part))
                 for row in rows:
-                    self.rows[row["path"]] = row
+                    self.rows[_key(row)] = row
         except BaseException:
             self.close()
             raise
@@ -204,7 +217,7 @@ class ResultStore:
     def _check_settings(self, rows: list[dict[str, Any]], where: str) -> None:
         mine = self.settings.key()
         for row in rows:
-            if ResultSettings(**{k: row[k] for k in ResultSettings.__dataclass_fields__}).key() != mine:
+            if ResultSettings.of_row(row).key() != mine:
                 diff = self.settings.differences(row)
                 raise ConfigError(
                     f"{where} holds rows made with other settings ({'; '.join(diff)}); rows of different "
@@ -213,8 +226,9 @@ class ResultStore:
 
     # -- running --
 
-    def is_done(self, path: str) -> bool:
-        row = self.rows.get(path)
+    def is_done(self, key: str) -> bool:
+        """Whether the row of ``key`` (``VideoItem.key``: a video, or a timeline's window) is in, and counts."""
+        row = self.rows.get(key)
         return row is not None and (row["error"] is None or not self.retry_failed)
 
     def write_part(self, rows: list[dict[str, Any]]) -> None:
@@ -225,13 +239,15 @@ class ResultStore:
         name = f"part-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.jsonl"
         atomic_write(self.parts_dir / name, lambda tmp: write_jsonl(rows, tmp))
         for row in rows:
-            self.rows[row["path"]] = row
+            self.rows[_key(row)] = row
 
     # -- finishing --
 
     def finalize(self, order: dict[str, int]) -> list[dict[str, Any]]:
-        """Write every row, one per video, into the output (input order first, then older rows by path)."""
-        rows = sorted(self.rows.values(), key=lambda r: (order.get(r["path"], len(order)), r["path"]))
+        """Write every row, one per video (or window), into the output (input order first, then older rows by key);
+        ``order`` maps ``VideoItem.key`` to its position."""
+        rows = sorted(self.rows.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+        rows = [row for _, row in rows]
         write_results(rows, self.output)
         self._release(remove=True)
         return rows
@@ -263,3 +279,7 @@ class ResultStore:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _key(row: dict[str, Any]) -> str:
+    return row_key(row["path"], row.get("window"))

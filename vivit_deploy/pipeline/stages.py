@@ -67,13 +67,17 @@ class ClipLoader:
     def output_shape(self, frame_shape: tuple[int, int, int, int]) -> tuple[int, ...]:
         return (self.spec.num_clips, *frame_shape)
 
-    def load(self, path: str | os.PathLike) -> tuple[np.ndarray, float, float]:
-        from vivit_deploy.video import read_clips
+    def load(self, path: str | os.PathLike, frames: Sequence[int] | None = None) -> tuple[np.ndarray, float, float]:
+        """The clips of a video, or with ``frames`` (a timeline window's frame indices) that one clip."""
+        from vivit_deploy.video import read_clips, read_frames
 
         spec = self.spec
         started = time.perf_counter()
-        clips = read_clips(path, spec.num_frames, num_clips=spec.num_clips, sampling=spec.sampling,
-                           frame_sample_rate=spec.frame_sample_rate, threads=self.decode_threads)
+        if frames is not None:
+            clips = read_frames(path, frames, threads=self.decode_threads)[None]
+        else:
+            clips = read_clips(path, spec.num_frames, num_clips=spec.num_clips, sampling=spec.sampling,
+                               frame_sample_rate=spec.frame_sample_rate, threads=self.decode_threads)
         decoded = time.perf_counter()
         if not self.preprocess:
             return clips, decoded - started, 0.0
@@ -93,9 +97,24 @@ class ResultSettings:
     clips: int
     frame_sample_rate: int
     top_k_count: int  # how many labels each row's top_k lists
+    window_s: float | None = None  # a timeline: seconds per window (rows are windows, not videos)
+    hop_s: float | None = None  # seconds between windows
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.window_s is None:  # a row per video has no timeline fields (as before timelines existed)
+            del out["window_s"], out["hop_s"]
+        return out
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any]) -> "ResultSettings":
+        return cls(**{k: row.get(k) for k in cls.__dataclass_fields__})
+
+    @property
+    def row_fields(self) -> tuple[str, ...]:
+        """The columns of a row made with these settings: a timeline's rows also say which window they are."""
+        window = WINDOW_FIELDS if self.window_s is not None else ()
+        return ("path", *window, "label", "probability", "top_k", "error", *self.to_dict())
 
     def key(self) -> tuple:
         """What must be equal for two rows to be comparable (the model's location may change)."""
@@ -109,17 +128,27 @@ class ResultSettings:
         return [f"{k} {other.get(k)!r} (now {v!r})" for k, v in mine.items() if k != "model" and other.get(k) != v]
 
 
-ROW_FIELDS = ("path", "label", "probability", "top_k", "error") + tuple(ResultSettings.__dataclass_fields__)
+WINDOW_FIELDS = ("window", "start", "end")  # a timeline row's window: its number in the video, its span in seconds
+VIDEO_SETTINGS = tuple(f for f in ResultSettings.__dataclass_fields__ if f not in ("window_s", "hop_s"))
+ROW_FIELDS = ("path", "label", "probability", "top_k", "error") + VIDEO_SETTINGS  # a row per video
 
 
 def result_row(path: str, settings: ResultSettings, predictions: Sequence["Prediction"] | None = None,
-               error: str | None = None) -> dict[str, Any]:
-    """Stage 3: one output row; a video that could not be classified has its one-line ``error`` and no label."""
+               error: str | None = None, window=None) -> dict[str, Any]:
+    """Stage 3: one output row; a video that could not be classified has its one-line ``error`` and no label.
+
+    ``window`` (a timeline's ``inputs.TimeWindow``, or None for a video that could not be cut into windows)
+    adds the window's number and span."""
     if (predictions is None) == (error is None):
         raise ValueError("a row has either predictions or an error")
     top = None if predictions is None else [{"label": p.label, "probability": p.probability} for p in predictions]
+    placed = {}
+    if settings.window_s is not None:
+        placed = {"window": None, "start": None, "end": None} if window is None else {
+            "window": window.index, "start": window.start, "end": window.end}
     return {
         "path": path,
+        **placed,
         "label": None if top is None else top[0]["label"],
         "probability": None if top is None else top[0]["probability"],
         "top_k": top,
@@ -128,13 +157,13 @@ def result_row(path: str, settings: ResultSettings, predictions: Sequence["Predi
     }
 
 
-def classify_videos(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size: int, top_k: int) -> list[list["Prediction"]]:
-    """Stage 2: the top-k of each video, its clips run with every other video's in batches of ``batch_size``."""
-    from vivit_deploy.predict import top_predictions
-
+def video_logits(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """The logits (num_clips, num_labels) of each video, its clips run with every other video's in batches of
+    ``batch_size``: float32 clips through ``run_batches``, or uint8 frames (for a runtime that preprocesses them
+    itself) through ``run_frames``, one call per frame size."""
     counts = [len(c) for c in clips]
     bounds = np.cumsum([0, *counts])
-    if clips[0].dtype == np.uint8:  # frames for a runtime that preprocesses them itself: one call per frame size
+    if clips[0].dtype == np.uint8:
         logits = np.empty((bounds[-1], runtime.num_labels), np.float32)
         sizes: dict[tuple, list[int]] = {}
         for i, c in enumerate(clips):
@@ -147,7 +176,14 @@ def classify_videos(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size:
                 offset += counts[i]
     else:
         logits = runtime.run_batches(np.concatenate(clips), batch_size)
-    return [top_predictions(logits[a:b], runtime.id2label, top_k) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def classify_videos(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size: int, top_k: int) -> list[list["Prediction"]]:
+    """Stage 2: the top-k of each video (``predict.top_predictions`` of its clips' logits)."""
+    from vivit_deploy.predict import top_predictions
+
+    return [top_predictions(logits, runtime.id2label, top_k) for logits in video_logits(runtime, clips, batch_size)]
 
 
 def error_line(exc: BaseException) -> str:

@@ -1,0 +1,154 @@
+"""One thread per stream: open it, decode it, cut it into windows, reconnect it when it drops.
+
+The reader decodes every frame (a live codec cannot skip frames) on one FFmpeg thread (frame threading
+would hold frames back, which is latency), and converts to RGB only the frames a pending window samples
+(``windows.py``). Stream time is the frame's timestamp relative to the first frame; after a reconnect it
+continues from where the stream dropped plus the time it was away, so windows never run backwards.
+
+A live source that drops (an error, silence past the read timeout, the server closing it) is reported
+(``disconnected``, with FFmpeg's reason) and opened again after 0.5, 1, 2, 4, 8, 10, 10, ... seconds
+(``reconnected`` once frames flow again), unless reconnecting is off; then, and at a file's end, the
+stream ``ended``. Other streams are not affected: each reader has its own thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from vivit_deploy.streaming.sources import Source, SourceError, open_container
+from vivit_deploy.streaming.windows import Window, WindowBuilder, WindowSpec
+
+BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0)  # seconds before each reconnect attempt (the last one repeats)
+
+
+class StreamReader(threading.Thread):
+    """Decodes ``source`` into windows for ``on_window(reader, window, dropped)`` and reports ``on_event(dict)``.
+
+    ``on_window`` may block (a file read as fast as inference goes waits for it); it returns False to stop.
+    """
+
+    def __init__(self, source: Source, spec: WindowSpec, on_window: Callable[["StreamReader", Window, int], bool],
+                 on_event: Callable[[dict[str, Any]], None], stop: threading.Event, *, reconnect: bool = True,
+                 opened: Any = None):
+        super().__init__(name=f"vivit-stream-{source.name}", daemon=True)
+        self.source, self.spec = source, spec
+        self.on_window, self.on_event, self.stop_event = on_window, on_event, stop
+        self.reconnect = reconnect and source.reconnectable
+        self._opened = opened  # a container the caller already opened (the first connection)
+        self.builder = WindowBuilder(spec)
+        self.frames = 0
+        self.reconnects = 0
+        self.failure: str | None = None  # why it ended, when not by the end of a file or a stop
+        self.connected = False
+        self._stream_time = 0.0  # where stream time has got to (continues across reconnects)
+
+    def _event(self, event: str, **fields: Any) -> None:
+        self.on_event({"event": event, "stream": self.source.name, "time": time.time(), **fields})
+
+    def run(self) -> None:
+        attempt = 0
+        first = True
+        away_since: float | None = None
+        reported = False  # the current outage has its "disconnected" event
+        while not self.stop_event.is_set():
+            try:
+                container = self._opened or open_container(self.source)
+                self._opened = None
+            except SourceError as exc:
+                reason = str(exc).split(": ", 1)[-1]
+                if not reported:
+                    self._event("disconnected", reason=reason, attempt=attempt)
+                    reported = True
+                if not self.reconnect:
+                    self.failure = reason
+                    self._event("ended", reason=reason)
+                    return
+                away_since = away_since or time.monotonic()
+                self._wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+                attempt += 1
+                first = False
+                continue
+            info = _describe(container)
+            if first:
+                self._event("connected", **info)
+            else:
+                self.reconnects += 1
+                self._event("reconnected", attempt=attempt, away_s=round(time.monotonic() - (away_since or time.monotonic()), 3),
+                            **info)
+            gap = 0.0 if away_since is None else time.monotonic() - away_since
+            first, attempt, away_since = False, 0, None
+            reported = False
+            self.connected = True
+            reason = self._decode(container, gap)
+            self.connected = False
+            if self.stop_event.is_set():
+                return
+            if reason is None:  # a file's end
+                self._event("ended", reason="end of the video")
+                return
+            self._event("disconnected", reason=reason)
+            reported = True
+            if not self.reconnect:
+                self.failure = reason
+                self._event("ended", reason=reason)
+                return
+            away_since = time.monotonic()
+            self._wait(BACKOFF[0])
+            attempt = 1
+
+    def _wait(self, seconds: float) -> None:
+        self.stop_event.wait(seconds)
+
+    def _decode(self, container, gap: float) -> str | None:
+        """Decode until the stream ends, fails or is stopped; the reason it dropped (None: a file's end)."""
+        import av
+
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"  # no frame threading: it would hold frames back
+        stream.codec_context.thread_count = 1
+        rate = stream.average_rate or stream.guessed_rate
+        self.builder.frame_interval = float(1 / rate) if rate else None
+        self.builder.reset()
+        base = stream.time_base
+        offset = None  # stream seconds of this connection's first frame
+        continue_from = self._stream_time + (gap if self.frames else 0.0)
+        paced_start = time.monotonic()
+        try:
+            for frame in container.decode(stream):
+                if self.stop_event.is_set():
+                    return "stopped"
+                pts = frame.pts if frame.pts is not None else frame.dts
+                seconds = float(pts * base) if pts is not None and base is not None else self.frames * (
+                    self.builder.frame_interval or 0.04)
+                if offset is None:
+                    offset = seconds - continue_from
+                stream_time = seconds - offset
+                if self.source.realtime:  # a file at its own pace, like a camera
+                    delay = paced_start + (stream_time - continue_from) - time.monotonic()
+                    if delay > 0 and self.stop_event.wait(delay):
+                        return "stopped"
+                self.frames += 1
+                self._stream_time = stream_time
+                arrival = time.monotonic()
+                for window in self.builder.offer(stream_time, arrival, lambda f=frame: f.to_ndarray(format="rgb24")):
+                    if not self.on_window(self, window, self.builder.dropped(window)):
+                        return "stopped"
+        except av.error.FFmpegError as exc:
+            return " ".join((getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).split())
+        finally:
+            container.close()
+        if self.source.kind == "file":
+            for window in self.builder.flush():
+                if not self.on_window(self, window, self.builder.dropped(window)):
+                    return "stopped"
+            return None
+        return "the stream ended (end of file from the server)"
+
+
+def _describe(container) -> dict[str, Any]:
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    return {"codec": stream.codec_context.name, "width": stream.codec_context.width,
+            "height": stream.codec_context.height, "fps": None if not rate else round(float(rate), 3)}
