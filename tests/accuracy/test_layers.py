@@ -115,9 +115,11 @@ def test_fp16_export_refuses_weights_beyond_fp16(four_layer_checkpoint, tmp_path
 
 
 def test_int8_export_names_the_outlier_channel(int8_outlier_checkpoint, int8_base_checkpoint, calibration_npz, tmp_path):
-    export_onnx(int8_base_checkpoint, tmp_path / "base.onnx", precision="int8", calibration=calibration_npz)  # passes
-    with pytest.raises(ExportError) as info:
-        export_onnx(int8_outlier_checkpoint, tmp_path / "m.onnx", precision="int8", calibration=calibration_npz)
+    export_onnx(int8_base_checkpoint, tmp_path / "base.onnx", precision="int8", calibration=calibration_npz,
+                smooth_quant=0.0)  # passes
+    with pytest.raises(ExportError) as info:  # without SmoothQuant, which would move the outlier into the weights
+        export_onnx(int8_outlier_checkpoint, tmp_path / "m.onnx", precision="int8", calibration=calibration_npz,
+                    smooth_quant=0.0)
     message = str(info.value)
     assert "\n" not in message and not (tmp_path / "m.onnx").exists()
     assert f"layer 1, MLP: int8 input range: channel {OUTLIER_CHANNEL} of layernorm_after's output" in message
@@ -142,9 +144,19 @@ def test_keep_fp32_auto_repairs_fp16_keeping_most_weights_in_fp16(fp16_overflow_
         assert np.isfinite(runtime.run(random_inputs(runtime.config, 2).pixel_values)).all()
 
 
+def test_smooth_quant_repairs_the_outlier_with_every_matmul_in_int8(int8_outlier_checkpoint, calibration_npz, tmp_path):
+    report = export_onnx(int8_outlier_checkpoint, tmp_path / "m.onnx", precision="int8", calibration=calibration_npz)
+    assert report.passed and report.kept_fp32 == () and report.summary.quantized_matmuls == 4 * 4
+    assert min(r.min_cosine for r in report.validation) > 0.999  # 0.96 without SmoothQuant
+    assert "SmoothQuant alpha 0.5" in read_onnx_metadata(tmp_path / "m.onnx").calibration["method"]
+    from vivit_deploy.export.trt_compat import check_trt
+
+    assert check_trt(tmp_path / "m.onnx").passed
+
+
 def test_keep_fp32_auto_repairs_int8_keeping_most_matmuls_in_int8(int8_outlier_checkpoint, calibration_npz, tmp_path):
     report = export_onnx(int8_outlier_checkpoint, tmp_path / "m.onnx", precision="int8", calibration=calibration_npz,
-                         keep_fp32="auto")
+                         keep_fp32="auto", smooth_quant=0.0)
     assert report.passed and report.kept_fp32 == ("1.mlp",)
     assert report.summary.quantized_matmuls == 4 * 4 - 2
     assert read_onnx_metadata(tmp_path / "m.onnx").calibration["kept_fp32_modules"] == [
@@ -156,7 +168,7 @@ def test_an_explicit_keep_fp32_list(fp16_overflow_checkpoint, int8_outlier_check
     report = export_onnx(fp16_overflow_checkpoint, tmp_path / "a.onnx", precision="fp16", keep_fp32="3, 2.mlp,2.norms")
     assert report.kept_fp32 == ("2.mlp", "2.norms", "3") and report.passed and not report.search
     report = export_onnx(int8_outlier_checkpoint, tmp_path / "b.onnx", precision="int8", calibration=calibration_npz,
-                         keep_fp32="1")
+                         keep_fp32="1", smooth_quant=0.0)
     assert report.kept_fp32 == ("1",) and report.summary.quantized_matmuls == 12
     with pytest.raises(ExportError, match="--keep-fp32 2.mlp"):  # keeping the wrong layer does not repair it
         export_onnx(fp16_overflow_checkpoint, tmp_path / "c.onnx", precision="fp16", keep_fp32="1")
@@ -181,7 +193,7 @@ def test_bad_keep_fp32_values_are_one_line_errors(four_layer_checkpoint, calibra
 def test_compare_layers_locates_the_failing_layer_table_json_and_plot(int8_outlier_checkpoint, calibration_npz, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib (for --plot) is not installed")
     broken = export_onnx(int8_outlier_checkpoint, tmp_path / "m.onnx", precision="int8", calibration=calibration_npz,
-                         validate=False).path
+                         smooth_quant=0.0, validate=False).path
     out, plot = tmp_path / "cmp.json", tmp_path / "drift.png"
     result = CliRunner().invoke(main, ["compare", "--model", str(int8_outlier_checkpoint), "--onnx", str(broken),
                                        "--inputs", str(calibration_npz), "--layers", "--json", str(out), "--plot", str(plot)])

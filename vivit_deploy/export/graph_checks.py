@@ -74,7 +74,8 @@ def summarize(model) -> GraphSummary:
     }
 
     def through_casts(node, downstream: bool):
-        while node is not None and node.op_type == "Cast":
+        """Past the Casts of an fp16 graph and the Q/DQ of a quantized attention product."""
+        while node is not None and node.op_type in ("Cast", "QuantizeLinear", "DequantizeLinear"):
             if downstream:
                 nexts = consumers.get(node.output[0], [])
                 node = nexts[0] if len(nexts) == 1 else None
@@ -162,7 +163,7 @@ def _array(tensor):
 
 
 def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None = None,
-                kept_fp32: tuple[str, ...] = ()) -> list[Finding]:
+                kept_fp32: tuple[str, ...] = (), attention_products: int = 0) -> list[Finding]:
     """The hygiene an exported ViViT graph must have for ONNX Runtime and TensorRT (``kept_fp32``: the units a
     low-precision graph keeps in fp32, ``export/fp32_fallback.py``)."""
     findings: list[Finding] = []
@@ -203,12 +204,15 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
             f"a {precision} graph should hold mostly {want} weights, found {stored}")
     if precision in QUANTIZED_PRECISIONS:
         # per layer: the fused Q/K/V projection, the attention output, the two MLP products; fewer where kept in fp32
-        expected = 4 * num_layers - kept_matmuls(kept_fp32) if num_layers is not None else None
+        expected = 4 * num_layers - kept_matmuls(kept_fp32) + attention_products if num_layers is not None else None
         add(summary.quantized_matmuls > 0 and expected in (None, summary.quantized_matmuls), "quantized matmuls",
             f"{summary.quantized_matmuls} weight MatMuls read {precision} Q/DQ",
             f"{summary.quantized_matmuls} MatMuls read Q/DQ, expected {expected} (4 per layer"
-            + (f", less those of {', '.join(kept_fp32)})" if kept_fp32 else ")"))
-        add(summary.qdq_on_norm_softmax == 0, "float islands", "LayerNorm and Softmax stay in float",
+            + (f", less those of {', '.join(kept_fp32)}" if kept_fp32 else "")
+            + (f", and {attention_products} attention products" if attention_products else "") + ")")
+        add(summary.qdq_on_norm_softmax == 0 or attention_products > 0, "float islands",
+            "LayerNorm and Softmax stay in float" + (" (Softmax's output quantized for P @ V, as asked)"
+                                                     if summary.qdq_on_norm_softmax else ""),
             f"{summary.qdq_on_norm_softmax} LayerNorm/Softmax nodes read or feed Q/DQ")
         add(summary.asymmetric_qdq == 0, "symmetric", f"every Q/DQ is {precision} with zero point 0 (what TensorRT takes)",
             f"{summary.asymmetric_qdq} Q/DQ nodes are not {precision} with zero point 0")

@@ -56,6 +56,7 @@ MAX_FILE_BYTES = 2 * 1024**3  # protobuf's limit for a single-file model
 TUBELET_EMBEDDINGS = ("matmul", "conv")  # how the tubelet projection is written (see the module docstring)
 DEFAULT_TUBELET = "matmul"
 FOLD_LIMIT = 1 << 26  # elements: larger than any ViViT weight
+DEFAULT_SMOOTH_QUANT = 0.5  # SmoothQuant's alpha for int8/fp8 (measured in export/quantize.py's docstring)
 
 Progress = Callable[[str], None]
 
@@ -198,6 +199,8 @@ def export_onnx(
     calibration_clips: int | None = None,
     keep_fp32: str | None = None,
     min_cosine: float | None = None,
+    smooth_quant: float = DEFAULT_SMOOTH_QUANT,
+    attention_products: tuple[str, ...] = (),
     validate: bool = True,
     tubelet: str = DEFAULT_TUBELET,
     progress: Progress | None = None,
@@ -213,7 +216,8 @@ def export_onnx(
 
     ``keep_fp32`` ("auto", "none", or units like "2,5" / "2.mlp", ``export/fp32_fallback.py``) keeps those
     layers or parts in fp32; "auto" searches for the fewest that make the file pass. ``min_cosine`` overrides
-    the precision's tolerance on the logits' cosine.
+    the precision's tolerance on the logits' cosine. ``smooth_quant`` (int8/fp8): SmoothQuant's alpha, 0 for none
+    (``export/quantize.py``); ``attention_products`` ("qk", "pv"): quantize those too (measured, off by default).
 
     Raises :class:`ExportError` (with the report as ``.report``) when the graph fails a check or its
     validation; then nothing is written at ``output``. Its message names the first failing layer, what broke
@@ -242,6 +246,8 @@ def export_onnx(
                           "(the clips it is validated on)")
     if tubelet not in TUBELET_EMBEDDINGS:
         raise ConfigError(f"tubelet must be one of {TUBELET_EMBEDDINGS}, got {tubelet!r}")
+    if not 0.0 <= smooth_quant < 1.0:
+        raise ConfigError(f"--smooth-quant must be in [0, 1) (0: off), got {smooth_quant}")
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
         raise ConfigError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
     calibration_clips = calibration_clips or DEFAULT_CALIBRATION_CLIPS
@@ -275,7 +281,8 @@ def export_onnx(
     job = _Job(model=model, preprocessor=preprocessor, source_name=source_name, spec=spec, precision=precision,
                opset=opset, tubelet=tubelet, output=output, clips=clips, calibration_note=calibration_note,
                tolerance=tolerance_for(precision).override(min_cosine=min_cosine, min_top1=0.0),
-               validate=validate, seconds=seconds, progress=progress)
+               validate=validate, seconds=seconds, progress=progress, smooth_quant=smooth_quant if quantized else 0.0,
+               attention_products=tuple(attention_products))
     if keep == AUTO:
         if not validate:
             raise ConfigError("--keep-fp32 auto searches by validating each export; it cannot run with validate=False")
@@ -305,6 +312,8 @@ class _Job:
     fp32_proto: Any = None  # the traced fp32 graph, reused by every int8/fp8 attempt
     ranges: dict | None = None  # its activation ranges, measured once
     unnamed: list[str] = field(default_factory=list)  # probe points the fp32 graph lacks
+    smooth_quant: float = 0.0  # SmoothQuant's alpha for int8/fp8 (0: off)
+    attention_products: tuple[str, ...] = ()
 
     @property
     def quantized(self) -> bool:
@@ -327,10 +336,15 @@ def _build(job: _Job, kept: tuple[str, ...]):
             job.unnamed = name_probe_points(job.fp32_proto, points)
             job.seconds["export"] = time.perf_counter() - started
             started = time.perf_counter()
+            if job.smooth_quant:
+                from vivit_deploy.export.quantize import smooth_quant
+
+                job.fp32_proto, _ = smooth_quant(job.fp32_proto, job.clips, INPUT_NAME, job.smooth_quant, job.progress)
             job.ranges = calibration_ranges(job.fp32_proto, job.clips, INPUT_NAME, job.progress)
         proto, calibration_summary = quantize(job.fp32_proto, job.clips, job.calibration_note, INPUT_NAME, job.progress,
                                               precision=job.precision, float_modules=tuple(modules_of(kept)),
-                                              ranges=job.ranges)
+                                              ranges=job.ranges, attention_products=job.attention_products,
+                                              smoothed=job.smooth_quant)
         job.seconds["quantize"] = job.seconds.get("quantize", 0.0) + time.perf_counter() - started
         unnamed = job.unnamed
     else:
@@ -358,19 +372,20 @@ def _build(job: _Job, kept: tuple[str, ...]):
     findings_extra = [Finding("blocker", "probe points", f"no output tensor found for {', '.join(unnamed)}") if unnamed
                       else Finding("ok", "probe points", f"{len(points)} hidden states named <module>:output "
                                                           "(vivit_deploy/probes.py)")]
-    return proto, findings_extra
+    return proto, findings_extra, calibration_summary
 
 
 def _export_once(job: _Job, kept: tuple[str, ...], output: Path, *, write: bool = True) -> tuple[ExportReport, Path | None]:
     """Build, check and validate one graph with ``kept`` in fp32; write it to ``output`` when it passes (and
     ``write``), else raise. Returns the report and, with ``write=False``, the passing temporary file."""
-    proto, extra = _build(job, kept)
+    proto, extra, calibration = _build(job, kept)
     size = proto.ByteSize()
     if size >= MAX_FILE_BYTES:
         raise ExportError(f"the graph is {size / 1e9:.2f} GB, over protobuf's 2 GB single-file limit")
     summary = summarize(proto)
     findings = check_graph(summary, precision=job.precision, num_layers=job.model.config.num_hidden_layers,
-                           kept_fp32=kept) + extra
+                           kept_fp32=kept, attention_products=len(calibration.attention_products) if calibration else 0)
+    findings += extra
     report = ExportReport(output, job.precision, job.opset, job.spec.batch_range, size, summary, findings,
                           seconds=job.seconds, kept_fp32=kept, min_cosine=job.tolerance.min_cosine)
 

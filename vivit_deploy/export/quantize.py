@@ -77,6 +77,7 @@ class CalibrationSummary:
     fused_qkv: int
     input_range: tuple[float, float] | None = None  # of the calibration clips: runtimes warn outside it
     kept_fp32_modules: tuple[str, ...] = ()  # whose MatMuls stayed fp32 (--keep-fp32)
+    attention_products: tuple[str, ...] = ()  # activation x activation MatMuls quantized too (off by default)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,7 +188,8 @@ QUANTIZED_TYPES = {
 
 def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name: str,
              progress: Progress | None = None, *, precision: str = "int8", ops: tuple[str, ...] = QUANTIZED_OPS,
-             fuse_qkv: bool = True, float_modules: tuple[str, ...] = (), ranges: dict | None = None):
+             fuse_qkv: bool = True, float_modules: tuple[str, ...] = (), ranges: dict | None = None,
+             attention_products: tuple[str, ...] = (), smoothed: float = 0.0):
     """The Q/DQ ``ModelProto`` of an fp32 ``ModelProto`` (ours), calibrated on ``clips``, with its summary.
 
     ``precision``: "int8" (the default; ONNX Runtime, OpenVINO, TensorRT), "fp8" (float8 e4m3fn, for
@@ -204,6 +206,9 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
     [-127, 127]; / 448 for fp8), Q -> DQ in front of each quantized input, the form ONNX Runtime's own
     tool writes.
 
+    ``smoothed`` records the SmoothQuant alpha ``fp32_model`` was smoothed with (``smooth_quant``) in the summary.
+    ``attention_products`` ("qk", "pv") also quantizes those activation x activation products, both inputs per
+    tensor (measured in ``scripts/bench_int8_levers.py``; off by default, see the module docstring).
     ``float_modules`` (module paths, ``export/fp32_fallback.py``) keep their MatMuls in fp32. ``ranges`` are
     activation ranges an earlier call measured on the same clips (``calibration_ranges``): only the missing ones
     are measured. ``ops`` and ``fuse_qkv`` exist for the measurements that chose the defaults
@@ -222,7 +227,9 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
     targets = [n for n in weighted if not any(in_module(n, m) for m in float_modules)]
     attention = activation_matmuls(model)
     classifier = [n.name for n in model.graph.node if n.op_type == "Gemm"]
-    activations = list(dict.fromkeys(n.input[0] for n in targets))
+    products = [n for n in _attention_products(model, attention_products)
+                if not any(in_module(n, m) for m in float_modules)]
+    activations = list(dict.fromkeys([n.input[0] for n in targets] + [i for n in products for i in n.input[:2]]))
     ranges = dict(ranges or {})
     missing = [a for a in activations if a not in ranges]
     if missing:
@@ -232,17 +239,109 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
     if progress:
         progress(f"writing {precision} Q/DQ for {len(targets)} weighted ops ...")
     _insert_qdq(model, targets, ranges, precision)
+    if products:
+        _insert_activation_qdq(model, products, ranges, precision)
     _drop_unused_domains(model)
     summary = CalibrationSummary(
-        source=calibration_source, clips=len(clips), method="minmax", activations=QUANTIZED_TYPES[precision],
+        source=calibration_source, clips=len(clips),
+        method="minmax" + (f", SmoothQuant alpha {smoothed:g}" if smoothed else ""), activations=QUANTIZED_TYPES[precision],
         weights=f"{'float8 e4m3fn' if precision == 'fp8' else 'int8'}, symmetric, per output channel",
         quantized=dict(count_reading_dequantized(model.graph, ops)),
         excluded={"attention products": len(attention), "classifier": len(classifier),
                   **({"kept in fp32": len(weighted) - len(targets)} if float_modules else {})},
         fused_qkv=fused, input_range=(float(clips.min()), float(clips.max())),
-        kept_fp32_modules=tuple(float_modules),
+        kept_fp32_modules=tuple(float_modules), attention_products=tuple(n.name for n in products),
     )
     return model, summary
+
+
+def channel_maxima(model, tensors: list[str], clips: np.ndarray, input_name: str) -> dict[str, np.ndarray]:
+    """max |x| per channel (the last axis) of each tensor over ``clips``: one optimized session with a
+    ReduceMax(Abs) per tensor as extra outputs (vectors: memory stays that of inference)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.initializer.append(numpy_helper.from_array(np.array([0, 1], np.int64), "vivit_calibration_axes"))
+    outputs = []
+    for i, name in enumerate(tensors):
+        out = f"vivit_calibration_channels_{i}"
+        probe.graph.node.extend([helper.make_node("Abs", [name], [out + "_abs"], name=out + "_abs"),
+                                 helper.make_node("ReduceMax", [out + "_abs", "vivit_calibration_axes"], [out],
+                                                  keepdims=0, name=out)])
+        probe.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+        outputs.append(out)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    fixed = session.get_inputs()[0].shape[0]
+    batch = fixed if isinstance(fixed, int) else CALIBRATION_BATCH
+    top: dict[str, np.ndarray] = {}
+    for start in range(0, len(clips), batch):
+        chunk = clips[start:start + batch]
+        if isinstance(fixed, int) and len(chunk) < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
+        for name, value in zip(tensors, session.run(outputs, {input_name: np.ascontiguousarray(chunk)})):
+            top[name] = value if name not in top else np.maximum(top[name], value)
+    return top
+
+
+def smooth_quant(fp32_model, clips: np.ndarray, input_name: str, alpha: float = 0.5,
+                 progress: Progress | None = None) -> tuple[Any, int]:
+    """SmoothQuant (Xiao et al., 2023) on a copy of ``fp32_model``: where a LayerNorm's output is read only by weight
+    MatMuls, divide it per channel by s_j = max|x_j|^alpha / max|w_j|^(1 - alpha) (a Mul after the LayerNorm) and
+    multiply row j of those MatMuls' weights by s_j: the same function in fp32, with an outlier channel's range moved
+    into the weights (quantized per output channel) so that one per-tensor activation scale fits every channel.
+
+    The LayerNorm's own output (a probe point) is left as it is. Returns the model and how many were smoothed."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"the SmoothQuant alpha must be in (0, 1), got {alpha}")
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32_model)
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    readers: dict[str, list] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    outputs = {o.name for o in graph.output}
+    sites = []
+    for node in graph.node:
+        if node.op_type != "LayerNormalization" or node.output[0] in outputs:
+            continue
+        users = readers.get(node.output[0], [])
+        if users and all(u.op_type == "MatMul" and u.input[0] == node.output[0] and u.input[1] in initializers
+                         and not in_module(u, FLOAT_MODULE) for u in users):
+            sites.append((node, users))
+    if not sites:
+        return model, 0
+    if progress:
+        progress(f"SmoothQuant (alpha {alpha}): per-channel ranges of {len(sites)} LayerNorm outputs on {len(clips)} clips ...")
+    acts = channel_maxima(model, [n.output[0] for n, _ in sites], clips, input_name)
+    for norm, users in sites:
+        tensor = norm.output[0]
+        weights = [numpy_helper.to_array(initializers[u.input[1]]).astype(np.float32) for u in users]
+        w_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)  # per input channel, over every reader
+        scale = np.clip(np.maximum(acts[tensor], 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha), 1e-4, 1e4)
+        scale = scale.astype(np.float32)
+        smoothed, inverse = f"{tensor}.smoothed", f"{tensor}.smooth_inverse"
+        graph.initializer.append(numpy_helper.from_array(1.0 / scale, inverse))
+        mul = helper.make_node("Mul", [tensor, inverse], [smoothed], name=f"{norm.name}.smooth")
+        mul.metadata_props.extend(users[0].metadata_props)  # the module it feeds, for the fp32 fallback
+        graph.node.insert(list(graph.node).index(norm) + 1, mul)
+        for user, weight in zip(users, weights):
+            name = f"{user.input[1]}.smoothed"
+            graph.initializer.append(numpy_helper.from_array(weight * scale[:, None], name))
+            user.input[0], user.input[1] = smoothed, name
+    _drop_unused_initializers(graph)
+    return model, len(sites)
 
 
 def calibration_ranges(fp32_model, clips: np.ndarray, input_name: str, progress: Progress | None = None,
@@ -369,6 +468,57 @@ def _insert_qdq(model, targets: list, ranges: dict[str, tuple[float, float]], pr
         for offset, node in enumerate(new_nodes):
             graph.node.insert(position + offset, node)
     _drop_unused_initializers(graph)
+
+
+def _attention_products(model, which: tuple[str, ...]) -> list:
+    """The attention MatMuls named in ``which``: "qk" (Q @ K^T, read by the Softmax) and "pv" (P @ V, reading it)."""
+    if not which:
+        return []
+    if set(which) - {"qk", "pv"}:
+        raise ConfigError(f"attention_products are 'qk' and 'pv', got {which}")
+    producers = {out: node for node in model.graph.node for out in node.output}
+    readers: dict[str, list] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    names = set(activation_matmuls(model))
+    out = []
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        feeds_softmax = any(r.op_type == "Softmax" for r in readers.get(node.output[0], []))
+        reads_softmax = producers.get(node.input[0]) is not None and producers[node.input[0]].op_type == "Softmax"
+        if ("qk" in which and feeds_softmax) or ("pv" in which and reads_softmax):
+            out.append(node)
+    return out
+
+
+def _insert_activation_qdq(model, matmuls: list, ranges: dict[str, tuple[float, float]], precision: str) -> None:
+    """Q -> DQ on both inputs of each activation x activation MatMul, symmetric per tensor."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    top = FP8_MAX if precision == "fp8" else 127.0
+    done: dict[str, str] = {}
+    for matmul in matmuls:
+        position = list(graph.node).index(matmul)
+        for slot in (0, 1):
+            tensor = matmul.input[slot]
+            if tensor not in done:
+                low, high = ranges[tensor]
+                base = f"{tensor}.{precision}"
+                graph.initializer.extend([
+                    numpy_helper.from_array(np.array(max(abs(low), abs(high), 1e-12) / top, np.float32), f"{base}.scale"),
+                    _zero_point(precision, [])(f"{base}.zero_point")])
+                nodes = [helper.make_node("QuantizeLinear", [tensor, f"{base}.scale", f"{base}.zero_point"], [f"{base}.q"],
+                                          name=f"{base}.QuantizeLinear"),
+                         helper.make_node("DequantizeLinear", [f"{base}.q", f"{base}.scale", f"{base}.zero_point"],
+                                          [f"{base}.dq"], name=f"{base}.DequantizeLinear")]
+                for offset, node in enumerate(nodes):
+                    graph.node.insert(position + offset, node)
+                position += len(nodes)
+                done[tensor] = f"{base}.dq"
+            matmul.input[slot] = done[tensor]
 
 
 def _drop_unused_initializers(graph) -> None:

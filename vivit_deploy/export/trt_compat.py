@@ -209,8 +209,9 @@ def check_trt(path: str | os.PathLike, precision: str | None = None, trt: str = 
                                 f"no vivit_deploy metadata: treating it as an {precision} graph (from its weights)"))
     layers = json.loads(props["vivit_deploy.config"]).get("num_hidden_layers") if "vivit_deploy.config" in props else None
     kept = tuple(json.loads(props.get("vivit_deploy.kept_fp32", "[]")))
-    findings += [f for f in check_graph(summary, precision=precision, num_layers=layers, kept_fp32=kept)
-                 if f.check != "opset"]
+    products = len(json.loads(props.get("vivit_deploy.calibration", "{}")).get("attention_products", []))
+    findings += [f for f in check_graph(summary, precision=precision, num_layers=layers, kept_fp32=kept,
+                                        attention_products=products) if f.check != "opset"]
     if precision == "fp32":
         findings.append(Finding(
             "warning", "engine precision",
