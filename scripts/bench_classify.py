@@ -46,7 +46,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args()
 
-    from vivit_deploy.cpu_info import cpu_name
+    from vivit_deploy.runtimes.cpu import cpu_name
     from vivit_deploy.demo import demo_model_dir
     from vivit_deploy.pipeline import default_workers
     from vivit_deploy.pipeline.inputs import expand_inputs
@@ -59,7 +59,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-classify-"))
     try:
         if args.videos is None:
-            from vivit_deploy.synthetic import write_corpus
+            from vivit_deploy.demo.motion import write_corpus
 
             height, width = (int(v) for v in args.size.split("x"))
             print(f"generating {args.count} videos of {args.frames} frames at {height}x{width} ...", file=sys.stderr)

@@ -76,11 +76,11 @@ def main() -> int:
     from vivit_deploy.accuracy.inputs import CompareInputs
     from vivit_deploy.accuracy.statistics import logit_stats
     from vivit_deploy.bench.plan import random_checkpoint
-    from vivit_deploy.cpu_info import cpu_flags, cpu_name
+    from vivit_deploy.runtimes.cpu import cpu_flags, cpu_name
     from vivit_deploy.export import export_onnx
-    from vivit_deploy.preprocessing import VideoPreprocessor
+    from vivit_deploy.video.preprocessing import VideoPreprocessor
     from vivit_deploy.runtimes import load_runtime
-    from vivit_deploy.synthetic import CALIBRATION_SEED, HELDOUT_SEED, labelled_clips
+    from vivit_deploy.demo.motion import CALIBRATION_SEED, HELDOUT_SEED, labelled_clips
 
     flags = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]
     print(f"CPU: {cpu_name()} ({', '.join(flags)}); python {' '.join(sys.argv)}", flush=True)

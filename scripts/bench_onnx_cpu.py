@@ -36,9 +36,9 @@ def main() -> int:
     import torch
 
     from vivit_deploy.bench.ceiling import cpu_ceilings
-    from vivit_deploy.config import preset
+    from vivit_deploy.model.config import preset
     from vivit_deploy.export import export_onnx
-    from vivit_deploy.modeling import VivitForVideoClassification
+    from vivit_deploy.model.modeling import VivitForVideoClassification
     from vivit_deploy.runtimes import load_runtime
 
     config = preset("vivit-b-16x2", num_frames=args.frames)

@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from vivit_deploy.bench.stages import compare_preprocessors, median_seconds
-    from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+    from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
 
     clip = np.random.default_rng(0).integers(0, 256, (args.frames, args.height, args.width, 3), dtype=np.uint8)
     ours = VideoPreprocessor()

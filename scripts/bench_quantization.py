@@ -26,7 +26,7 @@ import numpy as np
 
 
 def cpu() -> str:
-    from vivit_deploy.cpu_info import cpu_flags, cpu_name
+    from vivit_deploy.runtimes.cpu import cpu_flags, cpu_name
 
     wanted = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]
     return f"{cpu_name()} ({', '.join(wanted) or 'no VNNI/AMX'})"
@@ -58,9 +58,9 @@ def main() -> int:
     from vivit_deploy.demo import demo_model_dir, sample_videos
     from vivit_deploy.export import export_onnx
     from vivit_deploy.export.quantize import optimized_leftovers, quantize
-    from vivit_deploy.preprocessing import VideoPreprocessor
+    from vivit_deploy.video.preprocessing import VideoPreprocessor
     from vivit_deploy.runtimes import load_runtime
-    from vivit_deploy.synthetic import CALIBRATION_SEED
+    from vivit_deploy.demo.motion import CALIBRATION_SEED
 
     variants = {
         "export's choice: weight MatMuls, QKV fused, int8 sym.": {},

@@ -37,14 +37,14 @@ def main() -> int:
 
     import numpy as np
 
-    from vivit_deploy.video import count_frames, read_clips
+    from vivit_deploy.video.reading import count_frames, read_clips
 
     work = Path(tempfile.mkdtemp(prefix="bench-seek-"))
     try:
         if args.video is not None:
             cases = [(str(args.video), args.video)]
         else:
-            from vivit_deploy.synthetic import write_corpus
+            from vivit_deploy.demo.motion import write_corpus
 
             height, width = (int(v) for v in args.size.split("x"))
             frames = int(args.minutes * 60 * 30)

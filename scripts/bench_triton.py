@@ -67,8 +67,8 @@ def main() -> int:
     from vivit_deploy.demo import demo_model_dir
     from vivit_deploy.predict import VideoClassifier
     from vivit_deploy.runtimes import load_runtime
-    from vivit_deploy.synthetic import VIDEO_FRAMES, make_dataset
-    from vivit_deploy.video import sample_indices
+    from vivit_deploy.demo.motion import VIDEO_FRAMES, make_dataset
+    from vivit_deploy.video.reading import sample_indices
 
     counts = [int(c) for c in args.clients.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-triton-"))

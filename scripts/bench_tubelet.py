@@ -45,7 +45,7 @@ def main() -> int:
 
     from vivit_deploy.bench.measure import time_calls
     from vivit_deploy.bench.plan import random_checkpoint
-    from vivit_deploy.cpu_info import cpu_flags, cpu_name
+    from vivit_deploy.runtimes.cpu import cpu_flags, cpu_name
     from vivit_deploy.export import export_onnx
 
     flags = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]

@@ -3,7 +3,7 @@
     python scripts/train_demo_model.py            # about 2 minutes on 2 CPU cores
 
 Deterministic: fixed seeds, one torch thread, deterministic algorithms; the data set is generated
-(vivit_deploy.synthetic), the label being the direction a textured square moves. Training and
+(vivit_deploy.demo.motion), the label being the direction a textured square moves. Training and
 validation videos never pass through a codec; the shipped sample videos are H.264 mp4 files
 decoded back with PyAV, like any user video, and are held out (their own seed).
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vivit_deploy.checkpoint import save_pretrained
-from vivit_deploy.config import VivitConfig
-from vivit_deploy.modeling import VivitForVideoClassification, count_parameters
-from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
-from vivit_deploy.synthetic import LABELS, VIDEO_FRAMES, make_dataset
-from vivit_deploy.video import read_video, sample_indices, write_video
+from vivit_deploy.model.checkpoint import save_pretrained
+from vivit_deploy.model.config import VivitConfig
+from vivit_deploy.model.modeling import VivitForVideoClassification, count_parameters
+from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
+from vivit_deploy.demo.motion import LABELS, VIDEO_FRAMES, make_dataset
+from vivit_deploy.video.reading import read_video, sample_indices, write_video
 
 ASSETS = Path(__file__).resolve().parents[1] / "vivit_deploy" / "assets"
 
@@ -123,7 +123,7 @@ def main() -> None:
     shuffled = val_x[:, np.random.default_rng(0).permutation(config.num_frames)]
     shuffled_acc = accuracy(model, shuffled, val_y)
     card = {
-        "task": "direction of motion of a textured square (vivit_deploy.synthetic)",
+        "task": "direction of motion of a textured square (vivit_deploy.demo.motion)",
         "labels": list(LABELS),
         "train_clips": len(train_x),
         "heldout_clips": len(val_x),

@@ -52,7 +52,7 @@ def random_clip(frames: int = 4, height: int = 40, width: int = 48, seed: int = 
 
 def counting_video(path: Path, frames: int, height: int = 32, width: int = 48) -> Path:
     """An mp4 whose frame i is a flat grey of level 10*i, so decoded frames can be identified."""
-    from vivit_deploy.video import write_video
+    from vivit_deploy.video.reading import write_video
 
     levels = (np.arange(frames) * 10 % 250).astype(np.uint8)
     video = np.broadcast_to(levels[:, None, None, None], (frames, height, width, 3)).copy()
@@ -146,7 +146,7 @@ def rtx_gpu_missing() -> str | None:
 
     if not torch.cuda.is_available():
         return "no CUDA GPU: TensorRT for RTX engines run on one"
-    from vivit_deploy.engine_files import EDITIONS
+    from vivit_deploy.artifacts.engines import EDITIONS
 
     major, minor = torch.cuda.get_device_capability(0)
     if f"{major}.{minor}" not in EDITIONS["rtx"].targets:
@@ -163,8 +163,8 @@ def engine_without_tensorrt(path: Path, onnx_path: Path, *, precision: str = "fp
     engines before TensorRT deserializes them sees, on machines without TensorRT."""
     import json
 
-    from vivit_deploy.engine_files import Profile, make_sidecar, sidecar_path
-    from vivit_deploy.metadata import read_onnx_metadata
+    from vivit_deploy.artifacts.engines import Profile, make_sidecar, sidecar_path
+    from vivit_deploy.artifacts.metadata import read_onnx_metadata
 
     path.write_bytes(b"serialized engine")
     sidecar = make_sidecar(read_onnx_metadata(onnx_path), edition_name=edition, tensorrt_version=tensorrt_version,

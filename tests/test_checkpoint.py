@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vivit_deploy.checkpoint import load_model, load_state_dict, save_pretrained
+from vivit_deploy.model.checkpoint import load_model, load_state_dict, save_pretrained
 from vivit_deploy.errors import CheckpointError, CheckpointNotFoundError
-from vivit_deploy.modeling import VivitForVideoClassification, VivitModel
-from vivit_deploy.preprocessing import VideoPreprocessor
+from vivit_deploy.model.modeling import VivitForVideoClassification, VivitModel
+from vivit_deploy.video.preprocessing import VideoPreprocessor
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from vivit_deploy.config import VivitConfig, preset
+from vivit_deploy.model.config import VivitConfig, preset
 from vivit_deploy.errors import ConfigError
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from vivit_deploy.checkpoint import load_model
+from vivit_deploy.model.checkpoint import load_model
 from vivit_deploy.demo import ASSETS, demo_model_dir, sample_videos
 from vivit_deploy.predict import VideoClassifier
-from vivit_deploy.synthetic import LABELS
+from vivit_deploy.demo.motion import LABELS
 
 MIN_ACCURACY = 0.95
 

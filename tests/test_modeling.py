@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tests.conftest import hf_checkpoint
-from vivit_deploy.checkpoint import load_model
-from vivit_deploy.config import VivitConfig, preset
+from vivit_deploy.model.checkpoint import load_model
+from vivit_deploy.model.config import VivitConfig, preset
 from vivit_deploy.errors import ConfigError, InputShapeError
-from vivit_deploy.modeling import VivitForVideoClassification, VivitModel
+from vivit_deploy.model.modeling import VivitForVideoClassification, VivitModel
 
 ATOL = 1e-5  # fp32 parity bound of the foundation issue
 

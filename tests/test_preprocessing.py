@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import random_clip
 from vivit_deploy.errors import ConfigError, InputShapeError
-from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
-from vivit_deploy.resample import horizontal_pass_first
+from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
+from vivit_deploy.video.resample import horizontal_pass_first
 
 PARITY = 1e-5  # max abs difference allowed against transformers (measured: 0)
 

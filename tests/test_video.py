@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import counting_video, frame_numbers
 from vivit_deploy.errors import VideoReadError
-from vivit_deploy.video import count_frames, read_clips, read_video, sample_indices, write_video
+from vivit_deploy.video.reading import count_frames, read_clips, read_video, sample_indices, write_video
 
 
 def test_uniform_sampling_spreads_over_the_video():
@@ -107,7 +107,7 @@ def test_write_video_refuses_odd_sizes(tmp_path):
 
 @pytest.mark.parametrize("bframes", [False, True], ids=["ip", "with-b-frames"])
 def test_seeking_to_keyframes_gives_the_frames_of_a_front_to_back_decode(tmp_path, bframes):
-    import vivit_deploy.video as video
+    import vivit_deploy.video.reading as video
 
     frames = 480
     levels = (np.arange(frames) * 7 % 250).astype(np.uint8)  # every frame different, so any mix-up shows
@@ -123,7 +123,7 @@ def test_seeking_to_keyframes_gives_the_frames_of_a_front_to_back_decode(tmp_pat
 
 
 def test_dense_sampling_decodes_front_to_back(tmp_path):
-    import vivit_deploy.video as video
+    import vivit_deploy.video.reading as video
 
     assert not video._sparse(set(sample_indices(64, 32)[0].tolist()))
     path = counting_video(tmp_path / "count.mp4", frames=20)

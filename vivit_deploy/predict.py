@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.preprocessing import VideoPreprocessor
-from vivit_deploy.video import SAMPLINGS, read_clips
+from vivit_deploy.video.preprocessing import VideoPreprocessor
+from vivit_deploy.video.reading import SAMPLINGS, read_clips
 
 if TYPE_CHECKING:
     from vivit_deploy.runtimes.base import Runtime
@@ -41,6 +41,28 @@ def top_predictions(logits: np.ndarray, id2label: dict[int, str], top_k: int) ->
     probabilities = softmax(logits.mean(axis=0))
     order = np.argsort(-probabilities, kind="stable")[:top_k]
     return [Prediction(id2label.get(int(i), f"LABEL_{int(i)}"), float(probabilities[i]), int(i)) for i in order]
+
+
+def video_logits(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """The logits (num_clips, num_labels) of each video, its clips run with every other video's in batches of
+    ``batch_size``: float32 clips through ``run_batches``, or uint8 frames (for a runtime that preprocesses them
+    itself) through ``run_frames``, one call per frame size."""
+    counts = [len(c) for c in clips]
+    bounds = np.cumsum([0, *counts])
+    if clips[0].dtype == np.uint8:
+        logits = np.empty((bounds[-1], runtime.num_labels), np.float32)
+        sizes: dict[tuple, list[int]] = {}
+        for i, c in enumerate(clips):
+            sizes.setdefault(c.shape[1:], []).append(i)
+        for members in sizes.values():
+            out = runtime.run_frames(np.concatenate([clips[i] for i in members]))
+            offset = 0
+            for i in members:
+                logits[bounds[i]:bounds[i + 1]] = out[offset:offset + counts[i]]
+                offset += counts[i]
+    else:
+        logits = runtime.run_batches(np.concatenate(clips), batch_size)
+    return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class VideoClassifier:

@@ -24,7 +24,7 @@ def four_layer_checkpoint(tmp_path_factory) -> Path:
 def calibration_npz(tmp_path_factory, four_layer_checkpoint) -> Path:
     """16 random clips (seed 1) to calibrate and validate on, saved as compare --save-inputs does."""
     from vivit_deploy.accuracy.inputs import random_inputs
-    from vivit_deploy.checkpoint import load_config
+    from vivit_deploy.model.checkpoint import load_config
 
     path = tmp_path_factory.mktemp("calibration") / "clips.npz"
     random_inputs(load_config(four_layer_checkpoint), 16, seed=1).save(path)
@@ -34,7 +34,7 @@ def calibration_npz(tmp_path_factory, four_layer_checkpoint) -> Path:
 def _modified(source: Path, directory: Path, change) -> Path:
     import torch
 
-    from vivit_deploy.checkpoint import load_model
+    from vivit_deploy.model.checkpoint import load_model
 
     model = load_model(source)
     with torch.no_grad():

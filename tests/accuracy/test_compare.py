@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from vivit_deploy.cli import main
 from vivit_deploy.accuracy.inputs import UNLABELLED, CompareInputs, random_inputs
 from vivit_deploy.accuracy.statistics import failures, logit_stats
-from vivit_deploy.config import preset
+from vivit_deploy.model.config import preset
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.accuracy.tolerances import Tolerance, tolerance_for
 

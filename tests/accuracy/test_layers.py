@@ -17,8 +17,8 @@ from vivit_deploy.accuracy.tolerances import tolerance_for
 from vivit_deploy.cli import export_command, main
 from vivit_deploy.errors import ConfigError, ExportError, InputRangeWarning
 from vivit_deploy.export import export_onnx
-from vivit_deploy.metadata import read_onnx_metadata
-from vivit_deploy.probes import probe_points
+from vivit_deploy.artifacts.metadata import read_onnx_metadata
+from vivit_deploy.model.probes import probe_points
 from vivit_deploy.runtimes import load_runtime
 
 
@@ -54,7 +54,11 @@ def test_a_runtime_without_probes_says_how_to_get_them(demo_onnx):
 def test_layer_drift_passes_a_good_file_and_reports_every_layer(demo_onnx_int8):
     from vivit_deploy.demo import demo_model_dir
 
-    x = random_inputs(read_onnx_metadata(demo_onnx_int8).config, 3, seed=4).pixel_values * 0.3  # inside its range
+    from vivit_deploy.accuracy.inputs import synthetic_inputs
+    from vivit_deploy.video.preprocessing import VideoPreprocessor
+
+    metadata = read_onnx_metadata(demo_onnx_int8)  # clips of the task it was calibrated for (the samples are of it)
+    x = synthetic_inputs(metadata.config, VideoPreprocessor(metadata.preprocessor), 6).pixel_values
     with load_runtime(demo_model_dir(), "torch", device="cpu", probes=True) as ref, \
             load_runtime(demo_onnx_int8, probes=True) as candidate:
         report = layer_drift(ref, candidate, x, tolerance_for("int8"))
@@ -69,7 +73,7 @@ def test_layer_drift_passes_a_good_file_and_reports_every_layer(demo_onnx_int8):
 
 
 def test_the_range_watch_sees_what_fp16_cannot_hold_unless_it_is_kept(fp16_overflow_checkpoint):
-    from vivit_deploy.checkpoint import load_model
+    from vivit_deploy.model.checkpoint import load_model
 
     model = load_model(fp16_overflow_checkpoint)
     x = random_inputs(model.config, 2).pixel_values
@@ -102,7 +106,7 @@ def test_fp16_export_names_the_overflowing_layer_and_writes_nothing(fp16_overflo
 def test_fp16_export_refuses_weights_beyond_fp16(four_layer_checkpoint, tmp_path):
     import torch
 
-    from vivit_deploy.checkpoint import load_model
+    from vivit_deploy.model.checkpoint import load_model
 
     model = load_model(four_layer_checkpoint)
     with torch.no_grad():

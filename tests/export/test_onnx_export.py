@@ -9,15 +9,15 @@ import onnx
 import pytest
 import torch
 
-from vivit_deploy.checkpoint import load_model
+from vivit_deploy.model.checkpoint import load_model
 from vivit_deploy.demo import demo_model_dir, sample_videos
 from vivit_deploy.errors import ConfigError, ExportError
 from vivit_deploy.export import export_onnx
 from vivit_deploy.export.graph_checks import summarize
-from vivit_deploy.metadata import read_onnx_metadata
-from vivit_deploy.preprocessing import VideoPreprocessor
+from vivit_deploy.artifacts.metadata import read_onnx_metadata
+from vivit_deploy.video.preprocessing import VideoPreprocessor
 from vivit_deploy.runtimes import load_runtime
-from vivit_deploy.video import read_video
+from vivit_deploy.video.reading import read_video
 
 ACCEPTANCE_ATOL = 1e-4
 

@@ -14,7 +14,7 @@ from vivit_deploy.demo import SAMPLES, demo_model_dir, sample_videos
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.export import export_onnx
 from vivit_deploy.export.graph_checks import summarize
-from vivit_deploy.metadata import read_onnx_metadata
+from vivit_deploy.artifacts.metadata import read_onnx_metadata
 
 
 def test_exported_files_pass_onnxruntimes_quantization_tools(demo_onnx, tmp_path):
@@ -83,7 +83,7 @@ def test_onnxruntime_runs_every_weight_matmul_of_the_int8_file_in_int8(demo_onnx
 
 
 def test_int8_of_a_tiny_random_model_calibrated_on_saved_clips(tiny_checkpoint, tmp_path):
-    from vivit_deploy.checkpoint import load_config
+    from vivit_deploy.model.checkpoint import load_config
 
     clips = random_inputs(load_config(tiny_checkpoint), 6)
     clips.save(tmp_path / "clips.npz")
@@ -105,7 +105,7 @@ def test_bad_calibration_data_is_refused_before_exporting(tmp_path, tiny_checkpo
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no readable videos to calibrate on"):
         export_onnx(demo_model_dir(), tmp_path / "a.onnx", precision="int8", calibration=tmp_path / "empty")
-    from vivit_deploy.checkpoint import load_config
+    from vivit_deploy.model.checkpoint import load_config
 
     random_inputs(load_config(tiny_checkpoint), 2).save(tmp_path / "tiny.npz")  # 4x32x32 clips, not the demo's 8
     with pytest.raises(InputShapeError, match=r"the model takes \(8, 3, 32, 32\)"):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import requires_rtx, requires_tensorrt
-from vivit_deploy.engine_files import (
+from vivit_deploy.artifacts.engines import (
     EDITIONS, Profile, check_sidecar, make_sidecar, parse_targets, read_sidecar, sidecar_path,
 )
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ExportError, ModelFileError
 from vivit_deploy.export.trt_build import build_engine, check_profile, nvidia_reason, parse_layers, plan_build
-from vivit_deploy.metadata import read_onnx_metadata
+from vivit_deploy.artifacts.metadata import read_onnx_metadata
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_sidecar_round_trip_and_refusals(demo_onnx, tmp_path):
     sidecar_path(engine).write_text(json.dumps(sidecar))
     loaded = read_sidecar(engine)
     assert loaded["edition"] == "tensorrt" and loaded["targets"] == ["9.0"]
-    from vivit_deploy.engine_files import engine_metadata
+    from vivit_deploy.artifacts.engines import engine_metadata
 
     _, engine_meta = engine_metadata(engine)
     assert engine_meta.input.batch_range == "1..8" and engine_meta.precision == "fp16"

@@ -14,8 +14,8 @@ BAD = {"empty.mp4": "empty file", "notes.mp4": "not a readable video", "cut.mp4"
 
 def make_corpus(directory: Path) -> dict[str, str | None]:
     """Write the corpus into ``directory``; returns file name -> true label (None for the bad files)."""
-    from vivit_deploy.synthetic import LABELS, render_clip
-    from vivit_deploy.video import write_video
+    from vivit_deploy.demo.motion import LABELS, render_clip
+    from vivit_deploy.video.reading import write_video
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)

@@ -117,3 +117,18 @@ def test_cuda_on_a_cluster_without_gpus_is_a_clear_error(corpus, tmp_path):
     with pytest.raises(RayJobError, match="the Ray cluster has no GPU"):
         classify_corpus([str(directory)], tmp_path / "r.jsonl", ClassifyJob(ray=LOCAL_RAY, device="cuda"))
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_timeline_on_ray_gives_the_local_timeline(tmp_path):
+    from vivit_deploy.demo.motion import write_phases
+
+    (tmp_path / "videos").mkdir()
+    write_phases(tmp_path / "videos" / "a.mp4", [(1, 2), (0, 2)])
+    on_ray, here = tmp_path / "ray.jsonl", tmp_path / "here.jsonl"
+    classify_corpus([tmp_path / "videos"], on_ray, ClassifyJob(ray=LOCAL_RAY, window=2.0, batch_size=2))
+    classify_corpus([tmp_path / "videos"], here, ClassifyJob(window=2.0, workers=1))
+    rows = {(r["path"], r["window"]): (r["start"], r["label"], r["probability"]) for r in read_results(on_ray)}
+    local = {(r["path"], r["window"]): (r["start"], r["label"], r["probability"]) for r in read_results(here)}
+    assert set(rows) == set(local) and len(rows) == 4
+    for key, (start, label, probability) in rows.items():
+        assert (start, label) == local[key][:2] and abs(probability - local[key][2]) < 1e-5

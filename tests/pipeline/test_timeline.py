@@ -17,7 +17,7 @@ from vivit_deploy.errors import ConfigError
 from vivit_deploy.pipeline import ClassifyJob, classify_corpus
 from vivit_deploy.pipeline.results import read_results
 from vivit_deploy.pipeline.timeline import segments, segments_path
-from vivit_deploy.synthetic import LABELS, write_phases
+from vivit_deploy.demo.motion import LABELS, write_phases
 
 RIGHT, LEFT, UP = 1, 0, 2
 

@@ -13,7 +13,7 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install '
 from vivit_deploy.cli import main  # noqa: E402
 from vivit_deploy.demo import default_sample, demo_model_dir  # noqa: E402
 from vivit_deploy.errors import BackendUnavailableError, ConfigError  # noqa: E402
-from vivit_deploy.cpu_info import cpu_has_bf16  # noqa: E402
+from vivit_deploy.runtimes.cpu import cpu_has_bf16  # noqa: E402
 from vivit_deploy.runtimes import load_runtime  # noqa: E402
 from vivit_deploy.accuracy.tolerances import tolerance_for  # noqa: E402
 

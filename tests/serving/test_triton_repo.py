@@ -17,7 +17,7 @@ from tests.conftest import engine_without_tensorrt  # noqa: E402
 from vivit_deploy.cli import main  # noqa: E402
 from vivit_deploy.demo import demo_model_dir  # noqa: E402
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError  # noqa: E402
-from vivit_deploy.metadata import read_onnx_metadata  # noqa: E402
+from vivit_deploy.artifacts.metadata import read_onnx_metadata  # noqa: E402
 from vivit_deploy.serving.model_config import ServingConfigError, check_against_metadata, parse_config  # noqa: E402
 from vivit_deploy.serving.repository import write_repository  # noqa: E402
 
@@ -183,7 +183,7 @@ def test_classifier_model_batches_requests_and_answers_each(demo_onnx, tmp_path,
 
 
 def test_preprocess_model_is_the_shared_preprocessor(demo_onnx, tmp_path, pb_utils):
-    from vivit_deploy.preprocessing import VideoPreprocessor
+    from vivit_deploy.video.preprocessing import VideoPreprocessor
     from vivit_deploy.serving.python_backend import PreprocessModel
 
     repo = tmp_path / "repo"
@@ -203,7 +203,7 @@ def test_preprocess_model_is_the_shared_preprocessor(demo_onnx, tmp_path, pb_uti
 def test_triton_urls_and_unreachable_servers_are_one_line_errors(tmp_path, monkeypatch):
     from vivit_deploy.runtimes import load_runtime
     from vivit_deploy.serving.local_server import free_port
-    from vivit_deploy.serving.triton_client import TritonError
+    from vivit_deploy.runtimes.triton_runtime import TritonError
 
     with pytest.raises(ModelFileError, match=r"a Triton model is triton://host:port/MODEL\[/VERSION\]"):
         load_runtime("triton://127.0.0.1:8000")

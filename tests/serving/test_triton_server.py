@@ -127,7 +127,7 @@ def test_predict_compare_and_classify_through_the_server(server, demo_onnx, tmp_
 def test_a_stream_is_classified_through_the_server_with_uint8_frames(server, runtimes, tmp_path):
     """`stream --model triton://...`: many stream processes can share one inference service."""
     from vivit_deploy.streaming import StreamClassifier
-    from vivit_deploy.synthetic import write_phases
+    from vivit_deploy.demo.motion import write_phases
 
     remote, local = runtimes
     video = write_phases(tmp_path / "phases.mp4", [(1, 2), (0, 2)])

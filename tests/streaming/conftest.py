@@ -73,7 +73,7 @@ class RtspServer:
 @pytest.fixture(scope="session")
 def phases_video(tmp_path_factory) -> Path:
     """12 s at 8 fps: 6 s of a square moving right, then 6 s moving left (each 2 s one demo clip)."""
-    from vivit_deploy.synthetic import write_phases
+    from vivit_deploy.demo.motion import write_phases
 
     return write_phases(tmp_path_factory.mktemp("streams") / "right-then-left.mp4", [(RIGHT, 3), (LEFT, 3)])
 

@@ -19,8 +19,8 @@ from vivit_deploy.errors import ConfigError
 from vivit_deploy.streaming import StreamClassifier, parse_source
 from vivit_deploy.streaming.sources import SourceError
 from vivit_deploy.streaming.windows import WindowBuilder, WindowSpec
-from vivit_deploy.synthetic import LABELS
-from vivit_deploy.video import sample_indices
+from vivit_deploy.demo.motion import LABELS
+from vivit_deploy.video.reading import sample_indices
 
 # ---- windows, without video -----------------------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ def random_inputs(config, count: int, seed: int = 0) -> CompareInputs:
 def synthetic_inputs(config, preprocessor, count: int, seed: int | None = None) -> CompareInputs:
     """Labelled clips of the motion task the demo model learned (by default its held-out set's seed), so
     accuracy per backend and precision is measured on hundreds of clips, not 12 videos."""
-    from vivit_deploy.synthetic import HELDOUT_SEED, LABELS, labelled_clips
+    from vivit_deploy.demo.motion import HELDOUT_SEED, LABELS, labelled_clips
 
     if count < 1:
         raise ConfigError(f"the number of synthetic clips must be at least 1, got {count}")
@@ -105,7 +105,7 @@ def video_inputs(
     progress: Callable[[str], None] | None = None,
 ) -> CompareInputs:
     """Decode and preprocess one clip per video; labels are matched to the model's id2label by name."""
-    from vivit_deploy.video import read_video
+    from vivit_deploy.video.reading import read_video
 
     if not videos:
         raise ConfigError(f"no videos to compare on in {source}")
@@ -133,6 +133,6 @@ def videos_in(directory: str | os.PathLike) -> list[tuple[Path, str | None]]:
             raise ConfigError(f"{labels_file}: not a JSON object of file name -> label ({exc})") from exc
         if not isinstance(labels, dict):
             raise ConfigError(f"{labels_file}: expected a JSON object of file name -> label")
-    from vivit_deploy.video import VIDEO_SUFFIXES
+    from vivit_deploy.video.reading import VIDEO_SUFFIXES
 
     return [(p, labels.get(p.name)) for p in sorted(directory.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]

@@ -139,7 +139,7 @@ def _with_probes(runtime, options: CompareOptions):
 
 
 def _inputs(options: CompareOptions, reference, demo: bool, samples: int | None, progress: Progress) -> clips.CompareInputs:
-    from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+    from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
 
     config = reference.config
     if options.inputs_file is not None:
@@ -186,14 +186,14 @@ def _every_variant(options: CompareOptions, source: str, reference, demo_model: 
                    not_compared: dict[str, str], progress: Progress) -> dict:
     """Every variant that runs here, its files exported into ``work``; int8 calibrated on ``--calibration``,
     or for the demo model on synthetic clips of a seed no evaluation set uses."""
-    from vivit_deploy.checkpoint import resolve_source
+    from vivit_deploy.model.hf_layout import resolve_source
     from vivit_deploy.accuracy.matrix import available_variants, prepare_files, write_demo_calibration
     from vivit_deploy.runtimes import load_runtime
 
     variants, skipped = available_variants(reference.device)
     calibration = options.calibration
     if calibration is None and demo_model:
-        from vivit_deploy.preprocessing import VideoPreprocessor
+        from vivit_deploy.video.preprocessing import VideoPreprocessor
 
         calibration = write_demo_calibration(reference.config, VideoPreprocessor(reference.preprocessor),
                                              work / "calibration.npz")

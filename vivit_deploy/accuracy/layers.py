@@ -1,7 +1,7 @@
 """Per-layer drift: where in the model a candidate starts to differ from PyTorch fp32, and what broke there.
 
 A candidate runtime loaded with ``probes=True`` (ONNX Runtime, OpenVINO or PyTorch) returns the hidden
-states at the probe points (``vivit_deploy/probes.py``: the embeddings, each layer's two LayerNorms,
+states at the probe points (``vivit_deploy/model/probes.py``: the embeddings, each layer's two LayerNorms,
 attention branch, MLP branch and block output, the final norm); the fp32 PyTorch reference returns the
 same points from forward hooks, on the same clips. Per point: the worst clip's cosine similarity, the
 largest absolute difference, the reference's largest magnitude (its headroom to fp16's 65504) and the
@@ -29,8 +29,8 @@ import numpy as np
 
 from vivit_deploy.accuracy.tolerances import Tolerance
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.metadata import QUANTIZED_PRECISIONS
-from vivit_deploy.probes import LAYER_PARTS, PART_TITLES, ProbePoint, probe_points
+from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
+from vivit_deploy.model.probes import LAYER_PARTS, PART_TITLES, ProbePoint, probe_points
 
 if TYPE_CHECKING:
     from vivit_deploy.runtimes.base import Runtime

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from vivit_deploy.cpu_info import cpu_has_bf16
+from vivit_deploy.runtimes.cpu import cpu_has_bf16
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.metadata import PRECISIONS, QUANTIZED_PRECISIONS
+from vivit_deploy.artifacts.metadata import PRECISIONS, QUANTIZED_PRECISIONS
 
 Progress = Callable[[str], None]
 
@@ -75,7 +75,7 @@ def available_variants(device: str = "cpu") -> tuple[list[Variant], dict[str, st
 def tensorrt_unavailable(device: str) -> str | None:
     """Why no engine can be built and run for ``device`` here (None when one can): TensorRT 10/11 on any GPU,
     or TensorRT for RTX on a GPU it targets."""
-    from vivit_deploy.engine_files import EDITIONS, gpu_identity, installed
+    from vivit_deploy.artifacts.engines import EDITIONS, gpu_identity, installed
 
     if not device.startswith("cuda"):
         return "needs a CUDA device (--device cuda)"
@@ -96,7 +96,7 @@ def _index(device: str) -> int:
 def engine_build_options(workdir: Path, device: str = "cuda") -> dict:
     """How ``export_files`` builds engines with the edition ``build_engine`` picks: with a shared timing cache
     (TensorRT 10/11), or ahead of time for this GPU's compute capability (TensorRT for RTX, no timing cache)."""
-    from vivit_deploy.engine_files import choose_edition, gpu_identity
+    from vivit_deploy.artifacts.engines import choose_edition, gpu_identity
 
     edition = choose_edition("auto")
     if edition.timing_cache:
@@ -111,7 +111,7 @@ def write_demo_calibration(config, preprocessor, path: Path) -> Path:
     """What int8/fp8 are calibrated on for the demo model when no --calibration is given: labelled clips of
     its motion task, of a seed no evaluation set uses, saved as an .npz the export reads."""
     from vivit_deploy.accuracy.inputs import synthetic_inputs
-    from vivit_deploy.synthetic import CALIBRATION_SEED
+    from vivit_deploy.demo.motion import CALIBRATION_SEED
 
     synthetic_inputs(config, preprocessor, DEMO_CALIBRATION_CLIPS, seed=CALIBRATION_SEED).save(path)
     return path

@@ -152,7 +152,7 @@ class _TorchModelRunner(_Runner):
         super().__init__(job)
         import torch
 
-        from vivit_deploy.checkpoint import load_config
+        from vivit_deploy.model.checkpoint import load_config
         from vivit_deploy.runtimes.torch_runtime import torch_dtype
 
         spec = BENCH_BACKENDS[job.backend]
@@ -167,7 +167,7 @@ class _TorchModelRunner(_Runner):
             ).to(device=job.device, dtype=self.dtype).eval()
             self.version = f"transformers {transformers.__version__}"
         else:
-            from vivit_deploy.checkpoint import load_model
+            from vivit_deploy.model.checkpoint import load_model
 
             self.model = load_model(job.target, attn_implementation=spec.attn_implementation, head="classification",
                                     dtype=self.dtype, device=job.device, local_files_only=job.offline or None)

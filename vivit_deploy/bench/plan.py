@@ -156,7 +156,7 @@ def unavailable_reason(backend: BenchBackend, settings: BenchSettings, precision
         if settings.cuda:
             return "runs on the CPU (it is measured with --device cpu)"
         if precision.endswith("bf16"):
-            from vivit_deploy.cpu_info import cpu_has_bf16
+            from vivit_deploy.runtimes.cpu import cpu_has_bf16
 
             if not cpu_has_bf16():
                 return "this CPU has no bf16 units (AVX512-BF16 or AMX)"
@@ -238,7 +238,7 @@ class Artifacts:
 
 def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: Path, progress: Progress) -> Artifacts:
     """The checkpoint (random weights for a preset), and the ONNX files and engines the variants need."""
-    from vivit_deploy.checkpoint import resolve_source
+    from vivit_deploy.model.hf_layout import resolve_source
 
     if settings.config is not None:
         checkpoint, label = _random_checkpoint(settings, workdir / "checkpoint", progress)
@@ -255,12 +255,12 @@ def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: P
     given: dict[str, Path] = {}
     notes: list[str] = []
     if settings.engine is not None:
-        from vivit_deploy.engine_files import engine_metadata
+        from vivit_deploy.artifacts.engines import engine_metadata
 
         _check_given_file(settings.engine, engine_metadata(settings.engine)[1], checkpoint, settings)
         given[f"engine-{settings.precision}"] = settings.engine
     if settings.onnx is not None:
-        from vivit_deploy.metadata import read_onnx_metadata
+        from vivit_deploy.artifacts.metadata import read_onnx_metadata
 
         metadata = read_onnx_metadata(settings.onnx)
         _check_given_file(settings.onnx, metadata, checkpoint, settings)
@@ -291,9 +291,9 @@ def _calibration(settings: BenchSettings, checkpoint: Path, workdir: Path, progr
     evaluation uses; otherwise random clips, said in the report (a speed figure; its drift is on random input)."""
     if settings.calibration is not None:
         return settings.calibration, f"int8 calibrated on {settings.calibration}"
-    from vivit_deploy.checkpoint import load_config
+    from vivit_deploy.model.checkpoint import load_config
     from vivit_deploy.accuracy.inputs import random_inputs
-    from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor, preprocessor_config_in
+    from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor, preprocessor_config_in
 
     config = load_config(checkpoint)
     path = workdir / "calibration.npz"
@@ -314,7 +314,7 @@ def _calibration(settings: BenchSettings, checkpoint: Path, workdir: Path, progr
 def _check_given_file(path: Path, metadata, checkpoint: Path, settings: BenchSettings) -> None:
     """A file given with --onnx / --engine must be this checkpoint's model, in this run's precision,
     taking every batch size asked for: otherwise its timings and drift would be compared with the wrong thing."""
-    from vivit_deploy.checkpoint import load_config
+    from vivit_deploy.model.checkpoint import load_config
 
     config = load_config(checkpoint)
     if metadata.config.input_shape != config.input_shape or metadata.config.id2label != config.id2label:
@@ -340,9 +340,9 @@ def random_checkpoint(name: str, directory: Path, *, num_frames: int | None = No
     """A checkpoint of preset ``name`` with random weights (the real cost, nothing downloaded) and its label."""
     import torch
 
-    from vivit_deploy.config import preset
-    from vivit_deploy.modeling import VivitForVideoClassification
-    from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+    from vivit_deploy.model.config import preset
+    from vivit_deploy.model.modeling import VivitForVideoClassification
+    from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
 
     config = preset(name, **({} if num_frames is None else {"num_frames": num_frames}))
     label = f"{name} geometry ({config.num_frames}x{config.image_height}x{config.image_width}), random weights"

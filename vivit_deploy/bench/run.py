@@ -54,7 +54,7 @@ def run_bench(
     choice = choose_backends(settings)
     with tempfile.TemporaryDirectory(prefix="vivit-bench-") as tmp:
         artifacts = prepare_artifacts(settings, choice, Path(tmp), progress)
-        from vivit_deploy.checkpoint import load_config
+        from vivit_deploy.model.checkpoint import load_config
 
         config = load_config(artifacts.checkpoint)
         ceiling = {}
@@ -117,7 +117,7 @@ def _stages(settings: BenchSettings, precision: str, checkpoint: Path, videos, p
     from vivit_deploy.bench.stages import measure_stages
     from vivit_deploy.demo import sample_videos
     from vivit_deploy.errors import VideoReadError
-    from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+    from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
     from vivit_deploy.runtimes import load_runtime
 
     videos = list(videos) if videos else [path for path, _ in sample_videos()]
@@ -141,7 +141,7 @@ def _preprocessing(checkpoint: Path, config, progress: Progress):
     import importlib.util
 
     from vivit_deploy.bench.stages import compare_preprocessors
-    from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
+    from vivit_deploy.video.preprocessing import PreprocessorConfig, preprocessor_config_in
 
     if importlib.util.find_spec("transformers") is None:
         return None, "preprocessing not compared: transformers is not installed"
@@ -164,7 +164,7 @@ def environment(device: str) -> dict:
         info["device_name"] = torch.cuda.get_device_name(device_index(device))
         info["cuda"] = torch.version.cuda
     else:
-        from vivit_deploy.cpu_info import cpu_flags, cpu_name
+        from vivit_deploy.runtimes.cpu import cpu_flags, cpu_name
 
         info["device_name"] = f"{cpu_name()} ({os.cpu_count()} cores)"
         info["cpu_flags"] = cpu_flags()

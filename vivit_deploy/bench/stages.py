@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vivit_deploy.errors import VideoReadError
-from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
 
 STAGES = ("decode", "preprocess", "inference", "end to end")
 
@@ -27,7 +27,7 @@ def measure_stages(runtime, preprocessor: VideoPreprocessor, videos: Sequence[Pa
     Unreadable files are skipped and listed; :class:`VideoReadError` only when none can be read.
     """
     from vivit_deploy.predict import softmax
-    from vivit_deploy.video import read_clips
+    from vivit_deploy.video.reading import read_clips
 
     num_frames = runtime.config.num_frames
 

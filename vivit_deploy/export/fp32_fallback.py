@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.metadata import QUANTIZED_PRECISIONS
+from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
 
 UNIT_KINDS = ("attention", "mlp", "norms")
 AUTO = "auto"

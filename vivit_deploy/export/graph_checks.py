@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from vivit_deploy.metadata import QUANTIZED_PRECISIONS
+from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
 
 Level = Literal["ok", "warning", "blocker"]
 

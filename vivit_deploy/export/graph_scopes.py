@@ -3,7 +3,7 @@
 ``torch.onnx.export(dynamo=True)`` records on every node the module path it was traced in
 (``pkg.torch.onnx.name_scopes``: ``['', 'vivit', 'vivit.encoder', 'vivit.encoder.layer.0', ...]``),
 with the checkpoint's own parameter names. The quantizer reads it to leave modules in float, the
-exporter to find each module's output tensor and give it its stable name (``probes.py``). A wrapper
+exporter to find each module's output tensor and give it its stable name (``model/probes.py``). A wrapper
 the exporter traces around the model (the fp16 graph's float32 boundary, an fp32 island) adds a
 prefix or a level, so a module path matches when it ends a recorded scope.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from typing import Iterable
 
-from vivit_deploy.probes import ProbePoint
+from vivit_deploy.model.probes import ProbePoint
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 FLOAT_TYPES = (1, 10, 16)  # float, float16, bfloat16
@@ -75,7 +75,7 @@ def module_output(graph, module: str) -> str | None:
 
 
 def name_probe_points(model, points: list[ProbePoint]) -> list[str]:
-    """Rename each point's module output to its stable name (``probes.py``); returns the modules not found."""
+    """Rename each point's module output to its stable name (``model/probes.py``); returns the modules not found."""
     scoped = ScopedGraph(model.graph)
     found = {point: scoped.module_output(point.module) for point in points}
     tensors = [t for t in found.values() if t is not None]

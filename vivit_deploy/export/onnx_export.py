@@ -43,10 +43,10 @@ from vivit_deploy.files import atomic_write
 from vivit_deploy.errors import ConfigError, ExportError
 from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
 from vivit_deploy.export.graph_scopes import name_probe_points
-from vivit_deploy.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME, OUTPUT_NAME, input_spec
-from vivit_deploy.metadata import PRECISIONS, QUANTIZED_PRECISIONS, DeployMetadata
-from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
-from vivit_deploy.probes import probe_points
+from vivit_deploy.model.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME, OUTPUT_NAME, input_spec
+from vivit_deploy.artifacts.metadata import PRECISIONS, QUANTIZED_PRECISIONS, DeployMetadata
+from vivit_deploy.video.preprocessing import PreprocessorConfig, preprocessor_config_in
+from vivit_deploy.model.probes import probe_points
 from vivit_deploy.accuracy.tolerances import tolerance_for
 
 DEFAULT_OPSET = 18
@@ -273,7 +273,7 @@ def export_onnx(
     clips = calibration_note = None
     if calibration is not None:  # read the clips first: a bad directory fails before the long steps
         from vivit_deploy.export.quantize import calibration_clips as read_calibration
-        from vivit_deploy.preprocessing import VideoPreprocessor
+        from vivit_deploy.video.preprocessing import VideoPreprocessor
 
         progress(f"reading {'calibration' if quantized else 'validation'} clips from {calibration} ...")
         clips, calibration_note = read_calibration(calibration, model.config, VideoPreprocessor(preprocessor),
@@ -371,7 +371,7 @@ def _build(job: _Job, kept: tuple[str, ...]):
     proto.doc_string = f"ViViT exported by vivit_deploy from {job.source_name}"
     findings_extra = [Finding("blocker", "probe points", f"no output tensor found for {', '.join(unnamed)}") if unnamed
                       else Finding("ok", "probe points", f"{len(points)} hidden states named <module>:output "
-                                                          "(vivit_deploy/probes.py)")]
+                                                          "(vivit_deploy/model/probes.py)")]
     return proto, findings_extra, calibration_summary
 
 
@@ -466,13 +466,13 @@ def _export_searching(job: _Job) -> ExportReport:
 
 def _load(source, preprocessor, progress: Progress, load_kwargs):
     """The fp32 CPU model with eager attention, its preprocessor config and a printable source name."""
-    from vivit_deploy.modeling import VivitForVideoClassification
+    from vivit_deploy.model.modeling import VivitForVideoClassification
 
     if isinstance(source, VivitForVideoClassification):
         model = copy.deepcopy(source).float().cpu().eval()
         source_name = getattr(source, "source", "in-memory model")
     else:
-        from vivit_deploy.checkpoint import load_model
+        from vivit_deploy.model.checkpoint import load_model
         progress(f"loading {source} ...")
         model = load_model(source, head="classification", attn_implementation="eager", **load_kwargs)
         source_name = str(source)
@@ -586,7 +586,7 @@ def _validate(job: _Job, path: Path, report: ExportReport, kept: tuple[str, ...]
 def _random_clips(job: _Job, batch: int, rng) -> np.ndarray:
     """Clips of random uint8 frames through the model's own preprocessor: random, and in the range a real video's
     clips take (a Gaussian's tails reach past it and would range-check products no video drives that far)."""
-    from vivit_deploy.preprocessing import VideoPreprocessor
+    from vivit_deploy.video.preprocessing import VideoPreprocessor
 
     config = job.model.config
     frames = rng.integers(0, 256, (batch, config.num_frames, config.image_height, config.image_width, 3), dtype=np.uint8)

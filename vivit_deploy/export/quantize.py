@@ -107,7 +107,7 @@ def calibration_clips(source: str | os.PathLike, config, preprocessor, limit: in
         return np.ascontiguousarray(clips, dtype=np.float32), f"{len(clips)} clips from {path.name} ({inputs.source})"
     if path.is_dir():
         from vivit_deploy.errors import VideoReadError
-        from vivit_deploy.video import VIDEO_SUFFIXES, read_video
+        from vivit_deploy.video.reading import VIDEO_SUFFIXES, read_video
 
         videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
         clips, skipped = [], []

@@ -1,6 +1,6 @@
 """ONNX file -> TensorRT engine, with NVIDIA's build report and the sidecar that lets a runtime trust it.
 
-One builder for both editions of TensorRT (``engine_files.EDITIONS``): TensorRT 10.x/11.x, which builds
+One builder for both editions of TensorRT (``artifacts.engines.EDITIONS``): TensorRT 10.x/11.x, which builds
 on the GPU it will run on, and TensorRT for RTX 1.x, which builds ahead of time with no GPU for named
 compute capabilities. What differs (typing, flags, timing cache, targets) is read from the edition's
 data into a :class:`BuildPlan`; the steps are the same: parse with NVIDIA's ONNX parser, one batch
@@ -31,15 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from vivit_deploy.engine_files import (
+from vivit_deploy.artifacts.engines import (
     EDITIONS, Profile, check_version, choose_edition, compute_capability_enum, gpu_identity, import_edition,
     make_sidecar, parse_targets, sidecar_path,
 )
 from vivit_deploy.errors import ConfigError, ExportError
 from vivit_deploy.export.graph_checks import summarize
 from vivit_deploy.files import sha256_of
-from vivit_deploy.io_spec import DEFAULT_MAX_BATCH
-from vivit_deploy.metadata import PRECISIONS, QUANTIZED_PRECISIONS, DeployMetadata, load_onnx_graph, read_onnx_metadata
+from vivit_deploy.model.io_spec import DEFAULT_MAX_BATCH
+from vivit_deploy.artifacts.metadata import PRECISIONS, QUANTIZED_PRECISIONS, DeployMetadata, load_onnx_graph, read_onnx_metadata
 
 Progress = Callable[[str], None]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from vivit_deploy.errors import ModelFileError
 from vivit_deploy.export.graph_checks import WEIGHT_TYPES, Finding, GraphSummary, check_graph, summarize
-from vivit_deploy.metadata import PRECISIONS, QUANTIZED_PRECISIONS, load_onnx_graph
+from vivit_deploy.artifacts.metadata import PRECISIONS, QUANTIZED_PRECISIONS, load_onnx_graph
 
 PARSER_OPS = Path(__file__).with_name("trt_parser_ops.json")
 
@@ -72,7 +72,7 @@ class ParserRun:
 
 def run_parser(path: str | os.PathLike, trt: str = "auto") -> ParserRun:
     """Parse ``path`` with NVIDIA's ONNX parser of the chosen edition (auto: whichever imports)."""
-    from vivit_deploy.engine_files import choose_edition, import_edition
+    from vivit_deploy.artifacts.engines import choose_edition, import_edition
     from vivit_deploy.errors import BackendUnavailableError
     from vivit_deploy.export.trt_build import parser_errors
 

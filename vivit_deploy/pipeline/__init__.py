@@ -10,6 +10,7 @@ loading it), ``stages`` (decode + preprocess, batched inference, rows: shared by
 ``ray_job`` (Ray Data on a cluster), tied together by ``job``.
 """
 
-from vivit_deploy.pipeline.job import LOCAL_RAY, ClassifyJob, JobSummary, classify_corpus, default_workers
+from vivit_deploy.pipeline.job import ClassifyJob, JobSummary, classify_corpus, default_workers
+from vivit_deploy.pipeline.ray_job import LOCAL_RAY
 
 __all__ = ["LOCAL_RAY", "ClassifyJob", "JobSummary", "classify_corpus", "default_workers"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.video import VIDEO_SUFFIXES
+from vivit_deploy.video.reading import VIDEO_SUFFIXES
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 
@@ -56,7 +56,7 @@ def timeline_items(items: list[VideoItem], window: float, hop: float, num_frames
     """Each video's windows as items (``video.time_windows``), in order; a video that cannot be probed stays one
     item, with the reason, to become an error row."""
     from vivit_deploy.errors import VideoReadError
-    from vivit_deploy.video import probe, time_windows
+    from vivit_deploy.video.reading import probe, time_windows
 
     out: list[VideoItem] = []
     failed: dict[str, str] = {}

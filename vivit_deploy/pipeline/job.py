@@ -20,13 +20,13 @@ from vivit_deploy.errors import ConfigError
 from vivit_deploy.pipeline.inputs import expand_inputs, timeline_items
 from vivit_deploy.pipeline.local import StageTimes, available_cores, run_local, start_pool
 from vivit_deploy.pipeline.model import describe_model
+from vivit_deploy.pipeline.ray_job import import_ray, run_on_ray
 from vivit_deploy.pipeline.results import ResultStore
 from vivit_deploy.pipeline.stages import ClipLoader, ClipSpec, ResultSettings, result_row
 
 Log = Callable[[str], None]
 # bar(total videos) -> a context manager yielding update(videos finished, clips run)
 ProgressBar = Callable[[int], ContextManager[Callable[[int, int], None]]]
-LOCAL_RAY = "local"  # ClassifyJob.ray: start a Ray instance on this machine instead of joining one
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ClassifyJob:
     sampling: str = "uniform"
     frame_sample_rate: int = 4
     workers: int | None = None  # decoding processes (Ray: decoding tasks at once); default: default_workers(device)
-    ray: str | None = None  # None: this machine; LOCAL_RAY: a new local Ray; else the address of a cluster
+    ray: str | None = None  # None: this machine; ray_job.LOCAL_RAY: a new local Ray; else the address of a cluster
     actors: int | None = None  # Ray inference actors; default: one per GPU of the cluster, else 1
     resume: bool = True
     retry_failed: bool = False
@@ -139,8 +139,6 @@ def classify_corpus(
     bar = bar or _no_bar
     started = time.perf_counter()
     if job.ray is not None:  # a missing Ray is a one-line error before any work
-        from vivit_deploy.pipeline.ray_job import import_ray
-
         import_ray()
     items = expand_inputs(inputs)
     source = job.model or str(demo_model_dir())
@@ -179,8 +177,6 @@ def classify_corpus(
         if pending and job.ray is None:
             executor, times = _run_here(pending, source, loader, store, settings, job, log, bar)
         elif pending:
-            from vivit_deploy.pipeline.ray_job import run_on_ray
-
             with bar(len(pending)) as update:
                 executor, times = run_on_ray(pending, source, loader, store, settings, job, info, log=log,
                                              progress=update)

@@ -102,7 +102,7 @@ def _worker_main(conn, loader: ClipLoader, threads: int) -> None:
             return
         seq, path, frames = task
         try:
-            pixel_values, decode_s, preprocess_s = loader.load(path, frames)
+            pixel_values, decode_s, preprocess_s = loader.load(path) if frames is None else loader.load(path, frames)
             message = (seq, pixel_values, None, decode_s, preprocess_s)
         except Exception as exc:  # any failure on one video is that video's row, never the end of the job
             message = (seq, None, error_line(exc), 0.0, 0.0)

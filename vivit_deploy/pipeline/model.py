@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vivit_deploy.config import VivitConfig
+from vivit_deploy.model.config import VivitConfig
 from vivit_deploy.files import sha256_of
-from vivit_deploy.preprocessing import PreprocessorConfig
+from vivit_deploy.video.preprocessing import PreprocessorConfig
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def describe_model(source: str | os.PathLike, backend: str | None = None, **hub_
 
     backend = backend or backend_for(source)
     if backend == "triton":
-        from vivit_deploy.serving.triton_client import TritonRuntime
+        from vivit_deploy.runtimes.triton_runtime import TritonRuntime
 
         with TritonRuntime(str(source)) as served:  # a few HTTP calls: configuration and readiness
             sha = served.parameters.get("vivit_deploy.model_sha256") or hashlib.sha256(
@@ -49,19 +49,20 @@ def describe_model(source: str | os.PathLike, backend: str | None = None, **hub_
                              frames=served.frames_model is not None)
     path = Path(source)
     if path.suffix.lower() in (".engine", ".plan"):
-        from vivit_deploy.engine_files import engine_metadata
+        from vivit_deploy.artifacts.engines import engine_metadata
 
         sidecar, metadata = engine_metadata(path)
         return ModelInfo(str(source), backend, metadata.config, metadata.preprocessor, sha256_of(path),
                          sidecar["precision"])
     if path.suffix.lower() == ".onnx":
-        from vivit_deploy.metadata import read_onnx_metadata
+        from vivit_deploy.artifacts.metadata import read_onnx_metadata
 
         metadata = read_onnx_metadata(path)
         return ModelInfo(str(source), backend, metadata.config, metadata.preprocessor, sha256_of(path),
                          metadata.precision)
-    from vivit_deploy.checkpoint import load_config, resolve_source
-    from vivit_deploy.preprocessing import preprocessor_config_in
+    from vivit_deploy.model.checkpoint import load_config
+    from vivit_deploy.model.hf_layout import resolve_source
+    from vivit_deploy.video.preprocessing import preprocessor_config_in
 
     options = {k: v for k, v in hub_options.items() if v is not None}
     directory = resolve_source(source, **options)

@@ -31,9 +31,11 @@ from vivit_deploy.pipeline.stages import ClipLoader, ResultSettings, classify_vi
 
 if TYPE_CHECKING:
     from vivit_deploy.pipeline.inputs import VideoItem
-    from vivit_deploy.pipeline.job import ClassifyJob
     from vivit_deploy.pipeline.model import ModelInfo
     from vivit_deploy.pipeline.results import ResultStore
+
+
+LOCAL_RAY = "local"  # ClassifyJob.ray: start a Ray instance on this machine instead of joining one
 
 
 class RayJobError(VivitDeployError, RuntimeError):
@@ -54,7 +56,7 @@ def decode_rows(batch: dict[str, np.ndarray], loader: ClipLoader, frame_shape: t
     pixels, errors, decode_s, preprocess_s = [], [], [], []
     for path, frames in zip(batch["path"], batch["frames"]):
         try:
-            pixel_values, d, p = loader.load(str(path), list(frames) if len(frames) else None)
+            pixel_values, d, p = loader.load(str(path), list(frames)) if len(frames) else loader.load(str(path))
             error = ""
         except Exception as exc:  # a row, not a failed task
             pixel_values, d, p, error = np.zeros(loader.output_shape(frame_shape), np.float32), 0.0, 0.0, error_line(exc)
@@ -130,7 +132,7 @@ def run_on_ray(
     loader: ClipLoader,
     store: "ResultStore",
     settings: ResultSettings,
-    job: "ClassifyJob",
+    job: Any,  # pipeline.job.ClassifyJob: ray, workers, actors, device, batch_size, num_clips, runtime_options
     info: "ModelInfo",
     *,
     log: Callable[[str], None],
@@ -138,8 +140,6 @@ def run_on_ray(
 ) -> tuple[str, StageTimes]:
     """Classify ``pending`` on Ray, writing rows to ``store`` as they arrive; the caller finalizes the store."""
     ray = import_ray()
-    from vivit_deploy.pipeline.job import LOCAL_RAY
-
     started_here = not ray.is_initialized()
     if started_here:
         log("starting a local Ray ..." if job.ray == LOCAL_RAY else f"joining the Ray cluster at {job.ray} ...")

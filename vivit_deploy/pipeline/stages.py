@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
-from vivit_deploy.video import SAMPLINGS
+from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
+from vivit_deploy.video.reading import SAMPLINGS
 
 if TYPE_CHECKING:
     from vivit_deploy.predict import Prediction
@@ -33,7 +33,7 @@ class ClipSpec:
 
     num_frames: int
     num_clips: int = 1
-    sampling: str = "uniform"  # "uniform" or "stride", see vivit_deploy.video
+    sampling: str = "uniform"  # "uniform" or "stride", see vivit_deploy.video.reading
     frame_sample_rate: int = 4  # every Nth frame, for "stride"
 
     def __post_init__(self) -> None:
@@ -69,7 +69,7 @@ class ClipLoader:
 
     def load(self, path: str | os.PathLike, frames: Sequence[int] | None = None) -> tuple[np.ndarray, float, float]:
         """The clips of a video, or with ``frames`` (a timeline window's frame indices) that one clip."""
-        from vivit_deploy.video import read_clips, read_frames
+        from vivit_deploy.video.reading import read_clips, read_frames
 
         spec = self.spec
         started = time.perf_counter()
@@ -157,31 +157,9 @@ def result_row(path: str, settings: ResultSettings, predictions: Sequence["Predi
     }
 
 
-def video_logits(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
-    """The logits (num_clips, num_labels) of each video, its clips run with every other video's in batches of
-    ``batch_size``: float32 clips through ``run_batches``, or uint8 frames (for a runtime that preprocesses them
-    itself) through ``run_frames``, one call per frame size."""
-    counts = [len(c) for c in clips]
-    bounds = np.cumsum([0, *counts])
-    if clips[0].dtype == np.uint8:
-        logits = np.empty((bounds[-1], runtime.num_labels), np.float32)
-        sizes: dict[tuple, list[int]] = {}
-        for i, c in enumerate(clips):
-            sizes.setdefault(c.shape[1:], []).append(i)
-        for members in sizes.values():
-            out = runtime.run_frames(np.concatenate([clips[i] for i in members]))
-            offset = 0
-            for i in members:
-                logits[bounds[i]:bounds[i + 1]] = out[offset:offset + counts[i]]
-                offset += counts[i]
-    else:
-        logits = runtime.run_batches(np.concatenate(clips), batch_size)
-    return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-
 def classify_videos(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size: int, top_k: int) -> list[list["Prediction"]]:
     """Stage 2: the top-k of each video (``predict.top_predictions`` of its clips' logits)."""
-    from vivit_deploy.predict import top_predictions
+    from vivit_deploy.predict import top_predictions, video_logits
 
     return [top_predictions(logits, runtime.id2label, top_k) for logits in video_logits(runtime, clips, batch_size)]
 

@@ -21,7 +21,7 @@ from typing import Any
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.runtimes.base import BACKENDS, SCHEMES, SUFFIXES, Runtime, RuntimeClosedError, register_backend
 from vivit_deploy.runtimes import openvino_runtime, ort_runtime, torch_runtime, trt_runtime  # noqa: F401  (registers the backends)
-from vivit_deploy.serving import triton_client  # noqa: F401,E402  (registers triton://)
+from vivit_deploy.runtimes import triton_runtime  # noqa: F401  (registers triton://)
 
 
 def expected_precision(backend: str, file_precision: str | None, asked: str | None) -> str:

@@ -16,10 +16,10 @@ from typing import Any, ClassVar, Callable
 
 import numpy as np
 
-from vivit_deploy.config import VivitConfig
+from vivit_deploy.model.config import VivitConfig
 from vivit_deploy.errors import ConfigError, InputRangeWarning, VivitDeployError
-from vivit_deploy.io_spec import InputSpec
-from vivit_deploy.preprocessing import PreprocessorConfig
+from vivit_deploy.model.io_spec import InputSpec
+from vivit_deploy.video.preprocessing import PreprocessorConfig
 
 
 class RuntimeClosedError(VivitDeployError, RuntimeError):
@@ -128,10 +128,10 @@ class Runtime(ABC):
             raise ConfigError("no clips to run")
         return np.concatenate(outputs)
 
-    probe_names: tuple[str, ...] = ()  # hidden states this runtime exposes (``probes.py``); set by backends that can
+    probe_names: tuple[str, ...] = ()  # hidden states this runtime exposes (``model/probes.py``); set by backends that can
 
     def run_probes(self, pixel_values: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Logits and the hidden states at the file's probe points (``vivit_deploy/probes.py``), float32, for
+        """Logits and the hidden states at the file's probe points (``vivit_deploy/model/probes.py``), float32, for
         per-layer drift. Backends that can expose them (ONNX Runtime, OpenVINO) do when loaded with
         ``probes=True``."""
         self._ensure_open()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
-from vivit_deploy.metadata import QUANTIZED_PRECISIONS, read_onnx_metadata
+from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS, read_onnx_metadata
 from vivit_deploy.runtimes.base import Runtime, register_backend
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # our compute precision -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -163,9 +163,9 @@ def _check_io(compiled, metadata, path: Path) -> None:
 
 
 def _add_probe_outputs(model, path: Path) -> tuple[str, ...]:
-    """Add the file's probe points (``vivit_deploy/probes.py``) to an OpenVINO model's outputs; their names."""
-    from vivit_deploy.metadata import load_onnx_graph
-    from vivit_deploy.probes import is_probe_name
+    """Add the file's probe points (``vivit_deploy/model/probes.py``) to an OpenVINO model's outputs; their names."""
+    from vivit_deploy.artifacts.metadata import load_onnx_graph
+    from vivit_deploy.model.probes import is_probe_name
 
     names = tuple(o for node in load_onnx_graph(path).graph.node for o in node.output if is_probe_name(o))
     if not names:

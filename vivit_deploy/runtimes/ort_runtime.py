@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
-from vivit_deploy.metadata import DeployMetadata
+from vivit_deploy.artifacts.metadata import DeployMetadata
 from vivit_deploy.runtimes.base import Runtime, device_index, register_backend, resolve_device
 
 PROVIDERS = ("cpu", "cuda", "tensorrt")
@@ -169,12 +169,12 @@ def _check_session_matches(session, metadata: DeployMetadata, path: Path) -> Non
 
 
 def with_probe_outputs(path: Path) -> tuple[bytes, tuple[str, ...]]:
-    """The file's graph with its probe points (``vivit_deploy/probes.py``) as extra outputs, serialized, and their
+    """The file's graph with its probe points (``vivit_deploy/model/probes.py``) as extra outputs, serialized, and their
     names in graph order. A file without any (not written by this vivit-export) is a clear error."""
     import onnx
 
-    from vivit_deploy.metadata import load_onnx_graph
-    from vivit_deploy.probes import is_probe_name
+    from vivit_deploy.artifacts.metadata import load_onnx_graph
+    from vivit_deploy.model.probes import is_probe_name
 
     model = load_onnx_graph(path)
     names = tuple(o for node in model.graph.node for o in node.output if is_probe_name(o))

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.io_spec import input_spec
-from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
-from vivit_deploy.probes import probe_points
+from vivit_deploy.model.io_spec import input_spec
+from vivit_deploy.video.preprocessing import PreprocessorConfig, preprocessor_config_in
+from vivit_deploy.model.probes import probe_points
 from vivit_deploy.runtimes.base import Runtime, register_backend, resolve_device
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -47,7 +47,7 @@ class TorchRuntime(Runtime):
         token: str | bool | None = None,
         probes: bool = False,
     ):
-        from vivit_deploy.checkpoint import load_model
+        from vivit_deploy.model.checkpoint import load_model
 
         precision = precision or "fp32"
         device = resolve_device(device)

@@ -1,6 +1,6 @@
 """TensorRT backend: an engine from ``vivit-deploy build-engine``, run on a CUDA stream, by the edition that built it.
 
-The sidecar says which edition (TensorRT 10/11 or TensorRT for RTX, ``engine_files.EDITIONS``) and
+The sidecar says which edition (TensorRT 10/11 or TensorRT for RTX, ``artifacts.engines.EDITIONS``) and
 version built the engine and for which GPU or compute capabilities; it is read and checked before the
 engine bytes are handed to that edition, so an engine never reaches the wrong library, version or GPU.
 TensorRT for RTX also answers ``Runtime.get_engine_validity`` first, so an unsupported GPU, another
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vivit_deploy.engine_files import check_sidecar, edition, engine_metadata, gpu_identity, import_edition
+from vivit_deploy.artifacts.engines import check_sidecar, edition, engine_metadata, gpu_identity, import_edition
 from vivit_deploy.errors import ConfigError, InputShapeError, ModelFileError, VivitDeployError
 from vivit_deploy.runtimes.base import Runtime, device_index, register_backend, resolve_device
 

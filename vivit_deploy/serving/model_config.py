@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from vivit_deploy.errors import BackendUnavailableError, VivitDeployError
-from vivit_deploy.metadata import DeployMetadata
+from vivit_deploy.artifacts.metadata import DeployMetadata
 
 # numpy dtype name -> Triton data type (the ones our tensors use)
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}
-FRAMES_INPUT = "frames"  # the ensemble's input: uint8 RGB frames (T, H, W, 3), any size
 
 
 class ServingConfigError(VivitDeployError, ValueError):
@@ -47,12 +46,6 @@ def _load_pb2(path: str):
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
     return module
-
-
-def config_parameters(config: dict[str, Any]) -> dict[str, str]:
-    """The ``parameters`` of a model configuration as Triton returns it in JSON (to a client, or to a python
-    backend model's ``initialize``): key -> string value."""
-    return {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
 
 
 @dataclass

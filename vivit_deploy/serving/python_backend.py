@@ -33,7 +33,7 @@ class _BatchedModel(ABC):
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
 
-        from vivit_deploy.serving.model_config import config_parameters
+        from vivit_deploy.runtimes.triton_runtime import config_parameters
 
         self.pb = pb_utils
         self.parameters = config_parameters(json.loads(args["model_config"]))
@@ -123,9 +123,9 @@ class PreprocessModel(_BatchedModel):
     """``frames`` uint8 (B, T, H, W, 3) -> ``pixel_values`` float32 (B, T, 3, h, w): the shared preprocessor."""
 
     def setup(self, args: dict[str, Any]) -> None:
-        from vivit_deploy.config import VivitConfig
-        from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
-        from vivit_deploy.serving.model_config import FRAMES_INPUT
+        from vivit_deploy.model.config import VivitConfig
+        from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
+        from vivit_deploy.runtimes.triton_runtime import FRAMES_INPUT
 
         p = self.parameters
         self.config = VivitConfig.from_dict(json.loads(p["vivit_deploy.config"]))

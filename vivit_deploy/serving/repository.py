@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from vivit_deploy.engine_files import describe_build, edition
+from vivit_deploy.artifacts.engines import describe_build, edition
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.metadata import DeployMetadata
+from vivit_deploy.artifacts.metadata import DeployMetadata
+from vivit_deploy.runtimes.triton_runtime import FRAMES_INPUT
 from vivit_deploy.serving.model_config import (
-    FRAMES_INPUT, ModelConfigSpec, ServingConfigError, TensorSpec, check_against_metadata, parse_config,
+    ModelConfigSpec, ServingConfigError, TensorSpec, check_against_metadata, parse_config,
 )
 
 PLATFORMS = ("tensorrt", "onnxruntime", "python")
@@ -151,7 +152,7 @@ def write_repository(
                                                                                  python_precision)})
             (model_dir / "1" / "model.py").write_text(_shim("ClassifierModel"), encoding="utf-8")
             if src.sidecar is not None:
-                from vivit_deploy.engine_files import sidecar_path
+                from vivit_deploy.artifacts.engines import sidecar_path
 
                 shutil.copy2(sidecar_path(src.path), model_dir / "1" / sidecar_path(Path(model_file)).name)
         elif src.kind == "checkpoint":
@@ -239,18 +240,19 @@ def write_repository(
 def _read_source(path: Path, work: Path, progress: Progress, keep_checkpoint: bool = False) -> _Source:
     suffix = path.suffix.lower()
     if suffix in (".engine", ".plan"):
-        from vivit_deploy.engine_files import engine_metadata
+        from vivit_deploy.artifacts.engines import engine_metadata
 
         sidecar, metadata = engine_metadata(path)
         return _Source(path, "engine", metadata, sidecar)
     if suffix == ".onnx":
-        from vivit_deploy.metadata import read_onnx_metadata
+        from vivit_deploy.artifacts.metadata import read_onnx_metadata
 
         return _Source(path, "onnx", read_onnx_metadata(path))
     if keep_checkpoint:  # served by PyTorch inside Triton's python backend: no export
-        from vivit_deploy.checkpoint import load_config, resolve_source
-        from vivit_deploy.io_spec import DEFAULT_MAX_BATCH, OUTPUT_NAME, input_spec
-        from vivit_deploy.preprocessing import PreprocessorConfig, preprocessor_config_in
+        from vivit_deploy.model.checkpoint import load_config
+        from vivit_deploy.model.hf_layout import resolve_source
+        from vivit_deploy.model.io_spec import DEFAULT_MAX_BATCH, OUTPUT_NAME, input_spec
+        from vivit_deploy.video.preprocessing import PreprocessorConfig, preprocessor_config_in
 
         directory = resolve_source(path)
         config = load_config(directory)
@@ -264,7 +266,7 @@ def _read_source(path: Path, work: Path, progress: Progress, keep_checkpoint: bo
     exported = work / "model.onnx"
     progress(f"exporting {path} to ONNX first ...")
     export_onnx(path, exported, progress=progress)
-    from vivit_deploy.metadata import read_onnx_metadata
+    from vivit_deploy.artifacts.metadata import read_onnx_metadata
 
     return _Source(exported, "onnx", read_onnx_metadata(exported))
 

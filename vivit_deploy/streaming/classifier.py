@@ -83,7 +83,7 @@ class StreamClassifier:
                  smooth: int = 3, min_probability: float = 0.5, top_k: int = 5, realtime: bool = False,
                  reconnect: bool = True, duration: float | None = None, max_batch: int | None = None, preprocessor=None,
                  batch_wait: float = 0.02):
-        from vivit_deploy.preprocessing import PreprocessorConfig, VideoPreprocessor
+        from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
 
         if not sources:
             raise ConfigError("no stream sources: give rtsp://, http(s)://, udp://, tcp:// URLs, devices or video files")
@@ -171,7 +171,7 @@ class StreamClassifier:
         window does not also pay for compiled kernels and lazy initialisation."""
         crop = self.preprocessor.config.crop_size
         frames = np.zeros((1, self.spec.num_frames, crop["height"], crop["width"], 3), np.uint8)
-        from vivit_deploy.pipeline.stages import video_logits
+        from vivit_deploy.predict import video_logits
 
         video_logits(self.runtime, [frames if self.send_frames else self.preprocessor(frames)], 1)
 
@@ -228,7 +228,7 @@ class StreamClassifier:
         return self.duration is not None and self._started and time.monotonic() - self._clock >= self.duration
 
     def _classify(self, taken: list[tuple[str, Window, int]]) -> Iterator[dict[str, Any]]:
-        from vivit_deploy.pipeline.stages import video_logits
+        from vivit_deploy.predict import video_logits
         from vivit_deploy.predict import softmax
 
         clips = []

@@ -1,4 +1,4 @@
-"""numba kernels behind ``vivit_deploy.resample``; imported on first use, since importing numba takes a while.
+"""numba kernels behind ``vivit_deploy.video.resample``; imported on first use, since importing numba takes a while.
 
 Module-level functions, so numba can cache the compiled code on disk (``cache=True``) and later
 processes skip the compile. The arithmetic is Pillow's (see resample.py): int32 fixed point with
@@ -8,7 +8,7 @@ PRECISION_BITS fractional bits, rounding constant 1 << (PRECISION_BITS - 1), cli
 import numba
 import numpy as np
 
-from vivit_deploy.resample import PRECISION_BITS
+from vivit_deploy.video.fixed_point import PRECISION_BITS
 
 jit = numba.njit(parallel=True, cache=True, nogil=True)  # the two kernels: parallel over frames
 helper = numba.njit(cache=True, nogil=True)  # what they call per row

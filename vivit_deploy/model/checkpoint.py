@@ -1,107 +1,28 @@
-"""Loading and saving checkpoints in the Hugging Face layout, from a local directory or the Hub.
+"""Loading checkpoints in the Hugging Face layout into our model, from a local directory or the Hub.
 
 A checkpoint directory holds ``config.json`` and weights in one of four layouts, tried in this order:
 ``model.safetensors``, sharded safetensors (``model.safetensors.index.json``), ``pytorch_model.bin``,
 sharded .bin (``pytorch_model.bin.index.json``). It may also hold ``preprocessor_config.json``.
-
-A source that is not an existing directory is taken as a Hub repository id and fetched with
-``huggingface_hub.snapshot_download``, which honours its cache, ``revision``, ``HF_HUB_OFFLINE=1`` and
-``local_files_only``.
+Where a checkpoint lives (a directory, or a Hub snapshot) and how one is written are ``hf_layout``'s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from vivit_deploy.config import VivitConfig
-from vivit_deploy.errors import CheckpointError, CheckpointNotFoundError, ConfigError
-from vivit_deploy.files import atomic_write
+from vivit_deploy.errors import CheckpointError, ConfigError
+from vivit_deploy.model.config import VivitConfig
+from vivit_deploy.model.hf_layout import BIN_INDEX, BIN_NAME, CONFIG_NAME, SAFETENSORS_INDEX, SAFETENSORS_NAME, resolve_source
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the preprocessor works without it
     import torch
 
-    from vivit_deploy.modeling import VivitForVideoClassification, VivitModel
-    from vivit_deploy.preprocessing import VideoPreprocessor
-
-CONFIG_NAME = "config.json"
-PREPROCESSOR_NAME = "preprocessor_config.json"
-SAFETENSORS_NAME = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-BIN_NAME = "pytorch_model.bin"
-BIN_INDEX = "pytorch_model.bin.index.json"
-
-# What snapshot_download fetches: config files first, then the first weight layout that exists.
-_HUB_CONFIG_FILES = [CONFIG_NAME, PREPROCESSOR_NAME]
-_HUB_WEIGHT_PATTERNS = [
-    [SAFETENSORS_NAME, SAFETENSORS_INDEX, "model-*.safetensors"],
-    [BIN_NAME, BIN_INDEX, "pytorch_model-*.bin"],
-]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+    from vivit_deploy.model.modeling import VivitForVideoClassification, VivitModel
 
 Head = Literal["auto", "classification", "base"]
-
-
-def resolve_source(
-    source: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool | None = None,
-    token: str | bool | None = None,
-) -> Path:
-    """Return a local directory for ``source``: the directory itself, or the Hub snapshot in the cache."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise CheckpointNotFoundError(f"{source}: is a file; give the checkpoint directory that holds {CONFIG_NAME}")
-    text = str(source)
-    looks_local = text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1)
-    if looks_local or not _REPO_ID.match(text):
-        raise CheckpointNotFoundError(f"{source}: no such checkpoint directory (and not a Hub repository id)")
-    return _snapshot(text, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
-
-
-def _snapshot(repo_id: str, **kwargs: Any) -> Path:
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    offline = bool(kwargs.get("local_files_only")) or constants.HF_HUB_OFFLINE
-    where = "in the local Hugging Face cache (offline mode)" if offline else "on the Hugging Face Hub"
-    revision = kwargs.get("revision")
-    label = f"{repo_id}@{revision}" if revision else repo_id
-    directory = Path()
-    try:
-        for weights in _HUB_WEIGHT_PATTERNS:
-            directory = Path(snapshot_download(repo_id, allow_patterns=_HUB_CONFIG_FILES + weights, **kwargs))
-            if any((directory / name).exists() for name in weights if "*" not in name):
-                return directory
-    except RevisionNotFoundError as exc:
-        raise CheckpointNotFoundError(f"{label}: revision {revision!r} not found {where}") from exc
-    except GatedRepoError as exc:
-        raise CheckpointNotFoundError(f"{label}: gated repository; log in with `hf auth login` first") from exc
-    except RepositoryNotFoundError as exc:
-        raise CheckpointNotFoundError(
-            f"{label}: no local directory of that name, and no such repository {where} (or it is private)"
-        ) from exc
-    except LocalEntryNotFoundError as exc:
-        raise CheckpointNotFoundError(
-            f"{label}: no local directory of that name, and not found {where}; "
-            "download it once with network access, or pass a local directory"
-        ) from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise CheckpointNotFoundError(f"{label}: could not fetch from the Hugging Face Hub: {exc}") from exc
-    return directory  # no weights in any layout: load_state_dict reports it with the file names it tried
 
 
 def load_config(directory: str | os.PathLike) -> VivitConfig:
@@ -208,7 +129,7 @@ def load_model(
     """
     import torch
 
-    from vivit_deploy.modeling import VivitForVideoClassification, VivitModel, _check_attn_implementation
+    from vivit_deploy.model.modeling import VivitForVideoClassification, VivitModel, _check_attn_implementation
 
     _check_attn_implementation(attn_implementation)
     directory = resolve_source(
@@ -249,30 +170,7 @@ def _check_state_dict(model: "torch.nn.Module", state: dict, source: str) -> Non
         raise CheckpointError(f"{source}: weights do not fit the model in config.json; " + "; ".join(problems))
 
 
-def save_pretrained(
-    model: "torch.nn.Module",
-    directory: str | os.PathLike,
-    preprocessor: "VideoPreprocessor | None" = None,
-) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (and ``preprocessor_config.json``) into ``directory``.
-
-    Each file is written to a temporary name and renamed, so an interrupted save never leaves a
-    half-written file under the real name.
-    """
-    from safetensors.torch import save_file
-
-    from vivit_deploy.modeling import VivitForVideoClassification
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config_dict = model.config.to_dict()
-    arch = "VivitForVideoClassification" if isinstance(model, VivitForVideoClassification) else "VivitModel"
-    config_dict["architectures"] = [arch]
-    config_dict["dtype"] = str(model.dtype).removeprefix("torch.")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-
-    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config_dict, indent=2) + "\n"))
-    atomic_write(directory / SAFETENSORS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    if preprocessor is not None:
-        preprocessor.save_pretrained(directory)
-    return directory
+def save_pretrained(model: "torch.nn.Module", directory: str | os.PathLike, preprocessor: Any = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (and ``preprocessor_config.json``) into ``directory``: the
+    model's own ``save_pretrained``, kept as a function (``vivit_deploy.save_pretrained``)."""
+    return model.save_pretrained(directory, preprocessor=preprocessor)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
-from vivit_deploy.metadata import DeployMetadata
+from vivit_deploy.artifacts.metadata import DeployMetadata
 
 SIDECAR_SUFFIX = ".json"
 SIDECAR_FORMAT = 2  # 2: "edition" and "targets"; format 1 (before TensorRT for RTX) is read as TensorRT

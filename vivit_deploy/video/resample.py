@@ -21,7 +21,8 @@ from functools import lru_cache
 
 import numpy as np
 
-PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point: 8 bits of result, 2 of headroom for negative lobes
+from vivit_deploy.video.fixed_point import PRECISION_BITS
+
 
 # PIL.Image.Resampling values, as they appear in preprocessor_config.json.
 NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING = 0, 1, 2, 3, 4, 5
@@ -158,7 +159,7 @@ def _pillow_version() -> str:
 
 def _compiled_kernels():
     """The numba kernels, compiled on first use (or loaded from numba's on-disk cache)."""
-    from vivit_deploy import _resample_kernels
+    from vivit_deploy.video import _resample_kernels
 
     return _resample_kernels.horizontal_first, _resample_kernels.vertical_first
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vivit_deploy.config import VivitConfig
+from vivit_deploy.model.config import VivitConfig
 from vivit_deploy.errors import ConfigError, ModelFileError
-from vivit_deploy.io_spec import InputSpec
-from vivit_deploy.preprocessing import PreprocessorConfig
+from vivit_deploy.model.io_spec import InputSpec
+from vivit_deploy.video.preprocessing import PreprocessorConfig
 
 FORMAT_VERSION = "1"
 PREFIX = "vivit_deploy."

@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from vivit_deploy.errors import ConfigError, InputShapeError
-from vivit_deploy.resample import RESAMPLE_NAMES, resize_crop_to_float
+from vivit_deploy.model.hf_layout import PREPROCESSOR_NAME
+from vivit_deploy.video.resample import RESAMPLE_NAMES, resize_crop_to_float
 
-PREPROCESSOR_NAME = "preprocessor_config.json"
 
 
 def _size_dict(value: Any, name: str, crop: bool) -> dict[str, int]:
@@ -173,7 +173,7 @@ class VideoPreprocessor:
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, **hub_kwargs: Any) -> "VideoPreprocessor":
         """Read ``preprocessor_config.json`` from a checkpoint directory or Hub id (same sources as ``load_model``)."""
-        from vivit_deploy.checkpoint import resolve_source
+        from vivit_deploy.model.hf_layout import resolve_source
 
         config = preprocessor_config_in(resolve_source(source, **hub_kwargs))
         if config is None:

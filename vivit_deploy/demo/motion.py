@@ -81,7 +81,7 @@ def write_corpus(directory, count: int, *, height: int = 48, width: int = 64, fr
     """
     from pathlib import Path
 
-    from vivit_deploy.video import write_video
+    from vivit_deploy.video.reading import write_video
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def write_corpus(directory, count: int, *, height: int = 48, width: int = 64, fr
 def labelled_clips(count: int, seed: int, num_frames: int, preprocessor) -> tuple[np.ndarray, np.ndarray]:
     """``count`` preprocessed clips of the task as the demo model was trained and evaluated (uniformly
     sampled frames, no codec), with their labels: (pixel_values (N, T, C, H, W), labels (N,))."""
-    from vivit_deploy.video import sample_indices
+    from vivit_deploy.video.reading import sample_indices
 
     videos, labels = make_dataset(count, seed, noise=NOISE)
     frames = sample_indices(VIDEO_FRAMES, num_frames, sampling="uniform")[0]
@@ -115,7 +115,7 @@ def write_phases(path, phases, *, fps: int = 8, seed: int = 0, noise: float = NO
     fresh VIDEO_FRAMES-frame video of that direction (the length of one demo clip at ``fps`` 8: 2 s), played
     back to back. For following a stream whose content changes: a window that lines up with a clip sees
     what the demo model was trained on. Returns the path."""
-    from vivit_deploy.video import write_video
+    from vivit_deploy.video.reading import write_video
 
     rng = np.random.default_rng(seed)
     frames = [render_clip(int(label), rng, noise=noise) for label, clips in phases for _ in range(clips)]

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vivit_deploy.config import ACTIVATIONS, VivitConfig
+from vivit_deploy.model.config import ACTIVATIONS, VivitConfig
 from vivit_deploy.errors import ConfigError, InputShapeError
+from vivit_deploy.model.hf_layout import write_checkpoint
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -284,11 +285,12 @@ class _VivitBase(nn.Module):
             validate_pixel_values(pixel_values, self.config)
         return pixel_values.to(self.dtype)
 
-    def save_pretrained(self, directory, preprocessor=None) -> None:
+    def save_pretrained(self, directory, preprocessor=None):
         """Write config.json, model.safetensors (and preprocessor_config.json) in the Hugging Face layout."""
-        from vivit_deploy.checkpoint import save_pretrained
-
-        save_pretrained(self, directory, preprocessor=preprocessor)
+        config = self.config.to_dict()
+        config["architectures"] = [type(self).__name__]
+        config["dtype"] = str(self.dtype).removeprefix("torch.")
+        return write_checkpoint(directory, config, self.state_dict(), preprocessor)
 
 
 class VivitModel(_VivitBase):

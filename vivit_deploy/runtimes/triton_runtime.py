@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from vivit_deploy.errors import BackendUnavailableError, ModelFileError, VivitDeployError
-from vivit_deploy.metadata import DeployMetadata
+from vivit_deploy.artifacts.metadata import DeployMetadata
 from vivit_deploy.runtimes.base import Runtime, register_backend
-from vivit_deploy.serving.model_config import FRAMES_INPUT, config_parameters
 
 SCHEME = "triton"
 # Binary tensors must say so: a Triton 2.51 server crashed on binary requests of another content type.
@@ -29,6 +28,15 @@ BINARY = {"Content-Type": "application/octet-stream"}
 
 class TritonError(VivitDeployError, RuntimeError):
     """The server refused or failed a request, or could not be reached."""
+
+
+FRAMES_INPUT = "frames"  # the frames ensemble's input (triton-repo writes it): uint8 RGB frames (T, H, W, 3), any size
+
+
+def config_parameters(config: dict[str, Any]) -> dict[str, str]:
+    """The ``parameters`` of a model configuration as Triton returns it in JSON (to a client, or to a python
+    backend model's ``initialize``): key -> string value."""
+    return {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
 
 
 def import_tritonclient():

@@ -1,8 +1,8 @@
 """The embedded demo model and its labelled sample videos, shipped inside the package.
 
 A small ViViT trained by ``scripts/train_demo_model.py`` on the motion-direction task of
-``vivit_deploy.synthetic``; the files are in the Hugging Face layout, so every entry point that takes
-a checkpoint takes ``demo_model_dir()``.
+``vivit_deploy.demo.motion``; the files are in the Hugging Face layout, so every entry point that takes
+a checkpoint takes ``demo_model_dir()``. The files themselves are package data in ``vivit_deploy/assets``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "assets"  # package data: vivit_deploy/assets
 DEMO_MODEL = ASSETS / "demo-model"
 SAMPLES = ASSETS / "samples"
 SAMPLE_LABELS = SAMPLES / "labels.json"

@@ -1,0 +1,102 @@
+"""What every command shares: one-line errors, progress lines, the option groups of several commands, reports.
+
+Every expected failure (bad file, bad checkpoint, bad option) ends with one readable line on stderr
+and a non-zero exit code; a traceback means a bug in vivit_deploy.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import click
+
+from vivit_deploy.errors import VivitDeployError
+
+
+def friendly_errors(fn):
+    """Turn our errors (and missing files) into click's one-line ``Error: ...`` and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (VivitDeployError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+class Stopwatch:
+    """Progress lines on stderr, each with the seconds since the command started."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        click.echo(f"[{time.perf_counter() - self.started:6.1f} s] {message}", err=True)
+
+
+def runtime_options(source: str, backend: str | None, attn_implementation: str | None, revision, offline) -> dict:
+    """Options only the PyTorch backend takes, passed only when it is the one chosen."""
+    from vivit_deploy.runtimes import backend_for
+
+    if (backend or backend_for(source)) != "torch":
+        return {}
+    options = {"revision": revision, "local_files_only": offline or None}
+    if attn_implementation:
+        options["attn_implementation"] = attn_implementation
+    return options
+
+
+BACKEND = click.option("--backend", type=click.Choice(["torch", "onnxruntime", "openvino", "tensorrt", "triton"]), default=None,
+                       help="Default: from --model (.onnx -> onnxruntime, .engine/.plan -> tensorrt, "
+                            "checkpoint dir or Hub id -> torch); openvino runs an .onnx file on the CPU.")
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+
+
+def options(*decorators):
+    """Several click options as one decorator, for the ones several commands share."""
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
+MODEL = click.option("--model", "source", default=None,
+                     help="Checkpoint directory, Hub id, exported .onnx, TensorRT .engine, or "
+                          "triton://host:port/MODEL. Default: the demo model.")
+PRECISION = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+                         help="Compute precision: PyTorch's, or what OpenVINO computes in (fp32, bf16); ONNX Runtime "
+                              "and TensorRT run a file in the precision it was exported in.")
+SAMPLING = options(
+    click.option("--clips", "num_clips", default=1, show_default=True, type=click.IntRange(min=1),
+                 help="Temporal clips per video; their logits are averaged (the paper uses 4)."),
+    click.option("--sampling", type=click.Choice(["uniform", "stride"]), default="uniform", show_default=True,
+                 help="uniform: frames spread over the video (or each clip's segment); stride: every Nth frame."),
+    click.option("--frame-sample-rate", default=4, show_default=True, type=click.IntRange(min=1),
+                 help="N for --sampling stride."),
+)
+TORCH_SOURCE = options(
+    click.option("--attn", "attn_implementation", type=click.Choice(["sdpa", "eager"]), default=None,
+                 help="Attention of the PyTorch backend [default: sdpa]."),
+    click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),
+    click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1)."),
+)
+
+
+def print_report(text: str, json_text: str, json_path: Path | None) -> None:
+    """Print a command's report, or with ``--json -`` its JSON instead; ``--json FILE`` also writes the JSON there."""
+    if json_path is not None and str(json_path) == "-":
+        click.echo(json_text, nl=False)
+        return
+    click.echo(text, nl=False)
+    if json_path is not None:
+        json_path.write_text(json_text, encoding="utf-8")
+
+
+def writable(path: Path | None, option: str) -> None:
+    if path is not None and str(path) != "-" and not path.parent.resolve().is_dir():
+        raise click.UsageError(f"{option} {path}: the directory {path.parent} does not exist")

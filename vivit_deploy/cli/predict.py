@@ -1,0 +1,63 @@
+"""`vivit-deploy predict`: the top-k labels of videos, with any runtime."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vivit_deploy.cli.common import BACKEND, DEVICE, MODEL, PRECISION, SAMPLING, TORCH_SOURCE, Stopwatch, friendly_errors, runtime_options
+
+
+@click.command()
+@click.argument("videos", nargs=-1, type=click.Path(path_type=Path))
+@MODEL
+@BACKEND
+@DEVICE
+@PRECISION
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="How many labels to print.")
+@SAMPLING
+@TORCH_SOURCE
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@friendly_errors
+def predict(videos, source, backend, device, precision, top_k, num_clips, sampling, frame_sample_rate,
+            attn_implementation, revision, offline, as_json):
+    """Classify VIDEOS (default: the bundled sample video) and print the top-k labels."""
+    from vivit_deploy.demo import default_sample, demo_model_dir, sample_videos
+    from vivit_deploy.predict import VideoClassifier
+
+    truth = {path.resolve(): label for path, label in sample_videos()}
+    if source is None:
+        source = str(demo_model_dir())
+        if not videos:
+            videos = (default_sample(),)
+    elif not videos:
+        raise click.UsageError("give at least one video to classify with --model (the bundled samples suit only the demo model)")
+
+    progress = Stopwatch()
+    progress(f"loading {source} ...")
+    options = runtime_options(source, backend, attn_implementation, revision, offline)
+    classifier = VideoClassifier.from_pretrained(source, backend, device=device, precision=precision, **options)
+    runtime = classifier.runtime
+    progress(f"{runtime.backend} on {runtime.device} ({runtime.precision}); classifying {len(videos)} video(s)")
+    results = []
+    with classifier:
+        for video in videos:
+            predictions = classifier.classify(
+                video, top_k=top_k, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate
+            )
+            entry = {"video": str(video), "predictions": [p.to_dict() for p in predictions]}
+            label = truth.get(Path(video).resolve())
+            if label is not None and label in classifier.id2label.values():
+                entry["true_label"] = label
+            results.append(entry)
+            if not as_json:
+                known = f"  (true label: {entry['true_label']})" if "true_label" in entry else ""
+                click.echo(f"{video}{known}")
+                for rank, p in enumerate(predictions, 1):
+                    click.echo(f"  {rank}. {p.label:<24} {p.probability:7.2%}")
+    if as_json:
+        json.dump(results, sys.stdout, indent=2)
+        click.echo()
