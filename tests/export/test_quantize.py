@@ -168,3 +168,34 @@ def test_fp8_export_is_checked_for_numerics_on_onnxruntimes_cpu(tmp_path):
     assert result.exit_code == 0 and "fp8 needs a GPU of compute capability 8.9" in result.output
     with pytest.raises(ConfigError, match="fp8 Q/DQ needs opset 19 or newer"):
         export_onnx(demo_model_dir(), tmp_path / "old.onnx", precision="fp8", calibration=SAMPLES, opset=18)
+
+
+def test_calibration_probes_sit_next_to_their_producers_and_softmax_needs_none(tiny_checkpoint, tmp_path):
+    """Probes at the end of the graph would keep every probed tensor alive to the end (ViViT-B's attention
+    probabilities of all layers at once went past 24 GB); a Softmax output's range is [0, 1] without measuring."""
+    from vivit_deploy.export.quantize import _insert_after_producers, activation_ranges, quantize
+    from vivit_deploy.model.checkpoint import load_config
+
+    export_onnx(tiny_checkpoint, tmp_path / "tiny.onnx")
+    model = onnx.load(str(tmp_path / "tiny.onnx"))
+    clips = random_inputs(load_config(tiny_checkpoint), 2).pixel_values
+    input_name = model.graph.input[0].name
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    layer_norm = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
+    tensors = [softmax.output[0], layer_norm.output[0]]
+    ranges = activation_ranges(model, tensors, clips, input_name)
+    low, high = ranges[softmax.output[0]]
+    assert 0.0 <= low < high <= 1.0 and ranges[layer_norm.output[0]][0] < 0 < ranges[layer_norm.output[0]][1]
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    marker = onnx.helper.make_node("Identity", [softmax.output[0]], ["probe_of_softmax"], name="probe_of_softmax")
+    _insert_after_producers(probe.graph, {softmax.output[0]: [marker]})
+    names = [n.name for n in probe.graph.node]
+    assert names[names.index(softmax.name) + 1] == "probe_of_softmax"
+
+    quantized, summary = quantize(model, clips, "two random clips", input_name, attention_products=("pv",))
+    assert summary.attention_products  # the probabilities x values products got Q/DQ
+    scales = {init.name: onnx.numpy_helper.to_array(init) for init in quantized.graph.initializer}
+    q_of_softmax = [n for n in quantized.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == softmax.output[0]]
+    assert q_of_softmax and float(scales[q_of_softmax[0].input[1]]) == pytest.approx(1.0 / 127)

@@ -231,6 +231,10 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
                 if not any(in_module(n, m) for m in float_modules)]
     activations = list(dict.fromkeys([n.input[0] for n in targets] + [i for n in products for i in n.input[:2]]))
     ranges = dict(ranges or {})
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for tensor in activations:  # a Softmax's output lies in [0, 1]: its 3137 x 3137 probabilities need no probe
+        if tensor not in ranges and producers.get(tensor) is not None and producers[tensor].op_type == "Softmax":
+            ranges[tensor] = (0.0, 1.0)
     missing = [a for a in activations if a not in ranges]
     if missing:
         if progress:
@@ -267,13 +271,14 @@ def channel_maxima(model, tensors: list[str], clips: np.ndarray, input_name: str
     del probe.graph.output[:]
     probe.graph.initializer.append(numpy_helper.from_array(np.array([0, 1], np.int64), "vivit_calibration_axes"))
     outputs = []
+    extra: dict[str, list] = {}
     for i, name in enumerate(tensors):
         out = f"vivit_calibration_channels_{i}"
-        probe.graph.node.extend([helper.make_node("Abs", [name], [out + "_abs"], name=out + "_abs"),
-                                 helper.make_node("ReduceMax", [out + "_abs", "vivit_calibration_axes"], [out],
-                                                  keepdims=0, name=out)])
+        extra[name] = [helper.make_node("Abs", [name], [out + "_abs"], name=out + "_abs"),
+                       helper.make_node("ReduceMax", [out + "_abs", "vivit_calibration_axes"], [out], keepdims=0, name=out)]
         probe.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
         outputs.append(out)
+    _insert_after_producers(probe.graph, extra)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -375,12 +380,14 @@ def activation_ranges(model, tensors: list[str], clips: np.ndarray, input_name: 
     probe.CopyFrom(model)
     del probe.graph.output[:]
     outputs = []
+    extra: dict[str, list] = {}
     for i, name in enumerate(tensors):
         for op in ("ReduceMin", "ReduceMax"):
             out = f"vivit_calibration_{op}_{i}"
-            probe.graph.node.append(helper.make_node(op, [name], [out], keepdims=0, name=out))
+            extra.setdefault(name, []).append(helper.make_node(op, [name], [out], keepdims=0, name=out))
             probe.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, []))
             outputs.append(out)
+    _insert_after_producers(probe.graph, extra)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -401,6 +408,25 @@ def activation_ranges(model, tensors: list[str], clips: np.ndarray, input_name: 
             reported = time.perf_counter()
             progress(f"calibrating: {start + batch}/{len(clips)} clips ({reported - started:.0f} s)")
     return {name: (float(lo), float(hi)) for name, lo, hi in zip(tensors, low, high)}
+
+
+def _insert_after_producers(graph, extra: dict[str, list]) -> None:
+    """Put each tensor's probe nodes right after the node that makes it (or first, for the graph's input).
+
+    ONNX Runtime runs the nodes in the order given where the graph allows: probes appended at the end would keep
+    every probed tensor alive to the end of the graph (the 3137 x 3137 attention probabilities of every layer at
+    once: more than 20 GB for a ViViT-B clip pair); next to their producer they free it as soon as it is used."""
+    nodes = list(graph.node)
+    produced_at = {out: i for i, node in enumerate(nodes) for out in node.output}
+    after: dict[int, list] = {}
+    for tensor, probes in extra.items():
+        after.setdefault(produced_at.get(tensor, -1), []).extend(probes)
+    ordered = list(after.get(-1, []))
+    for i, node in enumerate(nodes):
+        ordered.append(node)
+        ordered.extend(after.get(i, []))
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _zero_point(precision: str, shape: list[int], value: int = 0):
