@@ -2,6 +2,8 @@
 
     python scripts/bench_int8_levers.py                       # ViViT-B/16x2 random weights, 32 frames, ~15 min on 2 cores
     python scripts/bench_int8_levers.py --frames 8 --iters 2  # quicker, fewer tokens (attention matters less)
+    python scripts/bench_int8_levers.py --iters 7 --no-transformers --nncf-clips 0 \
+        --only "openvino int8 smooth; openvino int8 smooth qk, rest bf16"     # a few paths, more calls each
 
 Every path runs in a process of its own (its memory is its own), batch 2, a warm-up call then --iters timed calls,
 on held-out synthetic clips of the demo task rendered at the model's geometry (the kind the int8 files are
@@ -71,7 +73,10 @@ def main() -> int:
     parser.add_argument("--no-transformers", action="store_true", help="skip transformers' fp32 (its slow reference)")
     parser.add_argument("--nncf-clips", type=int, default=4,
                         help="calibration clips for NNCF (0: leave it out); its statistics take ~2.5 GB a ViViT-B clip")
+    parser.add_argument("--only", default="",
+                        help="path titles as the table prints them, separated by ';' (default: every path)")
     args = parser.parse_args()
+    only = [t.strip() for t in args.only.split(";") if t.strip()]
 
     from vivit_deploy.accuracy.inputs import CompareInputs
     from vivit_deploy.accuracy.statistics import logit_stats
@@ -82,6 +87,22 @@ def main() -> int:
     from vivit_deploy.runtimes import load_runtime
     from vivit_deploy.demo.motion import CALIBRATION_SEED, HELDOUT_SEED, labelled_clips
 
+    levers = (("int8", dict(smooth_quant=0.0)), ("int8 smooth", dict(smooth_quant=0.5)),
+              ("int8 smooth qk", dict(smooth_quant=0.5, attention_products=("qk",))),
+              ("int8 smooth qk pv", dict(smooth_quant=0.5, attention_products=("qk", "pv"))))
+    quantized = [n for n, _ in levers] + (["nncf int8"] if args.nncf_clips else [])
+    paths = [("onnxruntime fp32", "fp32", "onnxruntime", None), ("openvino fp32", "fp32", "openvino", "fp32"),
+             ("openvino bf16", "fp32", "openvino", "bf16")]
+    for name in quantized:
+        paths += [(f"onnxruntime {name}", name, "onnxruntime", None), (f"openvino {name}", name, "openvino", "fp32"),
+                  (f"openvino {name}, rest bf16", name, "openvino", "bf16")]
+    if not args.no_transformers:
+        paths.append(("transformers fp32 sdpa", None, "transformers", None))
+    unknown = [t for t in only if t not in [p[0] for p in paths]]
+    if unknown:
+        parser.error(f"--only: no path {unknown}; the paths are {[p[0] for p in paths]}")
+    # both fp32 rows always run: the ratios are taken against them, in this run
+    paths = [p for p in paths if not only or p[0] in only or p[0] in ("onnxruntime fp32", "openvino fp32")]
     flags = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]
     print(f"CPU: {cpu_name()} ({', '.join(flags)}); python {' '.join(sys.argv)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="vivit-int8-") as work:
@@ -95,27 +116,20 @@ def main() -> int:
                 CompareInputs(pixels, labels, tuple(f"{name}{i}" for i in range(count)), name).save(work / f"{name}.npz")
             heldout = CompareInputs.load(work / "heldout.npz").pixel_values
             expected = reference.run_batches(heldout, 2)
+        needed = {p[1] for p in paths}
         files = {"fp32": export_onnx(checkpoint, work / "fp32.onnx", max_batch=2, validate=False).path}
-        for name, options in (("int8", dict(smooth_quant=0.0)), ("int8 smooth", dict(smooth_quant=0.5)),
-                              ("int8 smooth qk", dict(smooth_quant=0.5, attention_products=("qk",))),
-                              ("int8 smooth qk pv", dict(smooth_quant=0.5, attention_products=("qk", "pv")))):
+        for name, options in [(n, o) for n, o in levers if n in needed]:
             print(f"exporting {name} ...", flush=True)
             files[name] = export_onnx(checkpoint, work / f"{name.replace(' ', '-')}.onnx", precision="int8", max_batch=2,
                                       calibration=work / "calibration.npz", validate=False, **options).path
-        try:
-            if args.nncf_clips:
+        if "nncf int8" in needed:
+            try:
                 print("quantizing with NNCF ...", flush=True)
                 files["nncf int8"] = nncf_quantize(files["fp32"], work / "calibration.npz", work / "nncf.onnx",
                                                    args.nncf_clips)
-        except ImportError:
-            print("nncf is not installed: its row is left out", flush=True)
-        paths = [("onnxruntime fp32", "fp32", "onnxruntime", None), ("openvino fp32", "fp32", "openvino", "fp32"),
-                 ("openvino bf16", "fp32", "openvino", "bf16")]
-        for name in [n for n in files if n != "fp32"]:
-            paths += [(f"onnxruntime {name}", name, "onnxruntime", None), (f"openvino {name}", name, "openvino", "fp32"),
-                      (f"openvino {name}, rest bf16", name, "openvino", "bf16")]
-        if not args.no_transformers:
-            paths.append(("transformers fp32 sdpa", None, "transformers", None))
+            except ImportError:
+                print("nncf is not installed: its rows are left out", flush=True)
+                paths = [p for p in paths if p[1] != "nncf int8"]
         rows = {}
         for title, name, backend, precision in paths:
             print(f"timing {title} ...", flush=True)
