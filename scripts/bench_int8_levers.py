@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -104,7 +105,7 @@ def main() -> int:
     # both fp32 rows always run: the ratios are taken against them, in this run
     paths = [p for p in paths if not only or p[0] in only or p[0] in ("onnxruntime fp32", "openvino fp32")]
     flags = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]
-    print(f"CPU: {cpu_name()} ({', '.join(flags)}); python {' '.join(sys.argv)}", flush=True)
+    print(f"CPU: {cpu_name()} ({', '.join(flags)}); python {shlex.join(sys.argv)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="vivit-int8-") as work:
         work = Path(work)
         checkpoint, label = random_checkpoint("vivit-b-16x2", work / "ckpt", num_frames=args.frames)

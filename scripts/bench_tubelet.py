@@ -13,6 +13,7 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -49,7 +50,7 @@ def main() -> int:
     from vivit_deploy.export import export_onnx
 
     flags = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]
-    print(f"CPU: {cpu_name()} ({', '.join(flags)}); python {' '.join(sys.argv)}\n")
+    print(f"CPU: {cpu_name()} ({', '.join(flags)}); python {shlex.join(sys.argv)}\n")
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         checkpoint, label = random_checkpoint("vivit-b-16x2", work / "ckpt", num_frames=args.frames)

@@ -199,3 +199,31 @@ def test_calibration_probes_sit_next_to_their_producers_and_softmax_needs_none(t
     scales = {init.name: onnx.numpy_helper.to_array(init) for init in quantized.graph.initializer}
     q_of_softmax = [n for n in quantized.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == softmax.output[0]]
     assert q_of_softmax and float(scales[q_of_softmax[0].input[1]]) == pytest.approx(1.0 / 127)
+
+
+def test_attention_products_qk_from_the_cli_is_checked_and_builds_for_tensorrt_rtx(tmp_path):
+    import importlib.util
+
+    path = tmp_path / "demo-int8-qk.onnx"
+    result = CliRunner().invoke(main, ["export", str(demo_model_dir()), "-o", str(path), "--precision", "int8",
+                                       "--calibration", str(SAMPLES), "--attention-products", "qk"])
+    assert result.exit_code == 0, result.output
+    assert "16 weight MatMuls and 4 attention products read int8 Q/DQ" in result.output
+    products = read_onnx_metadata(path).calibration["attention_products"]
+    assert len(products) == 4  # Q @ K^T of each layer, named
+    model = onnx.load(str(path))
+    softmax_inputs = {n.input[0] for n in model.graph.node if n.op_type == "Softmax"}
+    qk = [n for n in model.graph.node if n.name in products]
+    assert len(qk) == 4 and all(n.op_type == "MatMul" and n.output[0] in softmax_inputs for n in qk)
+    result = CliRunner().invoke(main, ["check-trt", str(path)])
+    assert result.exit_code == 0 and "the 20 Q/DQ MatMuls run in int8 (4 of them attention products)" in result.output
+    if importlib.util.find_spec("tensorrt_rtx") is not None:  # NVIDIA's builder takes int8 Q @ K^T too
+        result = CliRunner().invoke(main, ["build-engine", str(path), "-o", str(tmp_path / "qk.engine"), "--trt", "rtx",
+                                           "--compute-capability", "8.9"])
+        assert result.exit_code == 0, result.output
+
+    refused = CliRunner().invoke(main, ["export", str(demo_model_dir()), "-o", str(tmp_path / "x.onnx"),
+                                        "--precision", "fp16", "--attention-products", "qk"])
+    assert refused.exit_code == 1 and not (tmp_path / "x.onnx").exists()
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "Error: --attention-products applies to --precision int8 and fp8, not fp16")

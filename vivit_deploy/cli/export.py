@@ -32,6 +32,9 @@ from vivit_deploy.cli.common import Stopwatch, friendly_errors, writable
 @click.option("--smooth-quant", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
               help="int8/fp8: SmoothQuant's alpha, moving outlier channels of the MatMul inputs into the weights "
                    "(the same function in fp32); 0 turns it off.")
+@click.option("--attention-products", type=click.Choice(["none", "qk"]), default="none", show_default=True,
+              help="int8/fp8: qk also quantizes Q @ K^T (both operands per tensor): faster on OpenVINO, not on ONNX "
+                   "Runtime (docs/benchmarks.md). P @ V stays float: its probabilities collapse in int8.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Largest batch the file accepts [default: 32; 1 with --static-batch].")
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to --max-batch instead of a dynamic axis.")
@@ -41,7 +44,7 @@ from vivit_deploy.cli.common import Stopwatch, friendly_errors, writable
               help="Also write the export report as JSON to this file (also when the export is refused).")
 @friendly_errors
 def export_command(source, output, opset, precision, calibration, calibration_clips, keep_fp32, min_cosine, smooth_quant,
-                   max_batch, static_batch, revision, offline, json_path):
+                   attention_products, max_batch, static_batch, revision, offline, json_path):
     """Export SOURCE (checkpoint directory or Hub id) to a validated ONNX file.
 
     The file carries the model config, labels and preprocessor config, so `vivit-deploy predict
@@ -59,7 +62,8 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
         report = export_onnx(
             source, output, opset=opset, precision=precision, max_batch=max_batch, static_batch=static_batch,
             calibration=calibration, calibration_clips=calibration_clips, keep_fp32=keep_fp32, min_cosine=min_cosine,
-            smooth_quant=smooth_quant, progress=progress, revision=revision, local_files_only=offline or None,
+            smooth_quant=smooth_quant, attention_products=() if attention_products == "none" else (attention_products,),
+            progress=progress, revision=revision, local_files_only=offline or None,
         )
     except ExportError as exc:
         refused = getattr(exc, "report", None)

@@ -206,7 +206,8 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
         # per layer: the fused Q/K/V projection, the attention output, the two MLP products; fewer where kept in fp32
         expected = 4 * num_layers - kept_matmuls(kept_fp32) + attention_products if num_layers is not None else None
         add(summary.quantized_matmuls > 0 and expected in (None, summary.quantized_matmuls), "quantized matmuls",
-            f"{summary.quantized_matmuls} weight MatMuls read {precision} Q/DQ",
+            f"{summary.quantized_matmuls - attention_products} weight MatMuls"
+            + (f" and {attention_products} attention products" if attention_products else "") + f" read {precision} Q/DQ",
             f"{summary.quantized_matmuls} MatMuls read Q/DQ, expected {expected} (4 per layer"
             + (f", less those of {', '.join(kept_fp32)}" if kept_fp32 else "")
             + (f", and {attention_products} attention products" if attention_products else "") + ")")

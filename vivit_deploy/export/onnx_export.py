@@ -217,7 +217,8 @@ def export_onnx(
     ``keep_fp32`` ("auto", "none", or units like "2,5" / "2.mlp", ``export/fp32_fallback.py``) keeps those
     layers or parts in fp32; "auto" searches for the fewest that make the file pass. ``min_cosine`` overrides
     the precision's tolerance on the logits' cosine. ``smooth_quant`` (int8/fp8): SmoothQuant's alpha, 0 for none
-    (``export/quantize.py``); ``attention_products`` ("qk", "pv"): quantize those too (measured, off by default).
+    (``export/quantize.py``); ``attention_products`` ("qk", "pv"): quantize those too (off by default: ``export/quantize.py``
+    says what each measured).
 
     Raises :class:`ExportError` (with the report as ``.report``) when the graph fails a check or its
     validation; then nothing is written at ``output``. Its message names the first failing layer, what broke
@@ -248,6 +249,11 @@ def export_onnx(
         raise ConfigError(f"tubelet must be one of {TUBELET_EMBEDDINGS}, got {tubelet!r}")
     if not 0.0 <= smooth_quant < 1.0:
         raise ConfigError(f"--smooth-quant must be in [0, 1) (0: off), got {smooth_quant}")
+    attention_products = tuple(attention_products)
+    if set(attention_products) - {"qk", "pv"}:
+        raise ConfigError(f"--attention-products takes 'qk' (and, for measurements, 'pv'), got {attention_products}")
+    if attention_products and not quantized:
+        raise ConfigError(f"--attention-products applies to --precision int8 and fp8, not {precision}")
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
         raise ConfigError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
     calibration_clips = calibration_clips or DEFAULT_CALIBRATION_CLIPS
@@ -282,7 +288,7 @@ def export_onnx(
                opset=opset, tubelet=tubelet, output=output, clips=clips, calibration_note=calibration_note,
                tolerance=tolerance_for(precision).override(min_cosine=min_cosine, min_top1=0.0),
                validate=validate, seconds=seconds, progress=progress, smooth_quant=smooth_quant if quantized else 0.0,
-               attention_products=tuple(attention_products))
+               attention_products=attention_products if quantized else ())
     if keep == AUTO:
         if not validate:
             raise ConfigError("--keep-fp32 auto searches by validating each export; it cannot run with validate=False")

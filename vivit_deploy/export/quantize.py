@@ -12,10 +12,26 @@ ViViT-B/16x2 geometry at 8 frames, batch 2, for speed; the demo model on 1000 he
 for accuracy (fp32: 99.8%):
 - The weight MatMuls (Q, K, V, attention output, MLP in and out): 2.90x fp32 on ONNX Runtime, accuracy
   99.8% (unchanged), logits' worst cosine to fp32 0.99929.
-- Not the attention products (Q @ K^T, P @ V): both operands are activations and the score and
-  probability ranges are where ViT int8 loses accuracy. Not LayerNorm or Softmax (no int8 kernels on
-  ONNX Runtime's CPU, and the distributions post-training ViT quantization struggles with). Not the
-  classifier (it writes the logits).
+- The attention products by default not, Q @ K^T on request (``attention_products=("qk",)``, ``vivit-export
+  --attention-products qk``). Measured by ``python scripts/bench_int8_levers.py`` (2 AMD EPYC cores with
+  VNNI and avx512_bf16, 2026-12-01; docs/benchmarks/int8-levers-cpu-amd.md): ViViT-B/16x2 at 32 frames,
+  batch 2, two runs. Q @ K^T in int8 makes OpenVINO's int8 file 2.31-2.37x OpenVINO fp32 instead of
+  1.73-1.90x, with the logits' worst cosine 0.99953 (0.99958 without); ONNX Runtime gains nothing from it
+  (4.69 s against 4.67 s in the second run, 5.05 against 4.96 in the first), and TensorRT for RTX builds it (TensorRT 10/11: not run). ONNX Runtime is the
+  default backend, so the default stays off. P @ V in int8 collapses the logits (cosine 0.13): with 3137
+  tokens most probabilities lie below one int8 step of [0, 1] (1/127) and become 0; it exists for the
+  measurement only. Not LayerNorm or Softmax (no int8 kernels on ONNX Runtime's CPU, and the
+  distributions post-training ViT quantization struggles with). Not the classifier (it writes the logits).
+- SmoothQuant (``smooth_quant``, alpha 0.5, the default): on ViViT-B's random weights it changes neither
+  speed (beyond the runs' noise) nor cosine (0.99960 against 0.99959 without); on a model with an outlier channel it is the
+  difference between refusing the file and keeping it (``tests/accuracy/test_layers.py``: cosine 0.96 without, above
+  0.999 with, every MatMul still int8).
+- Our calibrator against NNCF 3.4 (``nncf.quantize(..., model_type=TRANSFORMER)``: its SmoothQuant and
+  fast bias correction) on the same clips: NNCF's file ran 1.39x ONNX Runtime fp32 and 2.06x OpenVINO
+  fp32 at cosine 0.99961; ours 1.57-1.84x and 1.73-1.90x (2.31-2.37x with Q @ K^T) at 0.99953-0.99960.
+  NNCF does not win on both numbers and needs about 2.5 GB a ViViT-B clip for its statistics, so the
+  calibrator stays ours. Percentile or entropy ranges were not built: min/max keeps every usable lever
+  above 0.9995, and the one that fails (P @ V) fails at the bottom of the range, not at its outliers.
 - Not the tubelet projection (``FLOAT_MODULE``), measured when it was the patch Conv3d: with it, 2.48x
   instead of 2.90x (ONNX Runtime's int8 Conv needs a quantized output, so it runs DequantizeLinear + fp32
   Conv) and twice the drift (cosine 0.99862). It is exported as a MatMul now and stays float, as before.

@@ -469,7 +469,7 @@ def build_engine(
         config.progress_monitor = _progress_monitor(module, progress)
 
     where = gpu_name or f"compute capability {', '.join(targets)}"
-    progress(f"building a {precision} engine with {ed.title} {version} for {where} "
+    progress(f"building an {precision} engine with {ed.title} {version} for {where} "
              f"(batch {profile.min}/{profile.opt}/{profile.max}) ...")
     with _Heartbeat(progress, "building"):
         serialized = builder.build_serialized_network(network, config)

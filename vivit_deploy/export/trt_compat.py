@@ -220,8 +220,9 @@ def check_trt(path: str | os.PathLike, precision: str | None = None, trt: str = 
     if precision in QUANTIZED_PRECISIONS:
         findings.append(Finding(
             "warning", "engine precision",
-            f"explicit quantization: the {summary.quantized_matmuls} Q/DQ MatMuls run in {precision}, attention, LayerNorm "
-            "and Softmax in fp32 (strongly typed: the graph's types decide, no fp16 flag applies)"
+            f"explicit quantization: the {summary.quantized_matmuls} Q/DQ MatMuls run in {precision}"
+            + (f" ({products} of them attention products), the rest of attention" if products else ", attention")
+            + ", LayerNorm and Softmax in fp32 (strongly typed: the graph's types decide, no fp16 flag applies)"
             + ("; fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper)" if precision == "fp8" else ""),
         ))
     run = run_parser(path, trt)
