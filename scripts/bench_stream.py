@@ -2,8 +2,10 @@
 
     python scripts/bench_stream.py latency --minutes 10                 # the demo model, one 640x360 stream
     python scripts/bench_stream.py capacity --streams 1,2,4,8,16        # streams at once, 30 s each
-    python scripts/bench_stream.py capacity --model vivit-b-bf16.onnx --backend openvino --precision bf16 \\
-        --streams 1,2 --seconds 60 --hop 2
+    python scripts/bench_stream.py capacity --config vivit-b-16x2 --backend openvino --precision bf16 \\
+        --streams 1,2 --seconds 60 --hop 2                              # ViViT-B (random weights), OpenVINO bf16
+    python scripts/bench_stream.py capacity --config vivit-b-16x2 --export-precision int8 --backend openvino \\
+        --precision bf16 --streams 1,2 --seconds 60 --hop 2             # its int8 file (Q @ K^T too), the rest bf16
 
 Sources are H.264 files of the demo task (640x360, 25 fps, textured, so decoding is real work) read at
 their own pace (``--realtime``): frames arrive as a camera delivers them, and a window inference has not
@@ -63,12 +65,39 @@ def write_source(path: Path, seconds: float, fps: int = 25, height: int = 360, w
     return path
 
 
-def load(args):
+def load(args, work: Path):
+    """The runtime under test: --model (default: the demo model), or --config's random weights exported here."""
     from vivit_deploy.demo import demo_model_dir
     from vivit_deploy.runtimes import load_runtime
 
     kwargs = {"precision": args.precision} if args.precision else {}
-    return load_runtime(args.model or str(demo_model_dir()), args.backend, device="cpu", **kwargs)
+    model = args.model or str(demo_model_dir())
+    if args.config:
+        model = str(export_random(args, work))
+    return load_runtime(model, args.backend, device="cpu", **kwargs)
+
+
+def export_random(args, work: Path) -> Path:
+    """--config's geometry with random weights, exported to ONNX (int8: calibrated on 8 synthetic clips of the demo
+    task at that geometry, SmoothQuant and, with --attention-products qk, Q @ K^T in int8)."""
+    from vivit_deploy.accuracy.inputs import CompareInputs
+    from vivit_deploy.bench.plan import random_checkpoint
+    from vivit_deploy.demo.motion import CALIBRATION_SEED, labelled_clips
+    from vivit_deploy.export import export_onnx
+    from vivit_deploy.model.checkpoint import load_config
+    from vivit_deploy.video.preprocessing import VideoPreprocessor, preprocessor_config_in
+
+    checkpoint, label = random_checkpoint(args.config, work / "checkpoint")
+    print(f"exporting {label} in {args.export_precision} ...", flush=True)
+    options = {}
+    if args.export_precision == "int8":
+        preprocessor = VideoPreprocessor(preprocessor_config_in(checkpoint))
+        pixels, labels = labelled_clips(8, CALIBRATION_SEED, load_config(checkpoint).num_frames, preprocessor)
+        CompareInputs(pixels, labels, tuple(f"calibration{i}" for i in range(8)), "calibration").save(work / "calibration.npz")
+        options = dict(calibration=work / "calibration.npz",
+                       attention_products=() if args.attention_products == "none" else (args.attention_products,))
+    return export_onnx(checkpoint, work / "model.onnx", precision=args.export_precision, validate=False,
+                       max_batch=max(int(n) for n in args.streams.split(",")), **options).path
 
 
 def latency(args) -> None:
@@ -76,7 +105,7 @@ def latency(args) -> None:
 
     with tempfile.TemporaryDirectory() as work:
         source = write_source(Path(work) / "stream.mp4", args.minutes * 60 + 5)
-        with load(args) as runtime:
+        with load(args, Path(work)) as runtime:
             memory: list[tuple[float, float]] = []
             stop = threading.Event()
 
@@ -116,7 +145,7 @@ def capacity(args) -> None:
     counts = [int(n) for n in args.streams.split(",")]
     with tempfile.TemporaryDirectory() as work:
         source = write_source(Path(work) / "stream.mp4", args.seconds + 5)
-        with load(args) as runtime:
+        with load(args, Path(work)) as runtime:
             describe = f"{runtime.backend} {runtime.precision}, {runtime.source}"
             rows = []
             for n in counts:
@@ -145,6 +174,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["latency", "capacity"])
     parser.add_argument("--model", default=None, help="default: the demo model (PyTorch)")
+    parser.add_argument("--config", default=None, help="instead of --model: random weights of this geometry "
+                                                        "(e.g. vivit-b-16x2), exported to ONNX first")
+    parser.add_argument("--export-precision", choices=["fp32", "int8"], default="fp32", help="with --config")
+    parser.add_argument("--attention-products", choices=["none", "qk"], default="qk", help="with --config, int8")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--precision", default=None)
     parser.add_argument("--window", type=float, default=2.0)
