@@ -278,35 +278,18 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
 def channel_maxima(model, tensors: list[str], clips: np.ndarray, input_name: str) -> dict[str, np.ndarray]:
     """max |x| per channel (the last axis) of each tensor over ``clips``: one optimized session with a
     ReduceMax(Abs) per tensor as extra outputs (vectors: memory stays that of inference)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.initializer.append(numpy_helper.from_array(np.array([0, 1], np.int64), "vivit_calibration_axes"))
-    outputs = []
     extra: dict[str, list] = {}
     for i, name in enumerate(tensors):
         out = f"vivit_calibration_channels_{i}"
         extra[name] = [helper.make_node("Abs", [name], [out + "_abs"], name=out + "_abs"),
                        helper.make_node("ReduceMax", [out + "_abs", "vivit_calibration_axes"], [out], keepdims=0, name=out)]
-        probe.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
-        outputs.append(out)
-    _insert_after_producers(probe.graph, extra)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    fixed = session.get_inputs()[0].shape[0]
-    batch = fixed if isinstance(fixed, int) else CALIBRATION_BATCH
+    axes = numpy_helper.from_array(np.array([0, 1], np.int64), "vivit_calibration_axes")
+    outputs = [f"vivit_calibration_channels_{i}" for i in range(len(tensors))]
     top: dict[str, np.ndarray] = {}
-    for start in range(0, len(clips), batch):
-        chunk = clips[start:start + batch]
-        if isinstance(fixed, int) and len(chunk) < fixed:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
-        for name, value in zip(tensors, session.run(outputs, {input_name: np.ascontiguousarray(chunk)})):
+    for _, values in _probe_batches(model, extra, outputs, clips, input_name, initializers=[axes]):
+        for name, value in zip(tensors, values):
             top[name] = value if name not in top else np.maximum(top[name], value)
     return top
 
@@ -388,6 +371,32 @@ def activation_ranges(model, tensors: list[str], clips: np.ndarray, input_name: 
                       progress: Progress | None = None) -> dict[str, tuple[float, float]]:
     """(min, max) of each tensor over ``clips``, from one optimized ONNX Runtime session of ``model`` with a
     ReduceMin and a ReduceMax per tensor as extra outputs (scalars: memory stays that of inference)."""
+    from onnx import helper
+
+    extra: dict[str, list] = {}
+    for i, name in enumerate(tensors):
+        extra[name] = [helper.make_node(op, [name], [f"vivit_calibration_{op}_{i}"], keepdims=0,
+                                        name=f"vivit_calibration_{op}_{i}") for op in ("ReduceMin", "ReduceMax")]
+    outputs = [node.output[0] for probes in extra.values() for node in probes]  # min, max of each tensor in turn
+    low = np.full(len(tensors), np.inf)
+    high = np.full(len(tensors), -np.inf)
+    started = reported = time.perf_counter()
+    for done, values in _probe_batches(model, extra, outputs, clips, input_name):
+        low = np.minimum(low, np.array(values[0::2], dtype=np.float64))
+        high = np.maximum(high, np.array(values[1::2], dtype=np.float64))
+        if progress and done < len(clips) and time.perf_counter() - reported > 10:
+            reported = time.perf_counter()
+            progress(f"calibrating: {done}/{len(clips)} clips ({reported - started:.0f} s)")
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(tensors, low, high)}
+
+
+def _probe_batches(model, extra: dict[str, list], outputs: list[str], clips: np.ndarray, input_name: str,
+                   initializers=()):
+    """Run ``model`` over ``clips`` with ``extra`` (tensor -> its probe nodes) inserted and ``outputs`` (tensors
+    those nodes make) as its only outputs; yield (clips done, the values of ``outputs``) per batch.
+
+    One optimized ONNX Runtime session; a file exported with --static-batch takes exactly that many clips, so a
+    short last batch is padded with its last clip (repeated clips change no minimum or maximum)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -395,35 +404,21 @@ def activation_ranges(model, tensors: list[str], clips: np.ndarray, input_name: 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
-    outputs = []
-    extra: dict[str, list] = {}
-    for i, name in enumerate(tensors):
-        for op in ("ReduceMin", "ReduceMax"):
-            out = f"vivit_calibration_{op}_{i}"
-            extra.setdefault(name, []).append(helper.make_node(op, [name], [out], keepdims=0, name=out))
-            probe.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, []))
-            outputs.append(out)
+    probe.graph.initializer.extend(initializers)
+    for out in outputs:
+        probe.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
     _insert_after_producers(probe.graph, extra)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    low = np.full(len(tensors), np.inf)
-    high = np.full(len(tensors), -np.inf)
-    fixed = session.get_inputs()[0].shape[0]  # a file exported with --static-batch takes exactly that many
+    fixed = session.get_inputs()[0].shape[0]
     batch = fixed if isinstance(fixed, int) else CALIBRATION_BATCH
-    started = reported = time.perf_counter()
     for start in range(0, len(clips), batch):
         chunk = clips[start:start + batch]
-        if isinstance(fixed, int) and len(chunk) < fixed:  # repeated clips change no minimum or maximum
+        if isinstance(fixed, int) and len(chunk) < fixed:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
-        values = session.run(outputs, {input_name: np.ascontiguousarray(chunk)})
-        low = np.minimum(low, np.array(values[0::2], dtype=np.float64))
-        high = np.maximum(high, np.array(values[1::2], dtype=np.float64))
-        if progress and start + batch < len(clips) and time.perf_counter() - reported > 10:
-            reported = time.perf_counter()
-            progress(f"calibrating: {start + batch}/{len(clips)} clips ({reported - started:.0f} s)")
-    return {name: (float(lo), float(hi)) for name, lo, hi in zip(tensors, low, high)}
+        yield min(start + batch, len(clips)), session.run(outputs, {input_name: np.ascontiguousarray(chunk)})
 
 
 def _insert_after_producers(graph, extra: dict[str, list]) -> None:

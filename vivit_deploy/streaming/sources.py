@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vivit_deploy.errors import ConfigError, VivitDeployError
+from vivit_deploy.video.reading import error_reason
 
 NETWORK_SCHEMES = ("rtsp", "rtsp+udp", "rtsps", "http", "https", "udp", "tcp", "rtmp", "srt")
 OPEN_TIMEOUT = 10.0  # seconds to connect and read the stream's first packets
@@ -85,13 +86,9 @@ def open_container(source: Source) -> Any:
         container = av.open(source.url, format=source.format, options=dict(source.options),
                             timeout=(OPEN_TIMEOUT, READ_TIMEOUT) if source.live else None)
     except (av.error.FFmpegError, OSError) as exc:
-        raise SourceError(f"{source.name}: cannot open it ({_reason(exc)})") from exc
+        raise SourceError(f"{source.name}: cannot open it ({error_reason(exc)})") from exc
     if not container.streams.video:
         container.close()
         raise SourceError(f"{source.name}: has no video stream")
     return container
 
-
-def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return " ".join(str(text).split())

@@ -191,15 +191,17 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as exc:
-        raise VideoReadError(f"{path}: not a readable video ({_reason(exc)})") from exc
+        raise VideoReadError(f"{path}: not a readable video ({error_reason(exc)})") from exc
     if not container.streams.video:
         container.close()
         raise VideoReadError(f"{path}: has no video stream")
     return container
 
 
-def _reason(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc)
+def error_reason(exc: BaseException) -> str:
+    """FFmpeg's (or the OS's) reason for ``exc`` on one line, for the message of our own error."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())
 
 
 def count_frames(path: str | os.PathLike) -> int:
@@ -217,7 +219,7 @@ def count_frames(path: str | os.PathLike) -> int:
             if packet.size:
                 count += 1
     except av.error.FFmpegError as exc:
-        raise VideoReadError(f"{path}: corrupt or truncated video ({_reason(exc)})") from exc
+        raise VideoReadError(f"{path}: corrupt or truncated video ({error_reason(exc)})") from exc
     finally:
         container.close()
     if count == 0:
@@ -250,7 +252,7 @@ def _decode(path: Path, wanted: set[int], threads: int = 0, container=None) -> t
             if index >= last:
                 break
     except av.error.FFmpegError as exc:
-        raise VideoReadError(f"{path}: corrupt or truncated video, decoding stopped at frame {index + 1} ({_reason(exc)})") from exc
+        raise VideoReadError(f"{path}: corrupt or truncated video, decoding stopped at frame {index + 1} ({error_reason(exc)})") from exc
     finally:
         container.close()
     return frames, index + 1
