@@ -49,6 +49,7 @@ def test_bf16_is_asked_for_and_named(demo_onnx, demo_onnx_int8, clips_and_refere
         assert runtime.compute_precision == "bf16"
 
 
+@pytest.mark.filterwarnings("ignore::vivit_deploy.errors.InputRangeWarning")  # random clips; the warning has its own test
 def test_int8_and_fp16_files_run(demo_onnx_int8, demo_onnx_fp16, clips_and_reference):
     x, expected = clips_and_reference
     for path, name in ((demo_onnx_int8, "int8"), (demo_onnx_fp16, "fp16")):
