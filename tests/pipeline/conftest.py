@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,20 @@ import pytest
 
 GOOD = 12
 BAD = {"empty.mp4": "empty file", "notes.mp4": "not a readable video", "cut.mp4": "not a readable video"}
+
+
+def classify_killed_midway(arguments: list[str], parts: Path, what: str) -> int:
+    """Run ``vivit-deploy classify ARGUMENTS`` in a process, SIGKILL it once it has written 3 parts to ``parts``
+    (or after 120 s), and return how many rows its parts hold. ``what`` names the units for the error when the
+    job ended before it could be killed."""
+    command = [sys.executable, "-m", "vivit_deploy.cli", "classify", *arguments, "--workers", "1", "--batch-size", "1"]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("part-*.jsonl"))) < 3 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    job.send_signal(signal.SIGKILL)
+    assert job.wait() == -signal.SIGKILL, f"the job ended before it could be killed: give it more {what}"
+    return sum(1 for p in parts.glob("part-*.jsonl") for _ in p.open())
 
 
 def make_corpus(directory: Path) -> dict[str, str | None]:

@@ -6,10 +6,7 @@ import csv
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ from vivit_deploy.errors import ConfigError
 from vivit_deploy.pipeline import ClassifyJob, JobSummary, classify_corpus
 from vivit_deploy.pipeline.results import read_results
 
-from tests.pipeline.conftest import BAD, GOOD
+from tests.pipeline.conftest import BAD, GOOD, classify_killed_midway
 
 
 def rows_by_name(path: Path) -> dict[str, dict]:
@@ -153,16 +150,8 @@ def test_a_killed_job_rerun_ends_with_every_video_exactly_once(corpus, tmp_path)
     inputs = [str(directory), str(tmp_path / "more")]
     output = tmp_path / "results.parquet"
     parts = tmp_path / "results.parquet.parts"
-    command = [sys.executable, "-m", "vivit_deploy.cli", "classify", *inputs, "-o", str(output),
-               "--workers", "1", "--batch-size", "1"]
-    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(list(parts.glob("part-*.jsonl"))) < 3 and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    job.send_signal(signal.SIGKILL)
-    assert job.wait() == -signal.SIGKILL, "the job ended before it could be killed: give it more videos"
+    done_before = classify_killed_midway([*inputs, "-o", str(output)], parts, "videos")
     assert not output.exists()
-    done_before = sum(1 for p in parts.glob("part-*.jsonl") for _ in p.open())
     assert 3 <= done_before < 3 * (GOOD + len(BAD))
 
     summary = classify_corpus(inputs, output, ClassifyJob(workers=1))

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +14,8 @@ from vivit_deploy.pipeline import ClassifyJob, classify_corpus
 from vivit_deploy.pipeline.results import read_results
 from vivit_deploy.pipeline.timeline import segments, segments_path
 from vivit_deploy.demo.motion import LABELS, write_phases
+
+from tests.pipeline.conftest import classify_killed_midway
 
 RIGHT, LEFT, UP = 1, 0, 2
 
@@ -73,15 +71,8 @@ def test_a_killed_window_job_rerun_ends_with_every_window_exactly_once(long_vide
         shutil.copy(long_videos / "a.mp4", tmp_path / f"a{i}.mp4")
     output = tmp_path / "t.jsonl"
     parts = tmp_path / "t.jsonl.parts"
-    command = [sys.executable, "-m", "vivit_deploy.cli", "classify", str(tmp_path), "-o", str(output), "--window", "1",
-               "--hop", "0.5", "--workers", "1", "--batch-size", "1"]
-    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(list(parts.glob("part-*.jsonl"))) < 3 and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    job.send_signal(signal.SIGKILL)
-    assert job.wait() == -signal.SIGKILL, "the job ended before it could be killed: give it more windows"
-    done_before = sum(1 for p in parts.glob("part-*.jsonl") for _ in p.open())
+    done_before = classify_killed_midway([str(tmp_path), "-o", str(output), "--window", "1", "--hop", "0.5"], parts,
+                                         "windows")
     total = 4 * 19  # 10 s videos, 1 s windows every 0.5 s
     assert 3 <= done_before < total
     summary = classify_corpus([tmp_path], output, ClassifyJob(window=1.0, hop=0.5, workers=1))
