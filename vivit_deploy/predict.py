@@ -38,9 +38,18 @@ def top_predictions(logits: np.ndarray, id2label: dict[int, str], top_k: int) ->
 
     Shared by ``VideoClassifier.classify`` and the corpus job, so both rank a video the same way.
     """
-    probabilities = softmax(logits.mean(axis=0))
+    return ranked(softmax(logits.mean(axis=0)), id2label, top_k)
+
+
+def ranked(probabilities: np.ndarray, id2label: dict[int, str], top_k: int) -> list[Prediction]:
+    """The ``top_k`` most probable labels of one probability vector, most probable first (ties: lower index)."""
     order = np.argsort(-probabilities, kind="stable")[:top_k]
-    return [Prediction(id2label.get(int(i), f"LABEL_{int(i)}"), float(probabilities[i]), int(i)) for i in order]
+    return [Prediction(label_name(id2label, int(i)), float(probabilities[i]), int(i)) for i in order]
+
+
+def label_name(id2label: dict[int, str], index: int) -> str:
+    """The label of class ``index``; ``LABEL_<index>`` where the checkpoint names none (as transformers does)."""
+    return id2label.get(index, f"LABEL_{index}")
 
 
 def video_logits(runtime: "Runtime", clips: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:

@@ -228,8 +228,7 @@ class StreamClassifier:
         return self.duration is not None and self._started and time.monotonic() - self._clock >= self.duration
 
     def _classify(self, taken: list[tuple[str, Window, int]]) -> Iterator[dict[str, Any]]:
-        from vivit_deploy.predict import video_logits
-        from vivit_deploy.predict import softmax
+        from vivit_deploy.predict import label_name, ranked, softmax, video_logits
 
         clips = []
         for _, window, _ in taken:
@@ -243,7 +242,7 @@ class StreamClassifier:
             history = self._history[name]
             history.append(probabilities)
             smoothed = np.mean(history, axis=0)
-            order = np.argsort(-probabilities, kind="stable")[: self.top_k]
+            top = ranked(probabilities, id2label, self.top_k)
             best = int(np.argmax(smoothed))
             stats = self.stats[name]
             latency = (done - window.last_arrival) * 1e3
@@ -252,11 +251,9 @@ class StreamClassifier:
             stats.latencies_ms.append(latency)
             record = {
                 "stream": name, "window": self._sequence[name], "start": round(window.start, 4),
-                "end": round(window.end, 4), "label": id2label.get(int(order[0]), f"LABEL_{int(order[0])}"),
-                "probability": float(probabilities[order[0]]),
-                "top_k": [{"label": id2label.get(int(i), f"LABEL_{int(i)}"), "probability": float(probabilities[i])}
-                          for i in order],
-                "smoothed_label": id2label.get(best, f"LABEL_{best}"), "smoothed_probability": float(smoothed[best]),
+                "end": round(window.end, 4), "label": top[0].label, "probability": top[0].probability,
+                "top_k": [{"label": p.label, "probability": p.probability} for p in top],
+                "smoothed_label": label_name(id2label, best), "smoothed_probability": float(smoothed[best]),
                 "latency_ms": round(latency, 2), "dropped_frames": dropped, "time": time.time(),
             }
             self._sequence[name] += 1
