@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from vivit_deploy.accuracy.statistics import row_cosines
 from vivit_deploy.accuracy.tolerances import Tolerance
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
@@ -42,6 +43,13 @@ FP16_SQUARE_LIMIT = math.sqrt(FP16_MAX)  # |x| above this overflows x**2 in fp16
 OUTLIER_RATIO = 8.0  # a channel this many times the median channel's range dominates a per-tensor int8 scale
 FIX_UNITS = {"layernorm_before": "norms", "attention": "attention", "layernorm_after": "norms", "output": "mlp",
              "block": None}
+# The products of a layer whose largest |value| RangeWatch keeps: (part, what, key in its stats, the --keep-fp32 unit
+# that computes it in fp32 inside, or None where its output is stored between units and so stays fp16 regardless)
+PRODUCTS = (("attention", "the Q/K/V projections", "qkv_max", "attention"),
+            ("attention", "Q·Kᵀ (the attention scores)", "scores_max", "attention"),
+            ("attention", "the attention output projection", "attention_output_max", None),
+            ("output", "the MLP's first product (intermediate.dense)", "fc1_max", "mlp"),
+            ("output", "the MLP's second product (output.dense)", "fc2_max", None))
 
 
 # ---- numbers per point ---------------------------------------------------------------------------
@@ -75,8 +83,7 @@ class _Running:
             return
         diff = cand - ref
         self.max_abs = max(self.max_abs, float(np.abs(diff).max()))
-        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-        cosine = np.where(norms > 0, (ref * cand).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
+        cosine = row_cosines(ref, cand)
         if not math.isnan(self.cosine):
             self.cosine = min(self.cosine, float(cosine.min()))
         self.error_sq += float((diff ** 2).sum())
@@ -336,14 +343,8 @@ class RangeWatch:
         for i in range(self.num_layers):
             seen = self.stats[i]
             whole = str(i) in kept
-            checks = [("attention", "the Q/K/V projections", "qkv_max", f"{i}.attention"),
-                      ("attention", "Q·Kᵀ (the attention scores)", "scores_max", f"{i}.attention"),
-                      ("attention", "the attention output projection", "attention_output_max", None),
-                      ("output", "the MLP's first product (intermediate.dense)", "fc1_max", f"{i}.mlp"),
-                      ("output", "the MLP's second product (output.dense)", "fc2_max", None),
-                      ("block", "the residual stream", "residual_max", None)]
-            for part, what, key, inside in checks:
-                if (whole and part != "block") or (inside is not None and inside in kept):
+            for part, what, key, inside in (*PRODUCTS, ("block", "the residual stream", "residual_max", None)):
+                if (whole and part != "block") or (inside is not None and f"{i}.{inside}" in kept):
                     continue
                 if seen.get(key, 0.0) > limit:
                     found.append((i, part, what, seen[key]))
@@ -469,13 +470,8 @@ def diagnose(layer: LayerDrift, upstream: PointDrift, precision: str, min_cosine
                          f"{layer.parts[part].relative_error or float('nan'):.3g}) with no outlier channel", unit)
 
     limit = FP16_MAX if precision.startswith("fp16") else float(np.finfo(np.float32).max)
-    overflowing = [(name, key) for name, key in (
-        ("the Q/K/V projections", "qkv_max"), ("Q·Kᵀ (the attention scores)", "scores_max"),
-        ("the attention output projection", "attention_output_max"), ("the MLP's first product (intermediate.dense)", "fc1_max"),
-        ("the MLP's second product (output.dense)", "fc2_max")) if seen.get(key, 0.0) > limit]
-    in_part = {"attention": ("qkv_max", "scores_max", "attention_output_max"), "output": ("fc1_max", "fc2_max")}
-    for name, key in overflowing:
-        if key in in_part.get(part, ()) or part == "block":
+    for product_part, name, key, _ in PRODUCTS:
+        if seen.get(key, 0.0) > limit and part in (product_part, "block"):
             return Diagnosis(i, part, "MatMul overflow", f"{name} reaches {seen[key]:.3g} in fp32; fp16 holds 65504", unit)
     residual = seen.get("residual_max", 0.0)
     if part in ("layernorm_before", "layernorm_after", "block"):

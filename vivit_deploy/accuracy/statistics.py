@@ -38,6 +38,12 @@ class LogitStats:
     accuracy: float | None = None  # candidate top-1 accuracy against the labels, when labelled
 
 
+def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row (clip) of two (clips, values) arrays; 1 where either row is all zeros."""
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    return np.where(norms > 0, (reference * candidate).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
+
+
 def logit_stats(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> LogitStats:
     if reference.shape != candidate.shape:
         raise InputShapeError(f"logits shapes differ: reference {reference.shape}, candidate {candidate.shape}")
@@ -46,8 +52,7 @@ def logit_stats(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray
     diff = np.abs(cand - ref)
     nonzero = np.abs(ref) > 0
     rel = diff[nonzero] / np.abs(ref[nonzero])
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-    cosine = np.where(norms > 0, (ref * cand).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
+    cosine = row_cosines(ref, cand)
     k = min(5, ref.shape[1])
     top_ref = np.sort(np.argsort(-ref, axis=1, kind="stable")[:, :k], axis=1)
     top_cand = np.sort(np.argsort(-cand, axis=1, kind="stable")[:, :k], axis=1)

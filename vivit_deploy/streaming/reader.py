@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from vivit_deploy.streaming.sources import Source, SourceError, open_container
 from vivit_deploy.streaming.windows import Window, WindowBuilder, WindowSpec
+from vivit_deploy.video.reading import error_reason
 
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0)  # seconds before each reconnect attempt (the last one repeats)
 
@@ -136,7 +137,7 @@ class StreamReader(threading.Thread):
                     if not self.on_window(self, window, self.builder.dropped(window)):
                         return "stopped"
         except av.error.FFmpegError as exc:
-            return " ".join((getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).split())
+            return error_reason(exc)
         finally:
             container.close()
         if self.source.kind == "file":

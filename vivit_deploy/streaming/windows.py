@@ -132,7 +132,7 @@ class WindowBuilder:
         windows (a file of 16 frames at 8 fps ends at 2.0 s, and so does its window)."""
         if self._previous is None:
             return []
-        interval = self.frame_interval or (sorted(self._intervals)[len(self._intervals) // 2] if self._intervals else 0.0)
+        interval = self._interval() or 0.0
         time, _, pixels = self._previous
         self._assign(time, time + interval + 1e-9, pixels)
         done = [window for window in self._pending if window.complete]
@@ -142,11 +142,17 @@ class WindowBuilder:
     def dropped(self, window: Window) -> int:
         """Frames the window should have held at the stream's rate, from its start to its last frame, but did not
         receive (a window is complete, and handed over, at the frame that shows its last sample)."""
-        interval = self.frame_interval or (sorted(self._intervals)[len(self._intervals) // 2] if self._intervals else None)
+        interval = self._interval()
         if not interval or window.last_time is None:
             return 0
         expected = math.floor((window.last_time - window.start) / interval + 1e-6) + 1  # frame slots from its start
         return max(0, expected - window.received)
+
+    def _interval(self) -> float | None:
+        """Seconds per frame: the stream's nominal rate, else the median of its last 32 frame intervals."""
+        if self.frame_interval:
+            return self.frame_interval
+        return sorted(self._intervals)[len(self._intervals) // 2] if self._intervals else None
 
     def reset(self) -> None:
         """Start over (after a reconnect): pending windows are dropped, the next ones start at the next frame."""
