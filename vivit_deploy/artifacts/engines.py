@@ -47,9 +47,9 @@ class Edition:
     module: str  # the Python module
     install: str  # how to get it, for the error when it is missing
     majors: tuple[int, ...]  # the major versions vivit_deploy builds with
-    strongly_typed_from: tuple[int, int] | None  # (major, minor) from which networks are strongly typed; None: always
+    strongly_typed_from: tuple[int, int] | None  # (major, minor) from which networks are strongly typed; None: always.
+    # Before it, precision comes from BuilderFlag.FP16/INT8/FP8 (``plan_build``)
     creation_flag_from: tuple[int, int] | None  # from which the STRONGLY_TYPED creation flag is needed (10.12); None: never
-    precision_flags: bool  # BuilderFlag.FP16/INT8/FP8 exist (before strong typing)
     timing_cache: bool  # ITimingCache speeds up rebuilds (RTX: setting one makes the build look for a GPU)
     builds_without_gpu: bool  # ahead-of-time builds for named compute capabilities
     targets: tuple[str, ...] = ()  # compute capabilities it builds for, ahead of time
@@ -63,13 +63,13 @@ EDITIONS: dict[str, Edition] = {
         name="tensorrt", title="TensorRT", module="tensorrt",
         install="`pip install tensorrt-cu12` (or -cu13) from NVIDIA's index (https://pypi.nvidia.com); "
                 "vivit_deploy supports TensorRT 10.x and 11.x",
-        majors=(10, 11), strongly_typed_from=(10, 12), creation_flag_from=(10, 12), precision_flags=True,
+        majors=(10, 11), strongly_typed_from=(10, 12), creation_flag_from=(10, 12),
         timing_cache=True, builds_without_gpu=False, triton_backend=True,
     ),
     "rtx": Edition(
         name="rtx", title="TensorRT for RTX", module="tensorrt_rtx",
         install="pip install 'vivit-deploy[tensorrt-rtx]' (PyPI tensorrt-rtx-cu13)",
-        majors=(1,), strongly_typed_from=None, creation_flag_from=None, precision_flags=False,
+        majors=(1,), strongly_typed_from=None, creation_flag_from=None,
         timing_cache=False, builds_without_gpu=True,
         # trt.ComputeCapability of the 1.7 bindings; the defaults are NVIDIA's (docs: "8.0, 8.6, 8.9, 12.0")
         targets=("7.5", "8.0", "8.6", "8.9", "12.0", "12.1"), default_targets=("8.0", "8.6", "8.9", "12.0"),

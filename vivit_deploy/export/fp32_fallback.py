@@ -23,6 +23,7 @@ import types
 from dataclasses import dataclass
 from typing import Callable
 
+from vivit_deploy.accuracy.layers import FP16_MAX
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
 
@@ -35,12 +36,10 @@ def parse_keep_fp32(text: str | None, num_layers: int, precision: str) -> tuple[
     """``AUTO``, or the units of ``--keep-fp32 LAYERS`` checked against the model, normalised and sorted."""
     if text is None or text.strip().lower() in ("", "none"):
         return ()
-    if text.strip().lower() == AUTO:
-        if precision == "fp32":
-            raise ConfigError("--keep-fp32 applies to fp16, int8 and fp8 exports; an fp32 export is fp32 throughout")
-        return AUTO
     if precision == "fp32":
         raise ConfigError("--keep-fp32 applies to fp16, int8 and fp8 exports; an fp32 export is fp32 throughout")
+    if text.strip().lower() == AUTO:
+        return AUTO
     units: list[str] = []
     for part in text.split(","):
         unit = part.strip()
@@ -126,7 +125,7 @@ def half_with_fp32_units(model, units):
 
 
 def fp16_weight_overflows(model, units) -> list[tuple[int, str, str, float]]:
-    """(layer, part, what, value) for every weight of the fp32 ``model`` beyond fp16's 65504 outside the kept units:
+    """(layer, part, what, value) for every weight of the fp32 ``model`` beyond fp16's largest value outside the kept units:
     rounded to fp16 it becomes infinite."""
     kept = modules_of(units)
     parts = {"attention": "attention", "intermediate": "output", "output": "output",
@@ -134,7 +133,7 @@ def fp16_weight_overflows(model, units) -> list[tuple[int, str, str, float]]:
     found = []
     for name, parameter in model.named_parameters():
         top = float(parameter.detach().abs().max())
-        if top <= 65504.0 or any(name.startswith(m + ".") for m in kept):
+        if top <= FP16_MAX or any(name.startswith(m + ".") for m in kept):
             continue
         pieces = name.split(".")
         if pieces[:3] == ["vivit", "encoder", "layer"]:

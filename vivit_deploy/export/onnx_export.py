@@ -545,9 +545,10 @@ def _without_initializer_value_info(proto):
 
 def _validate(job: _Job, path: Path, report: ExportReport, kept: tuple[str, ...]) -> None:
     """ONNX Runtime (CPU) against PyTorch fp32 at two batch sizes, one file: on random clips (random frames through
-    the preprocessor), or on the calibration (validation) clips, which an int8 graph is meant for. An fp16 graph is also range-checked: a product of the fp32
-    model that exceeds 65504 where the graph stores fp16 overflows in an fp16 engine, even where ONNX Runtime's CPU
-    computes that product in fp32 and cannot show it. A failing file gets its per-layer drift and diagnosis."""
+    the preprocessor), or on the calibration (validation) clips, which an int8 graph is meant for. An fp16 graph is
+    also range-checked: a product of the fp32 model that exceeds 65504 where the graph stores fp16 overflows in an
+    fp16 engine, even where ONNX Runtime's CPU computes that product in fp32 and cannot show it. A failing file gets
+    its per-layer drift and diagnosis."""
     from vivit_deploy.accuracy.layers import FP16_MAX, RangeWatch, layer_drift, overflow_diagnosis
     from vivit_deploy.accuracy.statistics import failures, logit_stats
     from vivit_deploy.runtimes.ort_runtime import OnnxRuntimeRuntime
