@@ -26,8 +26,11 @@ from typing import Callable
 from vivit_deploy.accuracy.layers import FP16_MAX
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
+from vivit_deploy.model.probes import layer_module
 
 UNIT_KINDS = ("attention", "mlp", "norms")
+UNIT_MODULES = {"": ("block",), "attention": ("attention",), "mlp": ("intermediate", "output"),  # of layer L
+                "norms": ("layernorm_before", "layernorm_after")}
 AUTO = "auto"
 MAX_SEARCH_STEPS = 12  # exports an auto search may make before it gives up
 
@@ -73,9 +76,7 @@ def modules_of(units) -> list[str]:
     out = []
     for unit in units:
         layer, _, kind = unit.partition(".")
-        base = f"vivit.encoder.layer.{layer}"
-        out += {"": [base], "attention": [f"{base}.attention"], "mlp": [f"{base}.intermediate", f"{base}.output"],
-                "norms": [f"{base}.layernorm_before", f"{base}.layernorm_after"]}[kind]
+        out += [layer_module(int(layer), part) for part in UNIT_MODULES[kind]]
     return out
 
 

@@ -237,9 +237,7 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
     model = onnx.ModelProto()
     model.CopyFrom(fp32_model)
     fused = fuse_shared_input_matmuls(model) if fuse_qkv else 0
-    constants = {init.name for init in model.graph.initializer}
-    weighted = [n for n in model.graph.node if n.op_type in ops and len(n.input) > 1 and n.input[1] in constants
-                and n.input[0] not in constants and not in_module(n, FLOAT_MODULE)]
+    weighted = _weighted_ops(model, ops)
     targets = [n for n in weighted if not any(in_module(n, m) for m in float_modules)]
     attention = activation_matmuls(model)
     classifier = [n.name for n in model.graph.node if n.op_type == "Gemm"]
@@ -273,6 +271,14 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
         kept_fp32_modules=tuple(float_modules), attention_products=tuple(n.name for n in products),
     )
     return model, summary
+
+
+def _weighted_ops(model, ops: tuple[str, ...]) -> list:
+    """The nodes of ``ops`` that multiply an activation by a weight (an initializer), outside ``FLOAT_MODULE``:
+    what quantize gives Q/DQ, and whose activation inputs calibration measures."""
+    constants = {init.name for init in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type in ops and len(n.input) > 1 and n.input[1] in constants
+            and n.input[0] not in constants and not in_module(n, FLOAT_MODULE)]
 
 
 def channel_maxima(model, tensors: list[str], clips: np.ndarray, input_name: str) -> dict[str, np.ndarray]:
@@ -358,10 +364,7 @@ def calibration_ranges(fp32_model, clips: np.ndarray, input_name: str, progress:
     model.CopyFrom(fp32_model)
     if fuse_qkv:
         fuse_shared_input_matmuls(model)
-    constants = {init.name for init in model.graph.initializer}
-    activations = list(dict.fromkeys(n.input[0] for n in model.graph.node if n.op_type in ops and len(n.input) > 1
-                                     and n.input[1] in constants and n.input[0] not in constants
-                                     and not in_module(n, FLOAT_MODULE)))
+    activations = list(dict.fromkeys(n.input[0] for n in _weighted_ops(model, ops)))
     if progress:
         progress(f"calibrating {len(activations)} activations on {len(clips)} clips (min/max) ...")
     return activation_ranges(model, activations, clips, input_name, progress)

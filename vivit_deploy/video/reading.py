@@ -104,9 +104,7 @@ def read_clips(
         total = int(stream.frames) if stream.frames else count_frames(path)
         indices = sample_indices(total, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate, num_clips=num_clips)
         wanted = set(indices.ravel().tolist())
-        frames = _decode_seeking(path, wanted, total, threads) if seek and _sparse(wanted) else None
-        if frames is None:
-            frames, decoded = _decode(path, wanted, threads, container)
+        frames, decoded = _decode_wanted(path, container, wanted, total, threads, seek)
     finally:
         container.close()
     if len(frames) < len(wanted):
@@ -131,9 +129,7 @@ def read_frames(path: str | os.PathLike, indices, *, threads: int = 0, seek: boo
     container = _open(path)
     try:
         total = int(container.streams.video[0].frames) or count_frames(path)
-        frames = _decode_seeking(path, wanted, total, threads) if seek and _sparse(wanted) else None
-        if frames is None:
-            frames, _ = _decode(path, wanted, threads, container)
+        frames, _ = _decode_wanted(path, container, wanted, total, threads, seek)
     finally:
         container.close()
     missing = sorted(wanted - set(frames))
@@ -267,6 +263,16 @@ def _sparse(wanted: set[int]) -> bool:
     ordered = sorted(wanted)
     gaps = np.diff([-1, *ordered])
     return bool(gaps.max() > SEEK_MIN_GAP)
+
+
+def _decode_wanted(path: Path, container, wanted: set[int], total: int, threads: int,
+                   seek: bool) -> tuple[dict[int, np.ndarray], int]:
+    """The frames in ``wanted`` and how many frames were decoded (``total`` after a seeking decode): seeking past
+    long gaps where the timestamps allow it, else front to back through ``container`` (just opened on ``path``)."""
+    frames = _decode_seeking(path, wanted, total, threads) if seek and _sparse(wanted) else None
+    if frames is not None:
+        return frames, total
+    return _decode(path, wanted, threads, container)
 
 
 def _decode_seeking(path: Path, wanted: set[int], total: int, threads: int = 0) -> dict[int, np.ndarray] | None:
