@@ -148,6 +148,7 @@ def classify_corpus(
     info = describe_model(source, job.backend, **hub)
     spec = ClipSpec(info.config.num_frames, job.num_clips, job.sampling, job.frame_sample_rate)
     hop = None if job.window is None else (job.hop or job.window)
+    unit = "videos" if job.window is None else "windows"  # what a row is
     settings = ResultSettings(
         model=source, model_sha256=info.sha256, backend=info.backend,
         precision=expected_precision(info.backend, info.precision, job.precision),
@@ -171,8 +172,7 @@ def classify_corpus(
         if failed_probes:  # a timeline's video that cannot be cut into windows: its row says why
             store.write_part([result_row(item.path, settings, error=unreadable[item.path]) for item in failed_probes])
             pending = [item for item in pending if item.path not in unreadable]
-        noun = "windows" if job.window is not None else "videos"
-        log(f"{skipped} {noun} already in {output}, {len(pending)} to classify")
+        log(f"{skipped} {unit} already in {output}, {len(pending)} to classify")
         executor = "nothing to do"
         if pending and job.ray is None:
             executor, times = _run_here(pending, source, loader, store, settings, job, log, bar)
@@ -194,7 +194,7 @@ def classify_corpus(
         failed=times.failed + len(failed_probes),
         errors_in_output=sum(1 for r in rows if r["error"] is not None and r["path"] in videos),
         wall_s=time.perf_counter() - started, times=times, executor=executor, segments=segments,
-        unit="windows" if job.window is not None else "videos",
+        unit=unit,
     )
 
 

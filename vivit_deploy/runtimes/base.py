@@ -17,13 +17,25 @@ from typing import Any, ClassVar, Callable
 import numpy as np
 
 from vivit_deploy.model.config import VivitConfig
-from vivit_deploy.errors import ConfigError, InputRangeWarning, VivitDeployError
+from vivit_deploy.errors import ConfigError, InputRangeWarning, ModelFileError, VivitDeployError
 from vivit_deploy.model.io_spec import InputSpec
 from vivit_deploy.video.preprocessing import PreprocessorConfig
 
 
 class RuntimeClosedError(VivitDeployError, RuntimeError):
     """``run`` on a runtime after ``close()``."""
+
+
+def file_probe_names(graph_proto, path) -> tuple[str, ...]:
+    """The probe points (``model/probes.py``) an exported ONNX graph names, in graph order; a file without any (not
+    written by this vivit-export) is a :class:`ModelFileError`."""
+    from vivit_deploy.model.probes import is_probe_name
+
+    names = tuple(o for node in graph_proto.graph.node for o in node.output if is_probe_name(o))
+    if not names:
+        raise ModelFileError(f"{path} names no hidden states (<module>:output); re-export it with this vivit-export "
+                             "to compare it layer by layer")
+    return names
 
 
 class Runtime(ABC):

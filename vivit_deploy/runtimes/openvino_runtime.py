@@ -19,7 +19,7 @@ import numpy as np
 
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
 from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS, read_onnx_metadata
-from vivit_deploy.runtimes.base import Runtime, register_backend
+from vivit_deploy.runtimes.base import Runtime, file_probe_names, register_backend
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # our compute precision -> OpenVINO's INFERENCE_PRECISION_HINT
 
@@ -165,11 +165,7 @@ def _check_io(compiled, metadata, path: Path) -> None:
 def _add_probe_outputs(model, path: Path) -> tuple[str, ...]:
     """Add the file's probe points (``vivit_deploy/model/probes.py``) to an OpenVINO model's outputs; their names."""
     from vivit_deploy.artifacts.metadata import load_onnx_graph
-    from vivit_deploy.model.probes import is_probe_name
 
-    names = tuple(o for node in load_onnx_graph(path).graph.node for o in node.output if is_probe_name(o))
-    if not names:
-        raise ModelFileError(f"{path} names no hidden states (<module>:output); re-export it with this vivit-export "
-                             "to compare it layer by layer")
+    names = file_probe_names(load_onnx_graph(path), path)
     model.add_outputs(list(names))
     return names

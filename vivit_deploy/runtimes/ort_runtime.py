@@ -15,7 +15,7 @@ import numpy as np
 
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
 from vivit_deploy.artifacts.metadata import DeployMetadata
-from vivit_deploy.runtimes.base import Runtime, device_index, register_backend, resolve_device
+from vivit_deploy.runtimes.base import Runtime, device_index, file_probe_names, register_backend, resolve_device
 
 PROVIDERS = ("cpu", "cuda", "tensorrt")
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -174,13 +174,9 @@ def with_probe_outputs(path: Path) -> tuple[bytes, tuple[str, ...]]:
     import onnx
 
     from vivit_deploy.artifacts.metadata import load_onnx_graph
-    from vivit_deploy.model.probes import is_probe_name
 
     model = load_onnx_graph(path)
-    names = tuple(o for node in model.graph.node for o in node.output if is_probe_name(o))
-    if not names:
-        raise ModelFileError(f"{path} names no hidden states (<module>:output); re-export it with this vivit-export "
-                             "to compare it layer by layer")
+    names = file_probe_names(model, path)
     known = {v.name: v for v in model.graph.value_info}
     if any(name not in known for name in names):
         known = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
