@@ -82,7 +82,7 @@ def main() -> int:
     from vivit_deploy.accuracy.inputs import CompareInputs
     from vivit_deploy.accuracy.statistics import logit_stats
     from vivit_deploy.bench.plan import random_checkpoint
-    from vivit_deploy.runtimes.cpu import cpu_flags, cpu_name
+    from vivit_deploy.runtimes.cpu import describe_cpu
     from vivit_deploy.export import export_onnx
     from vivit_deploy.video.preprocessing import VideoPreprocessor
     from vivit_deploy.runtimes import load_runtime
@@ -104,8 +104,7 @@ def main() -> int:
         parser.error(f"--only: no path {unknown}; the paths are {[p[0] for p in paths]}")
     # both fp32 rows always run: the ratios are taken against them, in this run
     paths = [p for p in paths if not only or p[0] in only or p[0] in ("onnxruntime fp32", "openvino fp32")]
-    flags = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]
-    print(f"CPU: {cpu_name()} ({', '.join(flags)}); python {shlex.join(sys.argv)}", flush=True)
+    print(f"CPU: {describe_cpu()}; python {shlex.join(sys.argv)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="vivit-int8-") as work:
         work = Path(work)
         checkpoint, label = random_checkpoint("vivit-b-16x2", work / "ckpt", num_frames=args.frames)

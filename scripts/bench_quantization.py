@@ -25,13 +25,6 @@ from pathlib import Path
 import numpy as np
 
 
-def cpu() -> str:
-    from vivit_deploy.runtimes.cpu import cpu_flags, cpu_name
-
-    wanted = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]
-    return f"{cpu_name()} ({', '.join(wanted) or 'no VNNI/AMX'})"
-
-
 def median_seconds(session, x, iters: int) -> float:
     """Median of ``iters`` timed calls after one untimed call."""
     from vivit_deploy.bench.measure import time_calls
@@ -61,6 +54,7 @@ def main() -> int:
     from vivit_deploy.video.preprocessing import VideoPreprocessor
     from vivit_deploy.runtimes import load_runtime
     from vivit_deploy.demo.motion import CALIBRATION_SEED
+    from vivit_deploy.runtimes.cpu import describe_cpu
 
     variants = {
         "export's choice: weight MatMuls, QKV fused, int8 sym.": {},
@@ -69,7 +63,7 @@ def main() -> int:
         "uint8 activations (not a TensorRT type)": {"precision": "uint8"},
     }
     work = Path(tempfile.mkdtemp(prefix="bench-quant-"))
-    print(f"{cpu()}; onnxruntime {ort.__version__}", file=sys.stderr)
+    print(f"{describe_cpu()}; onnxruntime {ort.__version__}", file=sys.stderr)
 
     def build(fp32: Path, clips: np.ndarray, note: str) -> dict[str, Path]:
         model = onnx.load(str(fp32))
@@ -118,7 +112,7 @@ def main() -> int:
         leftovers = optimized_leftovers(path)["dequantize_then_fp32_matmul"] if name != "fp32" else 0
         speed[name] = (median_seconds(session, x, args.iters), leftovers)
 
-    print(f"\n{cpu()}, onnxruntime {ort.__version__}; demo model on {args.clips} held-out synthetic clips and the 12 "
+    print(f"\n{describe_cpu()}, onnxruntime {ort.__version__}; demo model on {args.clips} held-out synthetic clips and the 12 "
           f"samples; speed: {label}, batch 2, median of {args.iters}\n")
     print("| variant | demo accuracy (held-out) | demo accuracy (samples) | top-1 agreement | min cosine | "
           "ViViT-B s | vs fp32 | DQ -> fp32 MatMul left |\n|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -187,10 +187,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
 
-    from vivit_deploy.runtimes.cpu import cpu_flags, cpu_name
+    from vivit_deploy.runtimes.cpu import describe_cpu
 
-    flags = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]
-    print(f"CPU: {cpu_name()} ({', '.join(flags)}); python {shlex.join(sys.argv)}", flush=True)
+    print(f"CPU: {describe_cpu()}; python {shlex.join(sys.argv)}", flush=True)
     latency(args) if args.what == "latency" else capacity(args)
     return 0
 

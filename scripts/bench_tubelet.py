@@ -46,11 +46,10 @@ def main() -> int:
 
     from vivit_deploy.bench.measure import time_calls
     from vivit_deploy.bench.plan import random_checkpoint
-    from vivit_deploy.runtimes.cpu import cpu_flags, cpu_name
+    from vivit_deploy.runtimes.cpu import describe_cpu
     from vivit_deploy.export import export_onnx
 
-    flags = [f for f in cpu_flags() if f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")]
-    print(f"CPU: {cpu_name()} ({', '.join(flags)}); python {shlex.join(sys.argv)}\n")
+    print(f"CPU: {describe_cpu()}; python {shlex.join(sys.argv)}\n")
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         checkpoint, label = random_checkpoint("vivit-b-16x2", work / "ckpt", num_frames=args.frames)

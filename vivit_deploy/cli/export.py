@@ -58,6 +58,11 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
 
     writable(json_path, "--json")
     progress = Stopwatch()
+
+    def save_json(report) -> None:
+        if json_path is not None:
+            json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+
     try:
         report = export_onnx(
             source, output, opset=opset, precision=precision, max_batch=max_batch, static_batch=static_batch,
@@ -69,9 +74,7 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
         refused = getattr(exc, "report", None)
         if refused is not None:
             click.echo(refused.format(), err=True)
-            if json_path is not None:
-                json_path.write_text(json.dumps(refused.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+            save_json(refused)
         raise
     click.echo(report.format())
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    save_json(report)

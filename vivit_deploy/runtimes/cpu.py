@@ -12,6 +12,7 @@ from pathlib import Path
 # What decides which CPU path is fastest (docs/benchmarks.md): vector width, int8 dot products, bf16 units.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+LOW_PRECISION_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")  # int8 dot products, bf16 units
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -38,3 +39,9 @@ def cpu_flags() -> list[str]:
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX)."""
     return any(flag in BF16_FLAGS for flag in cpu_flags())
+
+
+def describe_cpu() -> str:
+    """The CPU and its low-precision units, for the first line of a benchmark: "AMD EPYC ... (avx512_vnni, avx512_bf16)"."""
+    units = [flag for flag in cpu_flags() if flag in LOW_PRECISION_FLAGS]
+    return f"{cpu_name()} ({', '.join(units) or 'no VNNI/AMX'})"
