@@ -8,6 +8,7 @@ its fixture; every client connects to 127.0.0.1.
 
 from __future__ import annotations
 
+import select
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = Path(__file__).resolve().parents[2] / "scripts" / "serve_rtsp.py"
+START_TIMEOUT = 30  # seconds the server may take to listen
 RIGHT, LEFT = 1, 0  # the demo task's labels "moving right", "moving left"
 
 
@@ -32,7 +34,8 @@ def rtsp_missing() -> str | None:
     return None
 
 
-requires_rtsp = pytest.mark.skipif(rtsp_missing() is not None, reason=str(rtsp_missing()))
+RTSP_MISSING = rtsp_missing()
+requires_rtsp = pytest.mark.skipif(RTSP_MISSING is not None, reason=str(RTSP_MISSING))
 
 
 def free_port() -> int:
@@ -52,7 +55,8 @@ class RtspServer:
     def start(self) -> "RtspServer":
         self.process = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(self.video), "--port", str(self.port)],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.process.stdout.readline()  # "ready" once it listens
+        ready, _, _ = select.select([self.process.stdout], [], [], START_TIMEOUT)
+        line = self.process.stdout.readline() if ready else f"nothing in {START_TIMEOUT} s"  # "ready" once it listens
         if line.strip() != "ready":
             self.kill()
             raise RuntimeError(f"the RTSP server did not start: {line!r} {self.process.stderr.read()[-500:]}")
