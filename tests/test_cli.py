@@ -35,7 +35,7 @@ def test_unreadable_video_is_one_line_and_exit_1(tmp_path):
     result = CliRunner().invoke(main, ["predict", str(bad)])
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
-    assert "bad.mp4: not a readable video" in result.stderr
+    assert "bad.mp4: not a video FFmpeg can read" in result.stderr
     assert "Traceback" not in result.output
 
 

@@ -46,3 +46,7 @@ class ExportError(VivitDeployError, RuntimeError):
 
 class InputRangeWarning(UserWarning):
     """Inputs outside the range a quantized (int8/fp8) file was calibrated on: its accuracy holds only inside it."""
+
+
+class DamagedVideoWarning(UserWarning):
+    """A video read best effort: some sampled frames were damaged and replaced, or the file is truncated."""

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from vivit_deploy.errors import ConfigError
+from vivit_deploy.video.opening import ReadOptions
 from vivit_deploy.video.preprocessing import VideoPreprocessor
-from vivit_deploy.video.reading import SAMPLINGS, read_clips
+from vivit_deploy.video.reading import SAMPLINGS, Clips, decode_clips
 
 if TYPE_CHECKING:
     from vivit_deploy.runtimes.base import Runtime
@@ -80,7 +81,7 @@ class VideoClassifier:
     The preprocessor and labels default to what the runtime carries (a checkpoint's
     ``preprocessor_config.json``, or an exported file's metadata). With ``num_clips > 1`` the video is
     read as that many temporal clips and their logits are averaged before the softmax, as the ViViT
-    paper evaluates.
+    paper evaluates. ``read_options``: how frames are read from files (rotation, the frame-size limit).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class VideoClassifier:
         runtime: "Runtime",
         preprocessor: VideoPreprocessor | None = None,
         id2label: dict[int, str] | None = None,
+        read_options: ReadOptions | None = None,
     ):
         if preprocessor is None:
             if runtime.preprocessor is None:
@@ -97,25 +99,41 @@ class VideoClassifier:
         self.preprocessor = preprocessor
         self.id2label = id2label if id2label is not None else runtime.id2label
         self.num_frames = runtime.config.num_frames
+        self.read_options = read_options or ReadOptions()
 
     @classmethod
     def from_pretrained(
-        cls, target: str | os.PathLike, backend: str | None = None, **runtime_kwargs: Any
+        cls, target: str | os.PathLike, backend: str | None = None, read_options: ReadOptions | None = None,
+        **runtime_kwargs: Any
     ) -> "VideoClassifier":
         """Load ``target`` with :func:`vivit_deploy.runtimes.load_runtime` (checkpoint dir, Hub id or .onnx)."""
         from vivit_deploy.runtimes import load_runtime
 
-        return cls(load_runtime(target, backend, **runtime_kwargs))
+        return cls(load_runtime(target, backend, **runtime_kwargs), read_options=read_options)
+
+    @property
+    def _sends_frames(self) -> bool:
+        """A runtime that preprocesses on its side (a Triton model with the uint8-frames ensemble) gets the frames
+        themselves, when this classifier uses the runtime's own preprocessing."""
+        return bool(getattr(self.runtime, "frames_model", None)) and self.preprocessor.config == self.runtime.preprocessor
+
+    def read(self, path: str | os.PathLike, *, num_clips: int = 1, sampling: str = "uniform",
+             frame_sample_rate: int = 4) -> Clips:
+        """The clips of a video file as this classifier runs them: each frame preprocessed as it is decoded (so a
+        4K file costs the model's input plus a few frames), or uint8 frames for a runtime that preprocesses; with
+        what the reading found (damaged frames replaced, truncation)."""
+        if sampling not in SAMPLINGS:
+            raise ConfigError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        return decode_clips(Path(path), self.num_frames, num_clips=num_clips, sampling=sampling,
+                            frame_sample_rate=frame_sample_rate, options=self.read_options,
+                            transform=None if self._sends_frames else self.preprocessor.frame)
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
-        """Logits (num_clips, num_labels) float32 for uint8 clips (num_clips, T, H, W, 3).
-
-        A runtime that preprocesses on its side (a Triton model with the uint8-frames ensemble) gets the
-        frames themselves, when this classifier uses the runtime's own preprocessing.
-        """
-        if getattr(self.runtime, "frames_model", None) and self.preprocessor.config == self.runtime.preprocessor:
-            return self.runtime.run_frames(np.asarray(clips))
-        return self.runtime.run_batches(self.preprocessor(clips))
+        """Logits (num_clips, num_labels) float32 for uint8 clips (num_clips, T, H, W, 3), or clips ``read`` made."""
+        clips = np.asarray(clips)
+        if self._sends_frames:
+            return self.runtime.run_frames(clips)
+        return self.runtime.run_batches(clips if clips.dtype == np.float32 else self.preprocessor(clips))
 
     def classify(
         self,
@@ -129,12 +147,10 @@ class VideoClassifier:
         """Top-k predictions for a video file, or for decoded frames (T, H, W, 3) / clips (N, T, H, W, 3)."""
         if top_k < 1:
             raise ConfigError(f"top_k must be at least 1, got {top_k}")
-        if sampling not in SAMPLINGS:
-            raise ConfigError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         if isinstance(video, (str, os.PathLike)):
-            clips = read_clips(
-                Path(video), self.num_frames, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate
-            )
+            read = self.read(video, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate)
+            read.warn(video)
+            clips = read.array
         else:
             clips = video if video.ndim == 5 else video[None]
         return top_predictions(self.logits(clips), self.id2label, top_k)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 GOOD = 12
-BAD = {"empty.mp4": "empty file", "notes.mp4": "not a readable video", "cut.mp4": "not a readable video"}
+BAD = {"empty.mp4": "empty file", "notes.mp4": "not a video FFmpeg can read", "cut.mp4": "not a video FFmpeg can read"}
 
 
 def classify_killed_midway(arguments: list[str], parts: Path, what: str) -> int:

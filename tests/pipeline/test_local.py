@@ -53,7 +53,7 @@ def test_results_match_the_loader_in_this_process(corpus):
         if labels[path.name] is None:
             assert decoded.pixel_values is None and path.name in decoded.error
         else:
-            np.testing.assert_array_equal(decoded.pixel_values, direct.load(path)[0])
+            np.testing.assert_array_equal(decoded.pixel_values, direct.load(path).pixel_values)
             assert decoded.decode_s > 0 and decoded.preprocess_s > 0
 
 

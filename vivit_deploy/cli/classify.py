@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from vivit_deploy.cli.common import (
-    BACKEND, DEVICE, MODEL, PRECISION, SAMPLING, TORCH_SOURCE, Stopwatch, friendly_errors, print_report, runtime_options,
-    writable,
+    BACKEND, DEVICE, MODEL, PRECISION, READING, SAMPLING, TORCH_SOURCE, Stopwatch, friendly_errors, print_report,
+    read_options, runtime_options, writable,
 )
 
 
@@ -74,13 +74,14 @@ def _ray_address(value: str | None) -> str | None:
 @click.option("--segments", is_flag=True,
               help="With --window: also merge consecutive windows of one label into segments (start, end, label, mean "
                    "probability), written to OUTPUT's name with .segments before the suffix.")
+@READING
 @TORCH_SOURCE
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the job summary as JSON to this file ('-' for stdout instead of the text).")
 @friendly_errors
 def classify(inputs, output, source, backend, device, precision, workers, batch_size, top_k, num_clips, sampling,
-             frame_sample_rate, ray_address, actors, resume, retry_failed, strict, window, hop, segments,
-             attn_implementation, revision, offline, json_path):
+             frame_sample_rate, ray_address, actors, resume, retry_failed, strict, window, hop, segments, autorotate,
+             max_pixels, attn_implementation, revision, offline, json_path):
     """Classify every video of INPUTS into one results file, resumably, at full throughput.
 
     INPUTS are video files, directories (searched recursively) and manifests (.txt: a path per line;
@@ -99,7 +100,7 @@ def classify(inputs, output, source, backend, device, precision, workers, batch_
         num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate, workers=workers,
         ray=_ray_address(ray_address), actors=actors, resume=resume, retry_failed=retry_failed,
         runtime_options=runtime_options(source, backend, attn_implementation, revision, offline),
-        window=window, hop=hop, segments=segments,
+        window=window, hop=hop, segments=segments, read_options=read_options(autorotate, max_pixels),
     )
     try:
         summary = classify_corpus(inputs, output, job, log=Stopwatch(), bar=_classify_bar)

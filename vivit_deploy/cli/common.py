@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -15,13 +16,21 @@ import click
 from vivit_deploy.errors import VivitDeployError
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr (``Warning: ...``), not Python's two lines with the source."""
+    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+
+
 def friendly_errors(fn):
-    """Turn our errors (and missing files) into click's one-line ``Error: ...`` and exit code 1."""
+    """Turn our errors (and missing files) into click's one-line ``Error: ...`` and exit code 1, and warnings into
+    one ``Warning: ...`` line each."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _warning_line
+                return fn(*args, **kwargs)
         except (VivitDeployError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -79,6 +88,21 @@ SAMPLING = options(
     click.option("--frame-sample-rate", default=4, show_default=True, type=click.IntRange(min=1),
                  help="N for --sampling stride."),
 )
+READING = options(
+    click.option("--autorotate/--no-autorotate", default=True, show_default=True,
+                 help="Turn phone videos upright by their display matrix, as ffmpeg does by default."),
+    click.option("--max-pixels", default=None, type=click.IntRange(min=1),
+                 help="Refuse videos whose frames have more pixels than this [default: 8192x8192]."),
+)
+
+
+def read_options(autorotate: bool, max_pixels: int | None):
+    """The ``ReadOptions`` of the READING options."""
+    from vivit_deploy.video.opening import DEFAULT_MAX_PIXELS, ReadOptions
+
+    return ReadOptions(autorotate=autorotate, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+
+
 TORCH_SOURCE = options(
     click.option("--attn", "attn_implementation", type=click.Choice(["sdpa", "eager"]), default=None,
                  help="Attention of the PyTorch backend [default: sdpa]."),

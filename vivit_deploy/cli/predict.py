@@ -8,7 +8,10 @@ from pathlib import Path
 
 import click
 
-from vivit_deploy.cli.common import BACKEND, DEVICE, MODEL, PRECISION, SAMPLING, TORCH_SOURCE, Stopwatch, friendly_errors, runtime_options
+from vivit_deploy.cli.common import (
+    BACKEND, DEVICE, MODEL, PRECISION, READING, SAMPLING, TORCH_SOURCE, Stopwatch, friendly_errors, read_options,
+    runtime_options,
+)
 
 
 @click.command()
@@ -19,11 +22,12 @@ from vivit_deploy.cli.common import BACKEND, DEVICE, MODEL, PRECISION, SAMPLING,
 @PRECISION
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="How many labels to print.")
 @SAMPLING
+@READING
 @TORCH_SOURCE
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @friendly_errors
-def predict(videos, source, backend, device, precision, top_k, num_clips, sampling, frame_sample_rate,
-            attn_implementation, revision, offline, as_json):
+def predict(videos, source, backend, device, precision, top_k, num_clips, sampling, frame_sample_rate, autorotate,
+            max_pixels, attn_implementation, revision, offline, as_json):
     """Classify VIDEOS (default: the bundled sample video) and print the top-k labels."""
     from vivit_deploy.demo import default_sample, demo_model_dir, sample_videos
     from vivit_deploy.predict import VideoClassifier
@@ -39,16 +43,18 @@ def predict(videos, source, backend, device, precision, top_k, num_clips, sampli
     progress = Stopwatch()
     progress(f"loading {source} ...")
     options = runtime_options(source, backend, attn_implementation, revision, offline)
-    classifier = VideoClassifier.from_pretrained(source, backend, device=device, precision=precision, **options)
+    classifier = VideoClassifier.from_pretrained(source, backend, read_options(autorotate, max_pixels), device=device,
+                                                 precision=precision, **options)
     runtime = classifier.runtime
     progress(f"{runtime.backend} on {runtime.device} ({runtime.precision}); classifying {len(videos)} video(s)")
     results = []
     with classifier:
         for video in videos:
-            predictions = classifier.classify(
-                video, top_k=top_k, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate
-            )
-            entry = {"video": str(video), "predictions": [p.to_dict() for p in predictions]}
+            read = classifier.read(video, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate)
+            read.warn(video)
+            predictions = classifier.classify(read.array, top_k=top_k)
+            entry = {"video": str(video), "predictions": [p.to_dict() for p in predictions],
+                     "damaged_frames": read.replaced}
             label = truth.get(Path(video).resolve())
             if label is not None and label in classifier.id2label.values():
                 entry["true_label"] = label

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import click
 
-from vivit_deploy.cli.common import BACKEND, DEVICE, MODEL, PRECISION, TORCH_SOURCE, Stopwatch, friendly_errors, runtime_options, writable
+from vivit_deploy.cli.common import (
+    BACKEND, DEVICE, MODEL, PRECISION, READING, TORCH_SOURCE, Stopwatch, friendly_errors, read_options, runtime_options,
+    writable,
+)
 
 
 @click.command()
@@ -34,10 +37,11 @@ from vivit_deploy.cli.common import BACKEND, DEVICE, MODEL, PRECISION, TORCH_SOU
               help="Reopen a live source that drops, with backoff; --no-reconnect ends that stream instead.")
 @click.option("--realtime", is_flag=True, help="Read files at their own pace, as a camera delivers (default: as fast as "
                                                "they decode, every window classified).")
+@READING
 @TORCH_SOURCE
 @friendly_errors
 def stream(sources, source, backend, device, precision, window, hop, smooth, min_probability, top_k, events_path,
-           duration, reconnect, realtime, attn_implementation, revision, offline):
+           duration, reconnect, realtime, autorotate, max_pixels, attn_implementation, revision, offline):
     """Classify live streams in real time: a record per window and per event, as JSON Lines.
 
     SOURCE: rtsp:// (TCP by default; rtsp+udp:// for UDP), http(s)://, udp://, tcp://, a device (/dev/video0)
@@ -60,7 +64,8 @@ def stream(sources, source, backend, device, precision, window, hop, smooth, min
     runtime = load_runtime(source, backend, device=device, precision=precision,
                            **runtime_options(source, backend, attn_implementation, revision, offline))
     classifier = StreamClassifier(runtime, parsed, window=window, hop=hop, smooth=smooth, min_probability=min_probability,
-                                  top_k=top_k, realtime=realtime, reconnect=reconnect, duration=duration)
+                                  top_k=top_k, realtime=realtime, reconnect=reconnect, duration=duration,
+                                  read_options=read_options(autorotate, max_pixels))
     progress(f"{runtime.backend} on {runtime.device} ({runtime.precision}); following {len(parsed)} stream(s), "
              f"{window:g} s windows every {hop:g} s")
     stop = lambda signum, frame: classifier.stop()  # noqa: E731  (the iteration ends with the summary)

@@ -52,9 +52,9 @@ def row_key(path: str, window: int | None) -> str:
 
 
 def timeline_items(items: list[VideoItem], window: float, hop: float, num_frames: int,
-                   progress=None) -> tuple[list[VideoItem], dict[str, str]]:
-    """Each video's windows as items (``video.time_windows``), in order; a video that cannot be probed stays one
-    item, with the reason, to become an error row."""
+                   progress=None, read_options=None) -> tuple[list[VideoItem], dict[str, str]]:
+    """Each video's windows as items (``video.time_windows``, from its frames' timestamps, as a stream of it is cut),
+    in order; a video that cannot be probed stays one item, with the reason, to become an error row."""
     from vivit_deploy.errors import VideoReadError
     from vivit_deploy.video.reading import probe, time_windows
 
@@ -62,12 +62,12 @@ def timeline_items(items: list[VideoItem], window: float, hop: float, num_frames
     failed: dict[str, str] = {}
     for n, item in enumerate(items, 1):
         try:
-            total, fps = probe(item.path)
+            info = probe(item.path, read_options)
         except VideoReadError as exc:
             failed[item.path] = str(exc)
             out.append(VideoItem(len(out), item.path))
             continue
-        for index, (start, end, frames) in enumerate(time_windows(total, fps, window, hop, num_frames)):
+        for index, (start, end, frames) in enumerate(time_windows(info.times, info.fps, window, hop, num_frames)):
             out.append(VideoItem(len(out), item.path, TimeWindow(index, start, end, tuple(frames))))
         if progress and n % 100 == 0:
             progress(f"cutting videos into windows: {n}/{len(items)}")

@@ -23,6 +23,7 @@ from vivit_deploy.pipeline.model import describe_model
 from vivit_deploy.pipeline.ray_job import import_ray, run_on_ray
 from vivit_deploy.pipeline.results import ResultStore
 from vivit_deploy.pipeline.stages import ClipLoader, ClipSpec, ResultSettings, result_row
+from vivit_deploy.video.opening import ReadOptions
 
 Log = Callable[[str], None]
 # bar(total videos) -> a context manager yielding update(videos finished, clips run)
@@ -51,6 +52,7 @@ class ClassifyJob:
     window: float | None = None  # a timeline: a row per window of this many seconds (None: a row per video)
     hop: float | None = None  # seconds between windows [default: the window, back to back]
     segments: bool = False  # also merge consecutive windows of one label into segments (with window)
+    read_options: ReadOptions = ReadOptions()  # rotation and the frame-size limit (vivit_deploy.video.opening)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "top_k", "num_clips", "frame_sample_rate"):
@@ -154,16 +156,17 @@ def classify_corpus(
         precision=expected_precision(info.backend, info.precision, job.precision),
         sampling="uniform" if job.window is not None else job.sampling, clips=job.num_clips,
         frame_sample_rate=job.frame_sample_rate, top_k_count=min(job.top_k, info.config.num_labels),
-        window_s=job.window, hop_s=hop,
+        autorotate=job.read_options.autorotate, window_s=job.window, hop_s=hop,
     )
     videos = {item.path for item in items}
     unreadable: dict[str, str] = {}
     if job.window is not None:
         log(f"cutting {len(items)} videos into {job.window:g} s windows every {hop:g} s ...")
-        items, unreadable = timeline_items(items, job.window, hop, info.config.num_frames, log)
+        items, unreadable = timeline_items(items, job.window, hop, info.config.num_frames, log, job.read_options)
     # A Triton model with its frames ensemble preprocesses on the server: send it uint8 frames (local runs;
     # Ray's decoding tasks preprocess, the actors' runtimes send float32)
-    loader = ClipLoader(spec, info.preprocessor, preprocess=not (info.frames and job.ray is None))
+    loader = ClipLoader(spec, info.preprocessor, preprocess=not (info.frames and job.ray is None),
+                        read_options=job.read_options)
     times = StageTimes()
     with ResultStore(output, settings, resume=job.resume, retry_failed=job.retry_failed, warn=log) as store:
         pending = [item for item in items if not store.is_done(item.key)]

@@ -78,13 +78,14 @@ class Decoded:
     error: str | None
     decode_s: float = 0.0
     preprocess_s: float = 0.0
+    damaged_frames: int = 0
 
 
 # ---- decoding processes --------------------------------------------------------------------------
 
 def _worker_main(conn, loader: ClipLoader, threads: int) -> None:
-    """A decoding process: (seq, path, frames | None) in, (seq, pixel_values | None, error | None, decode s,
-    preprocess s) out; ``frames`` are a timeline window's frame indices."""
+    """A decoding process: (seq, path, frames | None) in, (seq, Loaded | None, error | None) out; ``frames`` are a
+    timeline window's frame indices."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     import numba
 
@@ -102,10 +103,9 @@ def _worker_main(conn, loader: ClipLoader, threads: int) -> None:
             return
         seq, path, frames = task
         try:
-            pixel_values, decode_s, preprocess_s = loader.load(path) if frames is None else loader.load(path, frames)
-            message = (seq, pixel_values, None, decode_s, preprocess_s)
+            message = (seq, loader.load(path) if frames is None else loader.load(path, frames), None)
         except Exception as exc:  # any failure on one video is that video's row, never the end of the job
-            message = (seq, None, error_line(exc), 0.0, 0.0)
+            message = (seq, None, error_line(exc))
         try:
             conn.send(message)
         except (BrokenPipeError, OSError):
@@ -232,14 +232,17 @@ class DecodePool:
 
     def _receive(self, w: int, pending: collections.deque) -> Iterator[Decoded]:
         try:
-            seq, pixel_values, error, decode_s, preprocess_s = self._conns[w].recv()
+            seq, loaded, error = self._conns[w].recv()
         except (EOFError, OSError):
             return  # the worker died: its sentinel says so next
         expected, item = pending.popleft()
         if seq != expected:
             raise RuntimeError(f"decoding worker {w} answered task {seq}, expected {expected}")
         self._decoded_any = True
-        yield Decoded(item, pixel_values, error, decode_s, preprocess_s)
+        if loaded is None:
+            yield Decoded(item, None, error)
+        else:
+            yield Decoded(item, loaded.pixel_values, None, loaded.decode_s, loaded.preprocess_s, loaded.damaged_frames)
 
     def _drain(self, w: int, pending: collections.deque) -> Iterator[Decoded]:
         """Results a dead worker sent before it died."""
@@ -350,7 +353,8 @@ class _Inference(threading.Thread):
             predictions = classify_videos(self.runtime, [d.pixel_values for d in ok], self.batch_size,
                                           settings.top_k_count)
             times.inference += time.perf_counter() - started
-            rows += [result_row(d.item.path, settings, p, window=d.item.window) for d, p in zip(ok, predictions)]
+            rows += [result_row(d.item.path, settings, p, window=d.item.window, damaged_frames=d.damaged_frames)
+                     for d, p in zip(ok, predictions)]
         times.decode += sum(d.decode_s for d in batch)
         times.preprocess += sum(d.preprocess_s for d in batch)
         times.write_part(self.store, rows, clips, len(batch) - len(ok), self.progress)

@@ -53,20 +53,24 @@ def import_ray():
 
 def decode_rows(batch: dict[str, np.ndarray], loader: ClipLoader, frame_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Ray task, stage 1 per row; a video that cannot be read keeps its row, with zeros and the error."""
-    pixels, errors, decode_s, preprocess_s = [], [], [], []
+    pixels, errors, decode_s, preprocess_s, damaged = [], [], [], [], []
     for path, frames in zip(batch["path"], batch["frames"]):
         try:
-            pixel_values, d, p = loader.load(str(path), list(frames)) if len(frames) else loader.load(str(path))
-            error = ""
+            loaded = loader.load(str(path), list(frames)) if len(frames) else loader.load(str(path))
+            pixels.append(loaded.pixel_values)
+            errors.append("")
+            decode_s.append(loaded.decode_s)
+            preprocess_s.append(loaded.preprocess_s)
+            damaged.append(loaded.damaged_frames)
         except Exception as exc:  # a row, not a failed task
-            pixel_values, d, p, error = np.zeros(loader.output_shape(frame_shape), np.float32), 0.0, 0.0, error_line(exc)
-        pixels.append(pixel_values)
-        errors.append(error)
-        decode_s.append(d)
-        preprocess_s.append(p)
+            pixels.append(np.zeros(loader.output_shape(frame_shape), np.float32))
+            errors.append(error_line(exc))
+            decode_s.append(0.0)
+            preprocess_s.append(0.0)
+            damaged.append(0)
     return {"path": batch["path"], "window": batch["window"], "start": batch["start"], "end": batch["end"],
             "pixel_values": np.stack(pixels), "error": np.array(errors, dtype=object),
-            "decode_s": np.array(decode_s), "preprocess_s": np.array(preprocess_s)}
+            "decode_s": np.array(decode_s), "preprocess_s": np.array(preprocess_s), "damaged_frames": np.array(damaged)}
 
 
 def _window(batch: dict[str, np.ndarray], i: int):
@@ -102,7 +106,8 @@ class InferenceActor:
         rows = [result_row(str(path), settings, error=str(error), window=_window(batch, i)) if error else None
                 for i, (path, error) in enumerate(zip(batch["path"], batch["error"]))]
         for i, p in zip(ok, predictions):
-            rows[i] = result_row(str(batch["path"][i]), settings, p, window=_window(batch, i))
+            rows[i] = result_row(str(batch["path"][i]), settings, p, window=_window(batch, i),
+                                 damaged_frames=int(batch["damaged_frames"][i]))
         clips = batch["pixel_values"].shape[1]
         out = []
         for i, row in enumerate(rows):
@@ -114,14 +119,14 @@ class InferenceActor:
 
 def decode_memory(loader: ClipLoader, info: "ModelInfo") -> int:
     """Bytes a decoding task holds at its peak: the worker process itself (numpy, PyAV, numba: about
-    150 MiB measured by Ray on the demo model), the sampled frames of a 1080p video and the model input.
+    150 MiB measured by Ray on the demo model), a few full frames of a 4K video in flight (each frame is
+    preprocessed as it is decoded) and the model input.
 
     Declared so that Ray packs no more decoding tasks onto a node than its memory holds. It also keeps
     the decoding tasks' resources different from the inference actors', which is what stops Ray from
     fusing the two stages into the actors (decoding would then run only where actors run).
     """
-    spec = loader.spec
-    frames = spec.num_clips * spec.num_frames * 1080 * 1920 * 3
+    frames = 4 * 2160 * 3840 * 3
     model_input = 4 * int(np.prod(loader.output_shape(info.frame_shape)))
     return frames + 2 * model_input + (192 << 20)
 

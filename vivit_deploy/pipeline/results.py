@@ -25,7 +25,7 @@ from vivit_deploy.errors import ConfigError, VivitDeployError
 from vivit_deploy.files import atomic_write, fsync_directory
 from vivit_deploy.pipeline.inputs import require_pyarrow
 from vivit_deploy.pipeline.inputs import row_key
-from vivit_deploy.pipeline.stages import ROW_FIELDS, VIDEO_SETTINGS, WINDOW_FIELDS, ResultSettings
+from vivit_deploy.pipeline.stages import LEGACY_DEFAULTS, ROW_FIELDS, VIDEO_SETTINGS, WINDOW_FIELDS, ResultSettings
 
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 JOB_FILE = "job.json"
@@ -49,7 +49,8 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-TIMELINE_FIELDS = ("path", *WINDOW_FIELDS, "label", "probability", "top_k", "error", *VIDEO_SETTINGS, "window_s", "hop_s")
+TIMELINE_FIELDS = ("path", *WINDOW_FIELDS, "label", "probability", "top_k", "error", "damaged_frames", *VIDEO_SETTINGS,
+                   "window_s", "hop_s")
 
 
 def parquet_schema(fields: tuple[str, ...] = ROW_FIELDS):
@@ -59,7 +60,7 @@ def parquet_schema(fields: tuple[str, ...] = ROW_FIELDS):
         "path": pa.string(), "label": pa.string(), "probability": pa.float64(), "top_k": pa.list_(prediction),
         "error": pa.string(), "model": pa.string(), "model_sha256": pa.string(), "backend": pa.string(),
         "precision": pa.string(), "sampling": pa.string(), "clips": pa.int32(), "frame_sample_rate": pa.int32(),
-        "top_k_count": pa.int32(), "window": pa.int32(), "start": pa.float64(), "end": pa.float64(),
+        "top_k_count": pa.int32(), "damaged_frames": pa.int32(), "autorotate": pa.bool_(), "window": pa.int32(), "start": pa.float64(), "end": pa.float64(),
         "window_s": pa.float64(), "hop_s": pa.float64(),
     }
     return pa.schema([(name, types[name]) for name in fields])
@@ -84,7 +85,7 @@ def read_results(path: Path) -> list[dict[str, Any]]:
             except (OSError, pa.ArrowException) as exc:
                 raise foreign from exc
             rows = table.to_pylist()
-            if set(table.column_names) not in (set(ROW_FIELDS), set(TIMELINE_FIELDS)):
+            if set(table.column_names) | set(LEGACY_DEFAULTS) not in (set(ROW_FIELDS), set(TIMELINE_FIELDS)):
                 raise foreign
         else:
             rows = read_jsonl(path)
@@ -92,6 +93,7 @@ def read_results(path: Path) -> list[dict[str, Any]]:
         raise foreign from exc
     if any(not isinstance(r, dict) for r in rows):
         raise foreign
+    rows = [{**LEGACY_DEFAULTS, **r} if not set(LEGACY_DEFAULTS) & set(r) else r for r in rows]
     fields = set(row_fields(rows))
     if any(set(r) != fields for r in rows):
         raise foreign

@@ -20,6 +20,7 @@ import numpy as np
 
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
+from vivit_deploy.video.opening import ReadOptions
 from vivit_deploy.video.reading import SAMPLINGS
 
 if TYPE_CHECKING:
@@ -43,20 +44,32 @@ class ClipSpec:
             raise ConfigError(f"num_frames, num_clips and frame_sample_rate must be at least 1, got {self}")
 
 
+@dataclass
+class Loaded:
+    """What stage 1 made of one video: the model's input and what reading it found."""
+
+    pixel_values: np.ndarray  # float32 (num_clips, T, C, H, W), or uint8 frames for a runtime that preprocesses
+    decode_s: float  # seconds decoding (the preprocessor's share taken out)
+    preprocess_s: float  # seconds in the preprocessor, which runs on each frame as it is decoded
+    damaged_frames: int = 0  # sampled frames that were damaged and replaced (vivit_deploy.video.decoding)
+
+
 class ClipLoader:
     """Stage 1, per video: decode the sampled frames and preprocess them; picklable, so workers get a copy.
 
-    ``load`` returns float32 (num_clips, T, C, H, W) with the seconds spent decoding and preprocessing,
-    and raises :class:`VideoReadError` for a file that cannot be read. ``decode_threads`` is FFmpeg's
-    thread count per video (0: one per core; workers that already fill the cores use 1).
+    ``load`` returns a :class:`Loaded` and raises :class:`VideoReadError` for a file that cannot be read. Each frame
+    is preprocessed as it is decoded, so a 4K video costs its output plus a few full frames. ``decode_threads`` is
+    FFmpeg's thread count per video (0: one per core; workers that already fill the cores use 1); it never
+    changes the frames. ``read_options``: rotation and the frame-size limit, as for ``predict``.
     """
 
     def __init__(self, spec: ClipSpec, preprocessor: PreprocessorConfig, decode_threads: int = 0,
-                 preprocess: bool = True):
+                 preprocess: bool = True, read_options: ReadOptions | None = None):
         self.spec = spec
         self.preprocessor_config = preprocessor
         self.decode_threads = decode_threads
         self.preprocess = preprocess  # False: uint8 frames out, for a runtime that preprocesses (Triton's ensemble)
+        self.read_options = read_options or ReadOptions()
         self._preprocessor = VideoPreprocessor(preprocessor)
 
     def warm_up(self) -> None:
@@ -67,22 +80,30 @@ class ClipLoader:
     def output_shape(self, frame_shape: tuple[int, int, int, int]) -> tuple[int, ...]:
         return (self.spec.num_clips, *frame_shape)
 
-    def load(self, path: str | os.PathLike, frames: Sequence[int] | None = None) -> tuple[np.ndarray, float, float]:
+    def load(self, path: str | os.PathLike, frames: Sequence[int] | None = None) -> Loaded:
         """The clips of a video, or with ``frames`` (a timeline window's frame indices) that one clip."""
-        from vivit_deploy.video.reading import read_clips, read_frames
+        from vivit_deploy.video.reading import decode_clips, decode_frames
 
         spec = self.spec
+        spent = [0.0]  # seconds in the preprocessor, summed over the decoders that call it
+
+        def preprocess(frame: np.ndarray) -> np.ndarray:
+            begun = time.perf_counter()
+            try:
+                return self._preprocessor.frame(frame)
+            finally:
+                spent[0] += time.perf_counter() - begun
+
+        transform = preprocess if self.preprocess else None
         started = time.perf_counter()
         if frames is not None:
-            clips = read_frames(path, frames, threads=self.decode_threads)[None]
+            clips = decode_frames(path, frames, threads=self.decode_threads, transform=transform,
+                                  options=self.read_options)
         else:
-            clips = read_clips(path, spec.num_frames, num_clips=spec.num_clips, sampling=spec.sampling,
-                               frame_sample_rate=spec.frame_sample_rate, threads=self.decode_threads)
-        decoded = time.perf_counter()
-        if not self.preprocess:
-            return clips, decoded - started, 0.0
-        pixel_values = self._preprocessor(clips)
-        return pixel_values, decoded - started, time.perf_counter() - decoded
+            clips = decode_clips(path, spec.num_frames, num_clips=spec.num_clips, sampling=spec.sampling,
+                                 frame_sample_rate=spec.frame_sample_rate, threads=self.decode_threads,
+                                 transform=transform, options=self.read_options)
+        return Loaded(clips.array, time.perf_counter() - started - spent[0], spent[0], clips.replaced)
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,7 @@ class ResultSettings:
     clips: int
     frame_sample_rate: int
     top_k_count: int  # how many labels each row's top_k lists
+    autorotate: bool = True  # frames turned upright by the display matrix (vivit_deploy.video.opening.ReadOptions)
     window_s: float | None = None  # a timeline: seconds per window (rows are windows, not videos)
     hop_s: float | None = None  # seconds between windows
 
@@ -114,7 +136,7 @@ class ResultSettings:
     def row_fields(self) -> tuple[str, ...]:
         """The columns of a row made with these settings: a timeline's rows also say which window they are."""
         window = WINDOW_FIELDS if self.window_s is not None else ()
-        return ("path", *window, "label", "probability", "top_k", "error", *self.to_dict())
+        return ("path", *window, "label", "probability", "top_k", "error", "damaged_frames", *self.to_dict())
 
     def key(self) -> tuple:
         """What must be equal for two rows to be comparable (the model's location may change)."""
@@ -130,14 +152,17 @@ class ResultSettings:
 
 WINDOW_FIELDS = ("window", "start", "end")  # a timeline row's window: its number in the video, its span in seconds
 VIDEO_SETTINGS = tuple(f for f in ResultSettings.__dataclass_fields__ if f not in ("window_s", "hop_s"))
-ROW_FIELDS = ("path", "label", "probability", "top_k", "error") + VIDEO_SETTINGS  # a row per video
+ROW_FIELDS = ("path", "label", "probability", "top_k", "error", "damaged_frames") + VIDEO_SETTINGS  # a row per video
+# Columns a file written before damaged frames were counted and rotation applied lacks, and what its rows meant
+LEGACY_DEFAULTS = {"damaged_frames": None, "autorotate": False}
 
 
 def result_row(path: str, settings: ResultSettings, predictions: Sequence["Prediction"] | None = None,
-               error: str | None = None, window=None) -> dict[str, Any]:
+               error: str | None = None, window=None, damaged_frames: int | None = None) -> dict[str, Any]:
     """Stage 3: one output row; a video that could not be classified has its one-line ``error`` and no label.
 
-    ``window`` (a timeline's ``inputs.TimeWindow``, or None for a video that could not be cut into windows)
+    ``damaged_frames``: sampled frames that were damaged and replaced by the nearest decodable one (None in an error
+    row). ``window`` (a timeline's ``inputs.TimeWindow``, or None for a video that could not be cut into windows)
     adds the window's number and span."""
     if (predictions is None) == (error is None):
         raise ValueError("a row has either predictions or an error")
@@ -153,6 +178,7 @@ def result_row(path: str, settings: ResultSettings, predictions: Sequence["Predi
         "probability": None if top is None else top[0]["probability"],
         "top_k": top,
         "error": error,
+        "damaged_frames": None if predictions is None else int(damaged_frames or 0),
         **settings.to_dict(),
     }
 

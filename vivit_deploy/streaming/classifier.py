@@ -76,13 +76,15 @@ class StreamClassifier:
     wall-clock seconds. ``max_batch``: windows per inference call [default: the runtime's largest batch].
     ``batch_wait``: seconds the first waiting window waits for the other streams' (one batch for all).
     A source that cannot be opened is an error when it is the only one; beside others it is reported
-    (``disconnected``) and retried like a dropped one.
+    (``disconnected``) and retried like a dropped one. ``read_options`` (``video.ReadOptions``): rotation and the
+    frame-size limit, as for files. Each frame a window keeps is preprocessed by its reader as it arrives, so a 4K
+    camera's windows hold the model's input, not 4K frames.
     """
 
     def __init__(self, runtime: "Runtime", sources: Sequence[str | Source], *, window: float = 2.0, hop: float = 1.0,
                  smooth: int = 3, min_probability: float = 0.5, top_k: int = 5, realtime: bool = False,
                  reconnect: bool = True, duration: float | None = None, max_batch: int | None = None, preprocessor=None,
-                 batch_wait: float = 0.02):
+                 batch_wait: float = 0.02, read_options=None):
         from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
 
         if not sources:
@@ -107,6 +109,7 @@ class StreamClassifier:
         self.preprocessor = preprocessor or VideoPreprocessor(config)
         # a Triton model with its frames ensemble preprocesses on the server: it gets the uint8 frames
         self.send_frames = bool(getattr(runtime, "frames_model", None)) and self.preprocessor.config == runtime.preprocessor
+        self.read_options = read_options
         self.stats = {name: StreamStats() for name in names}
         self._stop = threading.Event()
         self._cond = threading.Condition()
@@ -153,7 +156,7 @@ class StreamClassifier:
         opened = {}
         for source in self.sources:
             try:
-                opened[source.name] = open_container(source)
+                opened[source.name] = open_container(source, self.read_options)
             except SourceError:
                 if len(self.sources) == 1:
                     raise
@@ -162,7 +165,8 @@ class StreamClassifier:
         self._clock = time.monotonic()
         for source in self.sources:
             reader = StreamReader(source, self.spec, self._on_window, self._on_event, self._stop,
-                                  reconnect=self.reconnect, opened=opened[source.name])
+                                  reconnect=self.reconnect, opened=opened[source.name], read_options=self.read_options,
+                                  transform=None if self.send_frames else self.preprocessor.frame)
             self._readers.append(reader)
             reader.start()
 
@@ -230,10 +234,9 @@ class StreamClassifier:
     def _classify(self, taken: list[tuple[str, Window, int]]) -> Iterator[dict[str, Any]]:
         from vivit_deploy.predict import label_name, ranked, softmax, video_logits
 
-        clips = []
-        for _, window, _ in taken:
-            frames = np.stack(window.frames)[None]  # (1, T, H, W, 3) uint8
-            clips.append(frames if self.send_frames else self.preprocessor(frames))
+        # (1, T, H, W, 3) uint8 frames for a model that preprocesses them, else (1, T, C, H, W) float32, each frame
+        # preprocessed by its reader as it arrived
+        clips = [np.stack(window.frames)[None] for _, window, _ in taken]
         logits = video_logits(self.runtime, clips, self.max_batch)
         done = time.monotonic()
         id2label = self.runtime.id2label

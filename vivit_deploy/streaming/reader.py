@@ -17,9 +17,12 @@ import threading
 import time
 from typing import Any, Callable
 
+from vivit_deploy.errors import VideoReadError
 from vivit_deploy.streaming.sources import Source, SourceError, open_container
 from vivit_deploy.streaming.windows import Window, WindowBuilder, WindowSpec
-from vivit_deploy.video.reading import error_reason
+from vivit_deploy.video.decoding import DamageTracker, FrameConverter, configure_decoder
+from vivit_deploy.video.opening import ReadOptions
+from vivit_deploy.video.opening import reason as error_reason
 
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0)  # seconds before each reconnect attempt (the last one repeats)
 
@@ -32,14 +35,18 @@ class StreamReader(threading.Thread):
 
     def __init__(self, source: Source, spec: WindowSpec, on_window: Callable[["StreamReader", Window, int], bool],
                  on_event: Callable[[dict[str, Any]], None], stop: threading.Event, *, reconnect: bool = True,
-                 opened: Any = None):
+                 opened: Any = None, read_options: ReadOptions | None = None,
+                 transform: Callable[[Any], Any] | None = None):
         super().__init__(name=f"vivit-stream-{source.name}", daemon=True)
         self.source, self.spec = source, spec
         self.on_window, self.on_event, self.stop_event = on_window, on_event, stop
         self.reconnect = reconnect and source.reconnectable
         self._opened = opened  # a container the caller already opened (the first connection)
         self.builder = WindowBuilder(spec)
+        self.read_options = read_options or ReadOptions()
+        self.transform = transform  # applied to each kept frame as it is converted (the preprocessor's frame)
         self.frames = 0
+        self.damaged_frames = 0  # frames not offered: damaged (video.decoding's policy)
         self.reconnects = 0
         self.failure: str | None = None  # why it ended, when not by the end of a file or a stop
         self.connected = False
@@ -55,7 +62,7 @@ class StreamReader(threading.Thread):
         reported = False  # the current outage has its "disconnected" event
         while not self.stop_event.is_set():
             try:
-                container = self._opened or open_container(self.source)
+                container = self._opened or open_container(self.source, self.read_options)
                 self._opened = None
             except SourceError as exc:
                 reason = str(exc).split(": ", 1)[-1]
@@ -103,49 +110,79 @@ class StreamReader(threading.Thread):
         self.stop_event.wait(seconds)
 
     def _decode(self, container, gap: float) -> str | None:
-        """Decode until the stream ends, fails or is stopped; the reason it dropped (None: a file's end)."""
+        """Decode until the stream ends, fails or is stopped; the reason it dropped (None: a file's end).
+
+        Packets go to the decoder one by one under the damage policy every reader applies
+        (``video.decoding.DamageTracker``): a damaged frame is never offered, so the frame before it goes on
+        showing, as a file's damaged frame is replaced by the nearest decodable one before it."""
         import av
 
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE"  # no frame threading: it would hold frames back
-        stream.codec_context.thread_count = 1
+        configure_decoder(stream)  # one thread, as every reader: the same frames as a file read of the same video
         rate = stream.average_rate or stream.guessed_rate
         self.builder.frame_interval = float(1 / rate) if rate else None
         self.builder.reset()
+        convert = FrameConverter(self.source.name, self.read_options, stream.codec_context.width,
+                                 stream.codec_context.height, self.transform, threads=1)
+        tracker = DamageTracker()
         base = stream.time_base
-        offset = None  # stream seconds of this connection's first frame
-        continue_from = self._stream_time + (gap if self.frames else 0.0)
-        paced_start = time.monotonic()
+        self._offset = None  # stream seconds of this connection's first frame
+        self._continue_from = self._stream_time + (gap if self.frames else 0.0)
+        self._paced_start = time.monotonic()
         try:
-            for frame in container.decode(stream):
+            for packet in container.demux(stream):
                 if self.stop_event.is_set():
                     return "stopped"
-                pts = frame.pts if frame.pts is not None else frame.dts
-                seconds = float(pts * base) if pts is not None and base is not None else self.frames * (
-                    self.builder.frame_interval or 0.04)
-                if offset is None:
-                    offset = seconds - continue_from
-                stream_time = seconds - offset
-                if self.source.realtime:  # a file at its own pace, like a camera
-                    delay = paced_start + (stream_time - continue_from) - time.monotonic()
-                    if delay > 0 and self.stop_event.wait(delay):
-                        return "stopped"
-                self.frames += 1
-                self._stream_time = stream_time
-                arrival = time.monotonic()
-                for window in self.builder.offer(stream_time, arrival, lambda f=frame: f.to_ndarray(format="rgb24")):
-                    if not self.on_window(self, window, self.builder.dropped(window)):
-                        return "stopped"
+                if packet.size and not packet.is_discard:
+                    tracker.sent(packet.pts, packet.is_keyframe)
+                try:
+                    decoded = stream.decode(packet)
+                except av.error.FFmpegError:
+                    settled = tracker.refused(packet.pts)
+                else:
+                    settled = [pair for frame in decoded for pair in tracker.came_out(frame)]
+                if not self._offer(settled, base, convert):
+                    return "stopped"
         except av.error.FFmpegError as exc:
             return error_reason(exc)
+        except VideoReadError as exc:  # a frame past --max-pixels: this source cannot be read at all
+            self.reconnect = False
+            return str(exc).split(": ", 1)[-1]
         finally:
             container.close()
         if self.source.kind == "file":
+            if not self._offer(tracker.flush(), base, convert):
+                return "stopped"
             for window in self.builder.flush():
                 if not self.on_window(self, window, self.builder.dropped(window)):
                     return "stopped"
             return None
         return "the stream ended (end of file from the server)"
+
+    def _offer(self, settled, base, convert) -> bool:
+        """Hand the settled frames to the windows (damaged ones only move stream time); False: stop."""
+        for frame, damaged in settled:
+            pts = frame.pts if frame.pts is not None else frame.dts
+            seconds = float(pts * base) if pts is not None and base is not None else self.frames * (
+                self.builder.frame_interval or 0.04)
+            if self._offset is None:
+                self._offset = seconds - self._continue_from
+            stream_time = seconds - self._offset
+            if self.source.realtime:  # a file at its own pace, like a camera
+                delay = self._paced_start + (stream_time - self._continue_from) - time.monotonic()
+                if delay > 0 and self.stop_event.wait(delay):
+                    return False
+            self.frames += 1
+            self._stream_time = stream_time
+            if damaged:
+                self.builder.start_at(stream_time)  # the stream's time starts with its first frame, decodable or not
+                self.damaged_frames += 1
+                continue
+            arrival = time.monotonic()
+            for window in self.builder.offer(stream_time, arrival, lambda f=frame: convert(f)):
+                if not self.on_window(self, window, self.builder.dropped(window)):
+                    return False
+        return True
 
 
 def _describe(container) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vivit_deploy.errors import ConfigError, VivitDeployError
-from vivit_deploy.video.reading import error_reason
+from vivit_deploy.video.opening import reason as error_reason
 
 NETWORK_SCHEMES = ("rtsp", "rtsp+udp", "rtsps", "http", "https", "udp", "tcp", "rtmp", "srt")
 OPEN_TIMEOUT = 10.0  # seconds to connect and read the stream's first packets
@@ -78,17 +78,31 @@ def parse_source(text: str, *, realtime: bool = False) -> Source:
     return Source(text, os.fspath(path), "file", live=realtime, realtime=realtime)
 
 
-def open_container(source: Source) -> Any:
-    """The opened PyAV container, or :class:`SourceError` with FFmpeg's reason in one line."""
+def open_container(source: Source, options: Any = None) -> Any:
+    """The opened PyAV container, or :class:`SourceError` with the reason in one line.
+
+    A file is opened and checked as every reader of files does it (``video.opening``: a FIFO, an image, audio
+    only, an unknown codec or a frame past ``max_pixels`` each have their reason); a live source gets the same
+    checks of its video stream once connected. ``options``: ``video.ReadOptions``."""
     import av
 
-    try:
-        container = av.open(source.url, format=source.format, options=dict(source.options),
-                            timeout=(OPEN_TIMEOUT, READ_TIMEOUT) if source.live else None)
-    except (av.error.FFmpegError, OSError) as exc:
-        raise SourceError(f"{source.name}: cannot open it ({error_reason(exc)})") from exc
-    if not container.streams.video:
-        container.close()
-        raise SourceError(f"{source.name}: has no video stream")
-    return container
+    from vivit_deploy.errors import VideoReadError
+    from vivit_deploy.video.opening import ReadOptions, check_streams, open_container as open_file
 
+    options = options or ReadOptions()
+    try:
+        if source.kind == "file":
+            return open_file(Path(source.url), options)
+        try:
+            container = av.open(source.url, format=source.format, options=dict(source.options),
+                                metadata_errors="ignore", timeout=(OPEN_TIMEOUT, READ_TIMEOUT) if source.live else None)
+        except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{source.name}: cannot open it ({error_reason(exc)})") from exc
+        try:
+            check_streams(Path(source.name), container, options)
+        except BaseException:
+            container.close()
+            raise
+        return container
+    except VideoReadError as exc:
+        raise SourceError(str(exc)) from None

@@ -22,6 +22,18 @@ from typing import Any, Callable
 from vivit_deploy.errors import ConfigError
 
 
+def _once(pixels: Callable[[], Any]) -> Callable[[], Any]:
+    """``pixels`` converted at most once, however many samples take the frame."""
+    cache: list[Any] = []
+
+    def get() -> Any:
+        if not cache:
+            cache.append(pixels())
+        return cache[0]
+
+    return get
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     window: float  # seconds of stream time each window covers
@@ -79,6 +91,11 @@ class WindowBuilder:
         times = self.spec.sample_times(start)
         return Window(index, start, end, times, [None] * len(times))
 
+    def start_at(self, time: float) -> None:
+        """A frame shown from ``time`` that has no pixels (damaged): stream time starts with it all the same."""
+        if self.origin is None:
+            self.origin = time
+
     def offer(self, time: float, arrival: float, pixels: Callable[[], Any]) -> list[Window]:
         """Take a frame shown from ``time`` (stream seconds) that arrived at ``arrival``; ``pixels()`` converts it,
         called only when a window samples it. Returns the windows this frame completed, oldest first.
@@ -101,6 +118,9 @@ class WindowBuilder:
             before, _, before_pixels = self._previous
             self._intervals = (self._intervals + [time - before])[-32:]
             self._assign(before, time, before_pixels)
+        elif time > self.origin:  # the stream began with damaged frames: the first decodable one stands for them
+            pixels = _once(pixels)
+            self._assign(self.origin, time, pixels)
         for window in self._pending:
             if window.start <= time < window.end:
                 window.received += 1

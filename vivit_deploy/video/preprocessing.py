@@ -204,6 +204,19 @@ class VideoPreprocessor:
     def __repr__(self) -> str:
         return f"VideoPreprocessor({self.config})"
 
+    def frame(self, rgb: np.ndarray) -> np.ndarray:
+        """One uint8 RGB frame (H, W, 3) to float32 (3, H', W'): what a call does to each frame of a clip, for a
+        reader that preprocesses every frame as it is decoded (``read_clips(..., transform=preprocessor.frame)``),
+        so a clip costs its output plus a few full-resolution frames. The same numbers as a call on the clip."""
+        (clip,) = _as_clips([rgb[None]] if isinstance(rgb, np.ndarray) and rgb.ndim == 3 else [rgb])
+        cfg = self.config
+        h, w = clip.shape[1:3]
+        oh, ow = cfg.output_hw(h, w)
+        out = np.empty((1, 3, oh, ow), np.float32)
+        crop = (cfg.crop_size["height"], cfg.crop_size["width"]) if cfg.do_center_crop else None
+        resize_crop_to_float(clip, cfg.resized_hw(h, w), crop, cfg.resample, self._lut, out=out)
+        return out[0]
+
     def __call__(self, videos: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         clips = _as_clips(videos)
         cfg = self.config

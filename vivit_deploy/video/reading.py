@@ -7,17 +7,26 @@ Two samplings, as in transformers' ViViT docs:
   of ``num_frames * frame_sample_rate`` frames; several clips are windows spaced evenly over the
   video (the paper evaluates 4 such temporal clips and averages their logits).
 A video shorter than what the sampling asks for repeats frames instead of failing.
+
+Opening and checking a file is ``opening``'s (every unreadable file is a ``VideoReadError`` with its reason);
+decoding the wanted frames, the same whichever way, and the damage policy are ``decoding``'s.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import warnings
+from bisect import bisect_right
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
-from vivit_deploy.errors import VideoReadError
+from vivit_deploy.errors import DamagedVideoWarning, VideoReadError
+from vivit_deploy.video.decoding import SEEK_MIN_GAP, VideoFile
+from vivit_deploy.video.opening import ReadOptions
 
 Sampling = Literal["uniform", "stride"]
 SAMPLINGS = ("uniform", "stride")
@@ -59,15 +68,39 @@ def sample_indices(
     return np.clip(indices, 0, total_frames - 1)  # a short video repeats its last frames
 
 
+@dataclass
+class Clips:
+    """Decoded clips and what the reading found: ``array`` (num_clips, num_frames, ...) holds each sampled frame as
+    the ``transform`` made it (uint8 RGB (H, W, 3) without one)."""
+
+    array: np.ndarray
+    frames: int  # frames in the video, as numbered (see vivit_deploy.video.decoding)
+    replaced: int  # sampled positions whose frame was damaged and replaced by the nearest decodable one
+    truncated: str | None = None  # how the file breaks off before the frames its header declares
+
+    def warn(self, path) -> None:
+        """One :class:`DamagedVideoWarning` when frames were replaced or the file is truncated."""
+        notes = []
+        if self.replaced:
+            notes.append(f"{self.replaced} of {self.array.shape[0] * self.array.shape[1]} sampled frames could not be "
+                         "decoded (damaged) and were replaced by the nearest decodable frame")
+        if self.truncated:
+            notes.append(f"{self.truncated}; sampled from the {self.frames} frames it holds")
+        if notes:
+            warnings.warn(f"{path}: {'; '.join(notes)}", DamagedVideoWarning, stacklevel=3)
+
+
 def read_video(
     path: str | os.PathLike,
     num_frames: int = 32,
     *,
     sampling: Sampling = "uniform",
     frame_sample_rate: int = 4,
+    options: ReadOptions | None = None,
 ) -> np.ndarray:
-    """Decode one clip: uint8 RGB frames (num_frames, height, width, 3)."""
-    return read_clips(path, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate, num_clips=1)[0]
+    """Decode one clip: uint8 RGB frames (num_frames, height, width, 3), upright (see ``ReadOptions``)."""
+    return read_clips(path, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate, num_clips=1,
+                      options=options)[0]
 
 
 def read_clips(
@@ -79,91 +112,153 @@ def read_clips(
     frame_sample_rate: int = 4,
     threads: int = 0,
     seek: bool = True,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    options: ReadOptions | None = None,
 ) -> np.ndarray:
     """Decode ``num_clips`` temporal clips: uint8 RGB (num_clips, num_frames, height, width, 3).
 
-    Only the frames the clips use are converted to RGB. When they are sparse (gaps of at least
-    ``SEEK_MIN_GAP`` frames) the reader seeks to the keyframe before each one instead of decoding
-    everything in between, so the cost follows what is sampled rather than the video's length; the
-    frames are the same as decoding front to back, which is what it falls back to whenever the
-    container's timestamps cannot prove that (``seek=False`` forces it). ``threads`` is FFmpeg's
-    decoding thread count (0: its own choice, one per core).
-    """
+    With ``transform`` (a function of one uint8 RGB frame (H, W, 3), such as ``VideoPreprocessor.frame``) each
+    frame is transformed as soon as it is decoded and the clips hold what it returns: memory then follows the
+    output, not the video's resolution. Damaged frames are replaced and reported (``DamagedVideoWarning``; the
+    numbers: ``decode_clips``). See ``decode_clips`` for the rest."""
+    clips = decode_clips(path, num_frames, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate,
+                         threads=threads, seek=seek, transform=transform, options=options)
+    clips.warn(path)
+    return clips.array
+
+
+def decode_clips(
+    path: str | os.PathLike,
+    num_frames: int = 32,
+    *,
+    num_clips: int = 4,
+    sampling: Sampling = "stride",
+    frame_sample_rate: int = 4,
+    threads: int = 0,
+    seek: bool = True,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    options: ReadOptions | None = None,
+) -> Clips:
+    """``read_clips`` with what the reading found: the clips, the video's frame count, how many sampled frames were
+    damaged and replaced, whether the file is truncated.
+
+    Only the frames the clips use are converted. When they are sparse (gaps of at least ``SEEK_MIN_GAP`` frames)
+    the reader seeks to the keyframe before each one instead of decoding everything in between, so the cost
+    follows what is sampled rather than the video's length. ``threads`` is FFmpeg's decoding thread count (0:
+    its own choice, one per core). Neither changes the frames (``vivit_deploy.video.decoding``)."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
-    path = Path(path)
-    if not path.exists():
-        raise VideoReadError(f"{path}: no such file")
-    if not path.is_file():
-        raise VideoReadError(f"{path}: not a file")
-    container = _open(path)  # reused for a front-to-back decode: opening probes the stream, which costs
-    try:                     # as much as decoding a few small frames
-        stream = container.streams.video[0]
-        total = int(stream.frames) if stream.frames else count_frames(path)
-        indices = sample_indices(total, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate, num_clips=num_clips)
-        wanted = set(indices.ravel().tolist())
-        frames, decoded = _decode_wanted(path, container, wanted, total, threads, seek)
-    finally:
-        container.close()
-    if len(frames) < len(wanted):
-        if decoded < total:
-            # The container announced more frames than the stream holds: sample again from what is there.
-            if decoded == 0:
-                raise VideoReadError(f"{path}: the video stream has no decodable frames")
-            indices = sample_indices(decoded, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate, num_clips=num_clips)
-            frames, decoded = _decode(path, set(indices.ravel().tolist()), threads)
-    return np.stack([np.stack([frames[i] for i in row]) for row in indices.tolist()])
+    video = VideoFile(path, options)
+    indices = sample_indices(video.total, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate,
+                             num_clips=num_clips)
+    sampled_from = video.total
+    array, decoded = _decode_into(video, indices, transform, threads, seek)
+    if decoded.total != sampled_from:
+        # a file without timestamps holds fewer frames than its header said, or its packets are not one frame each:
+        # sample again from the frames the decoder gave
+        indices = sample_indices(decoded.total, num_frames, sampling=sampling, frame_sample_rate=frame_sample_rate,
+                                 num_clips=num_clips)
+        array, decoded = _decode_into(video, indices, transform, threads, seek)
+    replaced = int(sum(int(i) in decoded.replaced for i in indices.ravel()))
+    return Clips(array, decoded.total, replaced, video.truncated)
 
 
-def read_frames(path: str | os.PathLike, indices, *, threads: int = 0, seek: bool = True) -> np.ndarray:
-    """Decode the frames at ``indices`` (any order, repeats allowed): uint8 RGB (len(indices), H, W, 3).
+def read_frames(path: str | os.PathLike, indices, *, threads: int = 0, seek: bool = True,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                options: ReadOptions | None = None) -> np.ndarray:
+    """Decode the frames at ``indices`` (any order, repeats allowed): uint8 RGB (len(indices), H, W, 3), or what
+    ``transform`` makes of each.
 
-    The same decoding as ``read_clips`` (seeking to keyframes past long gaps, identical frames either way):
-    what a window of a long video (``time_windows``) reads."""
-    path = Path(path)
-    if not path.is_file():
-        raise VideoReadError(f"{path}: no such file")
+    The same decoding as ``read_clips`` (seeking past long gaps, damaged frames replaced and reported): what a
+    window of a long video (``time_windows``) reads."""
+    clips = decode_frames(path, indices, threads=threads, seek=seek, transform=transform, options=options)
+    clips.warn(path)
+    return clips.array[0]
+
+
+def decode_frames(path: str | os.PathLike, indices, *, threads: int = 0, seek: bool = True,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                  options: ReadOptions | None = None) -> Clips:
+    """``read_frames`` with what the reading found, as one clip (1, len(indices), ...)."""
+    video = VideoFile(path, options)
     wanted = set(int(i) for i in indices)
-    container = _open(path)
-    try:
-        total = int(container.streams.video[0].frames) or count_frames(path)
-        frames, _ = _decode_wanted(path, container, wanted, total, threads, seek)
-    finally:
-        container.close()
-    missing = sorted(wanted - set(frames))
+    beyond = sorted(i for i in wanted if not 0 <= i < video.total)
+    if beyond:
+        raise VideoReadError(f"{path}: frame {beyond[0]} is not in the video (it holds {video.total} frames)")
+    order = np.asarray([[int(i) for i in indices]])
+    array, decoded = _decode_into(video, order, transform, threads, seek)
+    return Clips(array, decoded.total, int(sum(int(i) in decoded.replaced for i in order.ravel())), video.truncated)
+
+
+def _decode_into(video: VideoFile, indices: np.ndarray, transform, threads: int, seek: bool):
+    """Decode the frames ``indices`` (an int array) names straight into one output array of ``indices``' shape plus
+    a frame's: each frame is written to its places as it is converted, so nothing else holds it (a 4K clip is
+    800 MB; a second copy, or stacking, would double that). Returns the array and the ``Decoded``."""
+    slots: dict[int, list[tuple[int, ...]]] = {}
+    for position, number in np.ndenumerate(indices):
+        slots.setdefault(int(number), []).append(position)
+    out: list[np.ndarray] = []
+    lock = threading.Lock()
+
+    def place(number: int, frame: np.ndarray):
+        if number not in slots:
+            return frame  # a replacement for a damaged frame, placed below
+        with lock:
+            if not out:
+                out.append(np.empty((*indices.shape, *frame.shape), frame.dtype))
+        for position in slots[number]:
+            out[0][position] = frame
+        return slots[number][0]  # where it is
+
+    decoded = video.decode(set(slots), transform, threads=threads, seek=seek, keep=place)
+    missing = sorted(set(slots) - set(decoded.frames))
     if missing:
-        raise VideoReadError(f"{path}: frame {missing[0]} could not be decoded (the video holds fewer frames)")
-    return np.stack([frames[int(i)] for i in indices])
+        raise VideoReadError(f"{video.path}: frame {missing[0]} could not be decoded (the video holds "
+                             f"{decoded.total} frames)")
+    for number, source in decoded.replaced.items():
+        value = decoded.frames[source]
+        frame = out[0][value] if isinstance(value, tuple) else value
+        if not out:  # every wanted frame was damaged: the first replacement sets the output's shape
+            out.append(np.empty((*indices.shape, *frame.shape), frame.dtype))
+        for position in slots[number]:
+            out[0][position] = frame
+    return out[0], decoded
 
 
-def probe(path: str | os.PathLike) -> tuple[int, float]:
-    """(frames, frames per second) of a video's first video stream, from its header (counted when missing)."""
-    path = Path(path)
-    if not path.is_file():
-        raise VideoReadError(f"{path}: no such file")
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        total = int(stream.frames) if stream.frames else None
-    finally:
-        container.close()
-    if not rate:
+@dataclass(frozen=True)
+class VideoInfo:
+    """A video's timeline: how many frames, their nominal rate, and when each is shown."""
+
+    frames: int
+    fps: float  # the stream's average (else guessed) frame rate
+    times: np.ndarray  # seconds from the first frame at which each frame is shown (its timestamps)
+
+
+def probe(path: str | os.PathLike, options: ReadOptions | None = None) -> VideoInfo:
+    """The timeline of a video's first video stream, from its packets' timestamps (one demux, no decoding)."""
+    video = VideoFile(path, options)
+    times = video.times()
+    fps = video.fps or (1 / float(np.median(np.diff(times))) if len(times) > 1 else None)
+    if not fps:
         raise VideoReadError(f"{path}: the video stream has no frame rate, so it has no timeline")
-    return total or count_frames(path), float(rate)
+    return VideoInfo(video.total, float(fps), times)
 
 
-def time_windows(total_frames: int, fps: float, window: float, hop: float, num_frames: int) -> list[tuple[float, float, list[int]]]:
+def time_windows(times, fps: float, window: float, hop: float, num_frames: int) -> list[tuple[float, float, list[int]]]:
     """The windows of a video: every ``hop`` seconds one of ``window`` seconds, as (start s, end s, frame indices).
 
-    Each window is sampled at the centres of ``num_frames`` equal bins of its span, the frame showing each time
-    (frame i shows [i / fps, (i + 1) / fps)): the sampling ``vivit-deploy stream`` applies to a live stream and
-    ``sample_indices`` to a file's frames. A video shorter than one window is one window over all of it."""
+    ``times``: when each frame is shown (``VideoInfo.times``; an int is taken as that many frames at ``fps``). Each
+    window is sampled at the centres of ``num_frames`` equal bins of its span, the frame showing each time (frame
+    i shows from its time to the next frame's; the last one for one frame interval, 1 / ``fps``): the sampling
+    ``vivit-deploy stream`` applies to a live stream and ``sample_indices`` to a file's frames. A video shorter than
+    one window is one window over all of it."""
     if window <= 0 or hop <= 0:
         raise ValueError(f"window and hop must be positive seconds, got {window} and {hop}")
-    duration = total_frames / fps
+    times = np.arange(times) / fps if isinstance(times, (int, np.integer)) else np.asarray(times, np.float64)
+    total = len(times)
+    duration = float(times[-1]) + 1 / fps
     spans = []
     start = 0.0
     while start + window <= duration + 1e-6:
@@ -174,169 +269,15 @@ def time_windows(total_frames: int, fps: float, window: float, hop: float, num_f
     out = []
     for begin, end in spans:
         step = (end - begin) / num_frames
-        indices = [min(total_frames - 1, int((begin + (i + 0.5) * step) * fps + 1e-9)) for i in range(num_frames)]
+        samples = [begin + (i + 0.5) * step for i in range(num_frames)]
+        indices = [min(total - 1, max(0, bisect_right(times, t + 1e-9) - 1)) for t in samples]
         out.append((round(begin, 6), round(end, 6), indices))
     return out
 
 
-def _open(path: Path):
-    import av
-
-    if path.stat().st_size == 0:
-        raise VideoReadError(f"{path}: empty file")
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as exc:
-        raise VideoReadError(f"{path}: not a readable video ({error_reason(exc)})") from exc
-    if not container.streams.video:
-        container.close()
-        raise VideoReadError(f"{path}: has no video stream")
-    return container
-
-
-def error_reason(exc: BaseException) -> str:
-    """FFmpeg's (or the OS's) reason for ``exc`` on one line, for the message of our own error."""
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return " ".join(str(text).split())
-
-
-def count_frames(path: str | os.PathLike) -> int:
-    """Number of frames in the first video stream: from the header, else by demuxing (no decoding)."""
-    import av
-
-    path = Path(path)
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        if stream.frames:
-            return int(stream.frames)
-        count = 0
-        for packet in container.demux(stream):
-            if packet.size:
-                count += 1
-    except av.error.FFmpegError as exc:
-        raise VideoReadError(f"{path}: corrupt or truncated video ({error_reason(exc)})") from exc
-    finally:
-        container.close()
-    if count == 0:
-        raise VideoReadError(f"{path}: the video stream has no frames")
-    return count
-
-
-def _set_threads(stream, threads: int) -> None:
-    stream.thread_type = "AUTO"  # frame and slice threads
-    stream.codec_context.thread_count = threads
-
-
-def _decode(path: Path, wanted: set[int], threads: int = 0, container=None) -> tuple[dict[int, np.ndarray], int]:
-    """Decode front to back, keeping the frames whose index is in ``wanted``; also return how many were decoded.
-
-    ``container``: one just opened on ``path`` to use (and close) instead of opening the file again.
-    """
-    import av
-
-    last = max(wanted)
-    frames: dict[int, np.ndarray] = {}
-    container = container or _open(path)
-    index = -1
-    try:
-        stream = container.streams.video[0]
-        _set_threads(stream, threads)
-        for index, frame in enumerate(container.decode(stream)):
-            if index in wanted:
-                frames[index] = frame.to_ndarray(format="rgb24")
-            if index >= last:
-                break
-    except av.error.FFmpegError as exc:
-        raise VideoReadError(f"{path}: corrupt or truncated video, decoding stopped at frame {index + 1} ({error_reason(exc)})") from exc
-    finally:
-        container.close()
-    return frames, index + 1
-
-
-# A seek flushes the decoder (and its frame threads); below this many skipped frames decoding on is cheaper.
-SEEK_MIN_GAP = 16
-
-
-def _sparse(wanted: set[int]) -> bool:
-    """Whether some needed frame lies far enough past the previous one that a seek could skip work."""
-    ordered = sorted(wanted)
-    gaps = np.diff([-1, *ordered])
-    return bool(gaps.max() > SEEK_MIN_GAP)
-
-
-def _decode_wanted(path: Path, container, wanted: set[int], total: int, threads: int,
-                   seek: bool) -> tuple[dict[int, np.ndarray], int]:
-    """The frames in ``wanted`` and how many frames were decoded (``total`` after a seeking decode): seeking past
-    long gaps where the timestamps allow it, else front to back through ``container`` (just opened on ``path``)."""
-    frames = _decode_seeking(path, wanted, total, threads) if seek and _sparse(wanted) else None
-    if frames is not None:
-        return frames, total
-    return _decode(path, wanted, threads, container)
-
-
-def _decode_seeking(path: Path, wanted: set[int], total: int, threads: int = 0) -> dict[int, np.ndarray] | None:
-    """The frames in ``wanted``, seeking to the keyframe before each one that lies past a long gap.
-
-    Frame index i is the i-th presentation timestamp among the stream's packets, which is the i-th
-    frame a front-to-back decode outputs when every packet holds one frame: that is checked (packet
-    count equal to the header's frame count, every timestamp present and distinct, a keyframe first)
-    and anything else returns None, as does any frame that does not turn up where its timestamp
-    says. The caller then decodes front to back, so results never depend on which path ran.
-    """
-    import av
-    from bisect import bisect_right
-
-    try:
-        container = _open(path)
-    except VideoReadError:
-        return None
-    try:
-        stream = container.streams.video[0]
-        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size and not p.is_discard]
-        if len(packets) != total or any(pts is None for pts, _ in packets):
-            return None
-        order = sorted(pts for pts, _ in packets)
-        index_of = {pts: i for i, pts in enumerate(order)}
-        keyframes = sorted(pts for pts, key in packets if key)
-        if len(index_of) != total or not keyframes or keyframes[0] != order[0]:
-            return None
-        targets = sorted(order[i] for i in wanted)
-        wanted_pts = set(targets)
-
-        def keyframe_before(pts: int) -> int:
-            return keyframes[bisect_right(keyframes, pts) - 1]
-
-        _set_threads(stream, threads)
-        frames: dict[int, np.ndarray] = {}
-        position: int | None = None  # index of the last frame decoded
-        t = 0
-        while t < len(targets):
-            key = keyframe_before(targets[t])
-            container.seek(key, stream=stream, backward=True)  # also flushes the decoder
-            for frame in container.decode(stream):
-                if frame.pts is None or frame.pts not in index_of:
-                    return None
-                if frame.pts < key:
-                    continue  # leading pictures of an open GOP: not decodable from this keyframe
-                if frame.pts in wanted_pts:
-                    frames[index_of[frame.pts]] = frame.to_ndarray(format="rgb24")
-                position = index_of[frame.pts]
-                while t < len(targets) and index_of[targets[t]] <= position:
-                    if index_of[targets[t]] not in frames:
-                        return None  # the seek overshot a frame we need
-                    t += 1
-                if t == len(targets):
-                    break
-                if index_of[keyframe_before(targets[t])] - position > SEEK_MIN_GAP:
-                    break  # the next needed frame is past a keyframe far ahead: seek there
-            else:
-                break  # end of stream
-        return frames if len(frames) == len(wanted) else None
-    except av.error.FFmpegError:
-        return None  # the front-to-back decode reports the problem with the frame it stopped at
-    finally:
-        container.close()
+def count_frames(path: str | os.PathLike, options: ReadOptions | None = None) -> int:
+    """Number of frames in the first video stream, as ``read_clips`` numbers them (its packets; no decoding)."""
+    return VideoFile(path, options).total
 
 
 def write_video(
