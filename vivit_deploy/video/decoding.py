@@ -42,12 +42,18 @@ from typing import Any, Callable
 import numpy as np
 
 from vivit_deploy.errors import VideoReadError
-from vivit_deploy.video.opening import ReadOptions, check_size, open_container, read_error, reason
+from vivit_deploy.video.opening import ReadOptions, check_size, open_container, read_error, reason, release
 
 # A seek flushes the decoder; below this many skipped frames decoding on is cheaper.
 SEEK_MIN_GAP = 16
 # Below this much decoding work (frames) a second decoder costs more than it saves.
 MIN_FRAMES_PER_DECODER = 48
+# What the frame pools of the decoders working at once may hold when frames are transformed as they come (the
+# output is then small, and memory should follow it): a decoder holds about 8 frames of 4:2:0 (measured: 110 MB
+# for an H.264 4K stream), so 4K gets two decoders, 8K one. A raw read, whose output is the full frames anyway,
+# uses one per core. (One decoder at 4K: 142 MB instead of about 270 over predict's peak on a small file, but
+# decoding and preprocessing take as long as decord's decoding alone; docs/video.md has the figures.)
+DECODER_MEMORY = 256 << 20
 
 
 # ---- the packet index ----------------------------------------------------------------------------
@@ -129,43 +135,32 @@ def index_packets(container: Any, stream: Any) -> tuple[PacketIndex | None, int]
 
 # ---- one decoded frame to what the caller keeps ---------------------------------------------------
 
-# How ffmpeg's command line turns a frame upright, by name of its filter (transpose=..., hflip, vflip).
+# How ffmpeg's command line turns a frame upright, by the name of its filter (transpose=clock, ...).
 _UPRIGHT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "clock": lambda rgb: np.rot90(rgb, -1),  # a quarter turn clockwise
     "cclock": lambda rgb: np.rot90(rgb, 1),  # a quarter turn counter-clockwise
-    "cclock_flip": lambda rgb: rgb.transpose(1, 0, 2),  # counter-clockwise, then upside down: the transpose
-    "clock_flip": lambda rgb: np.rot90(rgb, -1)[::-1],  # clockwise, then upside down
-    "hflip": lambda rgb: rgb[:, ::-1],
-    "vflip": lambda rgb: rgb[::-1],
-    "hflip,vflip": lambda rgb: rgb[::-1, ::-1],
+    "hflip,vflip": lambda rgb: rgb[::-1, ::-1],  # a half turn
 }
 
 
-def display_transform(matrix: np.ndarray) -> str | None:
-    """The filter ffmpeg's command line applies (by default) for a display matrix (9 int32, 16.16 fixed point),
-    named as ffmpeg names it (a key of ``_UPRIGHT``), or None when the frame is shown as stored. A turn that is
-    not a multiple of 90 degrees is left as stored (ffmpeg would rotate by it, with black corners)."""
-    a, b, _, c, d, _, _, _, _ = (float(v) / 65536.0 for v in matrix)
-    scale_x, scale_y = math.hypot(a, c), math.hypot(b, d)
-    if scale_x == 0 or scale_y == 0:
-        return None
-    theta = float(-round(-math.degrees(math.atan2(b / scale_y, a / scale_x))))  # clockwise degrees
+def display_transform(rotation: float) -> str | None:
+    """The turn ffmpeg's command line applies (by default) for a display matrix whose rotation is ``rotation``
+    degrees counter-clockwise (``VideoFrame.rotation``), named as ffmpeg names its filter; None when the frame is
+    shown as stored. A turn that is not a multiple of 90 degrees is left as stored (ffmpeg would rotate by it, with
+    black corners).
+
+    Only the rotation is read: a matrix that also mirrors (which no phone we know of writes) is taken as its
+    rotation. Reading the whole matrix through PyAV 18's ``VideoFrame.side_data`` keeps every frame it touches
+    alive for good (a reference cycle the collector cannot see; measured: +1 GB over 150 4K frames)."""
+    theta = float(-round(rotation))  # clockwise degrees, as ffmpeg computes its turn
     theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
     if abs(theta - 90) < 1:
-        return "cclock_flip" if matrix[3] > 0 else "clock"
+        return "clock"
     if abs(theta - 180) < 1:
-        flips = [name for name, flipped in (("hflip", matrix[0] < 0), ("vflip", matrix[4] < 0)) if flipped]
-        return ",".join(flips) or None
+        return "hflip,vflip"
     if abs(theta - 270) < 1:
-        return "clock_flip" if matrix[3] < 0 else "cclock"
-    if abs(theta) < 1 and matrix[4] < 0:
-        return "vflip"
+        return "cclock"
     return None
-
-
-def _upright(rgb: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    name = display_transform(matrix)
-    return rgb if name is None else np.ascontiguousarray(_UPRIGHT[name](rgb))
 
 
 class FrameConverter:
@@ -199,19 +194,11 @@ class FrameConverter:
         except MemoryError:
             raise VideoReadError(f"{self.path}: a {frame.width}x{frame.height} frame does not fit in memory "
                                  "(lower --max-pixels to refuse such files quickly)") from None
-        if self.options.autorotate:
-            matrix = _display_matrix(frame)
-            if matrix is not None:
-                rgb = _upright(rgb, matrix)
+        if self.options.autorotate and frame.rotation:
+            turn = display_transform(frame.rotation)
+            if turn is not None:
+                rgb = np.ascontiguousarray(_UPRIGHT[turn](rgb))
         return self.transform(rgb) if self.transform is not None else rgb
-
-
-def _display_matrix(frame: Any) -> np.ndarray | None:
-    for side_data in frame.side_data:
-        if getattr(side_data.type, "name", "") == "DISPLAYMATRIX":
-            matrix = np.frombuffer(bytes(side_data), dtype="<i4")
-            return matrix if matrix.size == 9 else None
-    return None
 
 
 # ---- the damage policy, online (a stream) --------------------------------------------------------
@@ -377,7 +364,7 @@ class VideoFile:
         except Exception as exc:  # noqa: BLE001  any failure of the libraries on this file
             raise read_error(self.path, exc, "not a video FFmpeg can read") from None
         finally:
-            container.close()
+            release(container)
         if self.packets == 0:
             raise VideoReadError(f"{self.path}: the video stream has no frames")
         self._output_total: int | None = None  # frames counted by a decode, where there is no index
@@ -406,6 +393,15 @@ class VideoFile:
             raise VideoReadError(f"{self.path}: the video stream has no frame rate, so it has no timeline")
         return np.arange(self.total) / self.fps
 
+    def decoders(self, threads: int, small_output: bool) -> int:
+        """How many decoders may work at once: ``threads`` (0: one per core), and with ``small_output`` no more than
+        ``DECODER_MEMORY`` holds for this frame size."""
+        wanted = threads or available_cores()
+        if not small_output or not self.width or not self.height:
+            return wanted
+        pool = 8 * self.width * self.height * 3 // 2
+        return max(1, min(wanted, DECODER_MEMORY // pool))
+
     def converter(self, transform=None, keep=None) -> FrameConverter:
         return FrameConverter(self.path, self.options, self.width, self.height, transform, threads=1, keep=keep)
 
@@ -425,7 +421,7 @@ class VideoFile:
         try:
             try:
                 if self.index is not None and seek:
-                    frames = self._seeking(wanted, transform, threads or available_cores(), keep)
+                    frames = self._seeking(wanted, transform, self.decoders(threads, transform is not None), keep)
                     if frames is not None:
                         return Decoded(frames, self.total)
                 return self._front_to_back(wanted, self.converter(transform, keep))
@@ -479,7 +475,7 @@ class VideoFile:
         except av.error.FFmpegError:
             raise _Anomaly from None  # the demuxer broke off: the reference decides what holds
         finally:
-            container.close()
+            release(container)
         if len(frames) < len(wanted):
             if frame_of is None and output < self.total and len(frames) == len([w for w in wanted if w < output]):
                 self._output_total = output  # fewer frames than the header said: the caller samples again
@@ -586,7 +582,7 @@ class VideoFile:
         except av.error.FFmpegError:
             raise _Anomaly from None
         finally:
-            container.close()
+            release(container)
         if len(frames) < len(numbers):
             raise _Anomaly
         return frames
@@ -699,7 +695,7 @@ class VideoFile:
             except av.error.FFmpegError:
                 pass
         finally:
-            container.close()
+            release(container)
 
 
 def _share_out(numbers: list[int], keys: list[int], workers: int) -> list[list[int]]:
