@@ -43,7 +43,7 @@ def preprocess(videos: np.ndarray, pre: VideoPreprocessor, num_frames: int) -> n
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     model.eval()
-    logits = torch.cat([model(torch.from_numpy(x[i : i + 256])) for i in range(0, len(x), 256)])
+    logits = torch.cat([model(torch.from_numpy(x[i : i + 256])).logits for i in range(0, len(x), 256)])
     return float((logits.argmax(-1).numpy() == y).mean())
 
 
@@ -84,7 +84,7 @@ def main() -> None:
         total = 0.0
         for i in range(len(xt) // batch):
             sel = order[i * batch : (i + 1) * batch]
-            loss = torch.nn.functional.cross_entropy(model(xt[sel]), yt[sel])
+            loss = torch.nn.functional.cross_entropy(model(xt[sel]).logits, yt[sel])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -113,7 +113,7 @@ def main() -> None:
         names[name] = label
         clip = read_video(samples_dir / name, config.num_frames, sampling="uniform")
         with torch.no_grad():
-            predicted = int(model(torch.from_numpy(pre(clip))).argmax())
+            predicted = int(model(torch.from_numpy(pre(clip))).logits.argmax())
         correct += predicted == int(y)
     (samples_dir / "labels.json").write_text(json.dumps(dict(sorted(names.items())), indent=2) + "\n")
 

@@ -21,6 +21,7 @@ _EXPORTS = {
     "load_model": "vivit_deploy.model.checkpoint",
     "save_pretrained": "vivit_deploy.model.checkpoint",
     "VideoPreprocessor": "vivit_deploy.video.preprocessing",
+    "VivitImageProcessor": "vivit_deploy.video.image_processor",
     "PreprocessorConfig": "vivit_deploy.video.preprocessing",
     "read_video": "vivit_deploy.video.reading",
     "read_clips": "vivit_deploy.video.reading",

@@ -141,3 +141,18 @@ def test_synthetic_clips_measure_accuracy_on_hundreds(demo_onnx):
 def test_synthetic_clips_need_the_demo_tasks_labels(tiny_checkpoint):
     result = _compare("--model", tiny_checkpoint, "--torch", "bf16", "--synthetic", 4)
     assert result.exit_code == 1 and "synthetic clips are labelled with the demo task's classes" in result.stderr
+
+
+def test_the_accuracy_a_smaller_geometry_costs_on_the_same_videos(tmp_path):
+    """--frames/--image-size: the checkpoint at another geometry on the same labelled clips, sampled and sized for it:
+    its accuracy against the reference's, no logit tolerance (it computes another function)."""
+    result = CliRunner().invoke(main, ["compare", "--synthetic", "40", "--frames", "4", "--image-size", "24", "--json",
+                                       str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    [candidate] = report["candidates"]
+    assert candidate["geometry"] == "4x24x24" and candidate["failures"] == []
+    assert 0.25 <= candidate["stats"]["accuracy"] <= 1.0 and report["reference_accuracy"] >= 0.95
+    assert "logit tolerances do not apply" in result.output
+    refused = CliRunner().invoke(main, ["compare", "--samples", "4", "--frames", "4"])
+    assert refused.exit_code != 0 and "on the same videos" in refused.output

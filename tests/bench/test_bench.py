@@ -106,7 +106,6 @@ def test_json_to_stdout_is_only_json():
         (["--batch-sizes", "1,0"], "--batch-sizes takes positive integers"),
         (["--batch-sizes", "1,two"], "--batch-sizes takes positive integers"),
         (["--model", "x", "--config", "tiny"], "give --model or --config, not both"),
-        (["--frames", "8"], "--frames changes a --config preset"),
         (["--backends", "tensorrt", "--device", "cpu"], "backend tensorrt cannot run here"),
         (["--backends", "onnxruntime", "--precision", "bf16", "--device", "cpu"], "runs fp32/fp16/int8, not bf16"),
         (["--precision", "fp32,int4"], "--precision takes fp32, fp16, bf16, int8, int8-bf16"),

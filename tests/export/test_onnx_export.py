@@ -25,7 +25,7 @@ ACCEPTANCE_ATOL = 1e-4
 def _torch_logits(source, x: np.ndarray) -> np.ndarray:
     model = load_model(source)
     with torch.no_grad():
-        return model(torch.from_numpy(x)).numpy()
+        return model(torch.from_numpy(x)).logits.numpy()
 
 
 @pytest.mark.parametrize("which", ["demo", "tiny"])
@@ -129,3 +129,24 @@ def test_bad_output_paths(tmp_path):
         export_onnx(demo_model_dir(), tmp_path / "model.bin")
     with pytest.raises(FileNotFoundError, match="output directory does not exist"):
         export_onnx(demo_model_dir(), tmp_path / "missing" / "model.onnx")
+
+
+def test_export_at_another_geometry_runs_what_the_interpolated_model_computes(tmp_path):
+    """--frames/--image-size: the positions resized once into the file, which records both geometries; the file equals
+    the checkpoint run with interpolate_pos_encoding=True, and the preprocessor config follows the size."""
+    path = tmp_path / "demo-4x24.onnx"
+    export_onnx(demo_model_dir(), path, num_frames=4, image_size=24)
+    metadata = read_onnx_metadata(path)
+    assert metadata.config.input_shape == (4, 3, 24, 24)
+    assert metadata.config.extra["trained_geometry"] == {"num_frames": 8, "image_size": 32}
+    assert metadata.preprocessor.crop_size == {"height": 24, "width": 24}
+    assert metadata.preprocessor.size == {"shortest_edge": 24}  # the demo resizes to its crop: so does this
+    x = np.random.default_rng(0).standard_normal((2, 4, 3, 24, 24)).astype(np.float32)
+    model = load_model(demo_model_dir())
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x), interpolate_pos_encoding=True).logits.numpy()
+    with load_runtime(path) as runtime:
+        np.testing.assert_allclose(runtime.run(x), expected, atol=1e-4)
+    with load_runtime(demo_model_dir(), "torch", frames=4, image_size=24) as runtime:
+        np.testing.assert_allclose(runtime.run(x), expected, atol=1e-5)
+        assert runtime.preprocessor.crop_size == {"height": 24, "width": 24}

@@ -227,3 +227,27 @@ def test_odd_builders_make_what_they_say(tmp_path):
     assert VideoFile(path).width == 64
     path = encode(tmp_path / "g.mkv", "ffv1", "gray", frames=2)
     assert read_video(path, 2).shape == (2, 48, 64, 3)
+
+
+@pytest.mark.slow
+def test_a_file_read_as_a_stream_gives_the_windows_of_its_timeline(odd, tmp_path):
+    """Rotation, variable frame rate, a size change and damage, through `stream` and `classify --window` alike."""
+    from vivit_deploy.demo import demo_model_dir
+    from vivit_deploy.pipeline import ClassifyJob, classify_corpus
+    from vivit_deploy.pipeline.results import read_results
+    from vivit_deploy.runtimes import load_runtime
+    from vivit_deploy.streaming import StreamClassifier
+
+    files = [str(odd[name]) for name in ("rotate-90", "vfr", "size-change", "zeroed-block", "10-bit")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DamagedVideoWarning)
+        classify_corpus(files, tmp_path / "t.jsonl", ClassifyJob(workers=2, window=0.8, hop=0.4))
+        timeline = {(r["path"], r["window"]): r for r in read_results(tmp_path / "t.jsonl")}
+        with load_runtime(demo_model_dir()) as runtime:
+            records = [r for r in StreamClassifier(runtime, files, window=0.8, hop=0.4, reconnect=False) if "window" in r]
+    assert {r["stream"] for r in records} == set(files)
+    assert len(records) == len(timeline)
+    for record in records:
+        row = timeline[(record["stream"], record["window"])]
+        assert row["start"] == pytest.approx(record["start"], abs=1e-3) and row["label"] == record["label"]
+        assert row["probability"] == pytest.approx(record["probability"], abs=1e-5)

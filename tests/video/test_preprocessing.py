@@ -82,13 +82,15 @@ def test_clips_of_different_sizes_with_a_crop():
 @pytest.mark.parametrize(
     "videos, message",
     [
-        (random_clip().astype(np.float32), "expected uint8 RGB frames"),
-        (random_clip()[..., :1], "expected shape \\(frames, height, width, 3\\)"),
-        (random_clip()[0], "got an array of shape \\(40, 48, 3\\)"),
+        (np.full((2, 8, 8, 3), 1.5, np.float32), r"float frames hold values outside \[0, 1\]"),
+        (np.full((2, 8, 8, 3), 300, np.int32), r"values outside \[0, 255\]"),
+        (random_clip()[..., :1], "frames have 1 channels; the preprocessor takes RGB"),
+        (np.zeros((2, 8, 8, 4), np.uint8), "cannot tell where the channels are"),
+        (random_clip()[0, :, :, 0], "got an array of shape \\(40, 48\\)"),
         ([], "empty list"),
-        ("clip.mp4", "expected a numpy uint8 array"),
+        ("clip.mp4", "expected frames as numpy arrays, torch tensors or PIL images"),
         ([random_clip(frames=4), random_clip(frames=5)], "same number of frames"),
-        (np.zeros((0, 8, 8, 3), np.uint8), "empty clip"),
+        (np.zeros((0, 8, 8, 3), np.uint8), "no frames"),
     ],
 )
 def test_bad_input_is_refused_clearly(videos, message):

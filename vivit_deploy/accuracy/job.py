@@ -44,10 +44,16 @@ class CompareOptions:
     offline: bool = False
     layers: bool = False  # also per-layer drift of every candidate that can expose its hidden states
     plot: Path | None = None  # with layers: a PNG of drift against depth
+    num_frames: int | None = None  # also the checkpoint at this many frames (the accuracy it costs)
+    image_size: int | tuple[int, int] | None = None  # and at this frame size
 
     @property
     def named(self) -> bool:
-        return bool(self.onnx or self.openvino or self.engines or self.triton or self.torch_precisions)
+        return bool(self.onnx or self.openvino or self.engines or self.triton or self.torch_precisions or self.geometry)
+
+    @property
+    def geometry(self) -> bool:
+        return self.num_frames is not None or self.image_size is not None
 
 
 def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonReport:
@@ -60,6 +66,9 @@ def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonRe
                                     ("--synthetic", options.synthetic)) if on]
     if len(chosen) > 1:
         raise ConfigError(f"choose one source of inputs, got {' and '.join(chosen)}")
+    if options.geometry and (options.samples or options.inputs_file):
+        raise ConfigError("--frames/--image-size compare the checkpoint at two geometries on the same videos: give "
+                          "--videos, --demo or --synthetic (random or saved clips have the reference's shape only)")
     if options.calibration is not None and options.named:
         raise ConfigError("--calibration is for the int8 candidates made when none is named; "
                           "export an int8 file with `vivit-export --precision int8` to compare it")
@@ -86,9 +95,12 @@ def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonRe
             if options.save_inputs is not None:
                 inputs.save(options.save_inputs)
                 progress(f"saved the inputs to {options.save_inputs}")
+            # a candidate at another geometry gets the same videos sampled and sized for it
+            own = {name: _inputs(options, runtime, demo, samples, progress) for name, runtime in candidates.items()
+                   if runtime.input_spec.frame_shape != reference.input_spec.frame_shape}
             report = cmp.compare_runtimes(reference, candidates, inputs, tolerances,
                                           reference_name=f"pytorch fp32 on {reference.device} ({source})",
-                                          batch_size=options.batch_size, progress=progress)
+                                          batch_size=options.batch_size, progress=progress, candidate_inputs=own)
             report = dataclasses.replace(report, not_compared=not_compared)
             if options.layers:
                 report = _layers(options, report, reference, candidates, runtimes, inputs, tolerances, progress)
@@ -179,6 +191,12 @@ def _named(options: CompareOptions, source: str, progress: Progress) -> dict:
     for precision in options.torch_precisions:
         candidates[f"pytorch {precision}"] = load_runtime(source, "torch", device=options.device, precision=precision,
                                                           local_files_only=options.offline or None)
+    if options.geometry:
+        runtime = load_runtime(source, "torch", device=options.device, precision="fp32", frames=options.num_frames,
+                               image_size=options.image_size, local_files_only=options.offline or None)
+        c = runtime.config
+        progress(f"the checkpoint at {c.num_frames} frames of {c.image_height}x{c.image_width} (positions resized)")
+        candidates[f"pytorch fp32 at {c.num_frames}x{c.image_height}x{c.image_width}"] = runtime
     return candidates
 
 

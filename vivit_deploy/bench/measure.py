@@ -183,8 +183,7 @@ class _TorchModelRunner(_Runner):
 
     def __call__(self, x):
         with self._torch.inference_mode():
-            out = self.model(pixel_values=x)
-            return out.logits if self.peer else out
+            return self.model(pixel_values=x).logits
 
     def peak_mb(self) -> float:
         if self.cuda:

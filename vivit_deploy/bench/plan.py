@@ -69,7 +69,8 @@ class BenchSettings:
 
     source: str | None = None  # checkpoint directory or Hub id; None with config=None: the demo model
     config: str | None = None  # a preset name ("vivit-b-16x2") measured with random weights
-    num_frames: int | None = None  # override the preset's frames (a cheaper ViViT-B on a CPU)
+    num_frames: int | None = None  # the preset's frames, or a checkpoint run at this many (positions resized)
+    image_size: int | tuple[int, int] | None = None  # the same for the frame size
     backends: tuple[str, ...] | None = None  # None: DEFAULT_BACKENDS, those that can run here
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda when PyTorch sees a GPU)
@@ -88,8 +89,6 @@ class BenchSettings:
     def __post_init__(self) -> None:
         if self.source is not None and self.config is not None:
             raise ConfigError("give --model or --config, not both")
-        if self.num_frames is not None and self.config is None:
-            raise ConfigError("--frames changes a --config preset; a checkpoint has its own frame count")
         from vivit_deploy.runtimes.base import resolve_device
 
         object.__setattr__(self, "device", resolve_device(self.device))  # checked; "auto" becomes cuda or cpu
@@ -248,6 +247,9 @@ def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: P
         source = settings.source or str(demo_model_dir())
         checkpoint = resolve_source(source, local_files_only=settings.offline or None)
         label = "the demo model" if settings.source is None else source
+        if settings.num_frames or settings.image_size:
+            checkpoint, label = geometry_checkpoint(checkpoint, workdir / "geometry", settings.num_frames,
+                                                    settings.image_size, label, progress)
     kinds = {BENCH_BACKENDS[name].artifact for name, _ in choice.variants}
     for given, kind, backend in ((settings.onnx, "onnx", "onnxruntime"), (settings.engine, "engine", "tensorrt")):
         if given is not None and kind not in kinds:
@@ -331,11 +333,29 @@ def _check_given_file(path: Path, metadata, checkpoint: Path, settings: BenchSet
 
 
 def _random_checkpoint(settings: BenchSettings, directory: Path, progress: Progress) -> tuple[Path, str]:
-    return random_checkpoint(settings.config, directory, num_frames=settings.num_frames, seed=settings.seed,
-                             progress=progress)
+    return random_checkpoint(settings.config, directory, num_frames=settings.num_frames, image_size=settings.image_size,
+                             seed=settings.seed, progress=progress)
 
 
-def random_checkpoint(name: str, directory: Path, *, num_frames: int | None = None, seed: int = 0,
+def geometry_checkpoint(checkpoint: Path, directory: Path, num_frames, image_size, label: str,
+                        progress: Progress | None = None) -> tuple[Path, str]:
+    """``checkpoint`` saved at another frame count or size (its positions resized once, the preprocessor following):
+    every backend then measures the model a deployment at that geometry runs."""
+    from vivit_deploy.model.checkpoint import load_model
+    from vivit_deploy.video.preprocessing import VideoPreprocessor, preprocessor_config_in
+
+    model = load_model(checkpoint, head="classification").at_geometry(num_frames, image_size)
+    c = model.config
+    label = f"{label} at {c.num_frames}x{c.image_height}x{c.image_width}"
+    if progress is not None:
+        progress(f"resizing the positions: {label} ...")
+    preprocessor = preprocessor_config_in(checkpoint)
+    model.save_pretrained(directory, preprocessor=None if preprocessor is None else VideoPreprocessor(
+        preprocessor.at_size(c.image_height, c.image_width)))
+    return directory, label
+
+
+def random_checkpoint(name: str, directory: Path, *, num_frames: int | None = None, image_size=None, seed: int = 0,
                       progress: Progress | None = None) -> tuple[Path, str]:
     """A checkpoint of preset ``name`` with random weights (the real cost, nothing downloaded) and its label."""
     import torch
@@ -344,7 +364,8 @@ def random_checkpoint(name: str, directory: Path, *, num_frames: int | None = No
     from vivit_deploy.model.modeling import VivitForVideoClassification
     from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
 
-    config = preset(name, **({} if num_frames is None else {"num_frames": num_frames}))
+    overrides = {k: v for k, v in (("num_frames", num_frames), ("image_size", image_size)) if v is not None}
+    config = preset(name, **overrides)
     label = f"{name} geometry ({config.num_frames}x{config.image_height}x{config.image_width}), random weights"
     if progress is not None:
         progress(f"creating {label} ...")

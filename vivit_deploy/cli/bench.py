@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vivit_deploy.cli.common import Stopwatch, friendly_errors, print_report, writable
+from vivit_deploy.cli.common import Stopwatch, friendly_errors, parse_image_size, print_report, writable
 from vivit_deploy.model.config import PRESETS
 
 
@@ -30,7 +30,10 @@ def _progress_bar(total: int):
 @click.option("--config", "config_preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="Measure this geometry with random weights instead (vivit-b-16x2: the real cost, no download).")
 @click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None,
-              help="Frames per clip for --config (a cheaper ViViT-B on a CPU, e.g. 8).")
+              help="Frames per clip: of the --config preset (a cheaper ViViT-B on a CPU, e.g. 8), or a checkpoint run "
+                   "at this many (its positions resized once).")
+@click.option("--image-size", "image_size", default=None, callback=parse_image_size, metavar="S|HxW",
+              help="Frame size: of the --config preset, or a checkpoint run at this size.")
 @click.option("--backends", default=None,
               help="Comma-separated, from: torch-eager, torch-sdpa, onnxruntime, openvino, tensorrt, transformers-eager, "
                    "transformers-sdpa. Default: torch-eager,torch-sdpa,onnxruntime,openvino,tensorrt, those that can run here.")
@@ -66,7 +69,7 @@ def _progress_bar(total: int):
               help="Measure this engine (from build-engine, of the same model) with tensorrt instead of building one.")
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
 @friendly_errors
-def bench(source, config_preset, num_frames, backends, batch_sizes, device, precision, calibration, warmup, iters, peers,
+def bench(source, config_preset, num_frames, image_size, backends, batch_sizes, device, precision, calibration, warmup, iters, peers,
           stages, videos_dir, ceiling, json_path, markdown_path, plot_path, onnx_file, engine_file, offline):
     """Latency, throughput and peak memory of every backend at each batch size, in one run.
 
@@ -92,7 +95,7 @@ def bench(source, config_preset, num_frames, backends, batch_sizes, device, prec
         if not videos:
             raise click.UsageError(f"--videos {videos_dir}: no video files in it")
     settings = BenchSettings(
-        source=source, config=config_preset, num_frames=num_frames,
+        source=source, config=config_preset, num_frames=num_frames, image_size=image_size,
         backends=None if backends is None else parse_list(backends, "--backends"),
         batch_sizes=parse_batch_sizes(batch_sizes), device=device, precision=precision,
         warmup=warmup, iters=iters, peers=peers, stages=stages, ceiling=ceiling, offline=offline,

@@ -88,6 +88,41 @@ SAMPLING = options(
     click.option("--frame-sample-rate", default=4, show_default=True, type=click.IntRange(min=1),
                  help="N for --sampling stride."),
 )
+def parse_image_size(ctx, param, value):
+    """``--image-size 160`` or ``160x128`` (height x width)."""
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in str(value).lower().split("x")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a size in pixels (160) or HEIGHTxWIDTH (160x128)") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"{value!r}: give a size in pixels (160) or HEIGHTxWIDTH (160x128)")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+GEOMETRY = options(
+    click.option("--frames", "num_frames", type=click.IntRange(min=1), default=None,
+                 help="Run a checkpoint at this many frames instead of the ones it was trained on (its position "
+                      "embeddings resized once; an exported file has the geometry it was exported at)."),
+    click.option("--image-size", "image_size", default=None, callback=parse_image_size, metavar="S|HxW",
+                 help="Run a checkpoint at this frame size instead of its own (positions resized; the preprocessor "
+                      "follows)."),
+)
+
+
+def geometry_options(source: str, backend: str | None, num_frames, image_size) -> dict:
+    """``frames`` / ``image_size`` for the PyTorch backend; an exported file runs at the geometry it was exported at."""
+    from vivit_deploy.runtimes import backend_for
+
+    if num_frames is None and image_size is None:
+        return {}
+    if (backend or backend_for(source)) != "torch":
+        raise click.UsageError("--frames / --image-size apply to a checkpoint (the PyTorch backend); an exported file "
+                               "runs at the geometry it was exported at: vivit-export --frames/--image-size")
+    return {"frames": num_frames, "image_size": image_size}
+
+
 READING = options(
     click.option("--autorotate/--no-autorotate", default=True, show_default=True,
                  help="Turn phone videos upright by their display matrix, as ffmpeg does by default."),

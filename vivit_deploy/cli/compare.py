@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vivit_deploy.cli.common import DEVICE, Stopwatch, friendly_errors, print_report, writable
+from vivit_deploy.cli.common import DEVICE, GEOMETRY, Stopwatch, friendly_errors, print_report, writable
 
 
 @click.command()
@@ -51,11 +51,12 @@ from vivit_deploy.cli.common import DEVICE, Stopwatch, friendly_errors, print_re
                    "out of tolerance and what broke there (ONNX Runtime, OpenVINO and PyTorch candidates).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="With --layers: write a PNG of drift against depth (needs matplotlib: pip install 'vivit-deploy[bench]').")
+@GEOMETRY
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
 @friendly_errors
 def compare(source, onnx_files, openvino_files, openvino_precisions, engine_files, triton_urls, torch_precisions, device, videos_dir,
             synthetic, samples, demo, inputs_file, save_inputs, calibration, json_path, atol, rtol, min_cosine, min_top1,
-            batch_size, layers, plot_path, offline):
+            batch_size, layers, plot_path, num_frames, image_size, offline):
     """How far each backend drifts from PyTorch fp32, and whether it still classifies the same.
 
     With no candidate named, every backend x precision that can run here is compared (ONNX Runtime
@@ -82,7 +83,7 @@ def compare(source, onnx_files, openvino_files, openvino_precisions, engine_file
         engines=engine_files, triton=triton_urls, torch_precisions=torch_precisions, device=device, demo=demo, videos_dir=videos_dir,
         synthetic=synthetic, samples=samples, inputs_file=inputs_file, save_inputs=save_inputs, calibration=calibration,
         tolerance_overrides=dict(atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1),
-        batch_size=batch_size, offline=offline, layers=layers, plot=plot_path,
+        batch_size=batch_size, offline=offline, layers=layers, plot=plot_path, num_frames=num_frames, image_size=image_size,
     )
     report = run_compare(options, Stopwatch())
     print_report(report.format_table() + "\n", report.to_json(), json_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vivit_deploy.cli.common import Stopwatch, friendly_errors, writable
+from vivit_deploy.cli.common import GEOMETRY, Stopwatch, friendly_errors, writable
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,6 +35,7 @@ from vivit_deploy.cli.common import Stopwatch, friendly_errors, writable
 @click.option("--attention-products", type=click.Choice(["none", "qk"]), default="none", show_default=True,
               help="int8/fp8: qk also quantizes Q @ K^T (both operands per tensor): faster on OpenVINO, not on ONNX "
                    "Runtime (docs/benchmarks.md). P @ V stays float: its probabilities collapse in int8.")
+@GEOMETRY
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Largest batch the file accepts [default: 32; 1 with --static-batch].")
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to --max-batch instead of a dynamic axis.")
@@ -44,7 +45,7 @@ from vivit_deploy.cli.common import Stopwatch, friendly_errors, writable
               help="Also write the export report as JSON to this file (also when the export is refused).")
 @friendly_errors
 def export_command(source, output, opset, precision, calibration, calibration_clips, keep_fp32, min_cosine, smooth_quant,
-                   attention_products, max_batch, static_batch, revision, offline, json_path):
+                   attention_products, num_frames, image_size, max_batch, static_batch, revision, offline, json_path):
     """Export SOURCE (checkpoint directory or Hub id) to a validated ONNX file.
 
     The file carries the model config, labels and preprocessor config, so `vivit-deploy predict
@@ -68,7 +69,8 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
             source, output, opset=opset, precision=precision, max_batch=max_batch, static_batch=static_batch,
             calibration=calibration, calibration_clips=calibration_clips, keep_fp32=keep_fp32, min_cosine=min_cosine,
             smooth_quant=smooth_quant, attention_products=() if attention_products == "none" else (attention_products,),
-            progress=progress, revision=revision, local_files_only=offline or None,
+            progress=progress, revision=revision, local_files_only=offline or None, num_frames=num_frames,
+            image_size=image_size,
         )
     except ExportError as exc:
         refused = getattr(exc, "report", None)

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from vivit_deploy.cli.common import (
-    BACKEND, DEVICE, MODEL, PRECISION, READING, SAMPLING, TORCH_SOURCE, Stopwatch, friendly_errors, read_options,
-    runtime_options,
+    BACKEND, DEVICE, GEOMETRY, MODEL, PRECISION, READING, SAMPLING, TORCH_SOURCE, Stopwatch, friendly_errors,
+    geometry_options, read_options, runtime_options,
 )
 
 
@@ -23,11 +23,12 @@ from vivit_deploy.cli.common import (
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="How many labels to print.")
 @SAMPLING
 @READING
+@GEOMETRY
 @TORCH_SOURCE
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @friendly_errors
 def predict(videos, source, backend, device, precision, top_k, num_clips, sampling, frame_sample_rate, autorotate,
-            max_pixels, attn_implementation, revision, offline, as_json):
+            max_pixels, num_frames, image_size, attn_implementation, revision, offline, as_json):
     """Classify VIDEOS (default: the bundled sample video) and print the top-k labels."""
     from vivit_deploy.demo import default_sample, demo_model_dir, sample_videos
     from vivit_deploy.predict import VideoClassifier
@@ -42,7 +43,8 @@ def predict(videos, source, backend, device, precision, top_k, num_clips, sampli
 
     progress = Stopwatch()
     progress(f"loading {source} ...")
-    options = runtime_options(source, backend, attn_implementation, revision, offline)
+    options = {**runtime_options(source, backend, attn_implementation, revision, offline),
+               **geometry_options(source, backend, num_frames, image_size)}
     classifier = VideoClassifier.from_pretrained(source, backend, read_options(autorotate, max_pixels), device=device,
                                                  precision=precision, **options)
     runtime = classifier.runtime

@@ -87,8 +87,8 @@ def _island(module, out_dtype) -> None:
     module.float()
     forward = type(module).forward
 
-    def island_forward(self, x):
-        y = forward(self, x.float())
+    def island_forward(self, x, *args, **kwargs):
+        y = forward(self, x.float(), *args, **kwargs)
         return y if out_dtype is None else y.to(out_dtype)
 
     module.forward = types.MethodType(island_forward, module)

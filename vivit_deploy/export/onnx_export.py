@@ -204,6 +204,8 @@ def export_onnx(
     validate: bool = True,
     tubelet: str = DEFAULT_TUBELET,
     progress: Progress | None = None,
+    num_frames: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     **load_kwargs: Any,
 ) -> ExportReport:
     """Export ``source`` (anything ``load_model`` takes, or a ``VivitForVideoClassification``) to ``output``.
@@ -219,6 +221,10 @@ def export_onnx(
     the precision's tolerance on the logits' cosine. ``smooth_quant`` (int8/fp8): SmoothQuant's alpha, 0 for none
     (``export/quantize.py``); ``attention_products`` ("qk", "pv"): quantize those too (off by default: ``export/quantize.py``
     says what each measured).
+
+    ``num_frames`` / ``image_size``: export the checkpoint at another frame count or resolution than it was
+    trained at; its position embeddings are resized once (``VivitForVideoClassification.at_geometry``), the file
+    records the geometry it runs at and the one it was trained at, and the preprocessor config follows the size.
 
     Raises :class:`ExportError` (with the report as ``.report``) when the graph fails a check or its
     validation; then nothing is written at ``output``. Its message names the first failing layer, what broke
@@ -271,6 +277,12 @@ def export_onnx(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     model, preprocessor, source_name = _load(source, preprocessor, progress, load_kwargs)
+    if num_frames or image_size:
+        trained = model.config
+        model = model.at_geometry(num_frames, image_size)
+        preprocessor = preprocessor.at_size(model.config.image_height, model.config.image_width)
+        progress(f"at {model.config.num_frames} frames of {model.config.image_height}x{model.config.image_width} "
+                 f"(trained at {trained.num_frames} of {trained.image_height}x{trained.image_width}): positions resized")
     model.vivit.embeddings.patch_embeddings.as_matmul = tubelet == "matmul"
     keep = parse_keep_fp32(keep_fp32, model.config.num_hidden_layers, precision)
     seconds["load"] = time.perf_counter() - started
@@ -494,12 +506,14 @@ def _load(source, preprocessor, progress: Progress, load_kwargs):
 def _trace(model, precision: str, opset: int, spec, kept: tuple[str, ...] = ()):
     import torch
 
+    from vivit_deploy.model.modeling import LogitsOnly
+
     if precision == "fp32":
-        module = model
+        module = LogitsOnly(model)
     else:
         from vivit_deploy.export.fp32_fallback import half_with_fp32_units
 
-        module = _float_io_wrapper(half_with_fp32_units(model, kept))
+        module = _float_io_wrapper(LogitsOnly(half_with_fp32_units(model, kept)))
     # batch 2 as the example: torch.export specialises a dimension traced at size 1
     example = torch.zeros(spec.static_batch or 2, *spec.frame_shape)
     dynamic = None if spec.static_batch else ({0: torch.export.Dim(BATCH_AXIS, min=1, max=spec.max_batch)},)

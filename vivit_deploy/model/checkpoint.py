@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -91,13 +92,44 @@ def _names(keys: list[str], limit: int = 8) -> str:
     return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def _pick_head(state: dict, head: Head, source: str) -> tuple[str, dict]:
-    """Decide which model the weights are for, and key them the way that model names its parameters."""
-    is_classifier = "classifier.weight" in state
+# transformers 5 renamed ViViT's modules (its ViT conversion mapping) and writes the new names when a checkpoint is
+# saved with save_original_format=False; a checkpoint in either naming loads. Applied in order to each key.
+RENAMED_KEYS = (
+    (re.compile(r"(^|\.)layers\.(\d+)\."), r"\1encoder.layer.\2."),
+    (re.compile(r"\.attention\.q_proj\."), ".attention.attention.query."),
+    (re.compile(r"\.attention\.k_proj\."), ".attention.attention.key."),
+    (re.compile(r"\.attention\.v_proj\."), ".attention.attention.value."),
+    (re.compile(r"\.attention\.o_proj\."), ".attention.output.dense."),
+    (re.compile(r"\.mlp\.fc1\."), ".intermediate.dense."),
+    (re.compile(r"\.mlp\.fc2\."), ".output.dense."),
+)
+ARCHITECTURES = {"VivitForVideoClassification": "classification", "VivitModel": "base"}
+
+
+def original_names(state: dict) -> dict:
+    """The state dict with transformers 5's renamed keys (``vivit.layers.0.attention.q_proj``) back to the original
+    names this model uses (``vivit.encoder.layer.0.attention.attention.query``); original keys pass unchanged."""
+    if not any(".layers." in k or k.startswith("layers.") for k in state):
+        return state
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in RENAMED_KEYS:
+            key = pattern.sub(replacement, key)
+        out[key] = value
+    return out
+
+
+def _pick_head(state: dict, head: Head, source: str, architectures=None) -> tuple[str, dict]:
+    """Decide which model the weights are for, and key them the way that model names its parameters.
+
+    ``head="auto"`` follows ``config.json``'s ``architectures`` (as transformers does), and the weights where it
+    names none, so a checkpoint whose weights do not fit is reported against the model it says it is."""
+    named = next((ARCHITECTURES[a] for a in architectures or () if a in ARCHITECTURES), None)
+    is_classifier = named == "classification" if named else "classifier.weight" in state
     if head == "auto":
         head = "classification" if is_classifier else "base"
     if head == "classification":
-        if not is_classifier:
+        if "classifier.weight" not in state and not is_classifier:
             raise CheckpointError(
                 f"{source}: has no classifier weights (a bare VivitModel checkpoint); load it with head='base'"
             )
@@ -109,35 +141,70 @@ def _pick_head(state: dict, head: Head, source: str) -> tuple[str, dict]:
     return head, state
 
 
+DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "float16": "float16", "fp16": "float16",
+          "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def resolve_dtype(dtype, config_dict: dict, state: dict):
+    """A torch dtype from what transformers' ``from_pretrained`` takes: a ``torch.dtype``, its name ("float16"), or
+    "auto" (the dtype ``config.json`` records, else the weights' own); None keeps the weights' dtype as stored."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name == "auto":
+        recorded = config_dict.get("dtype") or config_dict.get("torch_dtype")
+        if recorded:
+            return resolve_dtype(recorded, {}, state)
+        floats = [v.dtype for v in state.values() if v.is_floating_point()]
+        return floats[0] if floats else None
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of {sorted(set(DTYPES))}, a torch.dtype or 'auto'")
+    return getattr(torch, DTYPES[name])
+
+
 def load_model(
     source: str | os.PathLike,
     *,
     attn_implementation: str = "sdpa",
     head: Head = "auto",
-    dtype: "torch.dtype | None" = None,
+    dtype: "torch.dtype | str | None" = None,
     device: "str | torch.device" = "cpu",
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool | None = None,
     token: str | bool | None = None,
+    torch_dtype: "torch.dtype | str | None" = None,
+    device_map: Any = None,
 ) -> "VivitForVideoClassification | VivitModel":
     """Load a ViViT checkpoint (local directory or Hub id) into our model, in eval mode.
 
-    ``head="auto"`` gives ``VivitForVideoClassification`` when the weights have a classifier and
-    ``VivitModel`` otherwise. Every weight must fit: missing, unexpected and mis-shaped tensors are
-    reported by name in a :class:`CheckpointError`.
+    ``head="auto"`` gives the model ``config.json``'s ``architectures`` names (``VivitForVideoClassification`` or
+    ``VivitModel``), else the one the weights are for. Keys in transformers 4's names and in transformers 5's
+    renamed ones (``save_original_format=False``) both load. ``dtype`` (or transformers' older ``torch_dtype``) is a
+    ``torch.dtype``, its name, or ``"auto"``. Every weight must fit: missing, unexpected and mis-shaped tensors
+    are reported by name in a :class:`CheckpointError`.
     """
     import torch
 
     from vivit_deploy.model.modeling import VivitForVideoClassification, VivitModel, _check_attn_implementation
 
     _check_attn_implementation(attn_implementation)
+    if device_map is not None:
+        raise ConfigError("device_map is not supported: ViViT fits one device; pass device='cuda:0' (or load, then .to())")
+    if dtype is not None and torch_dtype is not None:
+        raise ConfigError("give dtype or torch_dtype (its older name), not both")
+    if torch.get_default_device().type == "meta":
+        raise ConfigError("load_model/from_pretrained was called inside `with torch.device('meta')`, where no weight "
+                          "can be loaded; build the empty model there with VivitForVideoClassification(config) instead")
     directory = resolve_source(
         source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
     )
     config = load_config(directory)
-    state = load_state_dict(directory)
-    head, state = _pick_head(state, head, str(source))
+    state = original_names(load_state_dict(directory))
+    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config.extra, state)
+    head, state = _pick_head(state, head, str(source), config.extra.get("architectures"))
     with torch.device("meta"):  # build without allocating or initialising: every tensor is replaced below
         if head == "classification":
             model = VivitForVideoClassification(config, attn_implementation=attn_implementation)

@@ -24,6 +24,7 @@ ACTIVATIONS: dict[str, str] = {
     "gelu": "none",
 }
 POOLER_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_fast", "gelu_new", "gelu_pytorch_tanh", "linear")
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 _MODEL_TYPE = "vivit"
 
@@ -52,6 +53,11 @@ class VivitConfig:
     pooler_output_size: int | None = None  # width of VivitModel's pooler; None becomes hidden_size
     pooler_act: str = "tanh"  # activation of VivitModel's pooler
     id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})  # classifier labels
+    problem_type: str | None = None  # the loss with labels: None (chosen from the labels, as transformers does), or
+    #                                  "regression", "single_label_classification", "multi_label_classification"
+    output_attentions: bool = False  # forward's defaults, as transformers' config carries them
+    output_hidden_states: bool = False
+    return_dict: bool = True
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # other config.json keys, kept verbatim
 
     def __post_init__(self) -> None:
@@ -87,19 +93,14 @@ class VivitConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if any(t < 1 for t in self.tubelet_size):
             raise ConfigError(f"tubelet_size must be positive, got {self.tubelet_size}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
         t, ph, pw = self.tubelet_size
-        if self.num_frames % t:
-            raise ConfigError(f"num_frames ({self.num_frames}) is not divisible by the tubelet's frames ({t})")
-        if self.image_height % ph or self.image_width % pw:
-            raise ConfigError(
-                f"image size {self.image_height}x{self.image_width} is not divisible by the tubelet's "
-                f"patch size {ph}x{pw}"
-            )
+        if self.num_frames < t or self.image_height < ph or self.image_width < pw:
+            raise ConfigError(f"{self.num_frames} frames of {self.image_height}x{self.image_width} hold no whole "
+                              f"{t}x{ph}x{pw} tubelet")
+        # Heads that do not divide the width, and sizes that are no whole number of tubelets, are what transformers'
+        # config accepts too: the model refuses the first and floors the second (modeling.check_geometry).
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
         if self.pooler_act not in POOLER_ACTIVATIONS:
@@ -129,6 +130,10 @@ class VivitConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def use_return_dict(self) -> bool:  # transformers' name
+        return self.return_dict
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -194,6 +199,13 @@ class VivitConfig:
         out["label2id"] = {label: i for i, label in self.id2label.items()}
         out["model_type"] = _MODEL_TYPE
         return dict(sorted(out.items()))
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **hub_kwargs: Any) -> "VivitConfig":
+        """transformers' entry point: the ``config.json`` of a checkpoint directory or Hub id."""
+        from vivit_deploy.model.hf_layout import CONFIG_NAME, resolve_source
+
+        return cls.from_json_file(resolve_source(source, **hub_kwargs) / CONFIG_NAME)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "VivitConfig":

@@ -12,11 +12,17 @@ loads with ``strict=True`` and no renaming:
 Attention has two implementations on the same weights, chosen per model: "sdpa"
 (``F.scaled_dot_product_attention``, the default) and "eager", the readable math path. Eager scales Q
 before QK^T, the pattern TensorRT fuses into one attention kernel.
+
+``forward`` takes what transformers' takes (``head_mask``, ``labels``, ``output_attentions``,
+``output_hidden_states``, ``interpolate_pos_encoding``, ``return_dict``) and returns an output object
+(``outputs.py``) with ``logits`` (or ``last_hidden_state``), indexable like a tuple. Asked for attentions, a
+layer computes them as transformers' eager path does (scores scaled after QK^T), so they are its numbers.
+The exporter and the runtimes see the logits tensor through ``LogitsOnly``.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +31,7 @@ from torch import nn
 from vivit_deploy.model.config import ACTIVATIONS, VivitConfig
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.model.hf_layout import write_checkpoint
+from vivit_deploy.model.outputs import EncoderOutput, VideoClassifierOutput
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -52,10 +59,12 @@ class TubeletEmbeddings(nn.Module):
         self.as_matmul = False
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        _, t, c, h, w = pixel_values.shape
+        kt, kh, kw = self.projection.kernel_size
         if self.as_matmul:
-            _, t, c, h, w = pixel_values.shape
-            kt, kh, kw = self.projection.kernel_size
-            x = pixel_values.reshape(-1, t // kt, kt, c, h // kh, kh, w // kw, kw)
+            # what the strided Conv3d does with a remainder: the frames and pixels past the last whole tubelet go unused
+            x = pixel_values[:, : t - t % kt, :, : h - h % kh, : w - w % kw]
+            x = x.reshape(-1, t // kt, kt, c, h // kh, kh, w // kw, kw)
             x = x.permute(0, 1, 4, 6, 3, 2, 5, 7)  # (B, T/t, H/p, W/p, C, t, p, p): the Conv3d weight's order
             x = x.flatten(4).flatten(1, 3)  # (B, N, C*t*p*p), tokens in (time, row, column) order
             return F.linear(x, self.projection.weight.flatten(1), self.projection.bias)  # (B, N, D)
@@ -69,16 +78,53 @@ class Embeddings(nn.Module):
 
     def __init__(self, config: VivitConfig):
         super().__init__()
+        self.grid = config.grid  # (T', H', W') tubelets the positions were learned for
+        self.tubelet_size = config.tubelet_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.patch_embeddings = TubeletEmbeddings(config)
         self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         tokens = self.patch_embeddings(pixel_values)  # (B, N, D)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # (B, 1, D)
-        x = torch.cat((cls, tokens), dim=1) + self.position_embeddings  # (B, N+1, D)
+        _, t, _, h, w = pixel_values.shape
+        kt, kh, kw = self.tubelet_size
+        grid = (t // kt, h // kh, w // kw)
+        positions = self.position_embeddings
+        if grid != self.grid:
+            if not interpolate_pos_encoding:
+                raise InputShapeError(
+                    f"pixel_values of {t} frames of {h}x{w} make a {grid[0]}x{grid[1]}x{grid[2]} grid of tubelets; the "
+                    f"model's positions are for {self.grid[0]}x{self.grid[1]}x{self.grid[2]}: pass "
+                    "interpolate_pos_encoding=True to resize them")
+            positions = interpolate_positions(positions, self.grid, grid)
+        x = torch.cat((cls, tokens), dim=1) + positions  # (B, N+1, D)
         return self.dropout(x)
+
+
+def interpolate_positions(positions: torch.Tensor, grid: tuple[int, int, int], new_grid: tuple[int, int, int]) -> torch.Tensor:
+    """Position embeddings (1, 1 + T*H*W, D) learned for ``grid`` = (T, H, W), resized to ``new_grid``.
+
+    The positions are the (T, H, W) grid they were learned on: each time step's H x W grid is resized bicubically
+    (align_corners=False, as transformers' ViT resizes an image's), and the time axis linearly; the CLS position
+    stays. Where the grid does not change, the positions are returned as they are. (transformers' ViViT treats
+    all T*H*W positions as one square grid and never changes it for a square input: wrong for video.)"""
+    if tuple(new_grid) == tuple(grid):
+        return positions
+    t, h, w = grid
+    nt, nh, nw = new_grid
+    d = positions.shape[-1]
+    cls, patches = positions[:, :1], positions[:, 1:]
+    x = patches.reshape(t, h, w, d).permute(0, 3, 1, 2).float()  # (T, D, H, W): time steps as a batch
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False)  # (T, D, H', W')
+    if nt != t:
+        x = x.permute(1, 2, 3, 0).reshape(1, d * nh * nw, t)  # time as the one axis
+        x = F.interpolate(x, size=nt, mode="linear", align_corners=False)  # (1, D*H'*W', T')
+        x = x.reshape(d, nh, nw, nt).permute(3, 0, 1, 2)  # (T', D, H', W')
+    x = x.permute(0, 2, 3, 1).reshape(1, nt * nh * nw, d).to(positions.dtype)
+    return torch.cat((cls, x), dim=1)
 
 
 class SelfAttention(nn.Module):
@@ -91,20 +137,30 @@ class SelfAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.dropout_p = config.attention_probs_dropout_prob
         self.attn_implementation = _check_attn_implementation(attn_implementation)
-        d = config.hidden_size
-        self.query = nn.Linear(d, d, bias=config.qkv_bias)
-        self.key = nn.Linear(d, d, bias=config.qkv_bias)
-        self.value = nn.Linear(d, d, bias=config.qkv_bias)
+        d, inner = config.hidden_size, config.num_attention_heads * config.head_dim  # inner < d where heads do not
+        self.query = nn.Linear(d, inner, bias=config.qkv_bias)                    # divide the width (transformers 5)
+        self.key = nn.Linear(d, inner, bias=config.qkv_bias)
+        self.value = nn.Linear(d, inner, bias=config.qkv_bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, N, hd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
+    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None) -> torch.Tensor:
+        b, n, _ = x.shape
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         dropout_p = self.dropout_p if self.training else 0.0
-        if self.attn_implementation == "sdpa":
+        if attentions is not None or head_mask is not None:
+            # transformers' eager path, so the probabilities asked for are its numbers: scores scaled after Q @ K^T
+            scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # (B, nh, N, N)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            probs = F.dropout(probs, p=dropout_p, training=self.training)
+            if head_mask is not None:
+                probs = probs * head_mask
+            if attentions is not None:
+                attentions.append(probs)
+            out = torch.matmul(probs, v)
+        elif self.attn_implementation == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         else:
             # The math path, kept as the reference. Q is scaled before Q @ K^T (not the scores after it):
@@ -113,13 +169,13 @@ class SelfAttention(nn.Module):
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             probs = F.dropout(probs, p=dropout_p, training=self.training)
             out = torch.matmul(probs, v)  # (B, nh, N, hd)
-        return out.transpose(1, 2).reshape(b, n, d)
+        return out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
 
 
 class AttentionOutput(nn.Module):
     def __init__(self, config: VivitConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.num_attention_heads * config.head_dim, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,8 +188,8 @@ class Attention(nn.Module):
         self.attention = SelfAttention(config, attn_implementation)
         self.output = AttentionOutput(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.attention(x))
+    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None) -> torch.Tensor:
+        return self.output(self.attention(x, head_mask, attentions))
 
 
 class Intermediate(nn.Module):
@@ -171,8 +227,11 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = Output(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.layernorm_before(x))
+    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None) -> torch.Tensor:
+        if head_mask is None and attentions is None:  # the plain call every export traces
+            x = x + self.attention(self.layernorm_before(x))
+        else:
+            x = x + self.attention(self.layernorm_before(x), head_mask, attentions)
         return x + self.output(self.intermediate(self.layernorm_after(x)))
 
 
@@ -181,9 +240,19 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(Layer(config, attn_implementation) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layer:
-            x = layer(x)
+    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None,
+                hidden_states: list | None = None) -> torch.Tensor:
+        """``head_mask``: (layers, heads) multipliers of the attention probabilities, or None; ``attentions`` and
+        ``hidden_states``: lists that collect each layer's probabilities and output (after the input's)."""
+        for i, layer in enumerate(self.layer):
+            if hidden_states is not None:
+                hidden_states.append(x)
+            if head_mask is None and attentions is None:
+                x = layer(x)
+            else:
+                x = layer(x, None if head_mask is None else head_mask[i], attentions)
+        if hidden_states is not None:
+            hidden_states.append(x)
         return x
 
 
@@ -210,13 +279,9 @@ class Pooler(nn.Module):
         return self.activation(self.dense(x[:, 0]))
 
 
-class VivitOutput(NamedTuple):
-    last_hidden_state: torch.Tensor  # (B, N+1, D), after the final LayerNorm
-    pooler_output: torch.Tensor | None  # (B, pooler_output_size), None without a pooler
-
-
-def validate_pixel_values(pixel_values: torch.Tensor, config: VivitConfig) -> None:
-    """Raise :class:`InputShapeError` unless ``pixel_values`` is a float (B, T, C, H, W) clip batch this model takes."""
+def validate_pixel_values(pixel_values: torch.Tensor, config: VivitConfig, any_geometry: bool = False) -> None:
+    """Raise :class:`InputShapeError` unless ``pixel_values`` is a float (B, T, C, H, W) clip batch this model takes;
+    ``any_geometry`` (interpolated positions) lets the frames and their size differ from the config's."""
     expected = config.input_shape
     want = f"(batch, {', '.join(map(str, expected))})"
     if not isinstance(pixel_values, torch.Tensor):
@@ -229,11 +294,20 @@ def validate_pixel_values(pixel_values: torch.Tensor, config: VivitConfig) -> No
     shape = tuple(pixel_values.shape)
     if len(shape) != 5:
         raise InputShapeError(f"pixel_values must have 5 dimensions {want}, got shape {shape}")
+    if any_geometry:
+        t, c, h, w = shape[1:]
+        kt, kh, kw = config.tubelet_size
+        if shape[0] < 1 or c != config.num_channels or t < kt or h < kh or w < kw:
+            raise InputShapeError(f"pixel_values must have shape (batch, frames, {config.num_channels}, height, width) "
+                                  f"with at least one {kt}x{kh}x{kw} tubelet, got {shape}")
+        return
     if shape[0] < 1 or shape[1:] != expected:
         names = ("frames", "channels", "height", "width")
         wrong = [f"{n} {got} (expected {exp})" for n, got, exp in zip(names, shape[1:], expected) if got != exp]
         detail = ", ".join(wrong) if wrong else "empty batch"
-        raise InputShapeError(f"pixel_values must have shape {want}, got {shape}: {detail}")
+        hint = "; pass interpolate_pos_encoding=True to run at another frame count or size" if shape[0] >= 1 and \
+            shape[2] == expected[1] else ""
+        raise InputShapeError(f"pixel_values must have shape {want}, got {shape}: {detail}{hint}")
 
 
 def _exporting() -> bool:
@@ -256,10 +330,56 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.trunc_normal_(m.cls_token, std=std, a=-2 * std, b=2 * std)
 
 
+def check_geometry(config: VivitConfig) -> None:
+    """What transformers' modules quietly floor, said when a model is built: heads that do not divide the width get
+    the floor of width / heads channels each (transformers 5 computes so: attention over heads x that channels),
+    frames or a frame size that are no whole number of tubelets are cut to whole ones (as its Conv3d does)."""
+    if config.head_dim < 1:
+        raise ConfigError(f"hidden_size ({config.hidden_size}) is smaller than num_attention_heads "
+                          f"({config.num_attention_heads}): a head would have no channels")
+    if config.hidden_size % config.num_attention_heads:
+        inner = config.num_attention_heads * config.head_dim
+        warnings.warn(f"hidden_size {config.hidden_size} is not a multiple of {config.num_attention_heads} heads: each "
+                      f"head gets {config.head_dim} channels, attention runs over {inner} of the {config.hidden_size} "
+                      "(as transformers 5 computes it)", stacklevel=3)
+    t, ph, pw = config.tubelet_size
+    used = (config.num_frames - config.num_frames % t, config.image_height - config.image_height % ph,
+            config.image_width - config.image_width % pw)
+    if used != (config.num_frames, config.image_height, config.image_width):
+        warnings.warn(f"{config.num_frames} frames of {config.image_height}x{config.image_width} are not a whole number "
+                      f"of {t}x{ph}x{pw} tubelets: the model uses {used[0]} frames of {used[1]}x{used[2]} (the rest is "
+                      "cut, as transformers' Conv3d does)", stacklevel=3)
+
+
+def _head_mask(head_mask: torch.Tensor | None, config: VivitConfig, dtype: torch.dtype) -> torch.Tensor | None:
+    """transformers' head mask: (heads,) for every layer or (layers, heads), as (layers, 1, heads, 1, 1) multipliers."""
+    if head_mask is None:
+        return None
+    mask = torch.as_tensor(head_mask)
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    if mask.dim() == 1 and mask.shape[0] == heads:
+        mask = mask.expand(layers, heads)
+    if tuple(mask.shape) != (layers, heads):
+        raise InputShapeError(f"head_mask must have shape ({heads},) or ({layers}, {heads}), got {tuple(mask.shape)}")
+    return mask[:, None, :, None, None].to(dtype)
+
+
 class _VivitBase(nn.Module):
-    """What both heads share: the config, the attention switch, dtype/device, and input checks."""
+    """What both heads share: the config, the attention switch, dtype/device, input checks, loading and saving."""
 
     config: VivitConfig
+    main_input_name = "pixel_values"
+
+    @classmethod
+    def from_pretrained(cls, source, **kwargs):
+        """transformers' entry point: ``load_model`` with this class's head (see it for the options)."""
+        from vivit_deploy.model.checkpoint import load_model
+
+        if cls is VivitModel:
+            kwargs.setdefault("head", "base")
+        elif cls is VivitForVideoClassification:
+            kwargs.setdefault("head", "classification")
+        return load_model(source, **kwargs)
 
     @property
     def attn_implementation(self) -> str:
@@ -280,13 +400,26 @@ class _VivitBase(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _prepare(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def _prepare(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         if not _exporting():
-            validate_pixel_values(pixel_values, self.config)
+            validate_pixel_values(pixel_values, self.config, any_geometry=interpolate_pos_encoding)
         return pixel_values.to(self.dtype)
 
-    def save_pretrained(self, directory, preprocessor=None):
-        """Write config.json, model.safetensors (and preprocessor_config.json) in the Hugging Face layout."""
+    def _flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+        config = self.config
+        return (config.output_attentions if output_attentions is None else bool(output_attentions),
+                config.output_hidden_states if output_hidden_states is None else bool(output_hidden_states),
+                config.return_dict if return_dict is None else bool(return_dict))
+
+    def save_pretrained(self, directory, preprocessor=None, **_ignored):
+        """Write config.json, model.safetensors (and preprocessor_config.json) in the Hugging Face layout, with the
+        checkpoint's original parameter names (transformers 4 and 5 both read them)."""
         config = self.config.to_dict()
         config["architectures"] = [type(self).__name__]
         config["dtype"] = str(self.dtype).removeprefix("torch.")
@@ -298,6 +431,7 @@ class VivitModel(_VivitBase):
 
     def __init__(self, config: VivitConfig, add_pooling_layer: bool = True, attn_implementation: str = "sdpa"):
         super().__init__()
+        check_geometry(config)
         self.config = config
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config, attn_implementation)
@@ -305,14 +439,30 @@ class VivitModel(_VivitBase):
         self.pooler = Pooler(config) if add_pooling_layer else None
         init_weights(self, config.initializer_range)
 
-    def forward(self, pixel_values: torch.Tensor) -> VivitOutput:
-        x = self.embeddings(self._prepare(pixel_values))  # (B, N+1, D)
-        x = self.layernorm(self.encoder(x))
-        return VivitOutput(x, self.pooler(x) if self.pooler is not None else None)
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def forward(self, pixel_values: torch.Tensor, head_mask: torch.Tensor | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                interpolate_pos_encoding: bool = False, return_dict: bool | None = None):
+        """Tokens after the final LayerNorm (``last_hidden_state``, (B, N+1, D)) and the pooled CLS token; with
+        ``output_hidden_states`` the embeddings and each layer's output, with ``output_attentions`` each layer's
+        attention probabilities. An :class:`EncoderOutput`, or with ``return_dict=False`` its tuple."""
+        output_attentions, output_hidden_states, return_dict = self._flags(output_attentions, output_hidden_states,
+                                                                           return_dict)
+        attentions: list | None = [] if output_attentions else None
+        hidden_states: list | None = [] if output_hidden_states else None
+        x = self.embeddings(self._prepare(pixel_values, interpolate_pos_encoding), interpolate_pos_encoding)
+        x = self.encoder(x, _head_mask(head_mask, self.config, x.dtype), attentions, hidden_states)
+        x = self.layernorm(x)  # (B, N+1, D)
+        out = EncoderOutput(x, self.pooler(x) if self.pooler is not None else None,
+                            None if hidden_states is None else tuple(hidden_states),
+                            None if attentions is None else tuple(attentions))
+        return out if return_dict else out.to_tuple()
 
 
 class VivitForVideoClassification(_VivitBase):
-    """The encoder plus a linear classifier on the CLS token; ``forward`` returns logits (B, num_labels)."""
+    """The encoder plus a linear classifier on the CLS token; ``forward(...).logits`` is (B, num_labels)."""
 
     def __init__(self, config: VivitConfig, attn_implementation: str = "sdpa"):
         super().__init__()
@@ -321,9 +471,82 @@ class VivitForVideoClassification(_VivitBase):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vivit.embeddings.patch_embeddings
+
+    def forward(self, pixel_values: torch.Tensor, head_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
+                return_dict: bool | None = None):
+        """The logits (B, num_labels) of the CLS token, and with ``labels`` the loss of ``config.problem_type``
+        (as transformers chooses it when unset); hidden states and attentions as ``VivitModel``'s. A
+        :class:`VideoClassifierOutput`, or with ``return_dict=False`` its tuple."""
+        output_attentions, output_hidden_states, return_dict = self._flags(output_attentions, output_hidden_states,
+                                                                           return_dict)
+        encoded = self.vivit(self._prepare(pixel_values, interpolate_pos_encoding), head_mask, output_attentions,
+                             output_hidden_states, interpolate_pos_encoding, return_dict=True)
+        logits = self.classifier(encoded.last_hidden_state[:, 0])  # (B, num_labels)
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        out = VideoClassifierOutput(loss, logits, encoded.hidden_states, encoded.attentions)
+        return out if return_dict else out.to_tuple()
+
+    def at_geometry(self, num_frames: int | None = None, image_size: int | tuple[int, int] | None = None):
+        """A copy of this model that takes ``num_frames`` frames of ``image_size`` (default: its own), its position
+        embeddings resized once (``interpolate_positions``), so it runs, exports and is served at that geometry
+        without resizing anything per call. The config records the geometry it was trained at."""
+        import copy
+        from dataclasses import replace
+
+        config = self.config
+        num_frames = num_frames or config.num_frames
+        image_size = image_size or config.image_size
+        trained = config.extra.get("trained_geometry") or {"num_frames": config.num_frames,
+                                                           "image_size": config.image_size}
+        new = replace(config, num_frames=num_frames, image_size=image_size,
+                      extra={**config.extra, "trained_geometry": trained})
+        if new.grid == config.grid and new.input_shape == config.input_shape:
+            return self
+        model = copy.deepcopy(self)
+        model.config = model.vivit.config = new
+        embeddings = model.vivit.embeddings
+        with torch.no_grad():
+            resized = interpolate_positions(embeddings.position_embeddings, embeddings.grid, new.grid)
+        embeddings.position_embeddings = nn.Parameter(resized)
+        embeddings.grid = new.grid
+        return model
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: VivitConfig) -> torch.Tensor:
+    """transformers' rule: regression for one label, single-label classification for integer labels, multi-label
+    otherwise, unless ``config.problem_type`` says which."""
+    problem = config.problem_type
+    if problem is None:
+        if config.num_labels == 1:
+            problem = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+    if problem == "regression":
+        return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype)) if config.num_labels == 1 else \
+            F.mse_loss(logits, labels.to(logits.dtype))
+    if problem == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class LogitsOnly(nn.Module):
+    """The logits tensor of a classification model, and nothing else: what the exporter traces and a runtime runs.
+
+    The model keeps its transformers-shaped output; this thin wrapper gives the tools the one tensor they need.
+    Its attribute is named ``model``, so every module keeps its checkpoint path under that prefix."""
+
+    def __init__(self, model: VivitForVideoClassification):
+        super().__init__()
+        self.model = model
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden = self.vivit(self._prepare(pixel_values)).last_hidden_state
-        return self.classifier(hidden[:, 0])  # (B, num_labels)
+        return self.model(pixel_values, return_dict=True).logits
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -334,7 +557,8 @@ __all__ = [
     "ATTN_IMPLEMENTATIONS",
     "VivitModel",
     "VivitForVideoClassification",
-    "VivitOutput",
+    "LogitsOnly",
+    "interpolate_positions",
     "validate_pixel_values",
     "count_parameters",
 ]

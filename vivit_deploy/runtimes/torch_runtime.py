@@ -46,7 +46,11 @@ class TorchRuntime(Runtime):
         cache_dir: str | os.PathLike | None = None,
         token: str | bool | None = None,
         probes: bool = False,
+        frames: int | None = None,
+        image_size: int | tuple[int, int] | None = None,
     ):
+        """``frames`` / ``image_size``: run the checkpoint at another frame count or resolution than it was trained
+        for (its positions resized once, ``VivitForVideoClassification.at_geometry``; the preprocessor follows)."""
         from vivit_deploy.model.checkpoint import load_model
 
         precision = precision or "fp32"
@@ -55,7 +59,12 @@ class TorchRuntime(Runtime):
             source, attn_implementation=attn_implementation, head="classification", dtype=torch_dtype(precision),
             device=device, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token,
         )
-        self._init_from_model(model, preprocessor_config_in(model.checkpoint_dir), precision, device, str(source), max_batch)
+        preprocessor = preprocessor_config_in(model.checkpoint_dir)
+        if frames or image_size:
+            model = model.at_geometry(frames, image_size)
+            if preprocessor is not None:
+                preprocessor = preprocessor.at_size(model.config.image_height, model.config.image_width)
+        self._init_from_model(model, preprocessor, precision, device, str(source), max_batch)
         if probes:
             self.probe_names = tuple(point.tensor for point in probe_points(model.config.num_hidden_layers))
 
@@ -88,7 +97,7 @@ class TorchRuntime(Runtime):
 
         x = torch.from_numpy(pixel_values).to(self.model.device)
         with torch.inference_mode():
-            return self.model(x).float().cpu().numpy()
+            return self.model(x, return_dict=True).logits.float().cpu().numpy()
 
     def _run_probes(self, pixel_values: np.ndarray):
         """Logits and the outputs of the probe points' modules, read by forward hooks on this run."""
@@ -108,7 +117,7 @@ class TorchRuntime(Runtime):
         try:
             x = torch.from_numpy(pixel_values).to(self.model.device)
             with torch.inference_mode():
-                logits = self.model(x).float().cpu().numpy()
+                logits = self.model(x, return_dict=True).logits.float().cpu().numpy()
         finally:
             for handle in handles:
                 handle.remove()

@@ -42,7 +42,7 @@ class StreamReader(threading.Thread):
         self.on_window, self.on_event, self.stop_event = on_window, on_event, stop
         self.reconnect = reconnect and source.reconnectable
         self._opened = opened  # a container the caller already opened (the first connection)
-        self.builder = WindowBuilder(spec)
+        self.builder = WindowBuilder(spec, early=source.live)
         self.read_options = read_options or ReadOptions()
         self.transform = transform  # applied to each kept frame as it is converted (the preprocessor's frame)
         self.frames = 0
@@ -135,6 +135,11 @@ class StreamReader(threading.Thread):
                     return "stopped"
                 if packet.size and not packet.is_discard:
                     tracker.sent(packet.pts, packet.is_keyframe)
+                    if self._offset is None and packet.pts is not None and base is not None:
+                        # stream time starts at the first packet's timestamp, as a file's timeline starts at its
+                        # first frame's, whether or not that frame decodes
+                        self._offset = float(packet.pts * base) - self._continue_from
+                        self.builder.start_at(self._continue_from)
                 try:
                     decoded = stream.decode(packet)
                 except av.error.FFmpegError:
@@ -160,7 +165,8 @@ class StreamReader(threading.Thread):
         return "the stream ended (end of file from the server)"
 
     def _offer(self, settled, base, convert) -> bool:
-        """Hand the settled frames to the windows (damaged ones only move stream time); False: stop."""
+        """Hand the settled frames to the windows; a damaged one is not shown (the frame before it goes on showing)
+        and does not move the clock, beyond starting it. False: stop."""
         for frame, damaged in settled:
             pts = frame.pts if frame.pts is not None else frame.dts
             seconds = float(pts * base) if pts is not None and base is not None else self.frames * (
@@ -168,16 +174,21 @@ class StreamReader(threading.Thread):
             if self._offset is None:
                 self._offset = seconds - self._continue_from
             stream_time = seconds - self._offset
+            if damaged:
+                self.builder.start_at(stream_time)  # the stream's time starts with its first frame, decodable or not
+                self.damaged_frames += 1
+                continue
+            if self.frames and stream_time <= self._stream_time:
+                # the clock went back (two recordings joined, an encoder restarted): stream time goes on from the
+                # last frame by one frame interval, as a file without usable timestamps is numbered
+                stream_time = self._stream_time + (self.builder.frame_interval or 0.04)
+                self._offset = seconds - stream_time
             if self.source.realtime:  # a file at its own pace, like a camera
                 delay = self._paced_start + (stream_time - self._continue_from) - time.monotonic()
                 if delay > 0 and self.stop_event.wait(delay):
                     return False
             self.frames += 1
             self._stream_time = stream_time
-            if damaged:
-                self.builder.start_at(stream_time)  # the stream's time starts with its first frame, decodable or not
-                self.damaged_frames += 1
-                continue
             arrival = time.monotonic()
             for window in self.builder.offer(stream_time, arrival, lambda f=frame: convert(f)):
                 if not self.on_window(self, window, self.builder.dropped(window)):

@@ -80,6 +80,10 @@ class WindowBuilder:
     spec: WindowSpec
     origin: float | None = None  # stream time of the first frame
     frame_interval: float | None = None  # the stream's nominal seconds per frame, for dropped frames
+    # A live stream's frame takes at once the samples of the interval it will show (so a window completes on the
+    # arrival of its last frame, not one frame later): exact at a constant frame rate. A file read as fast as it
+    # decodes waits for the next frame instead, so it is exact whatever the rate (its timeline is the same).
+    early: bool = True
     _pending: list[Window] = field(default_factory=list)
     _previous: tuple[float, float, Callable[[], Any]] | None = None  # (time, arrival, pixels) of the last frame
     _next_index: int = 0
@@ -100,9 +104,9 @@ class WindowBuilder:
         """Take a frame shown from ``time`` (stream seconds) that arrived at ``arrival``; ``pixels()`` converts it,
         called only when a window samples it. Returns the windows this frame completed, oldest first.
 
-        A frame shows its time until the next frame's. Where the stream's frame interval is known, the frame also
-        takes at once the samples of the interval it will show, so a window is complete on the arrival of the
-        frame it ends with, not one frame later."""
+        A frame shows its time until the next frame's. Where the stream's frame interval is known (and ``early``),
+        the frame also takes at once the samples of the interval it will show, so a window is complete on the
+        arrival of the frame it ends with, not one frame later."""
         if self.origin is None:
             self.origin = time
         if self._previous is not None and time <= self._previous[0]:
@@ -128,7 +132,7 @@ class WindowBuilder:
                 window.last_time = time
                 if window.first_time is None:
                     window.first_time = time
-        interval = self.frame_interval
+        interval = self.frame_interval if self.early else None
         converted = self._assign(time, time + 0.999 * interval, pixels) if interval else None
         self._previous = (time, arrival, (lambda: converted) if converted is not None else pixels)
         done = []

@@ -42,7 +42,9 @@ from typing import Any, Callable
 import numpy as np
 
 from vivit_deploy.errors import VideoReadError
-from vivit_deploy.video.opening import ReadOptions, check_size, open_container, read_error, reason, release
+from vivit_deploy.video.opening import (
+    ReadOptions, library_errors, check_size, open_container, read_error, reason, release,
+)
 
 # A seek flushes the decoder; below this many skipped frames decoding on is cheaper.
 SEEK_MIN_GAP = 16
@@ -66,6 +68,7 @@ class PacketIndex:
     keyframe: tuple[bool, ...]  # whether each packet (decode order) is a keyframe
     time_base: float  # seconds per timestamp unit
     complete: bool  # the demuxer reached the end of the file (False: the container broke off)
+    where: tuple[tuple[int, int], ...] = ()  # each packet's (size, byte position): a seek must find the same packets
     order: tuple[int, ...] = field(init=False)  # timestamps in presentation order
 
     def __post_init__(self) -> None:
@@ -119,18 +122,20 @@ def index_packets(container: Any, stream: Any) -> tuple[PacketIndex | None, int]
 
     pts: list[int | None] = []
     keys: list[bool] = []
+    where: list[tuple[int, int]] = []
     complete = True
     try:
         for packet in container.demux(stream):
             if packet.size and not packet.is_discard:
                 pts.append(packet.pts)
                 keys.append(bool(packet.is_keyframe))
+                where.append((packet.size, packet.pos if packet.pos is not None else -1))
     except (av.error.FFmpegError, OSError, MemoryError, ValueError):
         complete = False
     usable = pts and all(p is not None for p in pts) and len(set(pts)) == len(pts) and stream.time_base is not None
     if not usable:
         return None, len(pts)
-    return PacketIndex(tuple(pts), tuple(keys), float(stream.time_base), complete), len(pts)
+    return PacketIndex(tuple(pts), tuple(keys), float(stream.time_base), complete, tuple(where)), len(pts)
 
 
 # ---- one decoded frame to what the caller keeps ---------------------------------------------------
@@ -268,6 +273,8 @@ class DamageTracker:
         return self._release()
 
     def _damage(self, k: int) -> None:
+        if k in self._tainted:
+            return  # inside a stretch already tainted: the reference does not extend it either
         self._tainted.add(k)
         j = k + 1
         while j < self._sent and not self._keyframe.get(j, False):
@@ -292,7 +299,8 @@ class DamageTracker:
             if first_open is not None and (k is None or k > first_open):
                 break  # an earlier packet may still taint it
             self._held.pop(0)
-            out.append((frame, k in self._tainted if k is not None else bool(frame.is_corrupt)))
+            # a frame whose timestamp no packet had is not a frame of the stream (the reference never samples one)
+            out.append((frame, k in self._tainted if k is not None else bool(frame.is_corrupt) or frame.pts is not None))
         self._forget()
         return out
 
@@ -359,9 +367,7 @@ class VideoFile:
             self.fps = float(rate) if rate else None
             self.declared_frames = int(stream.frames) if stream.frames else None
             self.index, self.packets = index_packets(container, stream)
-        except VideoReadError:
-            raise
-        except Exception as exc:  # noqa: BLE001  any failure of the libraries on this file
+        except library_errors() as exc:  # any failure of the libraries on this file
             raise read_error(self.path, exc, "not a video FFmpeg can read") from None
         finally:
             release(container)
@@ -427,9 +433,7 @@ class VideoFile:
                 return self._front_to_back(wanted, self.converter(transform, keep))
             except _Anomaly:
                 return self._reference(wanted, self.converter(transform, keep))
-        except VideoReadError:
-            raise
-        except Exception as exc:  # noqa: BLE001  one place turns the libraries' failures into our error
+        except library_errors() as exc:  # one place turns the libraries' failures into our error (ours propagate)
             raise read_error(self.path, exc, "could not be decoded") from None
 
     # -- the fast paths: any anomaly raises _Anomaly --
@@ -551,6 +555,11 @@ class VideoFile:
                 done = False
                 for packet in container.demux(stream):
                     if packet.pts in position:
+                        if packet.size and index.where and index.where[position[packet.pts]] != (
+                                packet.size, packet.pos if packet.pos is not None else -1):
+                            # the seek found other data under this timestamp (an index of the container that its
+                            # damaged chunks no longer match): decoding front to back decides what the frames are
+                            return None
                         waiting.add(packet.pts)
                     try:
                         decoded = stream.decode(packet)

@@ -32,6 +32,14 @@ from vivit_deploy.errors import ConfigError, VideoReadError
 # frames; at this size one RGB frame is 201 MB.
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
+def library_errors() -> tuple[type[BaseException], ...]:
+    """What PyAV and FFmpeg raise on a file they cannot read (read where an exception is caught, so importing this
+    module does not import PyAV): turned into VideoReadError; anything else is a bug of ours and propagates."""
+    import av
+
+    return (av.error.FFmpegError, OSError, ValueError, EOFError, MemoryError, UnicodeDecodeError, IndexError,
+            RuntimeError)
+
 # FFmpeg's demuxers for still images: "image2" (files by suffix) and the "<codec>_pipe" probes.
 _IMAGE_DEMUXER = re.compile(r"^(image2|.*_pipe)$")
 
@@ -83,7 +91,7 @@ def open_container(path: Path, options: ReadOptions) -> Any:
         container = av.open(str(path), metadata_errors="ignore")
     except av.error.EOFError as exc:
         raise read_error(path, exc, "no video frames: the file ends before its first one") from None
-    except Exception as exc:  # noqa: BLE001  FFmpeg's and PyAV's errors alike: the file is not one we can read
+    except library_errors() as exc:  # FFmpeg's and PyAV's errors alike: the file is not one we can read
         raise read_error(path, exc, "not a video FFmpeg can read") from None
     try:
         check_streams(path, container, options)

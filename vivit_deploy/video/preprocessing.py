@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,8 @@ import numpy as np
 
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.model.hf_layout import PREPROCESSOR_NAME
-from vivit_deploy.video.resample import RESAMPLE_NAMES, resize_crop_to_float
+from vivit_deploy.video.inputs import LEVELS, UNIT, Frames, as_videos
+from vivit_deploy.video.resample import RESAMPLE_NAMES, crop_window, resize_crop_to_float
 
 
 
@@ -107,6 +109,24 @@ class PreprocessorConfig:
         """
         return cls(size={"shortest_edge": round(min(height, width) * 256 / 224)}, crop_size={"height": height, "width": width})
 
+    def at_size(self, height: int, width: int) -> "PreprocessorConfig":
+        """This preprocessing for a model input of ``height`` x ``width`` (a checkpoint deployed at another
+        resolution): the crop becomes the input size and the resize target scales with it, so the crop keeps the
+        same share of the frame."""
+        from dataclasses import replace
+
+        old_h, old_w = (self.crop_size["height"], self.crop_size["width"]) if self.do_center_crop else (height, width)
+        if "shortest_edge" in self.size:
+            size = {"shortest_edge": max(1, round(self.size["shortest_edge"] * min(height, width) / min(old_h, old_w)))}
+        else:
+            size = {"height": max(1, round(self.size["height"] * height / old_h)),
+                    "width": max(1, round(self.size["width"] * width / old_w))}
+        if not self.do_center_crop and not self.do_resize:
+            raise ConfigError("a preprocessor that neither resizes nor crops cannot make frames of another size")
+        if not self.do_center_crop:
+            size = {"height": height, "width": width}
+        return replace(self, size=size, crop_size={"height": height, "width": width})
+
     def to_dict(self) -> dict[str, Any]:
         out = {"image_processor_type": "VivitImageProcessor", **self.extra}
         for f in fields(self):
@@ -133,22 +153,31 @@ class PreprocessorConfig:
             return (new_long, short_target) if width <= height else (short_target, new_long)
         return self.size["height"], self.size["width"]
 
-    def lookup_table(self) -> np.ndarray:
+    def lookup_table(self, unit: bool = False) -> np.ndarray:
         """(3, 256) float32: what rescale + offset + normalise make of each uint8 value, per channel.
 
         Computed with exactly the operations and dtypes transformers uses (float64 multiply, cast to
         float32, float32 offset and normalisation), so the table entries are bit-identical to its output.
+        ``unit``: for frames given as floats in [0, 1], which transformers resizes as levels and divides by 255
+        again before rescaling (its PIL round trip), so a level v stands for float32(v / 255).
         """
         values = np.arange(256, dtype=np.uint8)[:, None].repeat(3, axis=1)  # (256, 3), channels last
         x: np.ndarray = values
+        if unit:
+            x = (values.astype(np.float64) * (1 / 255)).astype(np.float32)
+        return np.ascontiguousarray(self.rescale_and_normalize(x).astype(np.float32).T)
+
+    def rescale_and_normalize(self, x: np.ndarray) -> np.ndarray:
+        """transformers' rescale (with offset) and normalisation of an array of values, its dtypes kept: float64
+        multiply cast to float32, then float arithmetic in the array's own float type."""
         if self.do_rescale:
-            x = (values.astype(np.float64) * self.rescale_factor).astype(np.float32)
+            x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
             if self.offset:
                 x = x - 1
         if self.do_normalize:
             x = x.astype(np.float32) if not np.issubdtype(x.dtype, np.floating) else x
             x = (x - np.array(self.image_mean, dtype=x.dtype)) / np.array(self.image_std, dtype=x.dtype)
-        return np.ascontiguousarray(x.astype(np.float32).T)
+        return x
 
 
 def preprocessor_config_in(directory: str | os.PathLike) -> PreprocessorConfig | None:
@@ -208,7 +237,10 @@ class VideoPreprocessor:
         """One uint8 RGB frame (H, W, 3) to float32 (3, H', W'): what a call does to each frame of a clip, for a
         reader that preprocesses every frame as it is decoded (``read_clips(..., transform=preprocessor.frame)``),
         so a clip costs its output plus a few full-resolution frames. The same numbers as a call on the clip."""
-        (clip,) = _as_clips([rgb[None]] if isinstance(rgb, np.ndarray) and rgb.ndim == 3 else [rgb])
+        if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[-1] == 3):
+            raise InputShapeError(f"a decoded frame must be uint8 (height, width, 3), got {getattr(rgb, 'dtype', type(rgb))} "
+                                  f"{getattr(rgb, 'shape', '')}")
+        clip = np.ascontiguousarray(rgb)[None]
         cfg = self.config
         h, w = clip.shape[1:3]
         oh, ow = cfg.output_hw(h, w)
@@ -217,53 +249,82 @@ class VideoPreprocessor:
         resize_crop_to_float(clip, cfg.resized_hw(h, w), crop, cfg.resample, self._lut, out=out)
         return out[0]
 
-    def __call__(self, videos: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        clips = _as_clips(videos)
+    def __call__(self, videos: Any, *, input_data_format: str | None = None, **overrides: Any) -> np.ndarray:
+        """The model's input (B, T, 3, H', W') float32 for one video or a batch: arrays (T, H, W, 3) or (B, T, H, W, 3),
+        lists of frames (numpy, torch or PIL), channels last or first (``input_data_format``), uint8 or float, as
+        transformers' processor takes them (``vivit_deploy.video.inputs``). ``overrides``: any config field for this
+        call only (``do_resize=False``, ``size=...``), as transformers' per-call options."""
+        if overrides:
+            return VideoPreprocessor(self.config, **overrides)(videos, input_data_format=input_data_format)
+        if isinstance(videos, np.ndarray) and videos.dtype == np.uint8 and videos.ndim in (4, 5) and videos.shape[-1] == 3:
+            clips = [Frames(c, (LEVELS,) * len(c)) for c in (videos if videos.ndim == 5 else videos[None])]
+            if not all(len(c.array) and min(c.array.shape[1:3]) for c in clips):
+                raise InputShapeError(f"no frames (or empty ones) in an array of shape {videos.shape}")
+        else:
+            clips = as_videos(videos, input_data_format)
         cfg = self.config
-        shapes = {clip.shape[1:3] for clip in clips}
+        shapes = {clip.array.shape[1:3] for clip in clips}
         out_hw = {cfg.output_hw(h, w) for h, w in shapes}
         if len(out_hw) > 1:
             raise InputShapeError(
                 f"clips of sizes {sorted(shapes)} give frames of different sizes {sorted(out_hw)} without a "
                 "center crop; process them separately or set a crop_size"
             )
-        frame_counts = {clip.shape[0] for clip in clips}
+        frame_counts = {len(clip.array) for clip in clips}
         if len(frame_counts) > 1:
             raise InputShapeError(f"every clip in a batch must have the same number of frames, got {sorted(frame_counts)}")
         (oh, ow), t = out_hw.pop(), frame_counts.pop()
         out = np.empty((len(clips), t, 3, oh, ow), np.float32)
-        crop = (cfg.crop_size["height"], cfg.crop_size["width"]) if cfg.do_center_crop else None
         for clip, clip_out in zip(clips, out):  # each call writes straight into its slice: no copies
-            h, w = clip.shape[1:3]
-            resize_crop_to_float(clip, cfg.resized_hw(h, w), crop, cfg.resample, self._lut, out=clip_out)
+            self._into(clip, clip_out)
         return out
 
+    def _into(self, clip: Frames, out: np.ndarray) -> None:
+        """One video's frames into ``out`` (T, 3, H', W'), by what their values are."""
+        cfg = self.config
+        h, w = clip.array.shape[1:3]
+        crop = (cfg.crop_size["height"], cfg.crop_size["width"]) if cfg.do_center_crop else None
+        if clip.array.dtype == np.uint8:
+            resize_crop_to_float(clip.array, cfg.resized_hw(h, w), crop, cfg.resample, self._lut, out=out)
+            return
+        if not cfg.do_resize:  # transformers computes on the floats themselves when nothing is resized
+            out[:] = self._floats(clip.array, crop)
+            return
+        if UNIT in clip.kinds:
+            warnings.warn("frames given as floats in [0, 1] are rescaled again (as transformers' processor does, which "
+                          "warns the same): give uint8 frames, or do_rescale=False", UserWarning, stacklevel=3)
+        for kind in set(clip.kinds):  # transformers resizes each frame as pixel levels (its PIL round trip)
+            which = [i for i, k in enumerate(clip.kinds) if k == kind]
+            frames = clip.array[which]
+            if kind == UNIT:
+                levels = (frames.astype(np.float64) * 255).astype(np.float32).astype(np.uint8)
+                lut = self._unit_lut
+            else:
+                levels, lut = frames.astype(np.uint8), self._lut
+            part = np.empty((len(which), *out.shape[1:]), np.float32)
+            resize_crop_to_float(np.ascontiguousarray(levels), cfg.resized_hw(h, w), crop, cfg.resample, lut, out=part)
+            out[which] = part
 
-def _as_clips(videos: Any) -> list[np.ndarray]:
-    """Validate the input and return a list of (T, H, W, 3) uint8 clips."""
-    if isinstance(videos, np.ndarray):
-        if videos.ndim == 4:
-            clips = [videos]
-        elif videos.ndim == 5:
-            clips = list(videos)
-        else:
-            raise InputShapeError(
-                f"expected one clip (frames, height, width, 3) or a batch (batch, frames, height, width, 3), "
-                f"got an array of shape {videos.shape}"
-            )
-    elif isinstance(videos, (list, tuple)):
-        if not videos:
-            raise InputShapeError("expected at least one clip, got an empty list")
-        clips = list(videos)
-    else:
-        raise InputShapeError(f"expected a numpy uint8 array or a list of them, got {type(videos).__name__}")
-    for i, clip in enumerate(clips):
-        if not isinstance(clip, np.ndarray):
-            raise InputShapeError(f"clip {i}: expected a numpy array, got {type(clip).__name__}")
-        if clip.dtype != np.uint8:
-            raise InputShapeError(f"clip {i}: expected uint8 RGB frames (0..255), got dtype {clip.dtype}")
-        if clip.ndim != 4 or clip.shape[-1] != 3:
-            raise InputShapeError(f"clip {i}: expected shape (frames, height, width, 3) in RGB, got {clip.shape}")
-        if min(clip.shape[:3]) < 1:
-            raise InputShapeError(f"clip {i}: empty clip of shape {clip.shape}")
-    return clips
+    @property
+    def _unit_lut(self) -> np.ndarray:
+        if not hasattr(self, "_unit_table"):
+            self._unit_table = self.config.lookup_table(unit=True)
+        return self._unit_table
+
+    def _floats(self, frames: np.ndarray, crop: tuple[int, int] | None) -> np.ndarray:
+        """Float frames (T, H, W, 3), not resized: transformers' center crop (zero padding where the crop is larger),
+        rescale and normalisation in its dtypes, as (T, 3, H', W') float32."""
+        if crop is not None:
+            frames = center_crop(frames, crop)
+        return self.config.rescale_and_normalize(frames).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def center_crop(frames: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """transformers' ``center_crop`` of frames (T, H, W, C): offsets (size - crop) // 2, zeros where the crop is larger."""
+    (ch, cw), (h, w) = crop, frames.shape[1:3]
+    out = np.zeros((len(frames), ch, cw, frames.shape[3]), frames.dtype)
+    top, pad_top = crop_window(h, ch)
+    left, pad_left = crop_window(w, cw)
+    src = frames[:, max(top, 0): top + ch, max(left, 0): left + cw]
+    out[:, pad_top: pad_top + src.shape[1], pad_left: pad_left + src.shape[2]] = src
+    return out

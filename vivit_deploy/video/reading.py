@@ -259,9 +259,12 @@ def time_windows(times, fps: float, window: float, hop: float, num_frames: int) 
     times = np.arange(times) / fps if isinstance(times, (int, np.integer)) else np.asarray(times, np.float64)
     total = len(times)
     duration = float(times[-1]) + 1 / fps
+    step = window / num_frames
     spans = []
     start = 0.0
-    while start + window <= duration + 1e-6:
+    # a window is there when it has begun by the last frame and the last frame still shows at its last sample: what a
+    # stream of the file hands over at its end (its last frame shows for one frame interval more)
+    while start <= float(times[-1]) + 1e-9 and start + window - step / 2 < duration - 1e-9:
         spans.append((start, start + window))
         start = round(start + hop, 9)
     if not spans:

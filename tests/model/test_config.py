@@ -11,9 +11,8 @@ from vivit_deploy.errors import ConfigError
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(hidden_size=30, num_attention_heads=4), "not divisible by num_attention_heads"),
-        (dict(num_frames=5, tubelet_size=(2, 8, 8)), "num_frames \\(5\\) is not divisible"),
-        (dict(image_size=36, tubelet_size=(2, 8, 8)), "not divisible by the tubelet's patch size"),
+        (dict(num_frames=1, tubelet_size=(2, 8, 8)), "hold no whole 2x8x8 tubelet"),
+        (dict(problem_type="ranking"), "problem_type must be one of"),
         (dict(hidden_act="swish"), "hidden_act 'swish' is not supported"),
         (dict(num_hidden_layers=0), "num_hidden_layers must be a positive integer"),
         (dict(tubelet_size=(2, 8)), "tubelet_size must be three integers"),
