@@ -20,7 +20,7 @@ def test_predict_with_no_arguments_uses_the_demo_model_and_a_sample():
 
 def test_predict_json_with_several_clips():
     path, label = sample_videos()[-1]
-    result = CliRunner().invoke(main, ["predict", str(path), "--json", "--top-k", "2", "--clips", "2"])
+    result = CliRunner().invoke(main, ["predict", str(path), "--json", "-", "--top-k", "2", "--clips", "2"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data[0]["true_label"] == label
@@ -58,7 +58,7 @@ def test_bad_option_values():
 
 def test_predict_with_an_exported_onnx_file(demo_onnx):
     path, label = sample_videos()[1]
-    result = CliRunner().invoke(main, ["predict", "--model", str(demo_onnx), str(path), "--json"])
+    result = CliRunner().invoke(main, ["predict", "--model", str(demo_onnx), str(path), "--json", "-"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["predictions"][0]["label"] == label
     assert "onnxruntime on cpu (fp32)" in result.stderr

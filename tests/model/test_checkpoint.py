@@ -170,6 +170,7 @@ def test_missing_unexpected_and_mismatched_keys_are_named(tiny_checkpoint, tmp_p
         load_model(wrong)
 
 
+@pytest.mark.filterwarnings("ignore:hidden_size 32 is not a multiple of 5 heads:UserWarning")
 def test_corrupt_weights_and_config(tiny_checkpoint, tmp_path):
     broken = _copy(tiny_checkpoint, tmp_path / "w")
     (broken / "model.safetensors").write_bytes(b"\x00" * 100)

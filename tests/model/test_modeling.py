@@ -88,7 +88,7 @@ def test_eager_and_sdpa_agree_on_the_same_weights(tiny_checkpoint):
     assert (sdpa - eager).abs().max().item() <= ATOL
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_eager_prescales_queries():
     """Q is scaled before Q @ K^T: the pattern TensorRT fuses (no Mul between the MatMul and the Softmax)."""
     config = preset("tiny")

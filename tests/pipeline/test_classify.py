@@ -68,7 +68,7 @@ def test_predictions_are_those_of_predict(corpus, tmp_path):
     good = sorted(directory / n for n, label in labels.items() if label is not None)
     output = tmp_path / "results.jsonl"
     run(good, output, num_clips=2, sampling="stride", frame_sample_rate=2, batch_size=3, top_k=3)
-    result = CliRunner().invoke(main, ["predict", *map(str, good), "--json", "--clips", "2", "--sampling", "stride",
+    result = CliRunner().invoke(main, ["predict", *map(str, good), "--json", "-", "--clips", "2", "--sampling", "stride",
                                        "--frame-sample-rate", "2", "--top-k", "3"])
     assert result.exit_code == 0, result.output
     rows = rows_by_name(output)

@@ -109,7 +109,7 @@ def test_predict_compare_and_classify_through_the_server(server, demo_onnx, tmp_
     from vivit_deploy.demo import SAMPLES, default_sample
 
     url = f"triton://{server.http}/vivit"
-    result = CliRunner().invoke(main, ["predict", str(default_sample()), "--model", url, "--json"])
+    result = CliRunner().invoke(main, ["predict", str(default_sample()), "--model", url, "--json", "-"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["predictions"][0]["label"] == "moving down"
     result = CliRunner().invoke(main, ["compare", "--triton", url, "--json", "-"])

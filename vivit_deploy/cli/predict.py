@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from vivit_deploy.cli.common import (
     BACKEND, DEVICE, GEOMETRY, MODEL, PRECISION, READING, SAMPLING, TORCH_SOURCE, Stopwatch, friendly_errors,
-    geometry_options, read_options, runtime_options,
+    geometry_options, read_options, runtime_options, writable,
 )
 
 
@@ -25,10 +24,11 @@ from vivit_deploy.cli.common import (
 @READING
 @GEOMETRY
 @TORCH_SOURCE
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              help="Also write the predictions as JSON to this file ('-' prints the JSON instead of the table).")
 @friendly_errors
 def predict(videos, source, backend, device, precision, top_k, num_clips, sampling, frame_sample_rate, autorotate,
-            max_pixels, num_frames, image_size, attn_implementation, revision, offline, as_json):
+            max_pixels, num_frames, image_size, attn_implementation, revision, offline, json_path):
     """Classify VIDEOS (default: the bundled sample video) and print the top-k labels."""
     from vivit_deploy.demo import default_sample, demo_model_dir, sample_videos
     from vivit_deploy.predict import VideoClassifier
@@ -41,6 +41,8 @@ def predict(videos, source, backend, device, precision, top_k, num_clips, sampli
     elif not videos:
         raise click.UsageError("give at least one video to classify with --model (the bundled samples suit only the demo model)")
 
+    writable(json_path, "--json")
+    json_only = json_path is not None and str(json_path) == "-"
     progress = Stopwatch()
     progress(f"loading {source} ...")
     options = {**runtime_options(source, backend, attn_implementation, revision, offline),
@@ -61,11 +63,11 @@ def predict(videos, source, backend, device, precision, top_k, num_clips, sampli
             if label is not None and label in classifier.id2label.values():
                 entry["true_label"] = label
             results.append(entry)
-            if not as_json:
+            if not json_only:
                 known = f"  (true label: {entry['true_label']})" if "true_label" in entry else ""
                 click.echo(f"{video}{known}")
                 for rank, p in enumerate(predictions, 1):
                     click.echo(f"  {rank}. {p.label:<24} {p.probability:7.2%}")
-    if as_json:
-        json.dump(results, sys.stdout, indent=2)
-        click.echo()
+    if json_path is not None:
+        text = json.dumps(results, indent=2) + "\n"
+        click.echo(text, nl=False) if json_only else json_path.write_text(text, encoding="utf-8")
