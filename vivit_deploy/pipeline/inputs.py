@@ -13,16 +13,14 @@ job reports it as a row with its error. An input on the command line that does n
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from vivit_deploy.errors import ConfigError
+from vivit_deploy.video.manifests import MANIFEST_SUFFIXES, manifest_path, read_manifest
 from vivit_deploy.video.reading import VIDEO_SUFFIXES
-
-MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -74,14 +72,6 @@ def timeline_items(items: list[VideoItem], window: float, hop: float, num_frames
     return out, failed
 
 
-def require_pyarrow(why: str):
-    try:
-        import pyarrow
-    except ImportError:
-        raise ConfigError(f"{why} needs pyarrow: pip install 'vivit-deploy[parquet]'") from None
-    return pyarrow
-
-
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[VideoItem]:
     """The videos named by ``inputs``, in the order given (directories sorted), each once."""
     if not inputs:
@@ -106,10 +96,8 @@ def _paths_of(entry: Path) -> Iterable[str]:
     elif entry.suffix.lower() in MANIFEST_SUFFIXES:
         if not entry.is_file():
             raise FileNotFoundError(f"{entry}: no such manifest")
-        base = entry.parent
-        for line in read_manifest(entry):
-            path = Path(line).expanduser()
-            yield _absolute(path if path.is_absolute() else base / path)
+        for row in read_manifest(entry):
+            yield str(manifest_path(entry, row["path"]))
     elif entry.exists():
         yield _absolute(entry)
     else:
@@ -118,33 +106,3 @@ def _paths_of(entry: Path) -> Iterable[str]:
 
 def _absolute(path: Path) -> str:
     return os.path.abspath(path)  # not resolve(): keep the user's symlinks in the names
-
-
-def read_manifest(path: Path) -> list[str]:
-    """The paths listed in a ``.txt``, ``.csv`` or ``.parquet`` manifest, as written there."""
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not a readable text manifest ({exc})") from exc
-        return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
-    if suffix == ".csv":
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames is None or "path" not in reader.fieldnames:
-                    raise ConfigError(f"{path}: a CSV manifest needs a 'path' column, got {reader.fieldnames}")
-                return [row["path"].strip() for row in reader if (row["path"] or "").strip()]
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise ConfigError(f"{path}: not a readable CSV manifest ({exc})") from exc
-    pyarrow = require_pyarrow("a .parquet manifest")
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (OSError, pyarrow.ArrowException) as exc:
-        raise ConfigError(f"{path}: not a readable Parquet manifest ({exc})") from exc
-    if "path" not in table.column_names:
-        raise ConfigError(f"{path}: a Parquet manifest needs a 'path' column, got {table.column_names}")
-    return [str(p).strip() for p in table.column("path").to_pylist() if p is not None and str(p).strip()]

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 from vivit_deploy.errors import ConfigError, VivitDeployError
 from vivit_deploy.files import atomic_write, fsync_directory
-from vivit_deploy.pipeline.inputs import require_pyarrow
+from vivit_deploy.video.manifests import require_pyarrow
 from vivit_deploy.pipeline.inputs import row_key
 from vivit_deploy.pipeline.stages import LEGACY_DEFAULTS, ROW_FIELDS, VIDEO_SETTINGS, WINDOW_FIELDS, ResultSettings
 
