@@ -56,3 +56,21 @@ def sha256_of(*paths: str | os.PathLike) -> str:
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def json_text(value, **dumps) -> str:
+    """``value`` as JSON every reader accepts (jq, browsers, strict parsers): a NaN or an infinity, which Python's
+    json would write as the non-standard ``NaN``/``Infinity``, becomes null; a final newline."""
+    import json
+    import math
+
+    def clean(v):
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), allow_nan=False, **{"indent": 2, **dumps}) + "\n"

@@ -192,6 +192,142 @@ def test_bad_keep_fp32_values_are_one_line_errors(four_layer_checkpoint, calibra
     assert not (tmp_path / "m.onnx").exists()
 
 
+# ---- every part of the model: the branches by their own output, the embeddings, the head ----------------------
+
+@pytest.mark.parametrize("unit", ["2", "2.attention", "2.mlp", "2.norms", "embeddings", "head"])
+def test_a_kept_unit_computes_as_fp32_does_on_its_rounded_input(four_layer_checkpoint, unit):
+    """Its weights are the fp32 model's (not fp16's rounding of them, which a unit is often kept for: weights below
+    fp16's normal range or beyond its largest value), its input the fp16 graph's, cast up."""
+    import torch
+
+    from vivit_deploy.export.fp32_fallback import half_with_fp32_units, modules_of
+    from vivit_deploy.model.checkpoint import load_model
+
+    model = load_model(four_layer_checkpoint)
+    with torch.no_grad():  # values fp16 cannot hold in every kept module: 1e-7 rounds to 1.19e-7, 1e5 to inf
+        for name in modules_of([unit]):
+            for parameter in model.get_submodule(name).parameters():
+                parameter.mul_(1e-6 if parameter.dim() > 1 else 1.0)
+    half = half_with_fp32_units(model, (unit,))
+    for name in modules_of([unit]):
+        kept, original = half.get_submodule(name), model.get_submodule(name)
+        for (key, a), b in zip(kept.state_dict().items(), original.state_dict().values()):
+            assert a.dtype == torch.float32 and torch.equal(a, b), key
+    x = torch.from_numpy(random_inputs(model.config, 2, seed=3).pixel_values)
+    captured: dict[str, tuple] = {}
+
+    def capture(name):
+        def hook(module, args, output):
+            captured[name] = (args, output if isinstance(output, torch.Tensor) else output[0])
+        return hook
+
+    handles = [half.get_submodule(name).register_forward_hook(capture(name)) for name in modules_of([unit])]
+    with torch.no_grad():
+        half(x.half())
+        for handle in handles:
+            handle.remove()
+        for name in modules_of([unit]):
+            args, got = captured[name]
+            expected = model.get_submodule(name)(*(a.float() if isinstance(a, torch.Tensor) else a for a in args))
+            expected = expected if isinstance(expected, torch.Tensor) else expected[0]
+            if got.dtype == torch.float16:  # back into the fp16 graph: rounded once, no more
+                assert torch.equal(got, expected.half()), name
+            else:  # into the next module of the unit, or the logits, which leave in fp32
+                assert got.dtype == torch.float32 and torch.allclose(got, expected, rtol=1e-6, atol=0), name
+
+
+def test_int8_a_branch_wrong_against_its_own_output_is_named_while_the_stream_holds(int8_branch_outlier_checkpoint,
+                                                                                    calibration_npz, tmp_path):
+    with pytest.raises(ExportError) as info:
+        export_onnx(int8_branch_outlier_checkpoint, tmp_path / "m.onnx", precision="int8", calibration=calibration_npz,
+                    smooth_quant=0.0)
+    report = info.value.report
+    layer = report.layer_drift.layers[1]
+    assert layer.block.cosine >= 0.99 and layer.parts["output"].cosine < 0.99  # the stream holds, the MLP does not
+    assert layer.failing_branches == ("output",) and report.first_failing_layer == 1
+    assert report.layer_drift.logits.cosine < 0.99
+    message = str(info.value)
+    assert "layer 1, MLP: int8 input range" in message and "--keep-fp32 1.mlp" in message
+    assert "accumulates" not in message
+    table = report.layer_drift.format_table()
+    assert "         MLP " in table and "first failing: layer 1" in table
+    repaired = export_onnx(int8_branch_outlier_checkpoint, tmp_path / "m.onnx", precision="int8",
+                           calibration=calibration_npz, smooth_quant=0.0, keep_fp32="auto")
+    assert repaired.passed and repaired.kept_fp32 == ("1.mlp",) and repaired.summary.quantized_matmuls == 4 * 4 - 2
+
+
+def test_fp16_a_head_that_only_works_in_fp32_is_named_and_kept(fp16_head_checkpoint, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(export_command, [str(fp16_head_checkpoint), "-o", str(out), "--precision", "fp16",
+                                                 "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 1 and not out.exists()
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "it breaks first in the classifier (the logits): rounding" in error
+    assert "lie below fp16's normal range" in error and "--keep-fp32 head" in error
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["first_failing"] == "logits" and report["first_failing_layer"] is None
+    assert report["layer_drift"]["logits"]["cosine"] < 0.999 and report["layer_drift"]["final_norm"]["cosine"] > 0.9999
+    repaired = export_onnx(fp16_head_checkpoint, out, precision="fp16", keep_fp32="auto")
+    assert repaired.passed and repaired.kept_fp32 == ("head",)
+    weights = repaired.summary.weight_types
+    assert weights["float16"] > 20 * weights["float"]  # the final LayerNorm and a 32x5 classifier in fp32
+    assert min(r.min_cosine for r in repaired.validation) > 0.99999
+
+
+def test_fp16_a_head_overflow_is_named_where_it_is(four_layer_checkpoint, tmp_path):
+    import torch
+
+    from vivit_deploy.model.checkpoint import load_model
+
+    model = load_model(four_layer_checkpoint)
+    with torch.no_grad():  # the final LayerNorm's output past 65504, the classifier reading it 1e5x smaller
+        model.vivit.layernorm.weight *= 1e5
+        model.vivit.layernorm.bias *= 1e5
+        model.classifier.weight /= 1e5
+    with pytest.raises(ExportError) as info:
+        export_onnx(model, tmp_path / "m.onnx", precision="fp16")
+    message = str(info.value)
+    assert "fp16 range: the final LayerNorm: the final LayerNorm's output reaches" in message
+    assert "it breaks first in the final LayerNorm: overflow" in message and "--keep-fp32 head" in message
+    assert "logits are NaN or infinite" in message  # ONNX Runtime computed it and got inf/NaN too
+    assert export_onnx(model, tmp_path / "m.onnx", precision="fp16", keep_fp32="head").passed
+
+
+def test_fp16_an_embedding_that_only_works_in_fp32_is_named_and_kept(fp16_embeddings_checkpoint, tmp_path):
+    with pytest.raises(ExportError) as info:
+        export_onnx(fp16_embeddings_checkpoint, tmp_path / "m.onnx", precision="fp16")
+    message = str(info.value)
+    assert "it breaks first in the embeddings (tubelet projection, CLS token, positions): rounding" in message
+    assert "the tubelet projection reaches 5e+04 (fp16's step there is 32)" in message
+    assert "--keep-fp32 embeddings" in message
+    assert info.value.report.first_failing == "embeddings"
+    repaired = export_onnx(fp16_embeddings_checkpoint, tmp_path / "m.onnx", precision="fp16", keep_fp32="auto")
+    assert repaired.passed and repaired.kept_fp32 == ("embeddings",)
+    weights = repaired.summary.weight_types
+    assert weights["float16"] > 2 * weights["float"]  # the position table is a large share of so small a model
+    assert read_onnx_metadata(tmp_path / "m.onnx").kept_fp32 == ("embeddings",)
+
+
+def test_keep_fp32_outside_units_order_and_refusals(four_layer_checkpoint):
+    from vivit_deploy.export.fp32_fallback import normalise, parse_keep_fp32
+
+    assert parse_keep_fp32("head, 2.mlp, embeddings", 4, "fp16") == ("embeddings", "2.mlp", "head")
+    assert normalise(["head", "3", "embeddings", "3.mlp"]) == ("embeddings", "3", "head")
+    with pytest.raises(ConfigError, match="--keep-fp32 head: the head already run in float in an int8 graph"):
+        parse_keep_fp32("head", 4, "int8")
+
+
+def test_non_finite_logits_fail_and_carry_no_cosine():
+    from vivit_deploy.accuracy.statistics import failures, logit_stats, row_cosines
+
+    reference = np.array([[1.0, 2.0], [3.0, 4.0]])
+    candidate = np.array([[1.0, 2.0], [np.inf, np.nan]])
+    cosines = row_cosines(reference, candidate)
+    assert cosines[0] == pytest.approx(1.0) and np.isnan(cosines[1])
+    stats = logit_stats(reference, candidate)
+    assert failures(reference, candidate, stats, tolerance_for("fp32"))[0] == "2 of 4 logits are NaN or infinite"
+
+
 # ---- compare --layers -----------------------------------------------------------------------------------------
 
 def test_compare_layers_locates_the_failing_layer_table_json_and_plot(int8_outlier_checkpoint, calibration_npz, tmp_path):
@@ -202,11 +338,13 @@ def test_compare_layers_locates_the_failing_layer_table_json_and_plot(int8_outli
     result = CliRunner().invoke(main, ["compare", "--model", str(int8_outlier_checkpoint), "--onnx", str(broken),
                                        "--inputs", str(calibration_npz), "--layers", "--json", str(out), "--plot", str(plot)])
     assert result.exit_code == 1, result.output  # the logits drift past int8's tolerance too
-    assert "first failing layer: 1" in result.stdout and "int8 input range" in result.stdout
+    assert "first failing: layer 1" in result.stdout and "int8 input range" in result.stdout
+    assert "      logits " in result.stdout  # the row after the final norm
     [candidate] = json.loads(out.read_text())["candidates"]
     assert candidate["first_failing_layer"] == 1 and [row["layer"] for row in candidate["layers"]] == [0, 1, 2, 3]
     assert candidate["layers"][0]["passed"] and not candidate["layers"][1]["passed"]
     assert candidate["layer_diagnosis"]["fix"] == "--keep-fp32 1.mlp"
+    assert candidate["logits_drift"]["cosine"] < 0.99 and candidate["first_failing"] == "layer 1"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -34,6 +34,7 @@ class CompareOptions:
     device: str = "auto"
     demo: bool = False
     videos_dir: Path | None = None
+    manifest: Path | None = None  # .csv/.parquet with path and label columns (or .txt: paths)
     synthetic: int | None = None
     samples: int | None = None
     inputs_file: Path | None = None
@@ -46,6 +47,9 @@ class CompareOptions:
     plot: Path | None = None  # with layers: a PNG of drift against depth
     num_frames: int | None = None  # also the checkpoint at this many frames (the accuracy it costs)
     image_size: int | tuple[int, int] | None = None  # and at this frame size
+    views: int = 1  # temporal views per clip, logits averaged (--clips)
+    gates: tuple[str, ...] = ()  # --gate values (accuracy.gates); empty: the logit tolerances
+    html: Path | None = None  # a self-contained report page
 
     @property
     def named(self) -> bool:
@@ -61,11 +65,16 @@ def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonRe
     from vivit_deploy.runtimes import load_runtime
     from vivit_deploy.accuracy.tolerances import tolerance_for
 
+    from vivit_deploy.accuracy.gates import parse_gates
+
     chosen = [name for name, on in (("--videos", options.videos_dir), ("--samples", options.samples),
                                     ("--demo", options.demo), ("--inputs", options.inputs_file),
-                                    ("--synthetic", options.synthetic)) if on]
+                                    ("--synthetic", options.synthetic), ("--manifest", options.manifest)) if on]
     if len(chosen) > 1:
         raise ConfigError(f"choose one source of inputs, got {' and '.join(chosen)}")
+    if options.views > 1 and options.inputs_file is not None:
+        raise ConfigError("--clips applies to videos and synthetic clips; saved inputs keep the views they were saved with")
+    gates = parse_gates(options.gates)
     if options.geometry and (options.samples or options.inputs_file):
         raise ConfigError("--frames/--image-size compare the checkpoint at two geometries on the same videos: give "
                           "--videos, --demo or --synthetic (random or saved clips have the reference's shape only)")
@@ -84,6 +93,11 @@ def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonRe
                                      local_files_only=options.offline or None)
             runtimes["reference"] = reference
             inputs = _inputs(options, reference, demo, samples, progress)
+            if any(g.kind == "accuracy" for g in gates) and not inputs.labelled:
+                raise ConfigError(f"--gate {next(g.name for g in gates if g.kind == 'accuracy')} needs labelled clips "
+                                  f"and {inputs.source} {'are' if len(inputs) > 1 else 'is'} not (all) labelled: give "
+                                  "--synthetic N, --videos DIR with labels.json, --manifest FILE with a label column, "
+                                  "or --demo")
             not_compared: dict[str, str] = {}
             if options.named:
                 candidates = _named(options, source, progress)
@@ -95,15 +109,22 @@ def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonRe
             if options.save_inputs is not None:
                 inputs.save(options.save_inputs)
                 progress(f"saved the inputs to {options.save_inputs}")
-            # a candidate at another geometry gets the same videos sampled and sized for it
-            own = {name: _inputs(options, runtime, demo, samples, progress) for name, runtime in candidates.items()
-                   if runtime.input_spec.frame_shape != reference.input_spec.frame_shape}
+            # a candidate at another geometry gets the same videos sampled and sized for it (once it has the
+            # reference's labels: a file of another model is refused before any video is read for it)
+            own = {}
+            for name, runtime in candidates.items():
+                if runtime.input_spec.frame_shape != reference.input_spec.frame_shape:
+                    cmp.check_compatible(reference, runtime, name, own_inputs=True)
+                    own[name] = _inputs(options, runtime, demo, samples, progress)
             report = cmp.compare_runtimes(reference, candidates, inputs, tolerances,
                                           reference_name=f"pytorch fp32 on {reference.device} ({source})",
-                                          batch_size=options.batch_size, progress=progress, candidate_inputs=own)
+                                          batch_size=options.batch_size, progress=progress, candidate_inputs=own,
+                                          gates=gates)
             report = dataclasses.replace(report, not_compared=not_compared)
             if options.layers:
                 report = _layers(options, report, reference, candidates, runtimes, inputs, tolerances, progress)
+            if options.html is not None:
+                _write_html(options, report, reference, candidates, inputs, progress)
             return report
         finally:
             for runtime in runtimes.values():
@@ -121,6 +142,9 @@ def _layers(options: CompareOptions, report, reference, candidates: dict, runtim
                                                probes=True)
     drifts, skipped = {}, {}
     for name, runtime in candidates.items():
+        if runtime.input_spec.frame_shape != reference.input_spec.frame_shape:
+            skipped[name] = "it runs at another geometry: its hidden states have other shapes than the reference's"
+            continue
         probed = _with_probes(runtime, options)
         if probed is None:
             skipped[name] = f"the {runtime.backend} runtime exposes no hidden states (per-layer drift runs on ONNX files " \
@@ -134,6 +158,25 @@ def _layers(options: CompareOptions, report, reference, candidates: dict, runtim
         plot_layer_drift(list(drifts.values()), options.plot)
         progress(f"wrote {options.plot}")
     return dataclasses.replace(report, layer_drift=drifts, layers_skipped=skipped)
+
+
+def _write_html(options: CompareOptions, report, reference, candidates: dict, inputs, progress: Progress) -> None:
+    from vivit_deploy.accuracy.html_report import write_html
+    from vivit_deploy.files import sha256_of
+    from vivit_deploy.video.preprocessing import PreprocessorConfig
+
+    listed = []
+    for name, runtime in candidates.items():
+        source = Path(str(runtime.source))
+        is_file = source.is_file()
+        listed.append({"name": name, "backend": runtime.backend, "precision": runtime.precision, "device": runtime.device,
+                       "file": str(source) if is_file else None, "sha256": sha256_of(source) if is_file else None})
+    config = reference.config
+    preprocessor = reference.preprocessor or PreprocessorConfig.for_input_size(config.image_height, config.image_width)
+    progress(f"writing {options.html} ...")
+    write_html(report, options.html, inputs=inputs, id2label=reference.id2label, preprocessor=preprocessor,
+               settings={"candidates": listed})
+    progress(f"wrote {options.html}")
 
 
 def _with_probes(runtime, options: CompareOptions):
@@ -157,17 +200,21 @@ def _inputs(options: CompareOptions, reference, demo: bool, samples: int | None,
     if options.inputs_file is not None:
         return clips.CompareInputs.load(options.inputs_file)
     if samples is not None:
-        return clips.random_inputs(config, samples)
+        return clips.random_inputs(config, samples, views=options.views)
     preprocessor = VideoPreprocessor(reference.preprocessor or PreprocessorConfig.for_input_size(
         config.image_height, config.image_width))
     if options.synthetic is not None:
         progress(f"rendering {options.synthetic} labelled clips of the demo task ...")
-        return clips.synthetic_inputs(config, preprocessor, options.synthetic)
+        return clips.synthetic_inputs(config, preprocessor, options.synthetic, views=options.views)
     from vivit_deploy.demo import sample_videos
 
-    videos = sample_videos() if demo else clips.videos_in(options.videos_dir)
-    where = "the bundled sample videos" if demo else str(options.videos_dir)
-    return clips.video_inputs(videos, config, preprocessor, where, progress)
+    if options.manifest is not None:
+        videos, where = clips.manifest_videos(options.manifest), str(options.manifest)
+    elif demo:
+        videos, where = sample_videos(), "the bundled sample videos"
+    else:
+        videos, where = clips.videos_in(options.videos_dir), str(options.videos_dir)
+    return clips.video_inputs(videos, config, preprocessor, where, progress, views=options.views)
 
 
 def _named(options: CompareOptions, source: str, progress: Progress) -> dict:

@@ -5,23 +5,28 @@ states at the probe points (``vivit_deploy/model/probes.py``: the embeddings, ea
 attention branch, MLP branch and block output, the final norm); the fp32 PyTorch reference returns the
 same points from forward hooks, on the same clips. Per point: the worst clip's cosine similarity, the
 largest absolute difference, the reference's largest magnitude (its headroom to fp16's 65504) and the
-candidate's NaN/inf counts. A layer fails when its block output (the residual stream) drops below the
-tolerance's cosine or holds a non-finite value; the first one that does is ``first_failing_layer``.
+candidate's NaN/inf counts; then the logits. A layer fails when its block output (the residual stream) drops below
+the tolerance's cosine, holds a non-finite value, or when its attention or MLP branch does against fp32's own
+branch output at the same point: a branch's error can be small against the residual stream it is added to and
+still reach the logits through the final LayerNorm. The first point that fails (the embeddings, a layer, the final
+norm, the logits) is where the diagnosis looks; ``first_failing_layer`` is the encoder layer's number.
 
 The diagnosis looks inside that layer: which part first went non-finite, or injected the most error
 into the residual stream, and, from the reference's own internals (the largest Q/K/V, Q·Kᵀ score and
 MLP activations, and the per-channel range of every quantized MatMul's input), what kind of op broke:
 a MatMul overflowing fp16, a LayerNorm on a residual stream too large for fp16, Softmax, or an int8
-input range one outlier channel dominates. It names the ``--keep-fp32`` unit that repairs it.
+input range one outlier channel dominates. Outside the layers it looks at the embeddings (their tubelet projection)
+and the head (the final LayerNorm and the classifier). It names the ``--keep-fp32`` unit that repairs it: a layer
+or its part, ``embeddings`` or ``head``.
 
 Memory stays that of a batch: statistics accumulate per batch, no hidden state is kept.
 """
 
 from __future__ import annotations
 
-import json
+from vivit_deploy.files import json_text
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -31,7 +36,7 @@ from vivit_deploy.accuracy.statistics import row_cosines
 from vivit_deploy.accuracy.tolerances import Tolerance
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
-from vivit_deploy.model.probes import LAYER_PARTS, PART_TITLES, ProbePoint, probe_points
+from vivit_deploy.model.probes import BRANCHES, LAYER_PARTS, PART_TITLES, ProbePoint, probe_points
 
 if TYPE_CHECKING:
     from vivit_deploy.runtimes.base import Runtime
@@ -45,6 +50,30 @@ FIX_UNITS = {"layernorm_before": "norms", "attention": "attention", "layernorm_a
              "block": None}
 # The products of a layer whose largest |value| RangeWatch keeps: (part, what, key in its stats, the --keep-fp32 unit
 # that computes it in fp32 inside, or None where its output is stored between units and so stays fp16 regardless)
+# Outside the layers, what RangeWatch keeps of the embeddings and the head: (part, what, key, the unit computing it)
+OUTSIDE_PRODUCTS = (("embeddings", "the tubelet projection", "projection_max", "embeddings"),
+                    ("embeddings", "the embeddings' output (tokens + positions)", "embeddings_max", None),
+                    ("final_norm", "the final LayerNorm's output", "final_norm_max", "head"),
+                    ("classifier", "the logits", "logits_max", "head"))
+OUTSIDE_UNITS = {"embeddings": "embeddings", "final_norm": "head", "classifier": "head"}
+FP16_SMALLEST_NORMAL = 2.0 ** -14  # below it fp16 keeps fewer significant bits (subnormals), below 2**-24 none
+
+
+def flow_position(layer: int, part: str, num_layers: int) -> int:
+    """Where a point sits in the order the data reaches it: the embeddings, layers 0.., the final norm and logits."""
+    if layer >= 0:
+        return layer
+    return -1 if part == "embeddings" else num_layers
+
+
+def where(layer: int, part: str) -> str:
+    """"layer 2" or the outside part's title (the embeddings, the final LayerNorm, the classifier)."""
+    return f"layer {layer}" if layer >= 0 else PART_TITLES.get(part, part)
+
+
+def fp16_step(value: float) -> float:
+    """The distance between neighbouring fp16 values at ``value`` (normal range)."""
+    return 2.0 ** (math.floor(math.log2(max(abs(value), FP16_SMALLEST_NORMAL))) - 10)
 PRODUCTS = (("attention", "the Q/K/V projections", "qkv_max", "attention"),
             ("attention", "Q·Kᵀ (the attention scores)", "scores_max", "attention"),
             ("attention", "the attention output projection", "attention_output_max", None),
@@ -135,18 +164,29 @@ def _finite_or_none(value: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class LayerDrift:
-    """One encoder layer: its block output's drift (the row of the table), its parts, and the reference's internals."""
+    """One encoder layer: its block output's drift (the row of the table), its parts, and the reference's internals.
+
+    It fails when its residual stream does, or when a branch (attention, MLP) does against fp32's own branch output."""
 
     layer: int
     block: PointDrift
     parts: dict[str, PointDrift]
     internals: dict[str, Any]  # the fp32 reference's largest activations and quantized inputs' channel ranges
-    passed: bool
+    min_cosine: float
+
+    @property
+    def failing_branches(self) -> tuple[str, ...]:
+        return tuple(part for part in BRANCHES if not self.parts[part].passes(self.min_cosine))
+
+    @property
+    def passed(self) -> bool:
+        return self.block.passes(self.min_cosine) and not self.failing_branches
 
     def to_dict(self) -> dict[str, Any]:
         b = self.block
         return {"layer": self.layer, "cosine": b.cosine, "max_abs": b.max_abs, "max_magnitude": b.max_magnitude,
                 "fp16_headroom": _finite_or_none(b.fp16_headroom), "nan": b.nan, "inf": b.inf, "passed": self.passed,
+                "failing_branches": list(self.failing_branches),
                 "parts": {part: drift.to_dict() for part, drift in self.parts.items()}, "internals": self.internals}
 
 
@@ -158,7 +198,8 @@ class Diagnosis:
     part: str  # a probe part: "attention", "output" (the MLP), "layernorm_before", ...
     op_kind: str  # "MatMul overflow", "LayerNorm", "Softmax", "int8 input range", "rounding", ...
     detail: str
-    unit: str | None  # the --keep-fp32 unit that keeps it in fp32 ("2", "2.mlp", "2.attention", "2.norms"); None: none can
+    unit: str | None  # the --keep-fp32 unit that keeps it in fp32 ("2", "2.mlp", "embeddings", "head"); None: none can
+    advice: str | None = None  # what repairs it, where that is more than keeping ``unit`` in fp32
 
     @property
     def fix(self) -> str | None:
@@ -166,12 +207,14 @@ class Diagnosis:
         return None if self.unit is None else f"--keep-fp32 {self.unit}"
 
     def fix_advice(self) -> str:
+        if self.advice is not None:
+            return self.advice
         if self.unit is None:
             return "no --keep-fp32 set repairs it (what overflows is stored between layers): export it in fp32"
         return f"re-export with {self.fix} (or --keep-fp32 auto)"
 
     def sentence(self) -> str:
-        where = f"layer {self.layer}, {PART_TITLES[self.part]}" if self.layer >= 0 else "outside the encoder layers"
+        where = f"layer {self.layer}, {PART_TITLES[self.part]}" if self.layer >= 0 else PART_TITLES[self.part]
         return f"{where}: {self.op_kind}: {self.detail}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,15 +233,32 @@ class LayerDriftReport:
     embeddings: PointDrift
     layers: tuple[LayerDrift, ...]
     final_norm: PointDrift
+    logits: PointDrift | None = None
+    outside: dict[str, Any] = field(default_factory=dict)  # the reference's largest values in the embeddings and head
     diagnosis: Diagnosis | None = None
 
     @property
     def first_failing_layer(self) -> int | None:
+        """The first encoder layer out of tolerance (0-based), None when none is."""
         return next((layer.layer for layer in self.layers if not layer.passed), None)
 
     @property
+    def first_failing(self) -> str | None:
+        """The first point out of tolerance, in the order the data reaches them: "embeddings", "layer N",
+        "final_norm", "logits"; None when none is."""
+        if not self.embeddings.passes(self.min_cosine):
+            return "embeddings"
+        if self.first_failing_layer is not None:
+            return f"layer {self.first_failing_layer}"
+        if not self.final_norm.passes(self.min_cosine):
+            return "final_norm"
+        if self.logits is not None and not self.logits.passes(self.min_cosine):
+            return "logits"
+        return None
+
+    @property
     def passed(self) -> bool:
-        return self.first_failing_layer is None and self.final_norm.passes(self.min_cosine)
+        return self.first_failing is None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -206,10 +266,11 @@ class LayerDriftReport:
     def to_dict(self) -> dict[str, Any]:
         return {"candidate": self.candidate, "backend": self.backend, "precision": self.precision,
                 "min_cosine": self.min_cosine, "num_inputs": self.num_inputs, "passed": self.passed,
-                "first_failing_layer": self.first_failing_layer,
+                "first_failing_layer": self.first_failing_layer, "first_failing": self.first_failing,
                 "diagnosis": None if self.diagnosis is None else self.diagnosis.to_dict(),
                 "embeddings": self.embeddings.to_dict(), "layers": [layer.to_dict() for layer in self.layers],
-                "final_norm": self.final_norm.to_dict()}
+                "final_norm": self.final_norm.to_dict(), "logits": None if self.logits is None else self.logits.to_dict(),
+                "outside": self.outside}
 
     def format_table(self) -> str:
         header = ("layer", "cosine", "max abs", "max |x|", "fp16 room", "NaN", "inf", "verdict")
@@ -225,16 +286,21 @@ class LayerDriftReport:
         row("embeddings", self.embeddings, self.embeddings.passes(self.min_cosine))
         for layer in self.layers:
             row(str(layer.layer), layer.block, layer.passed)
+            for part in layer.failing_branches:  # the branch judged against fp32's own output there
+                row(f"  {PART_TITLES[part]}", layer.parts[part], False)
         row("final norm", self.final_norm, self.final_norm.passes(self.min_cosine))
+        if self.logits is not None:
+            row("logits", self.logits, self.logits.passes(self.min_cosine))
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = [f"per-layer drift of {self.candidate} ({self.backend} {self.precision}) against pytorch fp32, "
-                 f"{self.num_inputs} clips; a layer fails below cosine {self.min_cosine:g} or on NaN/inf"]
+                 f"{self.num_inputs} clips; a point fails below cosine {self.min_cosine:g} or on NaN/inf, a layer also "
+                 "when its attention or MLP does against fp32's own output there"]
         lines += ["  " + "  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
-        first = self.first_failing_layer
+        first = self.first_failing
         if first is None:
-            lines.append("  no layer out of tolerance")
+            lines.append("  no point out of tolerance")
         else:
-            lines.append(f"  first failing layer: {first}")
+            lines.append(f"  first failing: {first}")
             if self.diagnosis is not None:
                 lines.append(f"  where: {self.diagnosis.sentence()}")
                 lines.append(f"  fix: {self.diagnosis.fix_advice()}")
@@ -257,11 +323,17 @@ class RangeWatch:
         self.model = model
         self.num_layers = model.config.num_hidden_layers
         self.stats: dict[int, dict[str, Any]] = {i: {} for i in range(self.num_layers)}
-        self.final_input_max = 0.0
+        self.outside: dict[str, float] = {}  # the embeddings' and the head's peaks (OUTSIDE_PRODUCTS)
         self._handles: list = []
 
     def _peak(self, layer: int, key: str, value) -> None:
         self.stats[layer][key] = max(self.stats[layer].get(key, 0.0), float(value.detach().abs().max()))
+
+    def _outside_hook(self, key: str):
+        def hook(module, args, output) -> None:
+            value = output.logits if hasattr(output, "logits") else output
+            self.outside[key] = max(self.outside.get(key, 0.0), float(value.detach().abs().max()))
+        return hook
 
     def _channels(self, layer: int, key: str, value) -> None:
         per_channel = value.detach().abs().reshape(-1, value.shape[-1]).amax(dim=0).double().cpu().numpy()
@@ -319,6 +391,14 @@ class RangeWatch:
                 (layer, self._peak_hook(i, "residual_max")),
             ]
             self._handles += [module.register_forward_hook(hook) for module, hook in hooks]
+        embeddings = self.model.vivit.embeddings
+        outside = [(embeddings.patch_embeddings, "projection_max"), (embeddings, "embeddings_max"),
+                   (self.model.vivit.layernorm, "final_norm_max")]
+        classifier = getattr(self.model, "classifier", None)
+        if classifier is not None:
+            outside.append((classifier, "logits_max"))
+            self.outside["classifier_weight_median"] = float(classifier.weight.detach().abs().median())
+        self._handles += [module.register_forward_hook(self._outside_hook(key)) for module, key in outside]
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -337,9 +417,10 @@ class RangeWatch:
 
     def overflows(self, limit: float = FP16_MAX, kept: frozenset[str] = frozenset()) -> list[tuple[int, str, str, float]]:
         """(layer, part, what, value) for every product that exceeds ``limit`` where it would be stored in fp16:
-        what an fp32 unit (``kept``: "L", "L.attention", "L.mlp", "L.norms") computes inside stays in fp32, its output
-        is stored in fp16 again."""
-        found = []
+        what an fp32 unit (``kept``: "L", "L.attention", "L.mlp", "L.norms", "embeddings", "head") computes inside stays
+        in fp32, its output is stored in fp16 again (the head's logits leave in fp32). Layer -1: outside the layers."""
+        found = [(-1, part, what, self.outside[key]) for part, what, key, unit in OUTSIDE_PRODUCTS
+                 if self.outside.get(key, 0.0) > limit and not (unit is not None and unit in kept)]
         for i in range(self.num_layers):
             seen = self.stats[i]
             whole = str(i) in kept
@@ -385,33 +466,41 @@ def layer_drift(
         raise ConfigError(f"{candidate.source} exposes no {missing[0]} (and {len(missing) - 1} more): re-export it with "
                           "this vivit-export, which names every probe point")
     running = {p.tensor: _Running() for p in points}
+    logits = _Running()
     with RangeWatch(reference.model) as watch:
         for start in range(0, len(pixel_values), batch_size):
             chunk = np.ascontiguousarray(pixel_values[start:start + batch_size])
             if progress:
                 progress(f"per-layer drift of {name or candidate.source}: clips {start + 1}-{start + len(chunk)} "
                          f"of {len(pixel_values)}")
-            _, ref = reference.run_probes(chunk)
-            _, cand = candidate.run_probes(chunk)
+            ref_logits, ref = reference.run_probes(chunk)
+            cand_logits, cand = candidate.run_probes(chunk)
             for p in points:
                 running[p.tensor].add(ref[p.tensor], cand[p.tensor])
+            logits.add(ref_logits, cand_logits)
 
     drift = {p.tensor: PointDrift.of(p, running[p.tensor]) for p in points}
     layers = []
     for i in range(config.num_hidden_layers):
         parts = {p.part: drift[p.tensor] for p in points if p.layer == i}
-        block = parts["block"]
-        layers.append(LayerDrift(i, block, parts, watch.summary(i), block.passes(tolerance.min_cosine)))
+        layers.append(LayerDrift(i, parts["block"], parts, watch.summary(i), tolerance.min_cosine))
     report = LayerDriftReport(
         candidate=name or candidate.source, backend=candidate.backend, precision=candidate.precision,
         min_cosine=tolerance.min_cosine, num_inputs=len(pixel_values), embeddings=drift[points[0].tensor],
         layers=tuple(layers), final_norm=drift[points[-1].tensor],
+        logits=PointDrift.of(ProbePoint("logits", None, "classifier"), logits), outside=dict(watch.outside),
     )
-    first = report.first_failing_layer
+    first = report.first_failing
     if first is None:
         return report
-    return replace(report, diagnosis=diagnose(layers[first], layers[first - 1].block if first else report.embeddings,
-                                              candidate.precision, tolerance.min_cosine))
+    if first.startswith("layer"):
+        i = report.first_failing_layer
+        diagnosis = diagnose(layers[i], layers[i - 1].block if i else report.embeddings, candidate.precision,
+                             tolerance.min_cosine)
+    else:
+        diagnosis = diagnose_outside({"embeddings": "embeddings", "final_norm": "final_norm", "logits": "classifier"}[first],
+                                     report, candidate.precision)
+    return replace(report, diagnosis=diagnosis)
 
 
 # ---- what broke --------------------------------------------------------------------------------------
@@ -422,6 +511,11 @@ def _failing_part(layer: LayerDrift, upstream: PointDrift, min_cosine: float) ->
     for part in LAYER_PARTS:
         if not layer.parts[part].finite:
             return part
+    if layer.block.passes(min_cosine) and layer.failing_branches:
+        # the residual stream held, a branch did not against its own fp32 output: that branch (the worse one)
+        return min(layer.failing_branches, key=lambda part: layer.parts[part].cosine if layer.parts[part].cosine
+                   is not None else -1.0)
+
     def injected(part: str) -> float:
         """The branch's error, in the units of the residual stream it is added to."""
         drift = layer.parts[part]
@@ -489,12 +583,83 @@ def diagnose(layer: LayerDrift, upstream: PointDrift, precision: str, min_cosine
                      f"{layer.parts[part].relative_error or float('nan'):.3g}) without overflowing", unit)
 
 
+def diagnose_outside(part: str, report: LayerDriftReport, precision: str) -> Diagnosis:
+    """What broke the embeddings or the head (``part``: "embeddings", "final_norm" or "classifier") when every encoder
+    layer before it held, from the fp32 reference's largest values there."""
+    seen = report.outside
+    unit = OUTSIDE_UNITS[part]
+    quantized = precision.split("-")[0] in QUANTIZED_PRECISIONS
+    limit = FP16_MAX if precision.startswith("fp16") else float(np.finfo(np.float32).max)
+    if quantized:  # the embeddings and the head stay float in a quantized graph: what reaches them drifted, per layer
+        return _accumulated(report, part, precision)
+    for product_part, what, key, product_unit in OUTSIDE_PRODUCTS:
+        if product_part == part and seen.get(key, 0.0) > limit:
+            return Diagnosis(-1, part, "overflow", f"{what} reaches {seen[key]:.3g} in fp32; fp16 holds 65504",
+                             product_unit)
+    if part == "final_norm":
+        last = report.layers[-1].internals.get("residual_max", 0.0) if report.layers else 0.0
+        if last > FP16_SQUARE_LIMIT and precision.startswith("fp16"):
+            return Diagnosis(-1, part, "LayerNorm", f"its input reaches {last:.3g}: squared for the variance it exceeds "
+                             "fp16's 65504", unit)
+        return Diagnosis(-1, part, "LayerNorm", "its output drifts far more than its input", unit)
+    if part == "classifier":
+        logits, norm = report.logits, report.final_norm
+        detail = (f"the logits drift (cosine {_cos(logits)}) while the final LayerNorm's output holds (cosine "
+                  f"{_cos(norm)} over every token)")
+        weights = seen.get("classifier_weight_median", 1.0)
+        if precision.startswith("fp16") and weights < FP16_SMALLEST_NORMAL:
+            detail += (f": the classifier's weights (median |w| {weights:.2g}) lie below fp16's normal range "
+                       f"({FP16_SMALLEST_NORMAL:.2g}), where it keeps few significant bits")
+        elif precision.startswith("fp16") and seen.get("final_norm_max", 0.0) > 1024:
+            detail += (f": the final LayerNorm's output reaches {seen['final_norm_max']:.3g}, where fp16's step is "
+                       f"{fp16_step(seen['final_norm_max']):g}")
+        return Diagnosis(-1, part, "rounding", detail, unit)
+    detail = f"the embeddings drift (cosine {_cos(report.embeddings)}) before any layer"
+    projection, output = seen.get("projection_max", 0.0), seen.get("embeddings_max", 0.0)
+    if precision.startswith("fp16") and projection > 16 * max(output, 1e-30):
+        detail += (f": the tubelet projection reaches {projection:.3g} (fp16's step there is {fp16_step(projection):g}) "
+                   f"and the positions cancel it to at most {output:.3g}")
+    return Diagnosis(-1, part, "rounding", detail, unit)
+
+
+def _accumulated(report: LayerDriftReport, part: str, precision: str) -> Diagnosis:
+    """Every layer within tolerance, the final norm or the logits not: the error the layers add accumulates and the
+    final LayerNorm carries it on. The unit to keep is the branch that adds the most error to the residual stream
+    (its own relative error times its magnitude), so ``--keep-fp32 auto`` keeps the worst first until it passes."""
+    candidates = [(layer.parts[b].relative_error * layer.parts[b].max_magnitude, layer.layer, b)
+                  for layer in report.layers for b in BRANCHES if layer.parts[b].relative_error is not None]
+    where = "the logits" if part == "classifier" else "the final LayerNorm's output"
+    detail = (f"every layer holds its tolerance and {where} do{'es' if part != 'classifier' else ''} not: the error each "
+              "layer adds accumulates, and the final LayerNorm carries it on")
+    if not candidates:
+        return Diagnosis(-1, part, "accumulated drift", detail, None,
+                         "export it in fp32, or calibrate on more clips like the ones it will see")
+    _, layer, branch = max(candidates)
+    unit = f"{layer}.{'attention' if branch == 'attention' else 'mlp'}"
+    drift = report.layers[layer].parts[branch]
+    detail += (f"; layer {layer}'s {PART_TITLES[branch]} adds the most (its own output's relative error "
+               f"{drift.relative_error:.3g})")
+    return Diagnosis(-1, part, "accumulated drift", detail, unit,
+                     f"re-export with --keep-fp32 auto (it keeps the layers adding the most, {unit} first)"
+                     + (", or calibrate on more clips like the ones it will see" if precision.split("-")[0] in
+                        QUANTIZED_PRECISIONS else ""))
+
+
+def _cos(point: PointDrift | None) -> str:
+    return "n/a" if point is None or point.cosine is None else f"{point.cosine:.6f}"
+
+
 def overflow_diagnosis(layer: int, part: str, what: str, value: float) -> Diagnosis:
     """The diagnosis of an fp16 range check's first overflow (``RangeWatch.overflows``, or a weight beyond fp16's range;
     ``layer`` -1 for one outside the encoder layers)."""
+    if layer < 0:
+        unit = next((u for p, w, _, u in OUTSIDE_PRODUCTS if p == part and w == what), OUTSIDE_UNITS.get(part))
+        kind = "weight overflow" if what.startswith("the weights of") else "overflow"
+        return Diagnosis(layer, part, kind, f"{what} reach{'' if kind == 'weight overflow' else 'es'} {value:.3g}; fp16 "
+                         "holds 65504", unit)
     if what.startswith("the weights of"):
         return Diagnosis(layer, part, "weight overflow", f"{what} reach {value:.3g}; fp16 holds 65504",
-                         None if layer < 0 else _unit(layer, part, "fp16"))
+                         _unit(layer, part, "fp16"))
     if part == "block":
         return Diagnosis(layer, part, "residual stream overflow", f"{what} reaches {value:.3g} on the validation clips; "
                          "fp16 holds 65504", None)
@@ -505,22 +670,35 @@ def overflow_diagnosis(layer: int, part: str, what: str, value: float) -> Diagno
 
 # ---- the plot ----------------------------------------------------------------------------------------
 
-def plot_layer_drift(reports: list[LayerDriftReport], path: str | Path) -> Path:
-    """A PNG of drift against depth (1 - cosine, log scale) and the reference's largest magnitude against fp16's
-    range, one line per candidate (needs matplotlib: pip install 'vivit-deploy[bench]')."""
+def pyplot(why: str):
+    """matplotlib's pyplot on the Agg backend, or a one-line error naming the extra that brings it."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConfigError("--plot needs matplotlib: pip install 'vivit-deploy[bench]'") from None
+        raise ConfigError(f"{why} needs matplotlib: pip install 'vivit-deploy[bench]'") from None
+    return plt
+
+
+def drift_figure(reports: list[LayerDriftReport], why: str = "--plot"):
+    """A matplotlib figure of drift against depth (1 - cosine, log scale, from the embeddings to the logits) and the
+    reference's largest magnitude against fp16's range, one line per candidate."""
+    plt = pyplot(why)
     fig, (drift_ax, range_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for report in reports:
         depth = ["emb", *[str(layer.layer) for layer in report.layers], "norm"]
         points = [report.embeddings, *[layer.block for layer in report.layers], report.final_norm]
+        if report.logits is not None:
+            depth.append("logits")
+            points.append(report.logits)
         gap = [1 - p.cosine if p.cosine is not None else np.nan for p in points]
         drift_ax.plot(depth, np.maximum(gap, 1e-9), marker="o", label=f"{report.candidate}")
+        branches = [(str(layer.layer), layer.parts[part]) for layer in report.layers for part in layer.failing_branches]
+        if branches:  # a branch out of tolerance against fp32's own output there
+            drift_ax.scatter([d for d, _ in branches], [max(1 - (p.cosine or 0.0), 1e-9) for _, p in branches],
+                             marker="^", color="orange", zorder=3, label="a branch (attention/MLP) out of tolerance")
         bad = [d for d, p in zip(depth, points) if not p.finite]
         if bad:
             drift_ax.scatter(bad, [1.0] * len(bad), marker="x", color="red", zorder=3)
@@ -528,20 +706,26 @@ def plot_layer_drift(reports: list[LayerDriftReport], path: str | Path) -> Path:
     if reports:
         drift_ax.axhline(1 - reports[0].min_cosine, color="grey", linestyle="--", label="tolerance")
     range_ax.axhline(FP16_MAX, color="red", linestyle="--", label="fp16 max")
-    drift_ax.set(yscale="log", xlabel="layer", ylabel="1 - cosine (x: NaN/inf)", title="drift against depth")
-    range_ax.set(yscale="log", xlabel="layer", ylabel="max |hidden state| (fp32)", title="range against fp16")
+    drift_ax.set(yscale="log", xlabel="point", ylabel="1 - cosine (x: NaN/inf)", title="drift against depth")
+    range_ax.set(yscale="log", xlabel="point", ylabel="max |hidden state| (fp32)", title="range against fp16")
     drift_ax.legend(fontsize=7)
     range_ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_layer_drift(reports: list[LayerDriftReport], path: str | Path) -> Path:
+    """A PNG of ``drift_figure`` (needs matplotlib: pip install 'vivit-deploy[bench]')."""
+    fig = drift_figure(reports)
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot("--plot").close(fig)
     return path
 
 
 def reports_json(reports: list[LayerDriftReport]) -> str:
-    return json.dumps([r.to_dict() for r in reports], indent=2, allow_nan=False, default=_finite_or_none) + "\n"
+    return json_text([r.to_dict() for r in reports], default=_finite_or_none)
 
 
-__all__ = ["Diagnosis", "LayerDrift", "LayerDriftReport", "PointDrift", "RangeWatch", "diagnose", "layer_drift",
-           "overflow_diagnosis", "plot_layer_drift"]
+__all__ = ["Diagnosis", "LayerDrift", "LayerDriftReport", "PointDrift", "RangeWatch", "diagnose", "diagnose_outside",
+           "drift_figure", "layer_drift", "overflow_diagnosis", "plot_layer_drift", "pyplot"]

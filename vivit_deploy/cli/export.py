@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from vivit_deploy.files import json_text
 from pathlib import Path
 
 import click
@@ -62,7 +62,7 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
 
     def save_json(report) -> None:
         if json_path is not None:
-            json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+            json_path.write_text(json_text(report.to_dict(), default=str), encoding="utf-8")
 
     try:
         report = export_onnx(

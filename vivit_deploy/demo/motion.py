@@ -100,14 +100,16 @@ def write_corpus(directory, count: int, *, height: int = 48, width: int = 64, fr
     return out
 
 
-def labelled_clips(count: int, seed: int, num_frames: int, preprocessor) -> tuple[np.ndarray, np.ndarray]:
+def labelled_clips(count: int, seed: int, num_frames: int, preprocessor, views: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """``count`` preprocessed clips of the task as the demo model was trained and evaluated (uniformly
-    sampled frames, no codec), with their labels: (pixel_values (N, T, C, H, W), labels (N,))."""
+    sampled frames, no codec), with their labels: (pixel_values (N * views, T, C, H, W), labels (N,)); with
+    ``views`` each video gives that many clips, each sampled over its own equal part of the video, one after another."""
     from vivit_deploy.video.reading import sample_indices
 
     videos, labels = make_dataset(count, seed, noise=NOISE)
-    frames = sample_indices(VIDEO_FRAMES, num_frames, sampling="uniform")[0]
-    return preprocessor(videos[:, frames]), labels
+    frames = sample_indices(VIDEO_FRAMES, num_frames, sampling="uniform", num_clips=views)  # (views, T)
+    clips = videos[:, frames]  # (N, views, T, H, W, 3)
+    return preprocessor(clips.reshape(-1, *clips.shape[2:])), labels
 
 
 def write_phases(path, phases, *, fps: int = 8, seed: int = 0, noise: float = NOISE):

@@ -2,7 +2,9 @@
 
 A unit is a whole encoder layer (``"2"``) or one of its parts: ``"2.attention"`` (Q/K/V, the attention
 products and Softmax, the output projection), ``"2.mlp"`` (both MLP products and the GELU between them)
-or ``"2.norms"`` (its two LayerNorms); layers count from 0 as in the checkpoint's parameter names.
+or ``"2.norms"`` (its two LayerNorms); layers count from 0 as in the checkpoint's parameter names. Outside the
+layers: ``"embeddings"`` (the tubelet projection, the CLS token and the positions) and ``"head"`` (the final
+LayerNorm and the classifier, whose logits then leave in fp32), so every part of the model can be repaired.
 
 - fp16: the half model is traced with each kept unit computing in fp32 (its weights fp32, its input cast
   up, its output cast back to fp16), so the graph stays strongly typed: every tensor carries the type
@@ -31,6 +33,7 @@ from vivit_deploy.model.probes import layer_module
 UNIT_KINDS = ("attention", "mlp", "norms")
 UNIT_MODULES = {"": ("block",), "attention": ("attention",), "mlp": ("intermediate", "output"),  # of layer L
                 "norms": ("layernorm_before", "layernorm_after")}
+OUTSIDE = {"embeddings": ("vivit.embeddings",), "head": ("vivit.layernorm", "classifier")}  # units outside the layers
 AUTO = "auto"
 MAX_SEARCH_STEPS = 12  # exports an auto search may make before it gives up
 
@@ -46,10 +49,16 @@ def parse_keep_fp32(text: str | None, num_layers: int, precision: str) -> tuple[
     units: list[str] = []
     for part in text.split(","):
         unit = part.strip()
+        if unit in OUTSIDE:
+            if precision in QUANTIZED_PRECISIONS:
+                raise ConfigError(f"--keep-fp32 {unit}: the {unit} already run in float in an {precision} graph (only the "
+                                  "layers' weight MatMuls are quantized); keep a layer or its attention or mlp")
+            units.append(unit)
+            continue
         layer, _, kind = unit.partition(".")
         if not layer.isdigit() or (kind and kind not in UNIT_KINDS):
             raise ConfigError(f"--keep-fp32 {unit!r}: give layers (e.g. 2,5) or parts of them (2.attention, 2.mlp, "
-                              "2.norms), or auto, or none")
+                              "2.norms), embeddings, head, or auto, or none")
         if int(layer) >= num_layers:
             raise ConfigError(f"--keep-fp32 {unit}: the model has {num_layers} layers (0..{num_layers - 1})")
         if kind == "norms" and precision in QUANTIZED_PRECISIONS:
@@ -60,11 +69,14 @@ def parse_keep_fp32(text: str | None, num_layers: int, precision: str) -> tuple[
 
 
 def normalise(units) -> tuple[str, ...]:
-    """Sorted, each once, parts dropped where their whole layer is kept."""
+    """Sorted in the order the data flows (embeddings, layers, head), each once, parts dropped where their whole layer
+    is kept."""
     whole = {u for u in units if "." not in u}
     kept = {u for u in units if u in whole or u.split(".")[0] not in whole}
 
     def key(unit: str):
+        if unit in OUTSIDE:
+            return (-1 if unit == "embeddings" else 1 << 30), -1
         layer, _, kind = unit.partition(".")
         return int(layer), UNIT_KINDS.index(kind) if kind else -1
 
@@ -75,6 +87,9 @@ def modules_of(units) -> list[str]:
     """The module paths (checkpoint names) the units keep in fp32."""
     out = []
     for unit in units:
+        if unit in OUTSIDE:
+            out += list(OUTSIDE[unit])
+            continue
         layer, _, kind = unit.partition(".")
         out += [layer_module(int(layer), part) for part in UNIT_MODULES[kind]]
     return out
@@ -106,10 +121,17 @@ def half_with_fp32_units(model, units):
     half = copy.deepcopy(model).half()
     originals = dict(model.named_modules())
     for name in modules_of(units):
-        module = half.get_submodule(name)
-        module.load_state_dict(originals[name].state_dict())  # fp32 values into the module, made fp32 below
+        module = half.get_submodule(name).float()  # fp32 first: loading into fp16 parameters would round the values
+        module.load_state_dict(originals[name].state_dict())
     layers = half.vivit.encoder.layer
     for unit in units:
+        if unit == "embeddings":  # its input rounded to fp16 (the graph's input is cast once), computed in fp32
+            _island(half.vivit.embeddings, torch.float16)
+            continue
+        if unit == "head":  # the final LayerNorm into the classifier in fp32, the logits left in fp32
+            _island(half.vivit.layernorm, None)
+            _island(half.classifier, None)
+            continue
         layer, _, kind = unit.partition(".")
         block = layers[int(layer)]
         if not kind:
@@ -140,7 +162,9 @@ def fp16_weight_overflows(model, units) -> list[tuple[int, str, str, float]]:
         if pieces[:3] == ["vivit", "encoder", "layer"]:
             found.append((int(pieces[3]), parts.get(pieces[4], "block"), f"the weights of {name.rsplit('.', 1)[0]}", top))
         else:
-            found.append((-1, "block", f"the weights of {name.rsplit('.', 1)[0]}", top))
+            part = "embeddings" if name.startswith("vivit.embeddings") else \
+                "final_norm" if name.startswith("vivit.layernorm") else "classifier"
+            found.append((-1, part, f"the weights of {name.rsplit('.', 1)[0]}", top))
     return found
 
 
@@ -172,10 +196,10 @@ def search(try_export: Callable[[tuple[str, ...]], Attempt], progress: Callable[
             tried = "; ".join(f"{', '.join(a.kept) or 'nothing'}: {a.reason}" for a in attempts)
             raise ConfigError(f"--keep-fp32 auto found no set of fp32 layers that passes in {len(attempts)} exports ({tried})")
         if unit in kept or unit.split(".")[0] in kept:
-            unit = unit.split(".")[0]  # the part did not suffice: keep its whole layer
+            unit = unit.split(".")[0]  # the part did not suffice: keep its whole layer (embeddings and head are whole)
             if unit in kept:
-                raise ConfigError(f"--keep-fp32 auto: layer {unit} already runs in fp32 and the file still fails "
-                                  f"({attempt.reason}); the drift comes from elsewhere or accumulates over layers")
+                raise ConfigError(f"--keep-fp32 auto: {unit if unit in OUTSIDE else 'layer ' + unit} already runs in fp32 "
+                                  f"and the file still fails ({attempt.reason})")
         kept = normalise([*kept, unit])
     for unit in reversed(kept):  # prune: the last added first
         if len(kept) == 1 and len(attempts) == 1:

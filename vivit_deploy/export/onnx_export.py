@@ -47,6 +47,7 @@ from vivit_deploy.model.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME
 from vivit_deploy.artifacts.metadata import PRECISIONS, QUANTIZED_PRECISIONS, DeployMetadata
 from vivit_deploy.video.preprocessing import PreprocessorConfig, preprocessor_config_in
 from vivit_deploy.model.probes import probe_points
+from vivit_deploy.accuracy.layers import where
 from vivit_deploy.accuracy.tolerances import tolerance_for
 
 DEFAULT_OPSET = 18
@@ -68,6 +69,12 @@ class ValidationRow:
     max_rel: float
     min_cosine: float
     passed: bool
+    nonfinite: int = 0  # NaN or infinite logits
+
+    def failure(self) -> str:
+        if self.nonfinite:
+            return f"onnxruntime vs pytorch fp32 at batch {self.batch}: {self.nonfinite} logits are NaN or infinite"
+        return f"onnxruntime vs pytorch fp32 at batch {self.batch}: cosine {self.min_cosine:.4f}, max abs {self.max_abs:.3g}"
 
 
 @dataclass
@@ -95,9 +102,18 @@ class ExportReport:
 
     @property
     def first_failing_layer(self) -> int | None:
+        """The first encoder layer out of tolerance; None when none is (the break may be outside the layers)."""
         if self.diagnosis is not None:
-            return self.diagnosis.layer
+            return self.diagnosis.layer if self.diagnosis.layer >= 0 else None
         return None if self.layer_drift is None else self.layer_drift.first_failing_layer
+
+    @property
+    def first_failing(self) -> str | None:
+        """Where it breaks first: "embeddings", "layer N", "final_norm" or "logits"; None when it passed."""
+        if self.diagnosis is not None:
+            d = self.diagnosis
+            return f"layer {d.layer}" if d.layer >= 0 else {"classifier": "logits"}.get(d.part, d.part)
+        return None if self.layer_drift is None else self.layer_drift.first_failing
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(replace(self, layer_drift=None, diagnosis=None))
@@ -105,6 +121,7 @@ class ExportReport:
         out["passed"] = self.passed
         out["kept_fp32"] = list(self.kept_fp32)
         out["first_failing_layer"] = self.first_failing_layer
+        out["first_failing"] = self.first_failing
         out["diagnosis"] = None if self.diagnosis is None else self.diagnosis.to_dict()
         drift = None if self.layer_drift is None else self.layer_drift.to_dict()
         out["layers"] = None if drift is None else drift["layers"]
@@ -114,15 +131,15 @@ class ExportReport:
     def failure(self) -> str:
         """Why the file was refused, in one line: the failed checks, where it broke, and the option that fixes it."""
         reasons = [f"{f.check}: {f.detail}" for f in self.findings if f.level == "blocker"]
-        reasons += [f"onnxruntime vs pytorch fp32 at batch {r.batch}: cosine {r.min_cosine:.4f}, max abs {r.max_abs:.3g}"
-                    for r in self.validation if not r.passed]
-        reasons += [f"fp16 range: layer {o['layer']} {o['what']} reaches {o['value']:.3g} (fp16 holds 65504)"
+        reasons += [r.failure() for r in self.validation if not r.passed]
+        reasons += [f"fp16 range: {where(o['layer'], o['part'])}: {o['what']} reaches {o['value']:.3g} (fp16 holds 65504)"
                     for o in self.overflows[:1]]
         line = f"the {self.precision} graph failed its checks ({'; '.join(reasons)})"
         if self.diagnosis is not None:
             line += f"; it breaks first in {self.diagnosis.sentence()}; {self.diagnosis.fix_advice()}"
         elif self.layer_drift is not None:
-            line += "; no single layer falls out of tolerance: the drift accumulates over layers (--keep-fp32 auto searches)"
+            line += ("; no point of the model falls out of tolerance on its own: the drift accumulates over layers "
+                     "(--keep-fp32 auto searches)")
         return line + "; nothing was written"
 
     def format(self) -> str:
@@ -143,7 +160,8 @@ class ExportReport:
             )
         if self.precision == "fp16" and self.validation:
             mark = "FAIL" if self.overflows else "ok  "
-            detail = "; ".join(f"layer {o['layer']} {o['what']} reaches {o['value']:.3g}" for o in self.overflows) or \
+            detail = "; ".join(f"{where(o['layer'], o['part'])}: {o['what']} reaches {o['value']:.3g}"
+                               for o in self.overflows) or \
                 "no product of the fp32 model exceeds 65504 on the validation clips where the graph stores fp16"
             lines.append(f"  [{mark}] fp16 range: {detail}")
         for attempt in self.search:
@@ -563,7 +581,7 @@ def _validate(job: _Job, path: Path, report: ExportReport, kept: tuple[str, ...]
     also range-checked: a product of the fp32 model that exceeds 65504 where the graph stores fp16 overflows in an
     fp16 engine, even where ONNX Runtime's CPU computes that product in fp32 and cannot show it. A failing file gets
     its per-layer drift and diagnosis."""
-    from vivit_deploy.accuracy.layers import FP16_MAX, RangeWatch, layer_drift, overflow_diagnosis
+    from vivit_deploy.accuracy.layers import FP16_MAX, RangeWatch, flow_position, layer_drift, overflow_diagnosis
     from vivit_deploy.accuracy.statistics import failures, logit_stats
     from vivit_deploy.runtimes.ort_runtime import OnnxRuntimeRuntime
     from vivit_deploy.runtimes.torch_runtime import TorchRuntime
@@ -584,13 +602,15 @@ def _validate(job: _Job, path: Path, report: ExportReport, kept: tuple[str, ...]
             ref, out = reference.run(x), candidate.run(x)
             stats = logit_stats(ref, out)
             report.validation.append(ValidationRow(batch, stats.max_abs, stats.max_rel, stats.min_cosine,
-                                                   not failures(ref, out, stats, tolerance)))
+                                                   not failures(ref, out, stats, tolerance),
+                                                   int((~np.isfinite(out)).sum())))
     if job.precision == "fp16":
         from vivit_deploy.export.fp32_fallback import fp16_weight_overflows
 
         found = fp16_weight_overflows(job.model, kept) + watch.overflows(FP16_MAX, frozenset(kept))
+        layers = job.model.config.num_hidden_layers
         report.overflows = [{"layer": layer, "part": part, "what": what, "value": value}
-                            for layer, part, what, value in sorted(found, key=lambda o: o[0])]
+                            for layer, part, what, value in sorted(found, key=lambda o: flow_position(o[0], o[1], layers))]
     if report.passed or any(f.level == "blocker" for f in report.findings):
         return
     if report.overflows:

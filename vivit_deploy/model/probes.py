@@ -25,7 +25,12 @@ SUFFIX = ":output"
 # the parts of one encoder layer, in the order the data flows through them
 LAYER_PARTS = ("layernorm_before", "attention", "layernorm_after", "output", "block")
 PART_TITLES = {"layernorm_before": "LayerNorm before attention", "attention": "attention",
-               "layernorm_after": "LayerNorm before the MLP", "output": "MLP", "block": "residual stream"}
+               "layernorm_after": "LayerNorm before the MLP", "output": "MLP", "block": "residual stream",
+               "embeddings": "the embeddings (tubelet projection, CLS token, positions)",
+               "final_norm": "the final LayerNorm", "classifier": "the classifier (the logits)"}
+# the parts of a layer judged by their own output too: a branch whose error is large against what it computes may be
+# small against the residual stream it is added to, and still reach the logits through the final LayerNorm
+BRANCHES = ("attention", "output")
 
 
 @dataclass(frozen=True)

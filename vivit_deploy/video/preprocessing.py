@@ -15,7 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -126,6 +126,18 @@ class PreprocessorConfig:
         if not self.do_center_crop:
             size = {"height": height, "width": width}
         return replace(self, size=size, crop_size={"height": height, "width": width})
+
+    def to_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        """What a model saw, back as uint8 RGB: (..., 3, H, W) preprocessed values to (..., H, W, 3), the
+        normalisation and rescaling undone (for pictures of clips in reports; the resize and crop stay)."""
+        x = np.moveaxis(np.asarray(pixel_values, dtype=np.float32), -3, -1)
+        if self.do_normalize:
+            x = x * np.asarray(self.image_std, np.float32) + np.asarray(self.image_mean, np.float32)
+        if self.offset:
+            x = x + 1.0
+        if self.do_rescale:
+            x = x / self.rescale_factor
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"image_processor_type": "VivitImageProcessor", **self.extra}

@@ -25,7 +25,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from vivit_deploy.errors import DamagedVideoWarning, VideoReadError
-from vivit_deploy.video.decoding import SEEK_MIN_GAP, VideoFile
+from vivit_deploy.video.decoding import VideoFile
 from vivit_deploy.video.opening import ReadOptions
 
 Sampling = Literal["uniform", "stride"]
