@@ -74,6 +74,6 @@ def test_missing_openvino_names_the_extra(demo_onnx, monkeypatch):
 
 def test_predict_with_backend_openvino(demo_onnx):
     result = CliRunner().invoke(main, ["predict", str(default_sample()), "--model", str(demo_onnx),
-                                       "--backend", "openvino", "--json"])
+                                       "--backend", "openvino", "--json", "-"])
     assert result.exit_code == 0, result.output
     assert "openvino on cpu (fp32)" in result.stderr
