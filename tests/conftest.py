@@ -87,6 +87,57 @@ def demo_onnx_fp16(tmp_path_factory) -> Path:
     return path
 
 
+# Models 2 and 3 at the demo model's geometry (8 frames of 32x32, tubelets 2x8x8) and labels, random weights: the
+# runtime contract runs them beside the demo model. Model 2 with vit-pytorch's per-step positions; the stream tests
+# make their own with the paper's separate ones.
+FACTORISED = {
+    "factorised_encoder": dict(num_hidden_layers=2, temporal_layers=1),
+    "factorised_self_attention": dict(num_hidden_layers=2),
+}
+
+
+def factorised_checkpoint(directory: Path, variant: str, seed: int = 0, **overrides) -> Path:
+    """A Model 2 or 3 checkpoint with every weight random (LayerNorms too), saved in our layout."""
+    import torch
+
+    from vivit_deploy.demo.motion import LABELS
+    from vivit_deploy.model.config import VivitConfig
+    from vivit_deploy.model.factorised import FactorisedVivitForVideoClassification
+    from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
+
+    config = VivitConfig(**{**dict(image_size=32, num_frames=8, tubelet_size=(2, 8, 8), hidden_size=32,
+                                   num_attention_heads=4, intermediate_size=64, attention_head_dim=16, qkv_bias=False,
+                                   hidden_act="gelu", layer_norm_eps=1e-5, id2label=dict(enumerate(LABELS)),
+                                   variant=variant), **FACTORISED[variant], **overrides})
+    torch.manual_seed(seed)
+    model = FactorisedVivitForVideoClassification(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.add_(1.0)  # LayerNorm gains around 1, as trained ones are
+    model.save_pretrained(directory, preprocessor=VideoPreprocessor(PreprocessorConfig.for_input_size(32, 32)))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def factorised_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    return {variant: factorised_checkpoint(tmp_path_factory.mktemp(variant), variant) for variant in FACTORISED}
+
+
+@pytest.fixture(scope="session")
+def factorised_onnx(tmp_path_factory, factorised_checkpoints) -> dict[str, Path]:
+    """Each of them exported to fp32 ONNX."""
+    from vivit_deploy.export import export_onnx
+
+    out = {}
+    for variant, checkpoint in factorised_checkpoints.items():
+        out[variant] = tmp_path_factory.mktemp("onnx") / f"{variant}.onnx"
+        export_onnx(checkpoint, out[variant])
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_checkpoint) -> Path:
     """A tiny random transformers checkpoint (no preprocessor config) exported to fp32 ONNX."""

@@ -28,7 +28,7 @@ from vivit_deploy.runtimes import load_runtime
 def test_every_export_names_its_probe_points_and_they_are_the_modules_outputs(demo_onnx, backend):
     if backend == "openvino":
         pytest.importorskip("openvino", reason="OpenVINO is not installed")
-    points = probe_points(4)
+    points = probe_points(read_onnx_metadata(demo_onnx).config)
     assert [p.tensor for p in points][:3] == ["vivit.embeddings:output", "vivit.encoder.layer.0.layernorm_before:output",
                                               "vivit.encoder.layer.0.attention:output"]
     from vivit_deploy.demo import demo_model_dir
@@ -310,11 +310,13 @@ def test_fp16_an_embedding_that_only_works_in_fp32_is_named_and_kept(fp16_embedd
 
 def test_keep_fp32_outside_units_order_and_refusals(four_layer_checkpoint):
     from vivit_deploy.export.fp32_fallback import normalise, parse_keep_fp32
+    from vivit_deploy.model.checkpoint import load_config
 
-    assert parse_keep_fp32("head, 2.mlp, embeddings", 4, "fp16") == ("embeddings", "2.mlp", "head")
+    config = load_config(four_layer_checkpoint)
+    assert parse_keep_fp32("head, 2.mlp, embeddings", config, "fp16") == ("embeddings", "2.mlp", "head")
     assert normalise(["head", "3", "embeddings", "3.mlp"]) == ("embeddings", "3", "head")
     with pytest.raises(ConfigError, match="--keep-fp32 head: the head already run in float in an int8 graph"):
-        parse_keep_fp32("head", 4, "int8")
+        parse_keep_fp32("head", config, "int8")
 
 
 def test_non_finite_logits_fail_and_carry_no_cosine():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from onnx import TensorProto, helper
 
 from vivit_deploy.export.graph_checks import check_graph, summarize
+from vivit_deploy.model.config import preset
 
 
 def _attention_graph(prescale: bool, residue: bool, layernorm: bool, opset: int = 18):
@@ -34,7 +35,8 @@ def _attention_graph(prescale: bool, residue: bool, layernorm: bool, opset: int 
 
 
 def _levels(model, precision="fp32"):
-    return {f.check: f.level for f in check_graph(summarize(model), precision=precision, num_layers=1)}
+    return {f.check: f.level for f in check_graph(summarize(model), precision=precision,
+                                                  config=preset("tiny", num_hidden_layers=1))}
 
 
 def test_clean_graph_passes_every_check():

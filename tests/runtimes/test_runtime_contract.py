@@ -30,21 +30,50 @@ BACKEND_PARAMS = [
 ]
 
 
+MODELS = ["demo", "factorised_encoder", "factorised_self_attention"]  # Model 1 (trained), Models 2 and 3 (random)
+
+
+def _target(request, backend: str, model: str):
+    if backend == "tensorrt":
+        return request.getfixturevalue("demo_engines")["fp32"].engine, "auto"
+    if model == "demo":
+        return {"torch": demo_model_dir()}.get(backend) or request.getfixturevalue("demo_onnx"), "cpu"
+    if backend == "torch":
+        return request.getfixturevalue("factorised_checkpoints")[model], "cpu"
+    return request.getfixturevalue("factorised_onnx")[model], "cpu"
+
+
+@pytest.fixture(params=[pytest.param((b.values[0], m), id=f"{b.id}-{m}", marks=b.marks) for b in BACKEND_PARAMS
+                        for m in MODELS if m == "demo" or b.values[0] != "tensorrt"])
+def subject(request):
+    """(runtime, model): every backend on the demo model, and the CPU backends on Models 2 and 3 too."""
+    backend, model = request.param
+    target, device = _target(request, backend, model)
+    with load_runtime(target, backend, device=device) as rt:
+        assert rt.backend == backend
+        yield rt, model
+
+
+@pytest.fixture
+def runtime(subject) -> Runtime:
+    return subject[0]
+
+
 @pytest.fixture(params=BACKEND_PARAMS)
-def runtime(request, demo_onnx) -> Runtime:
-    if request.param == "tensorrt":
-        target, device = request.getfixturevalue("demo_engines")["fp32"].engine, "auto"
-    else:
-        target, device = {"torch": demo_model_dir(), "onnxruntime": demo_onnx, "openvino": demo_onnx}[request.param], "cpu"
+def demo_runtime(request) -> Runtime:
+    """The trained demo model on every backend, for what needs its labels and accuracy."""
+    target, device = _target(request, request.param, "demo")
     with load_runtime(target, request.param, device=device) as rt:
-        assert rt.backend == request.param
         yield rt
 
 
-@pytest.fixture(scope="module")
-def reference_logits():
+@pytest.fixture
+def reference_logits(subject, request):
+    """Clips and the PyTorch fp32 logits of the model under test."""
+    model = subject[1]
     x = np.random.default_rng(0).standard_normal((5, *FRAME_SHAPE), dtype=np.float32)
-    with load_runtime(demo_model_dir(), "torch", device="cpu") as reference:
+    source = demo_model_dir() if model == "demo" else request.getfixturevalue("factorised_checkpoints")[model]
+    with load_runtime(source, "torch", device="cpu") as reference:
         return x, reference.run(x)
 
 
@@ -61,7 +90,7 @@ def test_run_returns_float32_logits_close_to_the_reference(runtime, reference_lo
         np.testing.assert_allclose(logits, expected[:batch], atol=tolerance.atol, rtol=tolerance.rtol)
 
 
-def test_labels_and_preprocessing_come_with_the_runtime(runtime):
+def test_labels_and_preprocessing_come_with_the_runtime(runtime):  # the models under test carry the demo's labels
     assert runtime.id2label == {0: "moving left", 1: "moving right", 2: "moving up", 3: "moving down"}
     assert runtime.preprocessor.crop_size == {"height": 32, "width": 32}
     assert runtime.input_spec.frame_shape == FRAME_SHAPE
@@ -116,9 +145,9 @@ def test_closed_runtime_refuses_to_run(runtime):
         runtime.run(np.zeros((1, *FRAME_SHAPE), np.float32))
 
 
-def test_video_classifier_on_every_backend_gets_the_samples_right(runtime):
+def test_video_classifier_on_every_backend_gets_the_samples_right(demo_runtime):
     from vivit_deploy.demo import sample_videos
 
-    classifier = VideoClassifier(runtime)
+    classifier = VideoClassifier(demo_runtime)
     for path, label in sample_videos():
         assert classifier.classify(path, top_k=1)[0].label == label

@@ -53,17 +53,21 @@ FIX_UNITS = {"layernorm_before": "norms", "attention": "attention", "layernorm_a
 # Outside the layers, what RangeWatch keeps of the embeddings and the head: (part, what, key, the unit computing it)
 OUTSIDE_PRODUCTS = (("embeddings", "the tubelet projection", "projection_max", "embeddings"),
                     ("embeddings", "the embeddings' output (tokens + positions)", "embeddings_max", None),
+                    ("spatial_norm", "the spatial encoder's final LayerNorm's output", "spatial_norm_max", "spatial_norm"),
                     ("final_norm", "the final LayerNorm's output", "final_norm_max", "head"),
                     ("classifier", "the logits", "logits_max", "head"))
-OUTSIDE_UNITS = {"embeddings": "embeddings", "final_norm": "head", "classifier": "head"}
+OUTSIDE_UNITS = {"embeddings": "embeddings", "spatial_norm": "spatial_norm", "final_norm": "head", "classifier": "head"}
 FP16_SMALLEST_NORMAL = 2.0 ** -14  # below it fp16 keeps fewer significant bits (subnormals), below 2**-24 none
 
 
-def flow_position(layer: int, part: str, num_layers: int) -> int:
-    """Where a point sits in the order the data reaches it: the embeddings, layers 0.., the final norm and logits."""
+def flow_position(layer: int, part: str, config) -> float:
+    """Where a point sits in the order the data reaches it: the embeddings, the layers (Model 2's spatial norm after
+    its spatial layers), the final norm and the logits."""
     if layer >= 0:
         return layer
-    return -1 if part == "embeddings" else num_layers
+    if part == "spatial_norm":
+        return config.num_hidden_layers - 0.5
+    return -1 if part == "embeddings" else config.num_layers
 
 
 def where(layer: int, part: str) -> str:
@@ -173,10 +177,11 @@ class LayerDrift:
     parts: dict[str, PointDrift]
     internals: dict[str, Any]  # the fp32 reference's largest activations and quantized inputs' channel ranges
     min_cosine: float
+    title: str = ""  # "layer 3", "spatial layer 3", "block 1, time" (VivitConfig.layer_title)
 
     @property
     def failing_branches(self) -> tuple[str, ...]:
-        return tuple(part for part in BRANCHES if not self.parts[part].passes(self.min_cosine))
+        return tuple(part for part in BRANCHES if part in self.parts and not self.parts[part].passes(self.min_cosine))
 
     @property
     def passed(self) -> bool:
@@ -184,7 +189,8 @@ class LayerDrift:
 
     def to_dict(self) -> dict[str, Any]:
         b = self.block
-        return {"layer": self.layer, "cosine": b.cosine, "max_abs": b.max_abs, "max_magnitude": b.max_magnitude,
+        return {"layer": self.layer, "title": self.title, "cosine": b.cosine, "max_abs": b.max_abs,
+                "max_magnitude": b.max_magnitude,
                 "fp16_headroom": _finite_or_none(b.fp16_headroom), "nan": b.nan, "inf": b.inf, "passed": self.passed,
                 "failing_branches": list(self.failing_branches),
                 "parts": {part: drift.to_dict() for part, drift in self.parts.items()}, "internals": self.internals}
@@ -236,6 +242,8 @@ class LayerDriftReport:
     logits: PointDrift | None = None
     outside: dict[str, Any] = field(default_factory=dict)  # the reference's largest values in the embeddings and head
     diagnosis: Diagnosis | None = None
+    spatial_norm: PointDrift | None = None  # Model 2: after its spatial layers
+    spatial_layers: int = 0  # Model 2: how many layers come before the spatial norm
 
     @property
     def first_failing_layer(self) -> int | None:
@@ -248,8 +256,12 @@ class LayerDriftReport:
         "final_norm", "logits"; None when none is."""
         if not self.embeddings.passes(self.min_cosine):
             return "embeddings"
-        if self.first_failing_layer is not None:
-            return f"layer {self.first_failing_layer}"
+        first = self.first_failing_layer
+        if self.spatial_norm is not None and not self.spatial_norm.passes(self.min_cosine) and \
+                (first is None or first >= self.spatial_layers):
+            return "spatial_norm"
+        if first is not None:
+            return f"layer {first}"
         if not self.final_norm.passes(self.min_cosine):
             return "final_norm"
         if self.logits is not None and not self.logits.passes(self.min_cosine):
@@ -270,7 +282,7 @@ class LayerDriftReport:
                 "diagnosis": None if self.diagnosis is None else self.diagnosis.to_dict(),
                 "embeddings": self.embeddings.to_dict(), "layers": [layer.to_dict() for layer in self.layers],
                 "final_norm": self.final_norm.to_dict(), "logits": None if self.logits is None else self.logits.to_dict(),
-                "outside": self.outside}
+                "spatial_norm": None if self.spatial_norm is None else self.spatial_norm.to_dict(), "outside": self.outside}
 
     def format_table(self) -> str:
         header = ("layer", "cosine", "max abs", "max |x|", "fp16 room", "NaN", "inf", "verdict")
@@ -285,9 +297,12 @@ class LayerDriftReport:
 
         row("embeddings", self.embeddings, self.embeddings.passes(self.min_cosine))
         for layer in self.layers:
-            row(str(layer.layer), layer.block, layer.passed)
+            named = layer.title and layer.title != f"layer {layer.layer}"
+            row(f"{layer.layer} ({layer.title})" if named else str(layer.layer), layer.block, layer.passed)
             for part in layer.failing_branches:  # the branch judged against fp32's own output there
                 row(f"  {PART_TITLES[part]}", layer.parts[part], False)
+            if self.spatial_norm is not None and layer.layer == self.spatial_layers - 1:
+                row("spatial norm", self.spatial_norm, self.spatial_norm.passes(self.min_cosine))
         row("final norm", self.final_norm, self.final_norm.passes(self.min_cosine))
         if self.logits is not None:
             row("logits", self.logits, self.logits.passes(self.min_cosine))
@@ -321,7 +336,7 @@ class RangeWatch:
 
     def __init__(self, model):
         self.model = model
-        self.num_layers = model.config.num_hidden_layers
+        self.num_layers = model.config.num_layers
         self.stats: dict[int, dict[str, Any]] = {i: {} for i in range(self.num_layers)}
         self.outside: dict[str, float] = {}  # the embeddings' and the head's peaks (OUTSIDE_PRODUCTS)
         self._handles: list = []
@@ -383,17 +398,24 @@ class RangeWatch:
                 (attention.query, projection("query")), (attention.key, projection("key")),
                 (attention.value, projection("value")),
                 (layer.layernorm_before, self._norm_hook(i, "attention_input")),
-                (layer.layernorm_after, self._norm_hook(i, "mlp_input")),
-                (layer.intermediate.dense, self._peak_hook(i, "fc1_max")),
-                (layer.intermediate, self._channels_hook(i, "fc2_input")),
-                (layer.output.dense, self._peak_hook(i, "fc2_max")),
                 (layer.attention.output.dense, self._peak_hook(i, "attention_output_max")),
                 (layer, self._peak_hook(i, "residual_max")),
             ]
+            if hasattr(layer, "intermediate"):  # Model 3's layers over space have no MLP
+                hooks += [
+                    (layer.layernorm_after, self._norm_hook(i, "mlp_input")),
+                    (layer.intermediate.dense, self._peak_hook(i, "fc1_max")),
+                    (layer.intermediate, self._channels_hook(i, "fc2_input")),
+                    (layer.output.dense, self._peak_hook(i, "fc2_max")),
+                ]
             self._handles += [module.register_forward_hook(hook) for module, hook in hooks]
         embeddings = self.model.vivit.embeddings
-        outside = [(embeddings.patch_embeddings, "projection_max"), (embeddings, "embeddings_max"),
+        projection = getattr(embeddings, "patch_embeddings", None) or embeddings.projection
+        outside = [(projection, "projection_max"), (embeddings, "embeddings_max"),
                    (self.model.vivit.layernorm, "final_norm_max")]
+        spatial_norm = getattr(self.model.vivit.encoder, "spatial_norm", None)
+        if spatial_norm is not None:
+            outside.append((spatial_norm, "spatial_norm_max"))
         classifier = getattr(self.model, "classifier", None)
         if classifier is not None:
             outside.append((classifier, "logits_max"))
@@ -460,7 +482,7 @@ def layer_drift(
         if not runtime.probe_names:
             raise ConfigError(f"{runtime.source}: load it with probes=True to compare it layer by layer")
     config = reference.config
-    points = probe_points(config.num_hidden_layers)
+    points = probe_points(config)
     missing = [p.tensor for p in points if p.tensor not in candidate.probe_names]
     if missing:
         raise ConfigError(f"{candidate.source} exposes no {missing[0]} (and {len(missing) - 1} more): re-export it with "
@@ -481,14 +503,16 @@ def layer_drift(
 
     drift = {p.tensor: PointDrift.of(p, running[p.tensor]) for p in points}
     layers = []
-    for i in range(config.num_hidden_layers):
+    for i in range(config.num_layers):
         parts = {p.part: drift[p.tensor] for p in points if p.layer == i}
-        layers.append(LayerDrift(i, parts["block"], parts, watch.summary(i), tolerance.min_cosine))
+        layers.append(LayerDrift(i, parts["block"], parts, watch.summary(i), tolerance.min_cosine, config.layer_title(i)))
+    spatial_norm = next((drift[p.tensor] for p in points if p.part == "spatial_norm"), None)
     report = LayerDriftReport(
         candidate=name or candidate.source, backend=candidate.backend, precision=candidate.precision,
         min_cosine=tolerance.min_cosine, num_inputs=len(pixel_values), embeddings=drift[points[0].tensor],
-        layers=tuple(layers), final_norm=drift[points[-1].tensor],
+        layers=tuple(layers), final_norm=drift[points[-1].tensor],  # the first point and the last
         logits=PointDrift.of(ProbePoint("logits", None, "classifier"), logits), outside=dict(watch.outside),
+        spatial_norm=spatial_norm, spatial_layers=config.num_hidden_layers if spatial_norm is not None else 0,
     )
     first = report.first_failing
     if first is None:
@@ -498,8 +522,8 @@ def layer_drift(
         diagnosis = diagnose(layers[i], layers[i - 1].block if i else report.embeddings, candidate.precision,
                              tolerance.min_cosine)
     else:
-        diagnosis = diagnose_outside({"embeddings": "embeddings", "final_norm": "final_norm", "logits": "classifier"}[first],
-                                     report, candidate.precision)
+        diagnosis = diagnose_outside({"embeddings": "embeddings", "spatial_norm": "spatial_norm", "final_norm": "final_norm",
+                                      "logits": "classifier"}[first], report, candidate.precision)
     return replace(report, diagnosis=diagnosis)
 
 
@@ -509,7 +533,7 @@ def _failing_part(layer: LayerDrift, upstream: PointDrift, min_cosine: float) ->
     """The part of ``layer`` where it went wrong: the first to hold NaN/inf, else the branch (attention or MLP)
     that put the most error into the residual stream, or a LayerNorm whose output is far worse than its input."""
     for part in LAYER_PARTS:
-        if not layer.parts[part].finite:
+        if part in layer.parts and not layer.parts[part].finite:
             return part
     if layer.block.passes(min_cosine) and layer.failing_branches:
         # the residual stream held, a branch did not against its own fp32 output: that branch (the worse one)
@@ -521,12 +545,14 @@ def _failing_part(layer: LayerDrift, upstream: PointDrift, min_cosine: float) ->
         drift = layer.parts[part]
         return (drift.relative_error or 0.0) * (drift.max_magnitude + 1e-30)
 
-    for norm, branch in (("layernorm_before", "attention"), ("layernorm_after", "output")):
-        drift = layer.parts[norm]
+    for norm in ("layernorm_before", "layernorm_after"):
+        drift = layer.parts.get(norm)
+        if drift is None:  # Model 3's layers over space have no MLP
+            continue
         before = upstream.relative_error or 0.0
         if drift.relative_error is not None and drift.relative_error > 10 * max(before, 1e-6) and not drift.passes(min_cosine):
             return norm
-    return max(("attention", "output"), key=injected)
+    return max((b for b in BRANCHES if b in layer.parts), key=injected)
 
 
 def _unit(layer: int, part: str, precision: str) -> str:
@@ -596,8 +622,9 @@ def diagnose_outside(part: str, report: LayerDriftReport, precision: str) -> Dia
         if product_part == part and seen.get(key, 0.0) > limit:
             return Diagnosis(-1, part, "overflow", f"{what} reaches {seen[key]:.3g} in fp32; fp16 holds 65504",
                              product_unit)
-    if part == "final_norm":
-        last = report.layers[-1].internals.get("residual_max", 0.0) if report.layers else 0.0
+    if part in ("final_norm", "spatial_norm"):
+        before = report.layers[report.spatial_layers - 1 if part == "spatial_norm" else -1] if report.layers else None
+        last = before.internals.get("residual_max", 0.0) if before is not None else 0.0
         if last > FP16_SQUARE_LIMIT and precision.startswith("fp16"):
             return Diagnosis(-1, part, "LayerNorm", f"its input reaches {last:.3g}: squared for the variance it exceeds "
                              "fp16's 65504", unit)
@@ -627,7 +654,7 @@ def _accumulated(report: LayerDriftReport, part: str, precision: str) -> Diagnos
     final LayerNorm carries it on. The unit to keep is the branch that adds the most error to the residual stream
     (its own relative error times its magnitude), so ``--keep-fp32 auto`` keeps the worst first until it passes."""
     candidates = [(layer.parts[b].relative_error * layer.parts[b].max_magnitude, layer.layer, b)
-                  for layer in report.layers for b in BRANCHES if layer.parts[b].relative_error is not None]
+                  for layer in report.layers for b in BRANCHES if b in layer.parts and layer.parts[b].relative_error is not None]
     where = "the logits" if part == "classifier" else "the final LayerNorm's output"
     detail = (f"every layer holds its tolerance and {where} do{'es' if part != 'classifier' else ''} not: the error each "
               "layer adds accumulates, and the final LayerNorm carries it on")
@@ -688,8 +715,15 @@ def drift_figure(reports: list[LayerDriftReport], why: str = "--plot"):
     plt = pyplot(why)
     fig, (drift_ax, range_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for report in reports:
-        depth = ["emb", *[str(layer.layer) for layer in report.layers], "norm"]
-        points = [report.embeddings, *[layer.block for layer in report.layers], report.final_norm]
+        depth, points = ["emb"], [report.embeddings]
+        for layer in report.layers:
+            depth.append(str(layer.layer))
+            points.append(layer.block)
+            if report.spatial_norm is not None and layer.layer == report.spatial_layers - 1:
+                depth.append("s-norm")
+                points.append(report.spatial_norm)
+        depth.append("norm")
+        points.append(report.final_norm)
         if report.logits is not None:
             depth.append("logits")
             points.append(report.logits)

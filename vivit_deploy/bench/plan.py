@@ -356,21 +356,23 @@ def geometry_checkpoint(checkpoint: Path, directory: Path, num_frames, image_siz
 
 
 def random_checkpoint(name: str, directory: Path, *, num_frames: int | None = None, image_size=None, seed: int = 0,
-                      progress: Progress | None = None) -> tuple[Path, str]:
-    """A checkpoint of preset ``name`` with random weights (the real cost, nothing downloaded) and its label."""
+                      progress: Progress | None = None, **config_overrides) -> tuple[Path, str]:
+    """A checkpoint of preset ``name`` (with ``config_overrides``) with random weights (the real cost, nothing
+    downloaded) and its label."""
     import torch
 
+    from vivit_deploy.model.checkpoint import new_model
     from vivit_deploy.model.config import preset
-    from vivit_deploy.model.modeling import VivitForVideoClassification
     from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
 
     overrides = {k: v for k, v in (("num_frames", num_frames), ("image_size", image_size)) if v is not None}
+    overrides.update(config_overrides)
     config = preset(name, **overrides)
     label = f"{name} geometry ({config.num_frames}x{config.image_height}x{config.image_width}), random weights"
     if progress is not None:
         progress(f"creating {label} ...")
     torch.manual_seed(seed)
-    model = VivitForVideoClassification(config)
+    model = new_model(config)
     preprocessor = VideoPreprocessor(PreprocessorConfig.for_input_size(config.image_height, config.image_width))
     model.save_pretrained(directory, preprocessor=preprocessor)
     return directory, label

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from vivit_deploy.cli import bench, classify, compare, export, predict, stream, tensorrt, triton
+from vivit_deploy.cli import bench, classify, compare, convert, export, predict, stream, tensorrt, triton
 
 export_command = export.export_command  # the `vivit-export` entry point
 
@@ -17,11 +17,11 @@ export_command = export.export_command  # the `vivit-export` entry point
 @click.version_option(package_name="vivit-deploy")
 def main() -> None:
     """ViViT from a PyTorch checkpoint to production: predict, classify, stream, export, build-engine, check-trt,
-    compare, bench, triton-repo."""
+    compare, bench, triton-repo, convert."""
 
 
 for command in (predict.predict, classify.classify, stream.stream, compare.compare, tensorrt.build_engine_command,
-                tensorrt.check_trt_command, triton.triton_repo_command, bench.bench):
+                tensorrt.check_trt_command, triton.triton_repo_command, bench.bench, convert.convert):
     main.add_command(command)
 main.add_command(export_command, name="export")
 

@@ -37,11 +37,14 @@ from vivit_deploy.cli.common import (
               help="Reopen a live source that drops, with backoff; --no-reconnect ends that stream instead.")
 @click.option("--realtime", is_flag=True, help="Read files at their own pace, as a camera delivers (default: as fast as "
                                                "they decode, every window classified).")
+@click.option("--reuse/--no-reuse", default=True, show_default=True,
+              help="Model 2 with separate positions: encode each time step once for every window that holds it "
+                   "(the same logits; overlapping windows cost their new steps). --no-reuse encodes every window whole.")
 @READING
 @TORCH_SOURCE
 @friendly_errors
 def stream(sources, source, backend, device, precision, window, hop, smooth, min_probability, top_k, events_path,
-           duration, reconnect, realtime, autorotate, max_pixels, attn_implementation, revision, offline):
+           duration, reconnect, realtime, reuse, autorotate, max_pixels, attn_implementation, revision, offline):
     """Classify live streams in real time: a record per window and per event, as JSON Lines.
 
     SOURCE: rtsp:// (TCP by default; rtsp+udp:// for UDP), http(s)://, udp://, tcp://, a device (/dev/video0)
@@ -65,9 +68,10 @@ def stream(sources, source, backend, device, precision, window, hop, smooth, min
                            **runtime_options(source, backend, attn_implementation, revision, offline))
     classifier = StreamClassifier(runtime, parsed, window=window, hop=hop, smooth=smooth, min_probability=min_probability,
                                   top_k=top_k, realtime=realtime, reconnect=reconnect, duration=duration,
-                                  read_options=read_options(autorotate, max_pixels))
+                                  read_options=read_options(autorotate, max_pixels), reuse=reuse)
+    reusing = "; each time step encoded once (Model 2's parts)" if classifier.parts is not None else ""
     progress(f"{runtime.backend} on {runtime.device} ({runtime.precision}); following {len(parsed)} stream(s), "
-             f"{window:g} s windows every {hop:g} s")
+             f"{window:g} s windows every {hop:g} s{reusing}")
     stop = lambda signum, frame: classifier.stop()  # noqa: E731  (the iteration ends with the summary)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     out = sys.stdout if str(events_path) == "-" else open(events_path, "a", encoding="utf-8")

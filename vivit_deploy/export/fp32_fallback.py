@@ -2,9 +2,12 @@
 
 A unit is a whole encoder layer (``"2"``) or one of its parts: ``"2.attention"`` (Q/K/V, the attention
 products and Softmax, the output projection), ``"2.mlp"`` (both MLP products and the GELU between them)
-or ``"2.norms"`` (its two LayerNorms); layers count from 0 as in the checkpoint's parameter names. Outside the
-layers: ``"embeddings"`` (the tubelet projection, the CLS token and the positions) and ``"head"`` (the final
-LayerNorm and the classifier, whose logits then leave in fp32), so every part of the model can be repaired.
+or ``"2.norms"`` (its two LayerNorms); layers count from 0 as in the checkpoint's parameter names, in the order the
+data flows (``VivitConfig.num_layers``: Model 2's spatial then temporal layers, Model 3's blocks as a layer over
+space, which has attention and one LayerNorm, then one over time with the MLP). Outside the layers:
+``"embeddings"`` (the tubelet projection, the CLS token and the positions), ``"spatial_norm"`` (Model 2: the
+spatial encoder's final LayerNorm) and ``"head"`` (the final LayerNorm and the classifier, whose logits then leave in
+fp32), so every part of the model can be repaired.
 
 - fp16: the half model is traced with each kept unit computing in fp32 (its weights fp32, its input cast
   up, its output cast back to fp16), so the graph stays strongly typed: every tensor carries the type
@@ -33,13 +36,16 @@ from vivit_deploy.model.probes import layer_module
 UNIT_KINDS = ("attention", "mlp", "norms")
 UNIT_MODULES = {"": ("block",), "attention": ("attention",), "mlp": ("intermediate", "output"),  # of layer L
                 "norms": ("layernorm_before", "layernorm_after")}
-OUTSIDE = {"embeddings": ("vivit.embeddings",), "head": ("vivit.layernorm", "classifier")}  # units outside the layers
+OUTSIDE = {"embeddings": ("vivit.embeddings",), "spatial_norm": ("vivit.encoder.spatial_norm",),  # outside the layers
+           "head": ("vivit.layernorm", "classifier")}
 AUTO = "auto"
 MAX_SEARCH_STEPS = 12  # exports an auto search may make before it gives up
 
 
-def parse_keep_fp32(text: str | None, num_layers: int, precision: str) -> tuple[str, ...] | str:
-    """``AUTO``, or the units of ``--keep-fp32 LAYERS`` checked against the model, normalised and sorted."""
+def parse_keep_fp32(text: str | None, config, precision: str) -> tuple[str, ...] | str:
+    """``AUTO``, or the units of ``--keep-fp32 LAYERS`` checked against the model (its ``VivitConfig``), normalised
+    and sorted."""
+    num_layers = config.num_layers
     if text is None or text.strip().lower() in ("", "none"):
         return ()
     if precision == "fp32":
@@ -50,6 +56,8 @@ def parse_keep_fp32(text: str | None, num_layers: int, precision: str) -> tuple[
     for part in text.split(","):
         unit = part.strip()
         if unit in OUTSIDE:
+            if unit == "spatial_norm" and config.variant != "factorised_encoder":
+                raise ConfigError("--keep-fp32 spatial_norm: only the factorised encoder (Model 2) has a spatial norm")
             if precision in QUANTIZED_PRECISIONS:
                 raise ConfigError(f"--keep-fp32 {unit}: the {unit} already run in float in an {precision} graph (only the "
                                   "layers' weight MatMuls are quantized); keep a layer or its attention or mlp")
@@ -61,37 +69,45 @@ def parse_keep_fp32(text: str | None, num_layers: int, precision: str) -> tuple[
                               "2.norms), embeddings, head, or auto, or none")
         if int(layer) >= num_layers:
             raise ConfigError(f"--keep-fp32 {unit}: the model has {num_layers} layers (0..{num_layers - 1})")
+        if kind == "mlp" and config.layer_kind(int(layer)) == "space":
+            raise ConfigError(f"--keep-fp32 {unit}: layer {int(layer)} ({config.layer_title(int(layer))}) attends over "
+                              f"space and has no MLP; the block's MLP is in layer {int(layer) + 1}")
         if kind == "norms" and precision in QUANTIZED_PRECISIONS:
             raise ConfigError(f"--keep-fp32 {unit}: LayerNorm already runs in float in an {precision} graph; keep "
                               f"{layer}.attention or {layer}.mlp instead")
         units.append(f"{int(layer)}.{kind}" if kind else str(int(layer)))
-    return normalise(units)
+    return normalise(units, config)
 
 
-def normalise(units) -> tuple[str, ...]:
-    """Sorted in the order the data flows (embeddings, layers, head), each once, parts dropped where their whole layer
-    is kept."""
+def normalise(units, config=None) -> tuple[str, ...]:
+    """Sorted in the order the data flows (embeddings, layers, Model 2's spatial norm after its spatial layers, head),
+    each once, parts dropped where their whole layer is kept."""
     whole = {u for u in units if "." not in u}
     kept = {u for u in units if u in whole or u.split(".")[0] not in whole}
+    spatial = config.num_hidden_layers - 0.5 if config is not None else 1 << 29
 
     def key(unit: str):
         if unit in OUTSIDE:
-            return (-1 if unit == "embeddings" else 1 << 30), -1
+            return {"embeddings": -1, "spatial_norm": spatial}.get(unit, 1 << 30), -1
         layer, _, kind = unit.partition(".")
         return int(layer), UNIT_KINDS.index(kind) if kind else -1
 
     return tuple(sorted(kept, key=key))
 
 
-def modules_of(units) -> list[str]:
-    """The module paths (checkpoint names) the units keep in fp32."""
+def modules_of(units, config=None) -> list[str]:
+    """The module paths (checkpoint names) the units keep in fp32 (a layer over space in Model 3 has attention and
+    one LayerNorm only)."""
     out = []
     for unit in units:
         if unit in OUTSIDE:
             out += list(OUTSIDE[unit])
             continue
         layer, _, kind = unit.partition(".")
-        out += [layer_module(int(layer), part) for part in UNIT_MODULES[kind]]
+        parts = UNIT_MODULES[kind]
+        if config is not None and config.layer_kind(int(layer)) == "space":
+            parts = tuple(p for p in parts if p in ("block", "attention", "layernorm_before"))
+        out += [layer_module(int(layer), part) for part in parts]
     return out
 
 
@@ -120,7 +136,7 @@ def half_with_fp32_units(model, units):
 
     half = copy.deepcopy(model).half()
     originals = dict(model.named_modules())
-    for name in modules_of(units):
+    for name in modules_of(units, model.config):
         module = half.get_submodule(name).float()  # fp32 first: loading into fp16 parameters would round the values
         module.load_state_dict(originals[name].state_dict())
     layers = half.vivit.encoder.layer
@@ -131,6 +147,9 @@ def half_with_fp32_units(model, units):
         if unit == "head":  # the final LayerNorm into the classifier in fp32, the logits left in fp32
             _island(half.vivit.layernorm, None)
             _island(half.classifier, None)
+            continue
+        if unit == "spatial_norm":  # Model 2's spatial encoder's final LayerNorm
+            _island(half.vivit.encoder.spatial_norm, torch.float16)
             continue
         layer, _, kind = unit.partition(".")
         block = layers[int(layer)]
@@ -143,14 +162,15 @@ def half_with_fp32_units(model, units):
             _island(block.output, torch.float16)
         else:
             _island(block.layernorm_before, torch.float16)
-            _island(block.layernorm_after, torch.float16)
+            if hasattr(block, "layernorm_after"):  # Model 3's layers over space have one LayerNorm
+                _island(block.layernorm_after, torch.float16)
     return half
 
 
 def fp16_weight_overflows(model, units) -> list[tuple[int, str, str, float]]:
     """(layer, part, what, value) for every weight of the fp32 ``model`` beyond fp16's largest value outside the kept units:
     rounded to fp16 it becomes infinite."""
-    kept = modules_of(units)
+    kept = modules_of(units, model.config)
     parts = {"attention": "attention", "intermediate": "output", "output": "output",
              "layernorm_before": "layernorm_before", "layernorm_after": "layernorm_after"}
     found = []
@@ -161,9 +181,11 @@ def fp16_weight_overflows(model, units) -> list[tuple[int, str, str, float]]:
         pieces = name.split(".")
         if pieces[:3] == ["vivit", "encoder", "layer"]:
             found.append((int(pieces[3]), parts.get(pieces[4], "block"), f"the weights of {name.rsplit('.', 1)[0]}", top))
+        elif name.startswith("vivit.encoder.temporal_"):  # Model 2's temporal CLS token and positions: the temporal
+            found.append((model.config.num_hidden_layers, "block", f"the weights of {name}", top))  # layers' input
         else:
-            part = "embeddings" if name.startswith("vivit.embeddings") else \
-                "final_norm" if name.startswith("vivit.layernorm") else "classifier"
+            part = "embeddings" if name.startswith("vivit.embeddings") else "spatial_norm" if name.startswith(
+                "vivit.encoder.spatial_norm") else "final_norm" if name.startswith("vivit.layernorm") else "classifier"
             found.append((-1, part, f"the weights of {name.rsplit('.', 1)[0]}", top))
     return found
 
@@ -178,7 +200,8 @@ class Attempt:
     next_unit: str | None  # what the diagnosis suggests keeping next
 
 
-def search(try_export: Callable[[tuple[str, ...]], Attempt], progress: Callable[[str], None]) -> tuple[tuple[str, ...], list[Attempt]]:
+def search(try_export: Callable[[tuple[str, ...]], Attempt], progress: Callable[[str], None],
+           config=None) -> tuple[tuple[str, ...], list[Attempt]]:
     """The fp32 units that make the export pass: grow by diagnosis until it passes, then prune what is not needed.
 
     ``try_export(kept)`` exports and validates with ``kept`` in fp32. Raises ConfigError when no set found in
@@ -200,7 +223,7 @@ def search(try_export: Callable[[tuple[str, ...]], Attempt], progress: Callable[
             if unit in kept:
                 raise ConfigError(f"--keep-fp32 auto: {unit if unit in OUTSIDE else 'layer ' + unit} already runs in fp32 "
                                   f"and the file still fails ({attempt.reason})")
-        kept = normalise([*kept, unit])
+        kept = normalise([*kept, unit], config)
     for unit in reversed(kept):  # prune: the last added first
         if len(kept) == 1 and len(attempts) == 1:
             break

@@ -45,6 +45,8 @@ class GraphSummary:
     attention_blocks: int  # Softmax nodes between two MatMuls
     prescaled_attention_blocks: int  # of those, with Q (or K) scaled before the first MatMul
     softmax_residue: int  # IsNaN nodes, and Where nodes next to a Softmax or an IsNaN
+    decomposed_norms: int = 0  # ReduceMean nodes whose mean is subtracted from their input (a LayerNorm taken apart);
+    #                            a mean pooled over tokens (the factorised variants' "mean" pooling) is not one
     quantized_matmuls: int = 0  # MatMuls fed by DequantizeLinear (int8 / fp8 graphs)
     qdq_on_norm_softmax: int = 0  # LayerNorm / Softmax nodes reading a DequantizeLinear, Softmax feeding a QuantizeLinear
     asymmetric_qdq: int = 0  # Q/DQ nodes whose zero point is not an int8 / float8 zero (TensorRT takes only those)
@@ -105,6 +107,8 @@ def summarize(model) -> GraphSummary:
         return any(n is not None and n.op_type in ("Softmax", "IsNaN") for n in upstream + downstream)
 
     residue = sum(1 for n in graph.node if n.op_type == "IsNaN" or (n.op_type == "Where" and touches_softmax(n)))
+    decomposed = sum(1 for n in graph.node if n.op_type == "ReduceMean" and any(
+        c.op_type == "Sub" and n.input[0] in c.input for c in consumers.get(n.output[0], [])))
 
     def feeds_quantize(node) -> bool:
         return any(c.op_type == "QuantizeLinear" for o in node.output for c in consumers.get(o, []))
@@ -139,6 +143,7 @@ def summarize(model) -> GraphSummary:
         attention_blocks=blocks,
         prescaled_attention_blocks=prescaled,
         softmax_residue=residue,
+        decomposed_norms=decomposed,
         quantized_matmuls=quantized,
         qdq_on_norm_softmax=on_norm,
         asymmetric_qdq=asymmetric,
@@ -162,10 +167,12 @@ def _array(tensor):
     return numpy_helper.to_array(tensor)
 
 
-def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None = None,
+def check_graph(summary: GraphSummary, *, precision: str, config=None,
                 kept_fp32: tuple[str, ...] = (), attention_products: int = 0) -> list[Finding]:
-    """The hygiene an exported ViViT graph must have for ONNX Runtime and TensorRT (``kept_fp32``: the units a
+    """The hygiene an exported ViViT graph must have for ONNX Runtime and TensorRT (``config``: the model's
+    ``VivitConfig``, for how many attention blocks and weight MatMuls it has; ``kept_fp32``: the units a
     low-precision graph keeps in fp32, ``export/fp32_fallback.py``)."""
+    num_layers = None if config is None else config.num_layers
     findings: list[Finding] = []
 
     def add(ok: bool, check: str, good: str, bad: str, level: Level = "blocker") -> None:
@@ -174,7 +181,7 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
     ops = summary.op_counts
     add(summary.opset >= MIN_OPSET, "opset", f"opset {summary.opset}",
         f"opset {summary.opset} < {MIN_OPSET}: no LayerNormalization op")
-    add(ops.get("LayerNormalization", 0) > 0 and ops.get("ReduceMean", 0) == 0, "layernorm",
+    add(ops.get("LayerNormalization", 0) > 0 and summary.decomposed_norms == 0, "layernorm",
         f"{ops.get('LayerNormalization', 0)} LayerNormalization ops, none decomposed",
         "LayerNorm is decomposed into ReduceMean/Pow/Sqrt (overflows in fp16, slower everywhere)")
     add(summary.softmax_residue == 0, "softmax residue", "no IsNaN/Where around the Softmax",
@@ -204,11 +211,12 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
             f"a {precision} graph should hold mostly {want} weights, found {stored}")
     if precision in QUANTIZED_PRECISIONS:
         # per layer: the fused Q/K/V projection, the attention output, the two MLP products; fewer where kept in fp32
-        expected = 4 * num_layers - kept_matmuls(kept_fp32) + attention_products if num_layers is not None else None
+        expected = (weight_matmuls(config) - kept_matmuls(kept_fp32, config) + attention_products
+                    if config is not None else None)
         add(summary.quantized_matmuls > 0 and expected in (None, summary.quantized_matmuls), "quantized matmuls",
             f"{summary.quantized_matmuls - attention_products} weight MatMuls"
             + (f" and {attention_products} attention products" if attention_products else "") + f" read {precision} Q/DQ",
-            f"{summary.quantized_matmuls} MatMuls read Q/DQ, expected {expected} (4 per layer"
+            f"{summary.quantized_matmuls} MatMuls read Q/DQ, expected {expected} (4 per layer, 2 per layer without MLP"
             + (f", less those of {', '.join(kept_fp32)}" if kept_fp32 else "")
             + (f", and {attention_products} attention products" if attention_products else "") + ")")
         add(summary.qdq_on_norm_softmax == 0 or attention_products > 0, "float islands",
@@ -220,7 +228,23 @@ def check_graph(summary: GraphSummary, *, precision: str, num_layers: int | None
     return findings
 
 
-def kept_matmuls(units: tuple[str, ...]) -> int:
-    """How many weight MatMuls of a Q/DQ graph the fp32 units leave unquantized: 4 a layer, 2 its attention
-    (the fused Q/K/V and the output projection), 2 its MLP."""
-    return sum(4 if "." not in unit else 2 if unit.endswith((".attention", ".mlp")) else 0 for unit in units)
+def _layer_matmuls(config, layer: int) -> int:
+    """A layer's weight MatMuls: the fused Q/K/V and the attention output, and the MLP's two where it has one."""
+    return 2 if config is not None and config.layer_kind(layer) == "space" else 4
+
+
+def weight_matmuls(config) -> int:
+    """The weight MatMuls a Q/DQ graph of ``config``'s model quantizes (the tubelet projection and classifier stay float)."""
+    return sum(_layer_matmuls(config, layer) for layer in range(config.num_layers))
+
+
+def kept_matmuls(units: tuple[str, ...], config=None) -> int:
+    """How many weight MatMuls of a Q/DQ graph the fp32 units leave unquantized: a layer's (4, or 2 without MLP), 2 its
+    attention (the fused Q/K/V and the output projection), 2 its MLP; none outside the layers."""
+    total = 0
+    for unit in units:
+        layer, _, kind = unit.partition(".")
+        if not layer.isdigit():
+            continue
+        total += _layer_matmuls(config, int(layer)) if not kind else 2 if kind in ("attention", "mlp") else 0
+    return total

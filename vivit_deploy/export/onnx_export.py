@@ -26,13 +26,9 @@ batch sizes against PyTorch fp32) before the file appears at its path; a failure
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -56,7 +52,6 @@ OPSETS = range(18, 24)  # what the dynamo exporter writes natively (it refuses t
 MAX_FILE_BYTES = 2 * 1024**3  # protobuf's limit for a single-file model
 TUBELET_EMBEDDINGS = ("matmul", "conv")  # how the tubelet projection is written (see the module docstring)
 DEFAULT_TUBELET = "matmul"
-FOLD_LIMIT = 1 << 26  # elements: larger than any ViViT weight
 DEFAULT_SMOOTH_QUANT = 0.5  # SmoothQuant's alpha for int8/fp8 (measured in export/quantize.py's docstring)
 
 Progress = Callable[[str], None]
@@ -93,6 +88,7 @@ class ExportReport:
     layer_drift: Any = None  # accuracy.layers.LayerDriftReport, when the file failed
     diagnosis: Any = None  # accuracy.layers.Diagnosis: where it broke and what fixes it
     search: list[dict[str, Any]] = field(default_factory=list)  # --keep-fp32 auto: every export tried
+    step_parts: list[str] = field(default_factory=list)  # Model 2: the step encoder's and window classifier's files
     min_cosine: float | None = None  # the logits' tolerance it was validated with
 
     @property
@@ -168,6 +164,8 @@ class ExportReport:
             lines.append(f"  --keep-fp32 auto: {', '.join(attempt['kept']) or 'nothing'} kept: {attempt['reason']}")
         if self.layer_drift is not None:
             lines.append(self.layer_drift.format_table())
+        if self.step_parts:
+            lines.append(f"  Model 2's parts for streams that reuse time steps: {', '.join(self.step_parts)}")
         timing = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
         lines.append(f"  time: {timing}")
         return "\n".join(lines)
@@ -301,8 +299,9 @@ def export_onnx(
         preprocessor = preprocessor.at_size(model.config.image_height, model.config.image_width)
         progress(f"at {model.config.num_frames} frames of {model.config.image_height}x{model.config.image_width} "
                  f"(trained at {trained.num_frames} of {trained.image_height}x{trained.image_width}): positions resized")
-    model.vivit.embeddings.patch_embeddings.as_matmul = tubelet == "matmul"
-    keep = parse_keep_fp32(keep_fp32, model.config.num_hidden_layers, precision)
+    if hasattr(model.vivit.embeddings, "patch_embeddings"):  # Model 1's Conv3d; Models 2 and 3 project by a Linear
+        model.vivit.embeddings.patch_embeddings.as_matmul = tubelet == "matmul"
+    keep = parse_keep_fp32(keep_fp32, model.config, precision)
     seconds["load"] = time.perf_counter() - started
     spec = input_spec(model.config, max_batch if static_batch else 1, max_batch)
 
@@ -324,6 +323,24 @@ def export_onnx(
             raise ConfigError("--keep-fp32 auto searches by validating each export; it cannot run with validate=False")
         return _export_searching(job)
     report, _ = _export_once(job, keep, output)
+    return _with_step_parts(job, report)
+
+
+def _with_step_parts(job: "_Job", report: ExportReport) -> ExportReport:
+    """Model 2 with separate positions: its two parts beside the written file (``export/step_parts.py``)."""
+    from vivit_deploy.export.step_parts import export_step_parts, reuses_steps
+
+    if not reuses_steps(job.model.config):
+        return report
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(job.output), load_external_data=False).metadata_props}
+    validation = job.clips[:4] if job.clips is not None else _random_clips(job, 3, np.random.default_rng(1))
+    parts = export_step_parts(job.model, job.output, precision=job.precision, kept=report.kept_fp32, opset=job.opset,
+                              max_batch=job.spec.max_batch or DEFAULT_MAX_BATCH, clips=job.clips, validation=validation,
+                              tolerance=job.tolerance, smooth_quant=job.smooth_quant, progress=job.progress,
+                              metadata_props=props)
+    report.step_parts = [str(p) for p in parts]
     return report
 
 
@@ -361,7 +378,7 @@ def _build(job: _Job, kept: tuple[str, ...]):
     from vivit_deploy.export.fp32_fallback import modules_of
 
     started = time.perf_counter()
-    points = probe_points(job.model.config.num_hidden_layers)
+    points = probe_points(job.model.config)
     if job.quantized:
         from vivit_deploy.export.quantize import calibration_ranges, quantize
 
@@ -378,7 +395,7 @@ def _build(job: _Job, kept: tuple[str, ...]):
                 job.fp32_proto, _ = smooth_quant(job.fp32_proto, job.clips, INPUT_NAME, job.smooth_quant, job.progress)
             job.ranges = calibration_ranges(job.fp32_proto, job.clips, INPUT_NAME, job.progress)
         proto, calibration_summary = quantize(job.fp32_proto, job.clips, job.calibration_note, INPUT_NAME, job.progress,
-                                              precision=job.precision, float_modules=tuple(modules_of(kept)),
+                                              precision=job.precision, float_modules=tuple(modules_of(kept, job.model.config)),
                                               ranges=job.ranges, attention_products=job.attention_products,
                                               smoothed=job.smooth_quant)
         job.seconds["quantize"] = job.seconds.get("quantize", 0.0) + time.perf_counter() - started
@@ -419,7 +436,7 @@ def _export_once(job: _Job, kept: tuple[str, ...], output: Path, *, write: bool 
     if size >= MAX_FILE_BYTES:
         raise ExportError(f"the graph is {size / 1e9:.2f} GB, over protobuf's 2 GB single-file limit")
     summary = summarize(proto)
-    findings = check_graph(summary, precision=job.precision, num_layers=job.model.config.num_hidden_layers,
+    findings = check_graph(summary, precision=job.precision, config=job.model.config,
                            kept_fp32=kept, attention_products=len(calibration.attention_products) if calibration else 0)
     findings += extra
     report = ExportReport(output, job.precision, job.opset, job.spec.batch_range, size, summary, findings,
@@ -489,12 +506,12 @@ def _export_searching(job: _Job) -> ExportReport:
         return attempt
 
     try:
-        kept, attempts = search(try_export, job.progress)
+        kept, attempts = search(try_export, job.progress, job.model.config)
         report, path = passing[kept]
         report.search = [{"kept": list(a.kept), "passed": a.passed, "reason": a.reason} for a in attempts]
         os.replace(path, job.output)
         del passing[kept]
-        return report
+        return _with_step_parts(job, report)
     finally:
         for _, path in passing.values():
             path.unlink(missing_ok=True)
@@ -502,9 +519,10 @@ def _export_searching(job: _Job) -> ExportReport:
 
 def _load(source, preprocessor, progress: Progress, load_kwargs):
     """The fp32 CPU model with eager attention, its preprocessor config and a printable source name."""
+    from vivit_deploy.model.factorised import FactorisedVivitForVideoClassification
     from vivit_deploy.model.modeling import VivitForVideoClassification
 
-    if isinstance(source, VivitForVideoClassification):
+    if isinstance(source, (VivitForVideoClassification, FactorisedVivitForVideoClassification)):
         model = copy.deepcopy(source).float().cpu().eval()
         source_name = getattr(source, "source", "in-memory model")
     else:
@@ -535,44 +553,9 @@ def _trace(model, precision: str, opset: int, spec, kept: tuple[str, ...] = ()):
     # batch 2 as the example: torch.export specialises a dimension traced at size 1
     example = torch.zeros(spec.static_batch or 2, *spec.frame_shape)
     dynamic = None if spec.static_batch else ({0: torch.export.Dim(BATCH_AXIS, min=1, max=spec.max_batch)},)
-    quiet = io.StringIO()
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                module, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, external_data=False, optimize=True, verbose=False,
-            )
-    except Exception as exc:  # the exporter raises many types; all mean the same to the user
-        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-    # The exporter's own folding stops at 8192-element inputs; the tubelet projection's weight is reshaped and
-    # transposed for its MatMul (1.2M elements in ViViT-B): fold that into one initializer, as every Linear's is.
-    import onnxscript.optimizer
+    from vivit_deploy.export.tracing import trace_module
 
-    onnxscript.optimizer.fold_constants(program.model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
-    return _without_initializer_value_info(program.model_proto)
-
-
-def _without_initializer_value_info(proto):
-    """Drop ``value_info`` entries that annotate initializers.
-
-    The exporter writes them; they say nothing a reader cannot get from the initializer itself, and
-    ONNX Runtime's quantization tools rewrite initializers (transposed or quantized weights) under the
-    same names, after which shape inference fails on the stale entries ("Inferred shape and existing
-    shape differ in dimension 0: (768) vs (400)").
-    """
-    initializers = {init.name for init in proto.graph.initializer}
-    kept = [v for v in proto.graph.value_info if v.name not in initializers]
-    del proto.graph.value_info[:]
-    proto.graph.value_info.extend(kept)
-    return proto
+    return trace_module(module, example, dynamic, INPUT_NAME, OUTPUT_NAME, opset)
 
 
 def _validate(job: _Job, path: Path, report: ExportReport, kept: tuple[str, ...]) -> None:
@@ -608,9 +591,9 @@ def _validate(job: _Job, path: Path, report: ExportReport, kept: tuple[str, ...]
         from vivit_deploy.export.fp32_fallback import fp16_weight_overflows
 
         found = fp16_weight_overflows(job.model, kept) + watch.overflows(FP16_MAX, frozenset(kept))
-        layers = job.model.config.num_hidden_layers
+        config = job.model.config
         report.overflows = [{"layer": layer, "part": part, "what": what, "value": value}
-                            for layer, part, what, value in sorted(found, key=lambda o: flow_position(o[0], o[1], layers))]
+                            for layer, part, what, value in sorted(found, key=lambda o: flow_position(o[0], o[1], config))]
     if report.passed or any(f.level == "blocker" for f in report.findings):
         return
     if report.overflows:

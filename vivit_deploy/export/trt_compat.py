@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vivit_deploy.errors import ModelFileError
+from vivit_deploy.errors import ConfigError, ModelFileError
 from vivit_deploy.export.graph_checks import WEIGHT_TYPES, Finding, GraphSummary, check_graph, summarize
 from vivit_deploy.artifacts.metadata import PRECISIONS, QUANTIZED_PRECISIONS, load_onnx_graph
 
@@ -207,10 +207,17 @@ def check_trt(path: str | os.PathLike, precision: str | None = None, trt: str = 
         precision = max(WEIGHT_TYPES, key=lambda p: weights.get(WEIGHT_TYPES[p], 0))
         findings.append(Finding("warning", "metadata",
                                 f"no vivit_deploy metadata: treating it as an {precision} graph (from its weights)"))
-    layers = json.loads(props["vivit_deploy.config"]).get("num_hidden_layers") if "vivit_deploy.config" in props else None
+    config = None
+    if "vivit_deploy.config" in props:
+        from vivit_deploy.model.config import VivitConfig
+
+        try:
+            config = VivitConfig.from_dict(json.loads(props["vivit_deploy.config"]))
+        except (ConfigError, json.JSONDecodeError):
+            config = None  # metadata of another version: the counts are then not checked
     kept = tuple(json.loads(props.get("vivit_deploy.kept_fp32", "[]")))
     products = len(json.loads(props.get("vivit_deploy.calibration", "{}")).get("attention_products", []))
-    findings += [f for f in check_graph(summary, precision=precision, num_layers=layers, kept_fp32=kept,
+    findings += [f for f in check_graph(summary, precision=precision, config=config, kept_fp32=kept,
                                         attention_products=products) if f.check != "opset"]
     if precision == "fp32":
         findings.append(Finding(

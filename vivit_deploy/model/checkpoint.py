@@ -204,6 +204,19 @@ def load_model(
     config = load_config(directory)
     state = original_names(load_state_dict(directory))
     dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config.extra, state)
+    if config.factorised:  # Models 2 and 3 (model/factorised.py): classifiers only
+        from vivit_deploy.model.factorised import FactorisedVivitForVideoClassification
+
+        if head == "base":
+            raise ConfigError(f"{source}: a {config.variant.replace('_', ' ')} checkpoint loads with its classifier "
+                              "(head='auto' or 'classification')")
+        with torch.device("meta"):
+            model = FactorisedVivitForVideoClassification(config, attn_implementation=attn_implementation)
+        _check_state_dict(model, state, str(source))
+        model.load_state_dict(state, strict=True, assign=True)
+        model.source = str(source)
+        model.checkpoint_dir = directory
+        return model.to(device=device, dtype=dtype).eval()
     head, state = _pick_head(state, head, str(source), config.extra.get("architectures"))
     with torch.device("meta"):  # build without allocating or initialising: every tensor is replaced below
         if head == "classification":
@@ -215,6 +228,17 @@ def load_model(
     model.source = str(source)
     model.checkpoint_dir = directory
     return model.to(device=device, dtype=dtype).eval()
+
+
+def new_model(config: VivitConfig, attn_implementation: str = "sdpa"):
+    """An untrained classifier of ``config``'s variant (random weights): Model 1's class, or Models 2 and 3's."""
+    if config.factorised:
+        from vivit_deploy.model.factorised import FactorisedVivitForVideoClassification
+
+        return FactorisedVivitForVideoClassification(config, attn_implementation=attn_implementation)
+    from vivit_deploy.model.modeling import VivitForVideoClassification
+
+    return VivitForVideoClassification(config, attn_implementation=attn_implementation)
 
 
 def _check_state_dict(model: "torch.nn.Module", state: dict, source: str) -> None:

@@ -27,6 +27,18 @@ POOLER_ACTIVATIONS = ("tanh", "relu", "gelu", "gelu_fast", "gelu_new", "gelu_pyt
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 _MODEL_TYPE = "vivit"
+# Models 2 and 3 are not transformers' ViViT: another model_type keeps transformers from loading one as Model 1
+FACTORISED_MODEL_TYPE = "vivit_factorised"
+# The paper's models this package computes: Model 1 (joint space-time attention, transformers' ViViT), Model 2 (the
+# factorised encoder: a spatial encoder per time step, then a temporal encoder), Model 3 (factorised self-attention:
+# each block attends over space, then over time); Models 2 and 3 in vit-pytorch's layout (model/factorised.py)
+VARIANTS = ("joint", "factorised_encoder", "factorised_self_attention")
+POOLINGS = ("cls", "mean")
+# Model 2's position embeddings: "per_step" (vit-pytorch's: one table over (time step, patch), added before the spatial
+# encoder, so a step's spatial output depends on where it sits in the clip) or "separate" (the paper's: a spatial
+# table shared by every step, a temporal table added before the temporal encoder; a step's spatial output is the same
+# wherever it sits, which lets a stream reuse it)
+POSITIONS = ("per_step", "separate")
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,11 @@ class VivitConfig:
     output_attentions: bool = False  # forward's defaults, as transformers' config carries them
     output_hidden_states: bool = False
     return_dict: bool = True
+    variant: str = "joint"  # one of VARIANTS; config.json has it only for Models 2 and 3
+    temporal_layers: int = 0  # Model 2: the temporal encoder's depth (num_hidden_layers is the spatial encoder's)
+    pooling: str = "cls"  # Models 2 and 3: "cls" (class tokens) or "mean" (the tokens' average)
+    attention_head_dim: int | None = None  # one head's width (vit-pytorch's dim_head); None: hidden_size // heads
+    positions: str = "per_step"  # Model 2: one of POSITIONS
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # other config.json keys, kept verbatim
 
     def __post_init__(self) -> None:
@@ -113,6 +130,31 @@ class VivitConfig:
             raise ConfigError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
         if sorted(self.id2label) != list(range(len(self.id2label))):
             raise ConfigError(f"id2label keys must be 0..N-1, got {sorted(self.id2label)}")
+        self._validate_variant()
+
+    def _validate_variant(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        head = self.attention_head_dim
+        if head is not None and (not isinstance(head, int) or isinstance(head, bool) or head < 1):
+            raise ConfigError(f"attention_head_dim must be a positive integer, got {head!r}")
+        if self.variant == "joint":
+            if self.temporal_layers or self.pooling != "cls" or self.positions != "per_step":
+                raise ConfigError("temporal_layers, pooling and positions belong to the factorised variants; Model 1 "
+                                  "(variant 'joint') pools its CLS token")
+            return
+        if self.variant == "factorised_encoder" and (not isinstance(self.temporal_layers, int) or self.temporal_layers < 1):
+            raise ConfigError(f"the factorised encoder needs temporal_layers >= 1, got {self.temporal_layers!r}")
+        if self.variant == "factorised_self_attention" and (self.temporal_layers or self.positions != "per_step"):
+            raise ConfigError("factorised self-attention has one depth (num_hidden_layers) and per-step positions")
+        t, ph, pw = self.tubelet_size
+        if self.num_frames % t or self.image_height % ph or self.image_width % pw:
+            raise ConfigError(f"the factorised variants take whole tubelets: {self.num_frames} frames of "
+                              f"{self.image_height}x{self.image_width} are not multiples of {t}x{ph}x{pw}")
 
     # ---- derived geometry -------------------------------------------------------------------------
     @property
@@ -129,7 +171,48 @@ class VivitConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.attention_head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def factorised(self) -> bool:
+        return self.variant != "joint"
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers in the order the data flows through them, each one set of probe points and one
+        --keep-fp32 unit: Model 1's layers; Model 2's spatial layers, then its temporal ones; Model 3's blocks as
+        two layers each, attention over space (no MLP), then attention over time and the MLP."""
+        if self.variant == "factorised_encoder":
+            return self.num_hidden_layers + self.temporal_layers
+        if self.variant == "factorised_self_attention":
+            return 2 * self.num_hidden_layers
+        return self.num_hidden_layers
+
+    def layer_kind(self, layer: int) -> str:
+        """What layer ``layer`` (of ``num_layers``) attends over: "joint" (every token), "spatial" (Model 2's spatial
+        encoder: one time step's tokens), "temporal" (Model 2's temporal encoder: the time steps' tokens), "space" and
+        "time" (Model 3: a block's attention over space, then over time with the MLP)."""
+        if self.variant == "factorised_encoder":
+            return "spatial" if layer < self.num_hidden_layers else "temporal"
+        if self.variant == "factorised_self_attention":
+            return "space" if layer % 2 == 0 else "time"
+        return "joint"
+
+    def layer_title(self, layer: int) -> str:
+        """How reports name a layer: "layer 3", "spatial layer 3", "temporal layer 0", "block 1, time"."""
+        kind = self.layer_kind(layer)
+        if kind == "spatial":
+            return f"spatial layer {layer}"
+        if kind == "temporal":
+            return f"temporal layer {layer - self.num_hidden_layers}"
+        if kind in ("space", "time"):
+            return f"block {layer // 2}, {kind}"
+        return f"layer {layer}"
+
+    @property
+    def attention_layers(self) -> int:
+        """Attention blocks in one forward pass (what a TensorRT build may fuse)."""
+        return self.num_layers
 
     @property
     def use_return_dict(self) -> bool:  # transformers' name
@@ -152,14 +235,32 @@ class VivitConfig:
         return self.num_frames, self.num_channels, self.image_height, self.image_width
 
     def flops_per_clip(self) -> float:
-        """Multiply-adds x 2 of one forward pass, the figure benchmarks divide by."""
-        n = self.num_patches + 1
-        d, m, layers = self.hidden_size, self.intermediate_size, self.num_hidden_layers
-        linear = 2 * n * (4 * d * d + 2 * d * m)
-        attention = 2 * 2 * n * n * d
+        """Multiply-adds x 2 of one forward pass, the figure benchmarks divide by: the weight products and the
+        attention products (Q·Kᵀ, P·V) of every layer over the sequences it attends over, the tubelet projection
+        and the classifier (LayerNorm, Softmax and GELU are left out, as is usual)."""
+        d, m, inner = self.hidden_size, self.intermediate_size, self.num_attention_heads * self.head_dim
         t, ph, pw = self.tubelet_size
         embed = 2 * self.num_patches * d * self.num_channels * t * ph * pw
-        return float(layers * (linear + attention) + embed + 2 * d * self.num_labels)
+        head = 2 * d * self.num_labels
+
+        def attention(sequences: int, length: int) -> float:  # Q, K, V, the output projection, QKᵀ and PV
+            return sequences * (2 * length * 4 * d * inner + 2 * 2 * length * length * inner)
+
+        def mlp(tokens: int) -> float:
+            return 2 * tokens * 2 * d * m
+
+        cls = 1 if self.pooling == "cls" else 0
+        steps, space = self.grid[0], self.grid[1] * self.grid[2]
+        if self.variant == "factorised_encoder":
+            spatial = self.num_hidden_layers * (attention(steps, space + cls) + mlp(steps * (space + cls)))
+            temporal = self.temporal_layers * (attention(1, steps + cls) + mlp(steps + cls))
+            return float(embed + spatial + temporal + head)
+        if self.variant == "factorised_self_attention":
+            tokens = steps * (space + cls)
+            block = attention(steps, space + cls) + attention(space + cls, steps) + mlp(tokens)
+            return float(embed + self.num_hidden_layers * block + head)
+        n = self.num_patches + 1
+        return float(embed + self.num_hidden_layers * (attention(1, n) + mlp(n)) + head)
 
     # ---- config.json ------------------------------------------------------------------------------
     @classmethod
@@ -168,8 +269,12 @@ class VivitConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
         model_type = data.get("model_type", _MODEL_TYPE)
-        if model_type != _MODEL_TYPE:
-            raise ConfigError(f"config.json describes a {model_type!r} model, not ViViT ('vivit')")
+        if model_type not in (_MODEL_TYPE, FACTORISED_MODEL_TYPE):
+            raise ConfigError(f"config.json describes a {model_type!r} model, not ViViT ('vivit' or "
+                              f"'{FACTORISED_MODEL_TYPE}')")
+        if (model_type == FACTORISED_MODEL_TYPE) != (data.get("variant", "joint") != "joint"):
+            raise ConfigError(f"config.json's model_type {model_type!r} and variant {data.get('variant', 'joint')!r} "
+                              f"disagree ('{FACTORISED_MODEL_TYPE}' is Models 2 and 3, 'vivit' Model 1)")
         names = {f.name for f in fields(cls)} - {"extra", "id2label"}
         kwargs = {k: v for k, v in data.items() if k in names}
         id2label = data.get("id2label")
@@ -197,7 +302,12 @@ class VivitConfig:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         out["id2label"] = {str(i): label for i, label in self.id2label.items()}
         out["label2id"] = {label: i for i, label in self.id2label.items()}
-        out["model_type"] = _MODEL_TYPE
+        out["model_type"] = FACTORISED_MODEL_TYPE if self.factorised else _MODEL_TYPE
+        if not self.factorised:  # Model 1's config.json stays the one transformers writes
+            for name in ("variant", "temporal_layers", "pooling", "positions"):
+                del out[name]
+            if self.attention_head_dim is None:
+                del out["attention_head_dim"]
         return dict(sorted(out.items()))
 
     @classmethod
@@ -226,8 +336,13 @@ class VivitConfig:
 
 
 # Named geometries, as tiny dicts of overrides (the timm way): `--config vivit-b-16x2` and tests use them.
+# Models 2 and 3 at ViViT-B's width, in vit-pytorch's layout (its LayerNorms, no Q/K/V bias, exact GELU, 64-wide heads):
+# the paper's ViViT-B factorised encoder has 12 spatial and 4 temporal layers; factorised self-attention 12 blocks.
+_VIT_PYTORCH_B = dict(hidden_act="gelu", layer_norm_eps=1e-5, qkv_bias=False, attention_head_dim=64)
 PRESETS: dict[str, dict[str, Any]] = {
     "vivit-b-16x2": {},  # google/vivit-b-16x2-kinetics400 geometry, 400 labels
+    "vivit-b-fe": dict(variant="factorised_encoder", num_hidden_layers=12, temporal_layers=4, **_VIT_PYTORCH_B),
+    "vivit-b-fsa": dict(variant="factorised_self_attention", num_hidden_layers=12, **_VIT_PYTORCH_B),
     "tiny": dict(
         image_size=32, num_frames=4, tubelet_size=(2, 8, 8), hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, intermediate_size=64,
@@ -240,7 +355,7 @@ def preset(name: str, **overrides: Any) -> VivitConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown config preset {name!r}; known: {sorted(PRESETS)}")
     kwargs = dict(PRESETS[name])
-    if name == "vivit-b-16x2":
+    if name.startswith("vivit-b"):
         kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(400)}
     kwargs.update(overrides)
     return VivitConfig(**kwargs)

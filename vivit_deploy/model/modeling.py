@@ -364,22 +364,8 @@ def _head_mask(head_mask: torch.Tensor | None, config: VivitConfig, dtype: torch
     return mask[:, None, :, None, None].to(dtype)
 
 
-class _VivitBase(nn.Module):
-    """What both heads share: the config, the attention switch, dtype/device, input checks, loading and saving."""
-
-    config: VivitConfig
-    main_input_name = "pixel_values"
-
-    @classmethod
-    def from_pretrained(cls, source, **kwargs):
-        """transformers' entry point: ``load_model`` with this class's head (see it for the options)."""
-        from vivit_deploy.model.checkpoint import load_model
-
-        if cls is VivitModel:
-            kwargs.setdefault("head", "base")
-        elif cls is VivitForVideoClassification:
-            kwargs.setdefault("head", "classification")
-        return load_model(source, **kwargs)
+class ModelMembers(nn.Module):
+    """What every ViViT model answers (Models 1, 2 and 3): its attention path and the switch, dtype, device, size."""
 
     @property
     def attn_implementation(self) -> str:
@@ -402,6 +388,24 @@ class _VivitBase(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class _VivitBase(ModelMembers):
+    """What both heads share: the config, the attention switch, dtype/device, input checks, loading and saving."""
+
+    config: VivitConfig
+    main_input_name = "pixel_values"
+
+    @classmethod
+    def from_pretrained(cls, source, **kwargs):
+        """transformers' entry point: ``load_model`` with this class's head (see it for the options)."""
+        from vivit_deploy.model.checkpoint import load_model
+
+        if cls is VivitModel:
+            kwargs.setdefault("head", "base")
+        elif cls is VivitForVideoClassification:
+            kwargs.setdefault("head", "classification")
+        return load_model(source, **kwargs)
 
     def get_output_embeddings(self) -> None:
         return None

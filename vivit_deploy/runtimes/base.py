@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Callable
 import numpy as np
 
 from vivit_deploy.model.config import VivitConfig
-from vivit_deploy.errors import ConfigError, InputRangeWarning, ModelFileError, VivitDeployError
+from vivit_deploy.errors import ConfigError, InputRangeWarning, InputShapeError, ModelFileError, VivitDeployError
 from vivit_deploy.model.io_spec import InputSpec
 from vivit_deploy.video.preprocessing import PreprocessorConfig
 
@@ -161,6 +161,12 @@ class Runtime(ABC):
     def _run_probes(self, pixel_values: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         raise NotImplementedError
 
+    def step_parts(self) -> "StepParts | None":
+        """Model 2 with separate positions (``artifacts.step_parts.reuses_steps``): its step encoder and window
+        classifier, so a caller (a stream) encodes each time step once for every window that holds it. None where the
+        model cannot (Models 1 and 3, per-step positions) or this backend or file has no parts."""
+        return None
+
     def set_threads(self, threads: int) -> int | None:
         """Change the backend's intra-op CPU threads while it runs; returns the previous count, or None
         where the backend fixes them when it loads (ONNX Runtime's ``threads`` option) or runs on a GPU."""
@@ -204,6 +210,41 @@ class Runtime(ABC):
 BACKENDS: dict[str, type[Runtime]] = {}
 SUFFIXES: dict[str, str] = {}  # file suffix -> backend name
 SCHEMES: dict[str, str] = {}  # URL scheme (triton://...) -> backend name
+
+
+class StepParts(ABC):
+    """Model 2 in two calls: ``encode`` the frames of S time steps (S, t, C, H, W) float32 into their tokens (S, D),
+    ``classify`` the tokens of B windows (B, F, D) into logits (B, num_labels); ``classify(encode(steps of a clip))``
+    is the clip's logits. Batches above the backend's limits are split here."""
+
+    def __init__(self, config: VivitConfig, max_windows: int | None):
+        self.config = config
+        self.step_frames = config.tubelet_size[0]
+        self.steps_per_window = config.grid[0]
+        self.max_windows = max_windows or 64
+        self.max_steps = self.max_windows * self.steps_per_window
+
+    def encode(self, steps: np.ndarray) -> np.ndarray:
+        steps = np.ascontiguousarray(steps, dtype=np.float32)
+        want = (self.step_frames, *self.config.input_shape[1:])
+        if steps.ndim != 5 or steps.shape[1:] != want or len(steps) == 0:
+            raise InputShapeError(f"time steps must be (S, {', '.join(map(str, want))}) float32, got {steps.shape}")
+        return np.concatenate([np.asarray(self._encode(steps[i:i + self.max_steps]), np.float32)
+                               for i in range(0, len(steps), self.max_steps)])
+
+    def classify(self, tokens: np.ndarray) -> np.ndarray:
+        tokens = np.ascontiguousarray(tokens, dtype=np.float32)
+        want = (self.steps_per_window, self.config.hidden_size)
+        if tokens.ndim != 3 or tokens.shape[1:] != want or len(tokens) == 0:
+            raise InputShapeError(f"window tokens must be (B, {', '.join(map(str, want))}) float32, got {tokens.shape}")
+        return np.concatenate([np.asarray(self._classify(tokens[i:i + self.max_windows]), np.float32)
+                               for i in range(0, len(tokens), self.max_windows)])
+
+    @abstractmethod
+    def _encode(self, steps: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _classify(self, tokens: np.ndarray) -> np.ndarray: ...
 
 
 def register_backend(name: str, suffixes: tuple[str, ...] = (), schemes: tuple[str, ...] = ()) -> Callable[[type[Runtime]], type[Runtime]]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
 from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS, read_onnx_metadata
-from vivit_deploy.runtimes.base import Runtime, file_probe_names, register_backend
+from vivit_deploy.runtimes.base import Runtime, StepParts, file_probe_names, register_backend
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # our compute precision -> OpenVINO's INFERENCE_PRECISION_HINT
 
@@ -97,6 +97,8 @@ class OpenVinoRuntime(Runtime):
             raise BackendUnavailableError(f"OpenVINO compiled {path} for {got}, not the {compute} asked for")
         _check_io(compiled, metadata, path)
         self.compiled = compiled
+        self._compile_setup = (core, config)
+        self._parts: StepParts | None = None
         self.metadata = metadata
         self.compute_precision = compute
         self._input = metadata.input.name
@@ -126,7 +128,18 @@ class OpenVinoRuntime(Runtime):
 
     def _close(self) -> None:
         self.compiled = None
+        self._parts = None
         self._local = threading.local()
+
+    def step_parts(self) -> StepParts | None:
+        """Model 2's ``model.steps.onnx`` and ``model.windows.onnx`` beside this file, compiled as this one (same
+        precision hint and threads); None where there are none or the model cannot reuse its steps."""
+        from vivit_deploy.artifacts.step_parts import reuses_steps
+
+        self._ensure_open()
+        if self._parts is None and reuses_steps(self.config):
+            self._parts = _OpenVinoStepParts.load(self)
+        return self._parts
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "openvino": self.version, "inference_precision": self.compute_precision}
@@ -169,3 +182,46 @@ def _add_probe_outputs(model, path: Path) -> tuple[str, ...]:
     names = file_probe_names(load_onnx_graph(path), path)
     model.add_outputs(list(names))
     return names
+
+
+class _OpenVinoStepParts(StepParts):
+    """The part files compiled with the whole model's settings; an infer request per thread, as the runtime."""
+
+    def __init__(self, config, max_windows, steps_model, windows_model):
+        super().__init__(config, max_windows)
+        self.models = {"steps": steps_model, "windows": windows_model}
+        self._local = threading.local()
+
+    @classmethod
+    def load(cls, runtime: OpenVinoRuntime) -> "_OpenVinoStepParts | None":
+        from vivit_deploy.artifacts.metadata import load_onnx_graph
+        from vivit_deploy.artifacts.step_parts import OWNER_KEY, check_owner, part_paths
+        from vivit_deploy.files import sha256_of
+
+        paths = part_paths(runtime.source)
+        if not all(p.is_file() for p in paths):
+            return None
+        core, config = runtime._compile_setup
+        owner = sha256_of(runtime.source)
+        compiled = []
+        for path in paths:
+            props = {p.key: p.value for p in load_onnx_graph(path).metadata_props}
+            check_owner(path, props.get(OWNER_KEY), Path(runtime.source), owner)
+            try:
+                compiled.append(core.compile_model(core.read_model(str(path)), "CPU", config))
+            except RuntimeError as exc:
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelFileError(f"{path}: OpenVINO cannot load it ({message})") from exc
+        return cls(runtime.config, runtime.input_spec.max_batch, *compiled)
+
+    def _infer(self, part: str, values: np.ndarray) -> np.ndarray:
+        requests = self._local.__dict__.setdefault("requests", {})
+        if part not in requests:
+            requests[part] = self.models[part].create_infer_request()
+        return requests[part].infer({0: values})[0]
+
+    def _encode(self, steps: np.ndarray) -> np.ndarray:
+        return self._infer("steps", steps)
+
+    def _classify(self, tokens: np.ndarray) -> np.ndarray:
+        return self._infer("windows", tokens)

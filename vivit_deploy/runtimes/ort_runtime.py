@@ -15,7 +15,7 @@ import numpy as np
 
 from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
 from vivit_deploy.artifacts.metadata import DeployMetadata
-from vivit_deploy.runtimes.base import Runtime, device_index, file_probe_names, register_backend, resolve_device
+from vivit_deploy.runtimes.base import Runtime, StepParts, device_index, file_probe_names, register_backend, resolve_device
 
 PROVIDERS = ("cpu", "cuda", "tensorrt")
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -111,6 +111,8 @@ class OnnxRuntimeRuntime(Runtime):
                 f"`vivit-export --precision {precision}` (or provider 'tensorrt' for fp16 engines)"
             )
         self.session = session
+        self._session_setup = (options, providers)
+        self._parts: StepParts | None = None
         self.metadata = metadata
         self.provider = provider
         self.probe_names = probe_names
@@ -148,9 +150,20 @@ class OnnxRuntimeRuntime(Runtime):
 
     def _close(self) -> None:
         self.session = None
+        self._parts = None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "provider": self.provider, "graph_optimization": self.optimization}
+
+    def step_parts(self) -> StepParts | None:
+        """Model 2's ``model.steps.onnx`` and ``model.windows.onnx`` beside this file (``vivit-export`` writes them
+        for Model 2 with separate positions), in sessions like this one's; None where there are none."""
+        from vivit_deploy.artifacts.step_parts import reuses_steps
+
+        self._ensure_open()
+        if self._parts is None and reuses_steps(self.config):
+            self._parts = _OrtStepParts.load(self)
+        return self._parts
 
 
 def _check_session_matches(session, metadata: DeployMetadata, path: Path) -> None:
@@ -188,3 +201,43 @@ def with_probe_outputs(path: Path) -> tuple[bytes, tuple[str, ...]]:
             value = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
         model.graph.output.append(value)
     return model.SerializeToString(), names
+
+
+class _OrtStepParts(StepParts):
+    """The part files in ONNX Runtime sessions with the whole model's options and providers."""
+
+    def __init__(self, config, max_windows, steps_session, windows_session):
+        super().__init__(config, max_windows)
+        self.steps_session, self.windows_session = steps_session, windows_session
+
+    @classmethod
+    def load(cls, runtime: OnnxRuntimeRuntime) -> "_OrtStepParts | None":
+        from vivit_deploy.artifacts.step_parts import OWNER_KEY, check_owner, part_paths
+        from vivit_deploy.files import sha256_of
+
+        ort = import_onnxruntime()
+        paths = part_paths(runtime.source)
+        if not all(p.is_file() for p in paths):
+            return None
+        options, providers = runtime._session_setup
+        owner = sha256_of(runtime.source)
+        sessions = []
+        for path in paths:
+            try:
+                session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as exc:  # pybind's plain Exceptions, as for the whole model
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message})") from exc
+            check_owner(path, session.get_modelmeta().custom_metadata_map.get(OWNER_KEY), runtime.source, owner)
+            sessions.append(session)
+        return cls(runtime.config, runtime.input_spec.max_batch, *sessions)
+
+    def _encode(self, steps: np.ndarray) -> np.ndarray:
+        from vivit_deploy.artifacts.step_parts import STEPS_INPUT
+
+        return self.steps_session.run(None, {STEPS_INPUT: steps})[0]
+
+    def _classify(self, tokens: np.ndarray) -> np.ndarray:
+        from vivit_deploy.artifacts.step_parts import WINDOWS_INPUT
+
+        return self.windows_session.run(None, {WINDOWS_INPUT: tokens})[0]

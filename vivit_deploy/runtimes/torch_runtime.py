@@ -14,7 +14,7 @@ from vivit_deploy.errors import ConfigError
 from vivit_deploy.model.io_spec import input_spec
 from vivit_deploy.video.preprocessing import PreprocessorConfig, preprocessor_config_in
 from vivit_deploy.model.probes import probe_points
-from vivit_deploy.runtimes.base import Runtime, register_backend, resolve_device
+from vivit_deploy.runtimes.base import Runtime, StepParts, register_backend, resolve_device
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -66,7 +66,7 @@ class TorchRuntime(Runtime):
                 preprocessor = preprocessor.at_size(model.config.image_height, model.config.image_width)
         self._init_from_model(model, preprocessor, precision, device, str(source), max_batch)
         if probes:
-            self.probe_names = tuple(point.tensor for point in probe_points(model.config.num_hidden_layers))
+            self.probe_names = tuple(point.tensor for point in probe_points(model.config))
 
     @classmethod
     def from_model(
@@ -82,7 +82,7 @@ class TorchRuntime(Runtime):
         self = cls.__new__(cls)
         self._init_from_model(model, preprocessor, precision, str(model.device), source, max_batch)
         if probes:
-            self.probe_names = tuple(point.tensor for point in probe_points(model.config.num_hidden_layers))
+            self.probe_names = tuple(point.tensor for point in probe_points(model.config))
         return self
 
     def _init_from_model(self, model, preprocessor, precision: str, device: str, source: str, max_batch: int | None) -> None:
@@ -99,6 +99,11 @@ class TorchRuntime(Runtime):
         with torch.inference_mode():
             return self.model(x, return_dict=True).logits.float().cpu().numpy()
 
+    def step_parts(self):
+        from vivit_deploy.artifacts.step_parts import reuses_steps
+
+        return _TorchStepParts(self.model, self.input_spec.max_batch) if reuses_steps(self.config) else None
+
     def _run_probes(self, pixel_values: np.ndarray):
         """Logits and the outputs of the probe points' modules, read by forward hooks on this run."""
         import torch
@@ -113,7 +118,7 @@ class TorchRuntime(Runtime):
             return hook
 
         handles = [modules[point.module].register_forward_hook(keep(point.tensor))
-                   for point in probe_points(self.config.num_hidden_layers) if point.tensor in self.probe_names]
+                   for point in probe_points(self.config) if point.tensor in self.probe_names]
         try:
             x = torch.from_numpy(pixel_values).to(self.model.device)
             with torch.inference_mode():
@@ -139,3 +144,25 @@ class TorchRuntime(Runtime):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "attn_implementation": self.model.attn_implementation if self.model else None}
 
+
+
+class _TorchStepParts(StepParts):
+    """Model 2's step encoder and window classifier: the model's own ``step_tokens`` and ``window_logits``."""
+
+    def __init__(self, model, max_windows: int | None):
+        super().__init__(model.config, max_windows)
+        self.model = model
+
+    def _encode(self, steps: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(steps).to(self.model.device, self.model.dtype)
+            return self.model.step_tokens(x).float().cpu().numpy()
+
+    def _classify(self, tokens: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(tokens).to(self.model.device, self.model.dtype)
+            return self.model.window_logits(x).float().cpu().numpy()

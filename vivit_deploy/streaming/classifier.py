@@ -51,6 +51,8 @@ class StreamStats:
 
     windows: int = 0  # classified
     skipped: int = 0  # replaced by a newer window before inference took them
+    encoded_steps: int = 0  # Model 2: time steps its spatial encoder ran on
+    reused_steps: int = 0  # and time steps an earlier window had encoded
     dropped_frames: int = 0
     reconnects: int = 0
     latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES))
@@ -62,8 +64,10 @@ class StreamStats:
             f"latency_ms_p{p}": round(float(np.percentile(latencies, p)), 1) for p in (50, 90, 99)}
         if latencies is not None:
             percentiles["latency_ms_max"] = round(float(latencies.max()), 1)
+        reuse = {} if not (self.encoded_steps or self.reused_steps) else {
+            "encoded_steps": self.encoded_steps, "reused_steps": self.reused_steps}
         return {"windows": self.windows, "skipped": self.skipped, "dropped_frames": self.dropped_frames,
-                "reconnects": self.reconnects, "ended": self.ended, **percentiles}
+                "reconnects": self.reconnects, "ended": self.ended, **reuse, **percentiles}
 
 
 class StreamClassifier:
@@ -79,12 +83,18 @@ class StreamClassifier:
     (``disconnected``) and retried like a dropped one. ``read_options`` (``video.ReadOptions``): rotation and the
     frame-size limit, as for files. Each frame a window keeps is preprocessed by its reader as it arrives, so a 4K
     camera's windows hold the model's input, not 4K frames.
+
+    ``reuse``: a model whose time steps are encoded alone (Model 2 with separate positions, through the runtime's
+    ``step_parts``) encodes each step once for every window that holds it, then classifies each window from its
+    steps' tokens: the same logits as encoding the window whole (to fp32 rounding), fewer steps encoded when windows
+    overlap. Windows share steps when ``hop`` is a whole number of steps (``window / num_frames`` seconds per frame
+    times the tubelet's frames): the samples then lie on one grid in stream time.
     """
 
     def __init__(self, runtime: "Runtime", sources: Sequence[str | Source], *, window: float = 2.0, hop: float = 1.0,
                  smooth: int = 3, min_probability: float = 0.5, top_k: int = 5, realtime: bool = False,
                  reconnect: bool = True, duration: float | None = None, max_batch: int | None = None, preprocessor=None,
-                 batch_wait: float = 0.02, read_options=None):
+                 batch_wait: float = 0.02, read_options=None, reuse: bool = True):
         from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
 
         if not sources:
@@ -110,6 +120,19 @@ class StreamClassifier:
         # a Triton model with its frames ensemble preprocesses on the server: it gets the uint8 frames
         self.send_frames = bool(getattr(runtime, "frames_model", None)) and self.preprocessor.config == runtime.preprocessor
         self.read_options = read_options
+        self.parts = runtime.step_parts() if reuse and not self.send_frames else None
+        self.hop_steps = None  # steps a window moves by, when whole: windows then share steps
+        if self.parts is not None:
+            step_seconds = window / self.spec.num_frames * self.parts.step_frames
+            ratio = hop / step_seconds
+            if abs(ratio - round(ratio)) < 1e-6 and round(ratio) >= 1:
+                self.hop_steps = round(ratio)
+            else:
+                import warnings
+
+                warnings.warn(f"--hop {hop:g} s is not a whole number of the model's time steps ({step_seconds:g} s "
+                              "each): windows share no steps, every window's steps are encoded", stacklevel=2)
+        self._step_cache: dict[str, dict[int, tuple[list, np.ndarray]]] = {name: {} for name in names}
         self.stats = {name: StreamStats() for name in names}
         self._stop = threading.Event()
         self._cond = threading.Condition()
@@ -142,6 +165,7 @@ class StreamClassifier:
         with self._cond:
             if event["event"] == "reconnected":
                 self.stats[event["stream"]].reconnects += 1
+                self._step_cache[event["stream"]] = {}  # a new origin: its windows sample another grid
             if event["event"] == "ended":
                 self.stats[event["stream"]].ended = event.get("reason")
             self._events.append(event)
@@ -234,10 +258,13 @@ class StreamClassifier:
     def _classify(self, taken: list[tuple[str, Window, int]]) -> Iterator[dict[str, Any]]:
         from vivit_deploy.predict import label_name, ranked, softmax, video_logits
 
-        # (1, T, H, W, 3) uint8 frames for a model that preprocesses them, else (1, T, C, H, W) float32, each frame
-        # preprocessed by its reader as it arrived
-        clips = [np.stack(window.frames)[None] for _, window, _ in taken]
-        logits = video_logits(self.runtime, clips, self.max_batch)
+        if self.parts is not None:
+            logits = list(self._logits_from_steps(taken)[:, None])
+        else:
+            # (1, T, H, W, 3) uint8 frames for a model that preprocesses them, else (1, T, C, H, W) float32, each frame
+            # preprocessed by its reader as it arrived
+            clips = [np.stack(window.frames)[None] for _, window, _ in taken]
+            logits = video_logits(self.runtime, clips, self.max_batch)
         done = time.monotonic()
         id2label = self.runtime.id2label
         for (name, window, dropped), clip_logits in zip(taken, logits):
@@ -267,6 +294,48 @@ class StreamClassifier:
                        "probability": record["smoothed_probability"]}
                 self._announced[name] = record["smoothed_label"]
 
+    def _logits_from_steps(self, taken: list[tuple[str, Window, int]]) -> np.ndarray:
+        """Model 2: each window's steps, encoded once (those an earlier window of the stream encoded are taken from
+        it), then the windows classified from their steps' tokens together."""
+        t, per_window = self.parts.step_frames, self.parts.steps_per_window
+        plans, missing = [], []
+        pending: dict[tuple[str, int], int] = {}  # steps this call encodes, so windows taken together share them too
+        for name, window, _ in taken:
+            cache = self._step_cache[name]
+            first = None
+            if self.hop_steps is not None:
+                first = window.index * self.hop_steps  # the grid in stream time: window i starts i hops in
+            plan = []
+            for j in range(per_window):
+                frames = window.frames[j * t:(j + 1) * t]
+                key = None if first is None else first + j
+                hit = cache.get(key) if key is not None else None
+                if hit is not None and _same_frames(hit[0], frames):
+                    plan.append(hit[1])
+                    self.stats[name].reused_steps += 1
+                elif key is not None and (name, key) in pending and _same_frames(missing[pending[name, key]][2], frames):
+                    plan.append(pending[name, key])
+                    self.stats[name].reused_steps += 1
+                else:
+                    if key is not None:
+                        pending[name, key] = len(missing)
+                    plan.append(len(missing))
+                    missing.append((name, key, frames))
+                    self.stats[name].encoded_steps += 1
+            plans.append((name, first, plan))
+        tokens = self.parts.encode(np.stack([np.stack(frames) for _, _, frames in missing])) if missing else None
+        for i, (name, key, frames) in enumerate(missing):
+            if key is not None:
+                self._step_cache[name][key] = (frames, tokens[i])
+        windows = []
+        for name, first, plan in plans:
+            windows.append(np.stack([tokens[p] if isinstance(p, int) else p for p in plan]))
+            if first is not None:  # the next window starts hop_steps later: earlier steps are not needed again
+                cache = self._step_cache[name]
+                for key in [k for k in cache if k < first + self.hop_steps]:
+                    del cache[key]
+        return self.parts.classify(np.stack(windows))
+
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per stream: windows classified, skipped, dropped frames, reconnects, latency percentiles, why it ended."""
         return {name: stats.to_dict() for name, stats in self.stats.items()}
@@ -295,3 +364,7 @@ def label_change_line(event: dict[str, Any]) -> str:
     return f"[{event['stream']} {event['at']:.1f} s] {before} -> {event['to']} ({event['probability']:.2f})"
 
 
+def _same_frames(kept: list, frames: list) -> bool:
+    """Whether a kept step holds these very frames (the reader's arrays, shared by the windows that overlap): a
+    step is reused only for the frames it was encoded from."""
+    return len(kept) == len(frames) and all(a is b for a, b in zip(kept, frames))
