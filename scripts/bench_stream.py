@@ -6,14 +6,18 @@
         --streams 1,2 --seconds 60 --hop 2                              # ViViT-B (random weights), OpenVINO bf16
     python scripts/bench_stream.py capacity --config vivit-b-16x2 --export-precision int8 --backend openvino \\
         --precision bf16 --streams 1,2 --seconds 60 --hop 2             # its int8 file (Q @ K^T too), the rest bf16
+    python scripts/bench_stream.py reuse --config vivit-b-fe --positions separate --frames 16 --hop 0.5
+                                   # Model 2: windows per second encoding each time step once, against every window whole
 
 Sources are H.264 files of the demo task (640x360, 25 fps, textured, so decoding is real work) read at
 their own pace (``--realtime``): frames arrive as a camera delivers them, and a window inference has not
 taken when the next is ready is skipped, as on a live stream. ``latency`` runs one stream for --minutes
 and prints the latency distribution and the process's resident memory over time (it must stay flat).
 ``capacity`` runs N streams at once for --seconds each and prints, per N, windows classified and
-skipped and the latency percentiles: a machine keeps up with N streams when none is skipped. Prints the
-CPU and the command; asserts nothing.
+skipped and the latency percentiles: a machine keeps up with N streams when none is skipped (Model 2 with
+separate positions encodes each time step once, as ``stream`` does by default; ``--no-reuse`` turns it off).
+``reuse`` reads one file as fast as it decodes, twice on the same runtime, with and without reusing the time
+steps, and prints the windows per second of each and their ratio. Prints the CPU and the command; asserts nothing.
 """
 
 from __future__ import annotations
@@ -87,7 +91,8 @@ def export_random(args, work: Path) -> Path:
     from vivit_deploy.model.checkpoint import load_config
     from vivit_deploy.video.preprocessing import VideoPreprocessor, preprocessor_config_in
 
-    checkpoint, label = random_checkpoint(args.config, work / "checkpoint")
+    overrides = {"positions": args.positions} if args.positions else {}
+    checkpoint, label = random_checkpoint(args.config, work / "checkpoint", num_frames=args.frames, **overrides)
     print(f"exporting {label} in {args.export_precision} ...", flush=True)
     options = {}
     if args.export_precision == "int8":
@@ -155,7 +160,7 @@ def capacity(args) -> None:
                     shutil.copy(source, copy)
                     sources.append(str(copy))
                 classifier = StreamClassifier(runtime, sources, window=args.window, hop=args.hop, realtime=True,
-                                              duration=args.seconds)
+                                              duration=args.seconds, reuse=args.reuse)
                 records = [r for r in classifier if "event" not in r]
                 summary = classifier.summary()
                 windows = sum(s["windows"] for s in summary.values())
@@ -170,9 +175,37 @@ def capacity(args) -> None:
         print(f"| {n} | {windows} | {skipped} | {p50:.0f} | {p99:.0f} | {'yes' if skipped == 0 else 'no'} |")
 
 
+def reuse(args) -> None:
+    from vivit_deploy.streaming import StreamClassifier
+
+    with tempfile.TemporaryDirectory() as work:
+        source = write_source(Path(work) / "stream.mp4", args.seconds)
+        with load(args, Path(work)) as runtime:
+            describe = f"{runtime.backend} {runtime.precision}, {runtime.source}"
+            rows = []
+            for reusing in (False, True):
+                classifier = StreamClassifier(runtime, [str(source)], window=args.window, hop=args.hop, reuse=reusing)
+                started = time.perf_counter()
+                records = [r for r in classifier if "window" in r]
+                seconds = time.perf_counter() - started
+                summary = classifier.summary()[str(source)]
+                rows.append((reusing, len(records), seconds, summary.get("encoded_steps", "-"),
+                             summary.get("reused_steps", "-")))
+                print(f"reuse {reusing}: {len(records)} windows in {seconds:.1f} s", flush=True)
+    print(f"\none 640x360 25 fps file of {args.seconds:g} s read as fast as it decodes, {args.window:g} s windows every "
+          f"{args.hop:g} s, {describe}\n")
+    print("| time steps | windows | seconds | windows per second | steps encoded | steps reused |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for reusing, windows, seconds, encoded, reused in rows:
+        print(f"| {'each encoded once' if reusing else 'every window whole'} | {windows} | {seconds:.1f} | "
+              f"{windows / seconds:.2f} | {encoded} | {reused} |")
+    (_, w0, s0, _, _), (_, w1, s1, _, _) = rows
+    print(f"\nwindows per second, reusing / recomputing: {(w1 / s1) / (w0 / s0):.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["latency", "capacity"])
+    parser.add_argument("what", choices=["latency", "capacity", "reuse"])
     parser.add_argument("--model", default=None, help="default: the demo model (PyTorch)")
     parser.add_argument("--config", default=None, help="instead of --model: random weights of this geometry "
                                                         "(e.g. vivit-b-16x2), exported to ONNX first")
@@ -185,12 +218,17 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--streams", default="1,2,4,8,16")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--frames", type=int, default=None, help="with --config: frames per clip")
+    parser.add_argument("--positions", choices=["per_step", "separate"], default=None,
+                        help="with --config vivit-b-fe: Model 2's positions (separate: its steps can be reused)")
+    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                        help="capacity: encode each time step of Model 2 once (the stream command's default)")
     args = parser.parse_args()
 
     from vivit_deploy.runtimes.cpu import describe_cpu
 
     print(f"CPU: {describe_cpu()}; python {shlex.join(sys.argv)}", flush=True)
-    latency(args) if args.what == "latency" else capacity(args)
+    {"latency": latency, "capacity": capacity, "reuse": reuse}[args.what](args)
     return 0
 
 
