@@ -122,6 +122,9 @@ def test_bad_vit_pytorch_checkpoints_are_one_line_errors(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file at all")
     assert "not a state dict torch.load can read with weights_only=True" in _convert(encoder_args, junk, out)
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # the model object rather than its state_dict
+    assert "it holds torch.nn.modules.linear.Linear, not only tensors: save model.state_dict(), not the model" in \
+        _convert(encoder_args, tmp_path / "module.pt", out)
     state = torch.load(encoder_weights, weights_only=True)
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "extra.pt")

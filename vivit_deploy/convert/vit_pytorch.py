@@ -187,8 +187,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load fails on foreign bytes with any error type (KeyError, ...)
-        first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}" if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a state dict torch.load can read with weights_only=True ({first})") from None
+        raise CheckpointError(f"{path}: not a state dict torch.load can read with weights_only=True "
+                              f"({_load_failure(exc)})") from None
     if isinstance(loaded, dict) and len(loaded) == 1 and next(iter(loaded)) in ("state_dict", "model") and \
             isinstance(next(iter(loaded.values())), dict):
         loaded = next(iter(loaded.values()))
@@ -208,6 +208,19 @@ def read_args(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(args, dict):
         raise ConfigError(f"{path}: not a JSON object of ViViT(...)'s keyword arguments")
     return args
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason in a few words: its weights_only message is a paragraph of advice around one line."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].strip()
+        if reason.startswith("Unsupported global:"):
+            name = reason.split("GLOBAL", 1)[-1].split()[0] if "GLOBAL" in reason else "a class"
+            return f"it holds {name}, not only tensors: save model.state_dict(), not the model"
+        return reason
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first.split('. ')[0]}" if first else type(exc).__name__
 
 
 def read_labels(path: str | os.PathLike | None) -> dict[int, str] | None:
