@@ -9,6 +9,7 @@ belongs to, so a part is never run beside another model's file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 STEPS_SUFFIX = ".steps.onnx"
 WINDOWS_SUFFIX = ".windows.onnx"
@@ -24,13 +25,26 @@ def reuses_steps(config) -> bool:
     return config.variant == "factorised_encoder" and config.positions == "separate"
 
 
-def check_owner(part: Path, recorded: str | None, owner: Path, owner_sha256: str) -> None:
-    """Refuse a part file whose recorded owner (its ``OWNER_KEY`` metadata) is not ``owner``'s SHA-256."""
+def load_parts(source: str | Path, open_part: Callable[[Path], tuple[Any, str | None]]) -> list | None:
+    """The steps and windows files beside ``source``, each opened by ``open_part`` (a backend's loader: the loaded
+    part and the owner its ``OWNER_KEY`` metadata records) and refused unless it belongs to ``source`` (its SHA-256);
+    None where either file is missing (the stream then encodes windows whole)."""
     from vivit_deploy.errors import ModelFileError
+    from vivit_deploy.files import sha256_of
 
-    if recorded != owner_sha256:
-        raise ModelFileError(f"{part} belongs to another export than {owner}: export the model again "
-                             "(vivit-export writes both), or remove the part files")
+    source = Path(source)
+    paths = part_paths(source)
+    if not all(p.is_file() for p in paths):
+        return None
+    owner = sha256_of(source)
+    loaded = []
+    for path in paths:
+        part, recorded = open_part(path)
+        if recorded != owner:
+            raise ModelFileError(f"{path} belongs to another export than {source}: export the model again "
+                                 "(vivit-export writes both), or remove the part files")
+        loaded.append(part)
+    return loaded
 
 
 def part_paths(path: str | Path) -> tuple[Path, Path]:
@@ -40,5 +54,5 @@ def part_paths(path: str | Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + STEPS_SUFFIX), stem.with_name(stem.name + WINDOWS_SUFFIX)
 
 
-__all__ = ["OWNER_KEY", "check_owner", "PART_KEY", "STEPS_INPUT", "STEPS_OUTPUT", "STEPS_SUFFIX", "WINDOWS_INPUT", "WINDOWS_OUTPUT",
-           "WINDOWS_SUFFIX", "part_paths", "reuses_steps"]
+__all__ = ["OWNER_KEY", "PART_KEY", "STEPS_INPUT", "STEPS_OUTPUT", "STEPS_SUFFIX", "WINDOWS_INPUT", "WINDOWS_OUTPUT",
+           "WINDOWS_SUFFIX", "load_parts", "part_paths", "reuses_steps"]

@@ -194,25 +194,23 @@ class _OpenVinoStepParts(StepParts):
 
     @classmethod
     def load(cls, runtime: OpenVinoRuntime) -> "_OpenVinoStepParts | None":
-        from vivit_deploy.artifacts.metadata import load_onnx_graph
-        from vivit_deploy.artifacts.step_parts import OWNER_KEY, check_owner, part_paths
-        from vivit_deploy.files import sha256_of
+        from vivit_deploy.artifacts.step_parts import OWNER_KEY, load_parts
 
-        paths = part_paths(runtime.source)
-        if not all(p.is_file() for p in paths):
-            return None
         core, config = runtime._compile_setup
-        owner = sha256_of(runtime.source)
-        compiled = []
-        for path in paths:
-            props = {p.key: p.value for p in load_onnx_graph(path).metadata_props}
-            check_owner(path, props.get(OWNER_KEY), Path(runtime.source), owner)
+
+        def open_part(path: Path):
             try:
-                compiled.append(core.compile_model(core.read_model(str(path)), "CPU", config))
+                model = core.read_model(str(path))
+                # OpenVINO keeps an ONNX file's metadata_props under rt_info "framework"
+                owner = model.get_rt_info(["framework", OWNER_KEY]).astype(str) \
+                    if model.has_rt_info(["framework", OWNER_KEY]) else None
+                return core.compile_model(model, "CPU", config), owner
             except RuntimeError as exc:
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ModelFileError(f"{path}: OpenVINO cannot load it ({message})") from exc
-        return cls(runtime.config, runtime.input_spec.max_batch, *compiled)
+
+        compiled = load_parts(runtime.source, open_part)
+        return None if compiled is None else cls(runtime.config, runtime.input_spec.max_batch, *compiled)
 
     def _infer(self, part: str, values: np.ndarray) -> np.ndarray:
         requests = self._local.__dict__.setdefault("requests", {})

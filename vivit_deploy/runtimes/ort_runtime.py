@@ -212,25 +212,21 @@ class _OrtStepParts(StepParts):
 
     @classmethod
     def load(cls, runtime: OnnxRuntimeRuntime) -> "_OrtStepParts | None":
-        from vivit_deploy.artifacts.step_parts import OWNER_KEY, check_owner, part_paths
-        from vivit_deploy.files import sha256_of
+        from vivit_deploy.artifacts.step_parts import OWNER_KEY, load_parts
 
         ort = import_onnxruntime()
-        paths = part_paths(runtime.source)
-        if not all(p.is_file() for p in paths):
-            return None
         options, providers = runtime._session_setup
-        owner = sha256_of(runtime.source)
-        sessions = []
-        for path in paths:
+
+        def open_part(path: Path):
             try:
                 session = ort.InferenceSession(str(path), options, providers=providers)
             except Exception as exc:  # pybind's plain Exceptions, as for the whole model
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message})") from exc
-            check_owner(path, session.get_modelmeta().custom_metadata_map.get(OWNER_KEY), runtime.source, owner)
-            sessions.append(session)
-        return cls(runtime.config, runtime.input_spec.max_batch, *sessions)
+            return session, session.get_modelmeta().custom_metadata_map.get(OWNER_KEY)
+
+        sessions = load_parts(runtime.source, open_part)
+        return None if sessions is None else cls(runtime.config, runtime.input_spec.max_batch, *sessions)
 
     def _encode(self, steps: np.ndarray) -> np.ndarray:
         from vivit_deploy.artifacts.step_parts import STEPS_INPUT
