@@ -12,7 +12,7 @@ passes every one, and ``compare`` exits 0 only when every candidate does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 from vivit_deploy.errors import ConfigError
@@ -42,7 +42,7 @@ class GateResult:
     detail: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gate": self.gate, "passed": self.passed, "detail": self.detail}
+        return asdict(self)
 
 
 def parse_gates(specs: Iterable[str]) -> tuple[Gate, ...]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vivit_deploy.errors import CheckpointError, ConfigError
+from vivit_deploy.model.checkpoint import _check_state_dict, listed
 from vivit_deploy.model.config import VivitConfig
 
 VARIANTS = {"factorized_encoder": "factorised_encoder", "factorized_self_attention": "factorised_self_attention"}
@@ -155,8 +156,8 @@ def convert_state_dict(state: dict[str, Any], config: VivitConfig, source: str =
         else:
             unexplained.append(key)
     if unexplained:
-        raise CheckpointError(f"{source}: {len(unexplained)} weights the arguments do not explain ({', '.join(unexplained[:4])}"
-                              f"{' ...' if len(unexplained) > 4 else ''}): were they saved from another model?")
+        raise CheckpointError(f"{source}: {len(unexplained)} weights the arguments do not explain "
+                              f"({listed(unexplained, 4)}): were they saved from another model?")
     for prefix in qkv.values():  # vit-pytorch's Identity output projection (one head as wide as the tokens)
         dense = prefix.removesuffix(".attention") + ".output.dense"
         if f"{dense}.weight" not in out and config.num_attention_heads == 1 and config.head_dim == config.hidden_size:
@@ -169,11 +170,10 @@ def convert_state_dict(state: dict[str, Any], config: VivitConfig, source: str =
                         not k.endswith((".key.weight", ".value.weight"))})
         if wrong:
             raise CheckpointError(f"{source}: {len(wrong)} weights have other shapes than the arguments give: "
-                                  f"{'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
+                                  f"{listed(wrong, 4, '; ')}")
         missing = sorted(set(expected) - set(out))
         if missing:
-            raise CheckpointError(f"{source}: the arguments' model has weights the file lacks ({', '.join(missing[:4])}"
-                                  f"{' ...' if len(missing) > 4 else ''})")
+            raise CheckpointError(f"{source}: the arguments' model has weights the file lacks ({listed(missing, 4)})")
     return out
 
 
@@ -246,7 +246,6 @@ def convert(args_path: str | os.PathLike, weights_path: str | os.PathLike, outpu
     """Write the checkpoint directory ``output`` for a vit-pytorch ViViT; returns it."""
     import torch
 
-    from vivit_deploy.model.checkpoint import _check_state_dict
     from vivit_deploy.model.factorised import FactorisedVivitForVideoClassification
     from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
 

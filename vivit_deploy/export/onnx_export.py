@@ -39,6 +39,7 @@ from vivit_deploy.files import atomic_write
 from vivit_deploy.errors import ConfigError, ExportError
 from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
 from vivit_deploy.export.graph_scopes import name_probe_points
+from vivit_deploy.export.tracing import float_io, trace_module
 from vivit_deploy.model.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME, OUTPUT_NAME, input_spec
 from vivit_deploy.artifacts.metadata import PRECISIONS, QUANTIZED_PRECISIONS, DeployMetadata
 from vivit_deploy.video.preprocessing import PreprocessorConfig, preprocessor_config_in
@@ -173,21 +174,6 @@ class ExportReport:
 
 def _silent_progress(message: str) -> None:
     pass
-
-
-def _float_io_wrapper(model):
-    """The half model behind a float32 boundary: cast in, run in fp16, cast the logits out."""
-    import torch
-
-    class FloatIO(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, pixel_values):
-            return self.inner(pixel_values.to(torch.float16)).to(torch.float32)
-
-    return FloatIO(model)
 
 
 def _versions() -> dict[str, str]:
@@ -549,12 +535,10 @@ def _trace(model, precision: str, opset: int, spec, kept: tuple[str, ...] = ()):
     else:
         from vivit_deploy.export.fp32_fallback import half_with_fp32_units
 
-        module = _float_io_wrapper(LogitsOnly(half_with_fp32_units(model, kept)))
+        module = float_io(LogitsOnly(half_with_fp32_units(model, kept)))
     # batch 2 as the example: torch.export specialises a dimension traced at size 1
     example = torch.zeros(spec.static_batch or 2, *spec.frame_shape)
     dynamic = None if spec.static_batch else ({0: torch.export.Dim(BATCH_AXIS, min=1, max=spec.max_batch)},)
-    from vivit_deploy.export.tracing import trace_module
-
     return trace_module(module, example, dynamic, INPUT_NAME, OUTPUT_NAME, opset)
 
 

@@ -56,20 +56,6 @@ def _modules(model):
     return StepEncoder(model), WindowClassifier(model)
 
 
-def _half(module):
-    import torch
-
-    class FloatIO(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return self.inner(x.to(torch.float16)).to(torch.float32)
-
-    return FloatIO(module)
-
-
 def export_step_parts(model, path: Path, *, precision: str, kept: tuple[str, ...], opset: int, max_batch: int,
                       clips: np.ndarray | None, validation: np.ndarray, tolerance, smooth_quant: float,
                       progress: Callable[[str], None], metadata_props: dict[str, str]) -> list[Path]:
@@ -80,7 +66,7 @@ def export_step_parts(model, path: Path, *, precision: str, kept: tuple[str, ...
 
     from vivit_deploy.accuracy.statistics import failures, logit_stats
     from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
-    from vivit_deploy.export.tracing import trace_module
+    from vivit_deploy.export.tracing import float_io, trace_module
     from vivit_deploy.files import atomic_write, sha256_of
 
     config = model.config
@@ -92,7 +78,7 @@ def export_step_parts(model, path: Path, *, precision: str, kept: tuple[str, ...
     if precision == "fp16":
         from vivit_deploy.export.fp32_fallback import half_with_fp32_units
 
-        steps_module, windows_module = (_half(m) for m in _modules(half_with_fp32_units(model, kept)))
+        steps_module, windows_module = (float_io(m) for m in _modules(half_with_fp32_units(model, kept)))
     else:
         steps_module, windows_module = _modules(model)
     dim = torch.export.Dim
@@ -130,7 +116,7 @@ def export_step_parts(model, path: Path, *, precision: str, kept: tuple[str, ...
         steps_proto, windows_proto = protos
     owner = sha256_of(path)
     written = []
-    for proto, part, target in ((steps_proto, "steps", part_paths(path)[0]), (windows_proto, "windows", part_paths(path)[1])):
+    for proto, part, target in zip((steps_proto, windows_proto), ("steps", "windows"), part_paths(path)):
         for key, value in {**metadata_props, PART_KEY: part, OWNER_KEY: owner}.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

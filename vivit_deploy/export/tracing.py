@@ -14,6 +14,22 @@ from vivit_deploy.errors import ExportError
 FOLD_LIMIT = 1 << 26  # elements: larger than any ViViT weight
 
 
+def float_io(module):
+    """A half-precision module behind a float32 boundary: its input cast to fp16, its output back to fp32 (what an fp16
+    file takes and gives)."""
+    import torch
+
+    class FloatIO(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.to(torch.float16)).to(torch.float32)
+
+    return FloatIO(module)
+
+
 def trace_module(module, example, dynamic, input_name: str, output_name: str, opset: int):
     """``module`` (one float32 input, one output) as an ONNX ModelProto through torch.onnx's dynamo exporter, its
     constants folded: what every graph vivit-export writes goes through."""

@@ -83,13 +83,14 @@ def _read_sharded(index_path: Path, reader) -> dict:
         state.update(reader(shard_path))
     missing = sorted(set(weight_map) - set(state))
     if missing:
-        raise CheckpointError(f"{index_path}: tensors listed in the index but absent from the shards: {_names(missing)}")
+        raise CheckpointError(f"{index_path}: tensors listed in the index but absent from the shards: {listed(missing)}")
     return state
 
 
-def _names(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+def listed(names: list[str], limit: int = 8, sep: str = ", ") -> str:
+    """The first ``limit`` names for an error message, and how many more there are."""
+    shown = sep.join(names[:limit])
+    return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # transformers 5 renamed ViViT's modules (its ViT conversion mapping) and writes the new names when a checkpoint is
@@ -252,11 +253,11 @@ def _check_state_dict(model: "torch.nn.Module", state: dict, source: str) -> Non
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_names(missing)}")
+        problems.append(f"missing keys: {listed(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_names(unexpected)}")
+        problems.append(f"unexpected keys: {listed(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches: {_names(mismatched)}")
+        problems.append(f"shape mismatches: {listed(mismatched)}")
     if problems:
         raise CheckpointError(f"{source}: weights do not fit the model in config.json; " + "; ".join(problems))
 

@@ -133,12 +133,9 @@ class VivitConfig:
         self._validate_variant()
 
     def _validate_variant(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.positions not in POSITIONS:
-            raise ConfigError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        for name, allowed in (("variant", VARIANTS), ("pooling", POOLINGS), ("positions", POSITIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         head = self.attention_head_dim
         if head is not None and (not isinstance(head, int) or isinstance(head, bool) or head < 1):
             raise ConfigError(f"attention_head_dim must be a positive integer, got {head!r}")
