@@ -12,6 +12,7 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,11 +95,16 @@ def demo_runtime():
 def collect(classifier, until=None, timeout: float = 60.0) -> list[dict]:
     """Every record of ``classifier`` until it ends, ``until(records)`` holds, or ``timeout`` seconds pass."""
     records = []
-    deadline = time.monotonic() + timeout
-    for record in classifier:
-        records.append(record)
-        if (until is not None and until(records)) or time.monotonic() > deadline:
-            classifier.stop()
+    timer = threading.Timer(timeout, classifier.stop)  # also when no record comes at all (a stalled stream)
+    timer.daemon = True
+    timer.start()
+    try:
+        for record in classifier:
+            records.append(record)
+            if until is not None and until(records):
+                classifier.stop()
+    finally:
+        timer.cancel()
     return records
 
 

@@ -236,3 +236,101 @@ def test_the_command_writes_json_lines_and_ends_on_sigterm_with_a_summary(phases
     assert len(windows_of(records)) >= 2 and events_of(records, "ended")[0]["reason"] == "stopped"
     assert f"{phases_video}: " in stderr and "windows" in stderr and "latency p50" in stderr
     assert "-> moving right" in stderr  # the label change, for people
+
+
+# ---- a live feed joined between two keyframes --------------------------------------------------------------------
+
+
+class _Frame:
+    def __init__(self, pts: int, corrupt: bool = False):
+        self.pts, self.is_corrupt = pts, corrupt
+
+
+def test_frames_a_decoder_never_returns_do_not_hold_back_the_ones_after_them():
+    from vivit_deploy.video.decoding import DamageTracker
+
+    tracker = DamageTracker()
+    tracker.sent(0, keyframe=False)  # joined mid-GOP: two predicted packets the decoder swallows, no frame, no error
+    tracker.sent(1, keyframe=False)
+    out = []
+    for pts in range(2, 10):
+        tracker.sent(pts, keyframe=pts == 2)
+        out += tracker.came_out(_Frame(pts))
+    assert [(f.pts, damaged) for f, damaged in out] == [(pts, False) for pts in range(2, 10)]
+
+
+def test_a_frame_shown_later_still_waits_for_the_packets_before_it():
+    """Reordering (B-frames) keeps its rule: a frame waits while a packet sent before it may still come out later."""
+    from vivit_deploy.video.decoding import DamageTracker
+
+    tracker = DamageTracker()
+    for pts, key in ((0, True), (3, False), (1, False), (2, False)):  # decode order I P B B
+        tracker.sent(pts, key)
+    assert [f.pts for f, _ in tracker.came_out(_Frame(0))] == [0]
+    assert tracker.came_out(_Frame(1)) == []  # P (pts 3, sent before it) has not come out: it may still taint B
+    assert [f.pts for f, _ in tracker.came_out(_Frame(2))] == []
+    assert [f.pts for f, _ in tracker.came_out(_Frame(3))] == [1, 2, 3]
+
+
+def _udp_producer(video, port: int) -> subprocess.Popen:
+    """ffmpeg sending ``video`` (a keyframe every 2 s) as MPEG-TS to udp://127.0.0.1:PORT at its own pace, looped.
+    Copied, not re-encoded: the stream's parameter sets travel in the file's header, so a reader that joins late is
+    handed the predicted frames before the next keyframe (a re-encoded feed would hold them back until one)."""
+    from tests.video.conftest import FFMPEG
+
+    return subprocess.Popen(
+        [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(video), "-c", "copy",
+         "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+
+
+def _first_windows(url: str, runtime) -> list[dict]:
+    """Records of ``url`` until two windows came, at most 30 s."""
+    return collect(StreamClassifier(runtime, [url], window=2.0, hop=1.0, reconnect=False),
+                   until=lambda records: len(windows_of(records)) >= 2, timeout=30)
+
+
+@pytest.mark.slow
+def test_a_udp_feed_joined_between_keyframes_is_classified(phases_video, demo_runtime):
+    from tests.video.conftest import FFMPEG
+
+    if FFMPEG is None:
+        pytest.skip("ffmpeg is not installed (`apt-get install ffmpeg`; .ci/run does)")
+    port = free_port()
+    producer = _udp_producer(phases_video, port)
+    try:
+        time.sleep(3.0)  # the feed is 1 s into its second 2 s GOP: the reader joins between keyframes
+        assert producer.poll() is None, producer.stderr.read()
+        records = _first_windows(f"udp://127.0.0.1:{port}", demo_runtime)
+    finally:
+        producer.kill()
+        producer.wait(timeout=10)
+    assert events_of(records, "connected")
+    windows = windows_of(records)
+    assert len(windows) >= 2, records
+    assert all(w["label"] in LABELS for w in windows)
+
+
+@pytest.mark.slow
+@requires_rtsp
+def test_an_rtsp_stream_joined_while_another_client_plays_it_is_classified(phases_video, demo_runtime):
+    import av
+
+    with RtspServer(phases_video) as server:
+        stop = threading.Event()
+
+        def first_client():  # starts the shared media, so the second client joins a stream in progress
+            with av.open(server.url, options={"rtsp_transport": "tcp"}, timeout=10) as container:
+                for _ in container.decode(video=0):
+                    if stop.is_set():
+                        return
+
+        viewer = threading.Thread(target=first_client, daemon=True)
+        viewer.start()
+        try:
+            time.sleep(3.0)
+            records = _first_windows(server.url, demo_runtime)
+        finally:
+            stop.set()
+            viewer.join(timeout=15)
+    assert len(windows_of(records)) >= 2, records

@@ -10,7 +10,6 @@ renders as markdown (terminal and docs), JSON, and a PNG plot of throughput agai
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,9 +105,6 @@ class BenchReport:
             key = "speedup_over_" + reference.replace("-", "_").replace("@", "_")
             data[key] = {str(b): s for b, s in self.speedups(reference).items()}
         return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def to_markdown(self) -> str:
         env, model, settings = self.environment, self.model, self.settings

@@ -103,7 +103,7 @@ def bench(source, config_preset, num_frames, image_size, backends, batch_sizes, 
     )
     report = run_bench(settings, progress=Stopwatch(), bar=_progress_bar, videos=videos)
     markdown = report.to_markdown()
-    print_report(markdown, report.to_json(), json_path)
+    print_report(markdown, report.to_dict(), json_path)
     if markdown_path is not None:
         markdown_path.write_text(markdown, encoding="utf-8")
     if plot_path is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -108,6 +107,6 @@ def classify(inputs, output, source, backend, device, precision, workers, batch_
         click.echo(f"\ninterrupted: finished batches are kept in {output}.parts; run the same command to "
                    "continue", err=True)
         sys.exit(130)
-    print_report(summary.format() + "\n", json.dumps(summary.to_dict(), indent=2) + "\n", json_path)
+    print_report(summary.format() + "\n", summary.to_dict(), json_path)
     if strict and summary.errors_in_output:
         raise click.ClickException(f"{summary.errors_in_output} of {summary.total} videos have an error row (--strict)")

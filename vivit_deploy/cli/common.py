@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from vivit_deploy.errors import VivitDeployError
+from vivit_deploy.files import json_text
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -146,14 +147,29 @@ TORCH_SOURCE = options(
 )
 
 
-def print_report(text: str, json_text: str, json_path: Path | None) -> None:
-    """Print a command's report, or with ``--json -`` its JSON instead; ``--json FILE`` also writes the JSON there."""
-    if json_path is not None and str(json_path) == "-":
-        click.echo(json_text, nl=False)
+def json_only(json_path: Path | None) -> bool:
+    """``--json -``: the JSON goes to stdout instead of the text report."""
+    return json_path is not None and str(json_path) == "-"
+
+
+def emit_json(value, json_path: Path | None) -> None:
+    """The one way a command writes its JSON: strict JSON (``files.json_text``: NaN and infinities as null) to
+    ``--json FILE``, or to stdout with ``--json -``; nothing without ``--json``."""
+    if json_path is None:
         return
-    click.echo(text, nl=False)
-    if json_path is not None:
-        json_path.write_text(json_text, encoding="utf-8")
+    text = json_text(value, default=str)
+    if json_only(json_path):
+        click.echo(text, nl=False)
+    else:
+        json_path.write_text(text, encoding="utf-8")
+
+
+def print_report(text: str, value, json_path: Path | None) -> None:
+    """Print a command's report (``text``), or with ``--json -`` its JSON (``value``) instead; ``--json FILE`` also
+    writes the JSON there."""
+    if not json_only(json_path):
+        click.echo(text, nl=False)
+    emit_json(value, json_path)
 
 
 def writable(path: Path | None, option: str) -> None:

@@ -108,6 +108,6 @@ def compare(source, onnx_files, openvino_files, openvino_precisions, engine_file
         batch_size=batch_size, offline=offline, layers=layers, plot=plot_path, num_frames=num_frames, image_size=image_size,
     )
     report = run_compare(options, Stopwatch())
-    print_report(report.format_table() + "\n", report.to_json(), json_path)
+    print_report(report.format_table() + "\n", report.to_dict(), json_path)
     if not report.passed:
         sys.exit(1)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from vivit_deploy.files import json_text
 from pathlib import Path
 
 import click
 
-from vivit_deploy.cli.common import GEOMETRY, Stopwatch, friendly_errors, writable
+from vivit_deploy.cli.common import GEOMETRY, Stopwatch, emit_json, friendly_errors, print_report, writable
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,8 +40,9 @@ from vivit_deploy.cli.common import GEOMETRY, Stopwatch, friendly_errors, writab
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to --max-batch instead of a dynamic axis.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of SOURCE.")
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write the export report as JSON to this file (also when the export is refused).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              help="Also write the export report as JSON to this file, also when the export is refused ('-' prints "
+                   "the JSON instead of the text).")
 @friendly_errors
 def export_command(source, output, opset, precision, calibration, calibration_clips, keep_fp32, min_cosine, smooth_quant,
                    attention_products, num_frames, image_size, max_batch, static_batch, revision, offline, json_path):
@@ -59,11 +59,6 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
 
     writable(json_path, "--json")
     progress = Stopwatch()
-
-    def save_json(report) -> None:
-        if json_path is not None:
-            json_path.write_text(json_text(report.to_dict(), default=str), encoding="utf-8")
-
     try:
         report = export_onnx(
             source, output, opset=opset, precision=precision, max_batch=max_batch, static_batch=static_batch,
@@ -75,8 +70,7 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
     except ExportError as exc:
         refused = getattr(exc, "report", None)
         if refused is not None:
-            click.echo(refused.format(), err=True)
-            save_json(refused)
+            click.echo(refused.format(), err=True)  # the refusal's reasons on stderr, its JSON where --json says
+            emit_json(refused.to_dict(), json_path)
         raise
-    click.echo(report.format())
-    save_json(report)
+    print_report(report.format() + "\n", report.to_dict(), json_path)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from vivit_deploy.cli.common import (
-    BACKEND, DEVICE, GEOMETRY, MODEL, PRECISION, READING, SAMPLING, TORCH_SOURCE, Stopwatch, friendly_errors,
-    geometry_options, read_options, runtime_options, writable,
+    BACKEND, DEVICE, GEOMETRY, MODEL, PRECISION, READING, SAMPLING, TORCH_SOURCE, Stopwatch, emit_json,
+    friendly_errors, geometry_options, json_only, read_options, runtime_options, writable,
 )
 
 
@@ -42,7 +41,6 @@ def predict(videos, source, backend, device, precision, top_k, num_clips, sampli
         raise click.UsageError("give at least one video to classify with --model (the bundled samples suit only the demo model)")
 
     writable(json_path, "--json")
-    json_only = json_path is not None and str(json_path) == "-"
     progress = Stopwatch()
     progress(f"loading {source} ...")
     options = {**runtime_options(source, backend, attn_implementation, revision, offline),
@@ -63,11 +61,9 @@ def predict(videos, source, backend, device, precision, top_k, num_clips, sampli
             if label is not None and label in classifier.id2label.values():
                 entry["true_label"] = label
             results.append(entry)
-            if not json_only:
+            if not json_only(json_path):
                 known = f"  (true label: {entry['true_label']})" if "true_label" in entry else ""
                 click.echo(f"{video}{known}")
                 for rank, p in enumerate(predictions, 1):
                     click.echo(f"  {rank}. {p.label:<24} {p.probability:7.2%}")
-    if json_path is not None:
-        text = json.dumps(results, indent=2) + "\n"
-        click.echo(text, nl=False) if json_only else json_path.write_text(text, encoding="utf-8")
+    emit_json(results, json_path)

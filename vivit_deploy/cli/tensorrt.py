@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def build_engine_command(onnx_file, output, edition, compute_capabilities, preci
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_gb=workspace_gb,
         timing_cache=timing_cache, optimization_level=optimization_level, progress=Stopwatch(),
     )
-    print_report(report.format() + "\n", json.dumps(report.to_dict(), indent=2) + "\n", json_path)
+    print_report(report.format() + "\n", report.to_dict(), json_path)
 
 
 @click.command("check-trt")
@@ -74,6 +73,6 @@ def check_trt_command(onnx_file, precision, edition, json_path):
 
     writable(json_path, "--json")
     report = check_trt(onnx_file, precision, trt=edition)
-    print_report(report.format() + "\n", json.dumps(report.to_dict(), indent=2) + "\n", json_path)
+    print_report(report.format() + "\n", report.to_dict(), json_path)
     if not report.passed:
         sys.exit(1)

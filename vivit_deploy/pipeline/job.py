@@ -101,12 +101,12 @@ class JobSummary:
         if self.classified:
             lines.append(f"  wall {self.wall_s:.1f} s ({self.classified / self.wall_s:.1f} {self.unit}/s, "
                          f"{t.clips / self.wall_s:.1f} clips/s) on {self.executor}")
-        if self.segments is not None:
-            lines.append(f"  segments: {self.segments}")
             lines.append(
                 f"  stage seconds: decode {t.decode:.1f}, preprocess {t.preprocess:.1f} (summed over parallel workers), "
                 f"inference {t.inference:.1f}, write {t.write:.2f}"
             )
+        if self.segments is not None:
+            lines.append(f"  segments: {self.segments}")
         if self.errors_in_output:
             lines.append(f"  {self.errors_in_output} rows in the output have an error (see their 'error' column; "
                          "--retry-failed tries them again)")

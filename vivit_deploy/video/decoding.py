@@ -260,12 +260,22 @@ class DamageTracker:
         k = self._position.get(frame.pts) if frame.pts is not None else None
         if k is not None:
             self._unsettled.discard(k)
+            self._never_out(k, frame.pts)
             if frame.is_corrupt:
                 self._damage(k)
         elif frame.is_corrupt and self._sent:
             self._damage(self._sent - 1)
         self._held.append((frame, k))
         return self._release()
+
+    def _never_out(self, k: int, pts: int) -> None:
+        """The frames that will never come out, now that packet ``k``'s frame (at ``pts``) has: a decoder returns frames
+        in presentation order, so an unsettled packet sent before ``k`` and shown before it is one the decoder dropped
+        without a word (the packets before a stream's first keyframe, when a reader joins a live feed between two;
+        a packet it could not use). Such a frame is never offered and no longer holds back the frames after it; as in
+        the reference decode (a frame that did not come out is replaced, and taints nothing), it damages nothing else."""
+        for j in [j for j in self._unsettled if j < k and self._pts.get(j) is not None and self._pts[j] < pts]:
+            self._unsettled.discard(j)
 
     def flush(self) -> list[tuple[Any, bool]]:
         """At the end: every frame still held (packets that never gave a frame cannot taint what came before)."""
