@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from vivit_deploy.accuracy.evaluation import softmax
+
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.video.opening import ReadOptions
 from vivit_deploy.video.preprocessing import VideoPreprocessor
@@ -26,12 +28,6 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def top_predictions(logits: np.ndarray, id2label: dict[int, str], top_k: int) -> list[Prediction]:
@@ -115,7 +111,7 @@ class VideoClassifier:
     def _sends_frames(self) -> bool:
         """A runtime that preprocesses on its side (a Triton model with the uint8-frames ensemble) gets the frames
         themselves, when this classifier uses the runtime's own preprocessing."""
-        return bool(getattr(self.runtime, "frames_model", None)) and self.preprocessor.config == self.runtime.preprocessor
+        return self.runtime.takes_frames and self.preprocessor.config == self.runtime.preprocessor
 
     def read(self, path: str | os.PathLike, *, num_clips: int = 1, sampling: str = "uniform",
              frame_sample_rate: int = 4) -> Clips:

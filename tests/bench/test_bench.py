@@ -127,9 +127,9 @@ def test_output_paths_are_checked_before_measuring(tmp_path):
 
 
 def test_settings_validate_themselves():
-    with pytest.raises(ConfigError, match="--warmup must be >= 0"):
+    with pytest.raises(ConfigError, match="warmup= must be >= 0"):
         BenchSettings(warmup=-1)
-    with pytest.raises(ConfigError, match="--backends is empty"):
+    with pytest.raises(ConfigError, match="backends= is empty"):
         BenchSettings(backends=())
     assert BenchSettings(batch_sizes=(8, 1, 2, 2)).batch_sizes == (1, 2, 8)
     assert BenchSettings(backends=("onnxruntime", "torch-sdpa", "onnxruntime")).backends == ("onnxruntime", "torch-sdpa")
@@ -139,10 +139,10 @@ def test_settings_validate_themselves():
 def test_default_backends_leave_out_what_cannot_run_with_the_reason():
     choice = choose_backends(BenchSettings(device="cpu", peers=False))
     assert choice.run[:3] == BACKENDS and "tensorrt" not in choice.run
-    assert choice.skipped["tensorrt"] == "needs --device cuda"
+    assert choice.skipped["tensorrt"] == "needs a CUDA GPU (device cuda)"
     with pytest.raises(BackendUnavailableError, match="backend tensorrt cannot run here"):
         choose_backends(BenchSettings(device="cpu", backends=("tensorrt",)))
-    with pytest.raises(BackendUnavailableError, match="x.engine is given, but tensorrt cannot run here: needs --device cuda"):
+    with pytest.raises(BackendUnavailableError, match="x.engine is given, but tensorrt cannot run here: needs a CUDA GPU"):
         choose_backends(BenchSettings(device="cpu", engine=Path("x.engine")))
 
 
@@ -272,7 +272,7 @@ def test_a_given_onnx_file_is_measured_instead_of_a_fresh_export(demo_onnx):
         (["--precision", "fp32"], "is fp16; run the bench with --precision fp16"),
         (["--precision", "fp16", "--config", "tiny"], "is not a file of the measured model"),
         (["--precision", "fp16", "--batch-sizes", "64"], "takes batch 1..32, not 64"),
-        (["--precision", "fp16", "--backends", "torch-sdpa"], "onnxruntime is not measured"),
+        (["--precision", "fp16", "--backends", "torch-sdpa"], "is given, but no backend that loads it is measured"),
     ],
 )
 def test_a_given_onnx_file_that_does_not_fit_the_run_is_refused(demo_onnx_fp16, args, message):

@@ -6,11 +6,9 @@ Rooms, from the measuring tools up to the jobs that use them:
 - ``inputs``: the clips to compare on (videos, labelled synthetic clips, random, saved ``.npz``);
 - ``statistics``: logits against the reference: error statistics, top-k agreement, accuracy, verdicts;
 - ``layers``: per-layer drift: the hidden states at the probe points (``vivit_deploy/model/probes.py``)
-  against PyTorch hooks, the first layer out of tolerance and what kind of op broke it;
-- ``matrix``: every backend x precision that runs here, and the files each needs;
-- ``job``: ``vivit-deploy compare``, from options to report.
+  against PyTorch hooks, the first layer out of tolerance and what kind of op broke it (its pieces in ``drift/``).
 
-The exporter checks its own files with ``tolerances``, ``statistics`` and ``layers``; ``matrix`` and
-``job`` export the files they compare, so they sit above ``vivit_deploy.export`` (the import contracts
-in ``.importlinter`` say so). Nothing is imported here: each room is imported by name.
+The exporter checks its own files with ``tolerances``, ``statistics`` and ``layers``; the compare job
+(``vivit_deploy.compare``) exports the files it compares, so it sits above ``vivit_deploy.export`` (the import
+contracts in ``.importlinter`` say so). Nothing is imported here: each room is imported by name.
 """

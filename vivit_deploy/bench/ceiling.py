@@ -43,25 +43,14 @@ def cpu_ceilings(n: int = 4096, reps: int = 3, precision: str = "fp32") -> dict[
     b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     fns: dict[str, Callable[[], object]] = {"torch": lambda: ta @ tb, "numpy": lambda: a @ b}
-    try:
-        fns["onnxruntime"] = _ort_matmul(n, a, b)
-    except ImportError:
-        pass
+    from vivit_deploy.runtimes import BACKENDS
+
+    if BACKENDS["onnxruntime"].unavailable("cpu") is None:  # MLAS, often the fastest fp32 product on AMD
+        from vivit_deploy.runtimes.ort_runtime import matmul_session
+
+        session = matmul_session(n)
+        fns["onnxruntime"] = lambda: session.run(None, {"A": a, "B": b})
     return {name: 2 * n**3 / _best_seconds(fn, reps) / 1e9 for name, fn in fns.items()}
-
-
-def _ort_matmul(n: int, a: np.ndarray, b: np.ndarray) -> Callable[[], object]:
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["A", "B"], ["C"])], "matmul",
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "AB"],
-        [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)  # ORT reads IR <= 13
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, {"A": a, "B": b})
 
 
 def cuda_ceiling(precision: str, device: str = "cuda", n: int = 8192, reps: int = 10) -> dict[str, float]:

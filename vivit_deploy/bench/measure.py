@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vivit_deploy.bench.plan import BENCH_BACKENDS
-from vivit_deploy.errors import VivitDeployError
+from vivit_deploy.errors import VivitDeployError, first_line
 
 Tick = Callable[[], None]
 # Warm-up lasts --warmup calls and at least this long: an idle GPU takes a moment to raise its clocks,
@@ -202,21 +202,19 @@ class _RuntimeRunner(_Runner):
         from vivit_deploy.runtimes import load_runtime
 
         # ONNX Runtime and TensorRT run a file in its own precision; OpenVINO is told what to compute in
-        precision = job.precision if job.backend == "openvino" else None
-        self.runtime = load_runtime(job.target, job.backend, device=job.device, precision=precision)
+        runs = BENCH_BACKENDS[job.backend].runs
+        self.runtime = load_runtime(job.target, runs.backend, device=job.device,
+                                    precision=runs.load_precision(job.precision))
         self.frame_shape = self.runtime.input_spec.frame_shape
         if self.cuda:
             self.memory_kind = "device memory in use after the runs, above the CUDA context (cudaMemGetInfo)"
 
     def describe(self) -> dict[str, Any]:
         info = {k: v for k, v in self.runtime.describe().items() if k in ("provider", "tensorrt", "gpu")}
-        if self.job.backend == "onnxruntime":
-            import onnxruntime
-
-            info["onnxruntime"] = onnxruntime.__version__
-        if self.job.backend == "openvino":
-            info["openvino"] = self.runtime.version
-        return info
+        memory = self.runtime.device_memory_mb()
+        if memory is not None:
+            info["engine_activation_mb"] = memory
+        return {**info, **type(self.runtime).library_versions()}
 
     def close(self) -> None:
         self.runtime.close()
@@ -241,11 +239,6 @@ class _TrtRunner(_RuntimeRunner):
 
     def __call__(self, x):
         return self.runtime.run_torch(x)
-
-    def describe(self) -> dict[str, Any]:
-        engine = self.runtime.engine
-        size = getattr(engine, "device_memory_size_v2", None)
-        return {**super().describe(), "engine_activation_mb": None if size is None else size / 2**20}
 
 
 def _runner(job: Job) -> _Runner:
@@ -339,7 +332,7 @@ def _child(job: Job, events) -> None:
     except BaseException as exc:  # report, never hang the parent
         last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" (at {last.filename}:{last.lineno})" if last else ""
-        events.put(("error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}{where}"))
+        events.put(("error", f"{type(exc).__name__}: {first_line(exc)}{where}"))
 
 
 def measure_in_child(job: Job, tick: Tick) -> dict[str, Any]:

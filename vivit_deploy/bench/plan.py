@@ -20,26 +20,41 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BenchBackend:
-    """One name `--backends` takes: which runtime runs what, and what it supports."""
+    """One name `--backends` takes: which registered runtime runs it (``vivit_deploy.runtimes``), which knows what it
+    loads, in which precisions, and whether it can run here."""
 
     name: str
-    artifact: str  # "checkpoint", "onnx" or "engine": the file it loads
-    precisions: tuple[str, ...]
+    runtime: str  # the registered runtime backend
     attn_implementation: str | None = None  # PyTorch backends only
     peer: bool = False  # transformers' model: a reference to beat, not one of ours
-    cuda_only: bool = False
+
+    @property
+    def runs(self):
+        from vivit_deploy.runtimes import BACKENDS
+
+        return BACKENDS[self.runtime]
+
+    @property
+    def artifact(self) -> str:
+        """"checkpoint", "onnx" or "engine": the file it loads."""
+        return self.runs.artifact
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions whose speed it measures."""
+        return self.runs.timed_precisions or self.runs.precisions
 
 
 BENCH_BACKENDS: dict[str, BenchBackend] = {
     b.name: b
     for b in (
-        BenchBackend("torch-eager", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="eager"),
-        BenchBackend("torch-sdpa", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="sdpa"),
-        BenchBackend("onnxruntime", "onnx", ("fp32", "fp16", "int8")),
-        BenchBackend("openvino", "onnx", ("fp32", "bf16", "int8", "int8-bf16")),
-        BenchBackend("tensorrt", "engine", ("fp32", "fp16", "int8", "fp8"), cuda_only=True),
-        BenchBackend("transformers-eager", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="eager", peer=True),
-        BenchBackend("transformers-sdpa", "checkpoint", ("fp32", "fp16", "bf16"), attn_implementation="sdpa", peer=True),
+        BenchBackend("torch-eager", "torch", attn_implementation="eager"),
+        BenchBackend("torch-sdpa", "torch", attn_implementation="sdpa"),
+        BenchBackend("onnxruntime", "onnxruntime"),
+        BenchBackend("openvino", "openvino"),
+        BenchBackend("tensorrt", "tensorrt"),
+        BenchBackend("transformers-eager", "torch", attn_implementation="eager", peer=True),
+        BenchBackend("transformers-sdpa", "torch", attn_implementation="sdpa", peer=True),
     )
 }
 DEFAULT_BACKENDS = ("torch-eager", "torch-sdpa", "onnxruntime", "openvino", "tensorrt")
@@ -49,13 +64,6 @@ REFERENCE_BACKEND = "torch-sdpa"  # every ratio and every drift is taken against
 # TensorRT's alone here: ONNX Runtime's CPU runs an fp8 graph as Q/DQ around fp32 products (numerics for
 # `compare`, no speed to measure).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-bf16", "fp8")
-
-
-def onnx_precision(backend: str, precision: str) -> str:
-    """The ONNX file a backend needs for ``precision``: OpenVINO computes fp32 files in bf16 itself."""
-    if backend == "openvino":
-        return "int8" if precision.startswith("int8") else "fp32"
-    return precision
 
 
 def variant_name(backend: str, precision: str, matrix: bool) -> str:
@@ -88,29 +96,29 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if self.source is not None and self.config is not None:
-            raise ConfigError("give --model or --config, not both")
+            raise ConfigError("give source= or config=, not both")
         from vivit_deploy.runtimes.base import resolve_device
 
         object.__setattr__(self, "device", resolve_device(self.device))  # checked; "auto" becomes cuda or cpu
         precisions = tuple(dict.fromkeys(p.strip() for p in self.precision.split(",") if p.strip()))
         unknown = [p for p in precisions if p not in PRECISIONS]
         if not precisions or unknown:
-            raise ConfigError(f"--precision takes {', '.join(PRECISIONS)} (or several, comma-separated), got {self.precision!r}")
+            raise ConfigError(f"precision= takes {', '.join(PRECISIONS)} (or several, comma-separated), got {self.precision!r}")
         object.__setattr__(self, "precision", ",".join(precisions))
         if len(precisions) > 1 and (self.onnx is not None or self.engine is not None):
-            raise ConfigError("--onnx / --engine measure one file in one precision; give one --precision")
+            raise ConfigError("onnx= / engine= measure one file in one precision; give one precision=")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ConfigError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+            raise ConfigError(f"batch_sizes= must be positive integers, got {list(self.batch_sizes)}")
         object.__setattr__(self, "batch_sizes", tuple(sorted(set(self.batch_sizes))))
         if self.warmup < 0 or self.iters < 1:
-            raise ConfigError(f"--warmup must be >= 0 and --iters >= 1, got {self.warmup} and {self.iters}")
+            raise ConfigError(f"warmup= must be >= 0 and iters= >= 1, got {self.warmup} and {self.iters}")
         if self.backends is not None:
             object.__setattr__(self, "backends", tuple(dict.fromkeys(self.backends)))  # once each, in order
             unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
             if unknown:
                 raise ConfigError(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(BENCH_BACKENDS)}")
             if not self.backends:
-                raise ConfigError("--backends is empty")
+                raise ConfigError("backends= is empty")
 
     @property
     def cuda(self) -> bool:
@@ -135,9 +143,9 @@ def parse_list(text: str, what: str) -> tuple[str, ...]:
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
     out = []
-    for part in parse_list(text, "--batch-sizes"):
+    for part in parse_list(text, "batch_sizes="):
         if not part.isdigit() or int(part) < 1:
-            raise ConfigError(f"--batch-sizes takes positive integers separated by commas, got {part!r} in {text!r}")
+            raise ConfigError(f"batch_sizes= takes positive integers separated by commas, got {part!r} in {text!r}")
         out.append(int(part))
     return tuple(out)
 
@@ -147,33 +155,9 @@ def unavailable_reason(backend: BenchBackend, settings: BenchSettings, precision
     precision = precision or settings.precisions[0]
     if precision not in backend.precisions:
         return f"runs {'/'.join(backend.precisions)}, not {precision}"
-    if backend.cuda_only and not settings.cuda:
-        return "needs --device cuda"
-    if backend.name == "openvino":
-        if importlib.util.find_spec("openvino") is None:
-            return "OpenVINO is not installed (pip install 'vivit-deploy[openvino]')"
-        if settings.cuda:
-            return "runs on the CPU (it is measured with --device cpu)"
-        if precision.endswith("bf16"):
-            from vivit_deploy.runtimes.cpu import cpu_has_bf16
-
-            if not cpu_has_bf16():
-                return "this CPU has no bf16 units (AVX512-BF16 or AMX)"
     if backend.peer and importlib.util.find_spec("transformers") is None:
         return "transformers is not installed"
-    if backend.name == "onnxruntime":
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install onnxruntime-gpu)"
-        if settings.cuda:
-            import onnxruntime
-
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                return "this onnxruntime has no CUDA provider (install onnxruntime-gpu with CUDA 13 and cuDNN 9)"
-    if backend.name == "tensorrt" and settings.cuda:
-        from vivit_deploy.accuracy.matrix import tensorrt_unavailable
-
-        return tensorrt_unavailable(settings.device)
-    return None
+    return backend.runs.unavailable(settings.device, precision)
 
 
 @dataclass(frozen=True)
@@ -190,7 +174,7 @@ def choose_backends(settings: BenchSettings) -> BackendChoice:
         import torch
 
         if not torch.cuda.is_available():
-            raise BackendUnavailableError("--device cuda, but PyTorch sees no CUDA GPU here")
+            raise BackendUnavailableError("device=cuda, but PyTorch sees no CUDA GPU here")
     explicit = settings.backends is not None
     wanted = list(settings.backends if explicit else DEFAULT_BACKENDS)
     if settings.peers:
@@ -209,9 +193,11 @@ def choose_backends(settings: BenchSettings) -> BackendChoice:
         else:
             supported = [why for p, why in reasons.items() if p in BENCH_BACKENDS[name].precisions]
             skipped[name] = "; ".join(dict.fromkeys(supported or reasons.values()))
-    for given, backend in ((settings.onnx, "onnxruntime"), (settings.engine, "tensorrt")):
-        if given is not None and backend in skipped:
-            raise BackendUnavailableError(f"{given} is given, but {backend} cannot run here: {skipped[backend]}")
+    for given, kind in ((settings.onnx, "onnx"), (settings.engine, "engine")):
+        if given is not None and not any(BENCH_BACKENDS[b].artifact == kind for b in run):
+            why = "; ".join(f"{name} cannot run here: {reason}" for name, reason in skipped.items()
+                            if name in BENCH_BACKENDS and BENCH_BACKENDS[name].artifact == kind)
+            raise BackendUnavailableError(f"{given} is given, but {why or 'no backend that loads it is measured'}")
     if not run:
         raise BackendUnavailableError("no backend can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     return BackendChoice(tuple(run), skipped, tuple(variants))
@@ -229,7 +215,7 @@ class Artifacts:
         if backend.artifact == "checkpoint":
             return self.checkpoint
         files = self.onnx if backend.artifact == "onnx" else self.engine
-        key = onnx_precision(backend.name, precision)
+        key = backend.runs.file_precision(precision)
         if key not in files:
             raise ConfigError(f"no {key} {backend.artifact} file was prepared for {backend.name}")
         return files[key]
@@ -251,9 +237,9 @@ def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: P
             checkpoint, label = geometry_checkpoint(checkpoint, workdir / "geometry", settings.num_frames,
                                                     settings.image_size, label, progress)
     kinds = {BENCH_BACKENDS[name].artifact for name, _ in choice.variants}
-    for given, kind, backend in ((settings.onnx, "onnx", "onnxruntime"), (settings.engine, "engine", "tensorrt")):
+    for given, kind in ((settings.onnx, "onnx"), (settings.engine, "engine")):
         if given is not None and kind not in kinds:
-            raise ConfigError(f"--{kind} {given} is given but {backend} is not measured (see --backends)")
+            raise ConfigError(f"{kind}= {given} is given but no backend that loads it is measured (see backends=)")
     given: dict[str, Path] = {}
     notes: list[str] = []
     if settings.engine is not None:
@@ -274,11 +260,12 @@ def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: P
         notes.append(note)
         return path
 
-    from vivit_deploy.accuracy.matrix import export_files
+    from vivit_deploy.compare.matrix import export_files
 
     files = export_files(
         checkpoint, workdir,
-        onnx={onnx_precision(name, p) for name, p in choice.variants if BENCH_BACKENDS[name].artifact == "onnx"},
+        onnx={BENCH_BACKENDS[name].runs.file_precision(p) for name, p in choice.variants
+              if BENCH_BACKENDS[name].artifact == "onnx"},
         engines={p for name, p in choice.variants if BENCH_BACKENDS[name].artifact == "engine"},
         calibration=calibration, max_batch=max(settings.batch_sizes), opt_batch=max(settings.batch_sizes),
         given=given, label=label, progress=progress,
@@ -300,7 +287,7 @@ def _calibration(settings: BenchSettings, checkpoint: Path, workdir: Path, progr
     config = load_config(checkpoint)
     path = workdir / "calibration.npz"
     if settings.source is None and settings.config is None:
-        from vivit_deploy.accuracy.matrix import DEMO_CALIBRATION_CLIPS, write_demo_calibration
+        from vivit_deploy.compare.matrix import DEMO_CALIBRATION_CLIPS, write_demo_calibration
 
         preprocessor = VideoPreprocessor(preprocessor_config_in(checkpoint) or PreprocessorConfig.for_input_size(
             config.image_height, config.image_width))
@@ -323,13 +310,13 @@ def _check_given_file(path: Path, metadata, checkpoint: Path, settings: BenchSet
         raise ConfigError(f"{path} is not a file of the measured model: it takes clips {metadata.config.input_shape} "
                           f"with {metadata.config.num_labels} labels, the model {config.input_shape} with {config.num_labels}")
     if metadata.precision != settings.precision:
-        raise ConfigError(f"{path} is {metadata.precision}; run the bench with --precision {metadata.precision}")
+        raise ConfigError(f"{path} is {metadata.precision}; run the bench with precision={metadata.precision}")
     if metadata.precision == "int8" and settings.calibration is not None:
-        raise ConfigError(f"{path} is calibrated already; --calibration applies to the int8 export the bench makes")
+        raise ConfigError(f"{path} is calibrated already; calibration= applies to the int8 export the bench makes")
     spec = metadata.input
     for batch in settings.batch_sizes:
         if batch < spec.min_batch or (spec.max_batch is not None and batch > spec.max_batch):
-            raise ConfigError(f"{path} takes batch {spec.batch_range}, not {batch} (see --batch-sizes)")
+            raise ConfigError(f"{path} takes batch {spec.batch_range}, not {batch} (see batch_sizes=)")
 
 
 def _random_checkpoint(settings: BenchSettings, directory: Path, progress: Progress) -> tuple[Path, str]:

@@ -85,7 +85,7 @@ def compare(source, onnx_files, openvino_files, openvino_precisions, engine_file
     """
     import importlib.util
 
-    from vivit_deploy.accuracy.job import CompareOptions, run_compare
+    from vivit_deploy.compare.job import CompareOptions, run_compare
 
     if openvino_precisions and not openvino_files:
         raise click.UsageError("--openvino-precision applies to --openvino files")

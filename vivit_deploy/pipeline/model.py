@@ -7,15 +7,11 @@ executors fingerprint a model the same way. Reading it loads no weights into a f
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from vivit_deploy.model.config import VivitConfig
-from vivit_deploy.files import sha256_of
 from vivit_deploy.video.preprocessing import PreprocessorConfig
 
 
@@ -35,39 +31,10 @@ class ModelInfo:
 
 
 def describe_model(source: str | os.PathLike, backend: str | None = None, **hub_options: Any) -> ModelInfo:
-    """Config, preprocessing and fingerprint of ``source`` for ``backend`` (default: from the source)."""
-    from vivit_deploy.runtimes import backend_for
+    """Config, preprocessing and fingerprint of ``source`` for ``backend`` (default: from the source), as that
+    backend reads them (``Runtime.describe_source``)."""
+    from vivit_deploy.runtimes import BACKENDS, backend_for
 
     backend = backend or backend_for(source)
-    if backend == "triton":
-        from vivit_deploy.runtimes.triton_runtime import TritonRuntime
-
-        with TritonRuntime(str(source)) as served:  # a few HTTP calls: configuration and readiness
-            sha = served.parameters.get("vivit_deploy.model_sha256") or hashlib.sha256(
-                json.dumps(served.parameters, sort_keys=True).encode()).hexdigest()
-            return ModelInfo(str(source), backend, served.config, served.preprocessor, sha, served.precision,
-                             frames=served.frames_model is not None)
-    path = Path(source)
-    if path.suffix.lower() in (".engine", ".plan"):
-        from vivit_deploy.artifacts.engines import engine_metadata
-
-        sidecar, metadata = engine_metadata(path)
-        return ModelInfo(str(source), backend, metadata.config, metadata.preprocessor, sha256_of(path),
-                         sidecar["precision"])
-    if path.suffix.lower() == ".onnx":
-        from vivit_deploy.artifacts.metadata import read_onnx_metadata
-
-        metadata = read_onnx_metadata(path)
-        return ModelInfo(str(source), backend, metadata.config, metadata.preprocessor, sha256_of(path),
-                         metadata.precision)
-    from vivit_deploy.model.checkpoint import load_config
-    from vivit_deploy.model.hf_layout import resolve_source
-    from vivit_deploy.video.preprocessing import preprocessor_config_in
-
-    options = {k: v for k, v in hub_options.items() if v is not None}
-    directory = resolve_source(source, **options)
-    config = load_config(directory)
-    preprocessor = preprocessor_config_in(directory) or PreprocessorConfig.for_input_size(
-        config.image_height, config.image_width)
-    weights = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
-    return ModelInfo(str(source), backend, config, preprocessor, sha256_of(*weights), None)
+    info = BACKENDS[backend].describe_source(source, **hub_options)
+    return ModelInfo(str(source), backend, info.config, info.preprocessor, info.sha256, info.precision, info.frames)

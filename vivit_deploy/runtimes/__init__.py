@@ -20,18 +20,17 @@ from typing import Any
 
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.runtimes.base import BACKENDS, SCHEMES, SUFFIXES, Runtime, RuntimeClosedError, register_backend
-from vivit_deploy.runtimes import openvino_runtime, ort_runtime, torch_runtime, trt_runtime  # noqa: F401  (registers the backends)
+# registering the backends, in the order compare's matrix and reports list them:
+from vivit_deploy.runtimes import torch_runtime, ort_runtime, openvino_runtime, trt_runtime  # noqa: F401
 from vivit_deploy.runtimes import triton_runtime  # noqa: F401  (registers triton://)
 
 
 def expected_precision(backend: str, file_precision: str | None, asked: str | None) -> str:
     """The precision a ``backend`` runtime will report for a model of ``file_precision`` (None: a checkpoint)
     loaded with ``precision=asked``, without loading it: what a corpus job's rows and a Triton config name."""
-    if backend == "openvino":  # computes in fp32 or bf16, and names an int8 file's precision after both
-        from vivit_deploy.runtimes.openvino_runtime import reported_precision
-
-        return reported_precision(file_precision or "fp32", asked)
-    return asked or file_precision or "fp32"
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; available: {sorted(BACKENDS)}")
+    return BACKENDS[backend].reported_precision(file_precision, asked)
 
 
 def backend_for(target: str | os.PathLike) -> str:

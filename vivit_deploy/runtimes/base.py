@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Callable
 
 import numpy as np
@@ -20,6 +22,17 @@ from vivit_deploy.model.config import VivitConfig
 from vivit_deploy.errors import ConfigError, InputRangeWarning, InputShapeError, ModelFileError, VivitDeployError
 from vivit_deploy.model.io_spec import InputSpec
 from vivit_deploy.video.preprocessing import PreprocessorConfig
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a model source says about itself before any backend loads it (``Runtime.describe_source``)."""
+
+    config: VivitConfig
+    preprocessor: PreprocessorConfig
+    sha256: str  # of the model file, or of a checkpoint's config and weight files together
+    precision: str | None  # fixed by an exported file or engine; None where the runtime chooses (PyTorch)
+    frames: bool = False  # the runtime preprocesses uint8 frames itself (a Triton model with its frames ensemble)
 
 
 class RuntimeClosedError(VivitDeployError, RuntimeError):
@@ -48,6 +61,99 @@ class Runtime(ABC):
 
     backend: ClassVar[str]
     thread_safe: ClassVar[bool] = True
+
+    # ---- what the toolkit knows about this backend without loading anything: compare's matrix, bench's plan, the
+    # corpus job, serving and reports read these instead of a backend's name
+    title: ClassVar[str] = ""  # how reports name it ("pytorch", "onnxruntime", ...); default: the registry name
+    artifact: ClassVar[str] = "checkpoint"  # what it loads: "checkpoint", "onnx", "engine" or "url"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # what it runs (``precision`` values, as reported)
+    timed_precisions: ClassVar[tuple[str, ...] | None] = None  # those whose speed is real (None: all of precisions)
+
+    @classmethod
+    def unavailable(cls, device: str = "cpu", precision: str | None = None) -> str | None:
+        """Why this backend cannot run ``precision`` (default: its first) on ``device`` here, in one line the user
+        can act on; None when it can. Cheap: finds libraries without importing the heavy ones where it can."""
+        if precision is not None and precision not in cls.precisions:
+            return f"runs {'/'.join(cls.precisions)}, not {precision}"
+        return None
+
+    @classmethod
+    def file_precision(cls, precision: str) -> str:
+        """The precision of the file it loads to run in ``precision`` (OpenVINO runs bf16 from an fp32 file)."""
+        return precision
+
+    @classmethod
+    def load_precision(cls, precision: str) -> str | None:
+        """The ``precision=`` argument that makes it run in ``precision`` (None: the file's own)."""
+        return None if cls.artifact in ("onnx", "engine") else precision
+
+    @classmethod
+    def reported_precision(cls, file_precision: str | None, asked: str | None) -> str:
+        """The precision a runtime of this backend will report for a file of ``file_precision`` (None: a checkpoint)
+        loaded with ``precision=asked``, without loading it: what a corpus job's rows and a Triton config name."""
+        return asked or file_precision or "fp32"
+
+    @classmethod
+    def compare_variants(cls, device: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+        """What compare's matrix runs of this backend when the reference runs on ``device``: (label, precision,
+        device) triples, and label -> why not for those that cannot run here."""
+        return [], {}
+
+    @classmethod
+    def describe_source(cls, source, **hub_options: Any) -> SourceInfo:
+        """Config, preprocessing, fingerprint and precision of ``source`` as this backend would load it, reading its
+        metadata only (no weights into a framework): what a corpus job's driver needs on a machine without the
+        model's device. ``hub_options``: a checkpoint's Hub options (revision, local_files_only, ...)."""
+        from vivit_deploy.files import sha256_of
+
+        path = Path(source)
+        if cls.artifact == "onnx":
+            from vivit_deploy.artifacts.metadata import read_onnx_metadata
+
+            metadata = read_onnx_metadata(path)
+            return SourceInfo(metadata.config, metadata.preprocessor, sha256_of(path), metadata.precision)
+        if cls.artifact == "engine":
+            from vivit_deploy.artifacts.engines import engine_metadata
+
+            sidecar, metadata = engine_metadata(path)
+            return SourceInfo(metadata.config, metadata.preprocessor, sha256_of(path), sidecar["precision"])
+        if cls.artifact != "checkpoint":
+            raise NotImplementedError(f"the {cls.backend} backend does not say how to describe {source}")
+        from vivit_deploy.model.checkpoint import load_config
+        from vivit_deploy.model.hf_layout import resolve_source
+        from vivit_deploy.video.preprocessing import preprocessor_config_in
+
+        directory = resolve_source(source, **{k: v for k, v in hub_options.items() if v is not None})
+        config = load_config(directory)
+        preprocessor = preprocessor_config_in(directory) or PreprocessorConfig.for_input_size(
+            config.image_height, config.image_width)
+        weights = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
+        return SourceInfo(config, preprocessor, sha256_of(*weights), None)
+
+    @classmethod
+    def library_versions(cls) -> dict[str, str]:
+        """The versions of the libraries it runs on, for reports (empty where none is installed)."""
+        return {}
+
+    @property
+    def takes_frames(self) -> bool:
+        """Whether it takes uint8 RGB clips and preprocesses them itself (``run_frames``): a Triton model served with
+        its frames ensemble. Callers then send frames, not preprocessed clips."""
+        return False
+
+    def run_frames(self, clips: np.ndarray) -> np.ndarray:
+        """Logits (N, num_labels) for uint8 RGB clips (N, T, H, W, 3), where ``takes_frames``."""
+        raise ConfigError(f"the {self.backend} runtime for {self.source} takes preprocessed clips, not frames")
+
+    def with_probes(self) -> "Runtime | None":
+        """The same backend, file, device and precision with its probe points exposed (``run_probes``), for per-layer
+        drift; None where this backend cannot expose them."""
+        return None
+
+    def device_memory_mb(self) -> float | None:
+        """What the backend holds on its device beyond the model's own weights, where it can say (a TensorRT engine's
+        activation memory); None elsewhere."""
+        return None
 
     def __init__(
         self,
@@ -257,12 +363,25 @@ def register_backend(name: str, suffixes: tuple[str, ...] = (), schemes: tuple[s
             if key in claimed:
                 raise ConfigError(f"{key!r} is already claimed by backend {claimed[key]!r}")
         cls.backend = name
+        cls.title = cls.__dict__.get("title") or name
         BACKENDS[name] = cls
         SUFFIXES.update({suffix: name for suffix in suffixes})
         SCHEMES.update({scheme: name for scheme in schemes})
         return cls
 
     return decorate
+
+
+def distribution_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the first of ``names`` (distribution names) that is installed, without importing it."""
+    from importlib import metadata
+
+    for name in names:
+        try:
+            return {name: metadata.version(name)}
+        except metadata.PackageNotFoundError:
+            continue
+    return {}
 
 
 def resolve_device(device: str) -> str:

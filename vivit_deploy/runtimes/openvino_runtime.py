@@ -10,6 +10,7 @@ from the file's metadata, as for ONNX Runtime.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -17,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
+from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError, first_line
 from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS, read_onnx_metadata
-from vivit_deploy.runtimes.base import Runtime, StepParts, file_probe_names, register_backend
+from vivit_deploy.runtimes.base import Runtime, StepParts, distribution_versions, file_probe_names, register_backend
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # our compute precision -> OpenVINO's INFERENCE_PRECISION_HINT
 
@@ -52,6 +53,52 @@ class OpenVinoRuntime(Runtime):
     """
 
     thread_safe = True  # one compiled model, one infer request per thread
+    artifact = "onnx"
+    precisions = ("fp32", "bf16", "int8", "int8-bf16")  # int8-bf16: an int8 file with the rest in bf16
+
+    @classmethod
+    def unavailable(cls, device: str = "cpu", precision: str | None = None) -> str | None:
+        why = super().unavailable(device, precision)
+        if why is None and importlib.util.find_spec("openvino") is None:
+            why = "OpenVINO is not installed (pip install 'vivit-deploy[openvino]')"
+        if why is None and device != "cpu":
+            why = f"runs on the CPU, not {device}"
+        if why is None and (precision or "").endswith("bf16"):
+            from vivit_deploy.runtimes.cpu import cpu_has_bf16
+
+            if not cpu_has_bf16():
+                why = "this CPU has no bf16 units (AVX512-BF16 or AMX)"
+        return why
+
+    @classmethod
+    def file_precision(cls, precision: str) -> str:
+        return "int8" if precision.startswith("int8") else "fp32"  # OpenVINO computes an fp32 file in bf16 itself
+
+    @classmethod
+    def load_precision(cls, precision: str) -> str | None:
+        return "bf16" if precision.endswith("bf16") else "fp32"
+
+    @classmethod
+    def reported_precision(cls, file_precision: str | None, asked: str | None) -> str:
+        return reported_precision(file_precision or "fp32", asked)
+
+    @classmethod
+    def compare_variants(cls, device: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+        why = cls.unavailable("cpu")
+        if why:
+            return [], {cls.backend: why}
+        run = [(f"openvino {p}", p, "cpu") for p in ("fp32", "int8")]
+        why = cls.unavailable("cpu", "bf16")
+        if why:
+            return run, {"openvino bf16": why}
+        return run + [(f"openvino {p}", p, "cpu") for p in ("bf16", "int8-bf16")], {}
+
+    @classmethod
+    def library_versions(cls) -> dict[str, str]:
+        return distribution_versions("openvino")
+
+    def with_probes(self) -> "OpenVinoRuntime":
+        return OpenVinoRuntime(self.source, precision=self.compute_precision, probes=True)
 
     def __init__(
         self,
@@ -90,7 +137,7 @@ class OpenVinoRuntime(Runtime):
                 probe_names = _add_probe_outputs(model, path)
             compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc)
             raise ModelFileError(f"{path}: OpenVINO cannot load it ({message})") from exc
         got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if got != HINTS[compute]:  # never run another precision than the one asked for
@@ -206,7 +253,7 @@ class _OpenVinoStepParts(StepParts):
                     if model.has_rt_info(["framework", OWNER_KEY]) else None
                 return core.compile_model(model, "CPU", config), owner
             except RuntimeError as exc:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                message = first_line(exc)
                 raise ModelFileError(f"{path}: OpenVINO cannot load it ({message})") from exc
 
         compiled = load_parts(runtime.source, open_part)

@@ -7,19 +7,39 @@ outputs); the TensorRT provider can additionally build fp16 engines from an fp32
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError
-from vivit_deploy.artifacts.metadata import DeployMetadata
-from vivit_deploy.runtimes.base import Runtime, StepParts, device_index, file_probe_names, register_backend, resolve_device
+from vivit_deploy.errors import BackendUnavailableError, ConfigError, ModelFileError, first_line
+from vivit_deploy.artifacts.metadata import PRECISIONS, DeployMetadata
+from vivit_deploy.runtimes.base import (
+    Runtime, StepParts, distribution_versions, device_index, file_probe_names, register_backend, resolve_device,
+)
 
 PROVIDERS = ("cpu", "cuda", "tensorrt")
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _ELEM_FLOAT = "tensor(float)"
+
+
+def cpu_session(model, *, optimization: str = "all", optimized_path: str | os.PathLike | None = None):
+    """A plain ONNX Runtime session on the CPU provider, errors only in its log: what export uses to validate and
+    calibrate its own files (``model``: a path, serialized bytes or an ``onnx.ModelProto``). ``optimization``:
+    "all" or "basic"; ``optimized_path`` saves the graph the session runs (to see what it fused)."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[optimization]
+    options.log_severity_level = 3
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def import_onnxruntime():
@@ -44,6 +64,39 @@ class OnnxRuntimeRuntime(Runtime):
     """
 
     thread_safe = True  # InferenceSession.run may be called from several threads at once
+    artifact = "onnx"
+    precisions = PRECISIONS
+    # fp8 on the CPU provider is fp8-rounded Q/DQ around fp32 products: its numerics are real, its speed is not
+    timed_precisions = ("fp32", "fp16", "int8")
+
+    @classmethod
+    def unavailable(cls, device: str = "cpu", precision: str | None = None) -> str | None:
+        why = super().unavailable(device, precision)
+        if why is None and importlib.util.find_spec("onnxruntime") is None:
+            why = "onnxruntime is not installed (pip install onnxruntime-gpu; it runs on the CPU too)"
+        if why is None and device.startswith("cuda") and "CUDAExecutionProvider" not in _available_providers():
+            why = "this onnxruntime has no CUDA provider (install onnxruntime-gpu with CUDA 13 and cuDNN 9)"
+        return why
+
+    @classmethod
+    def compare_variants(cls, device: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+        why = cls.unavailable("cpu")
+        if why:
+            return [], {cls.backend: why}
+        run = [(f"onnxruntime {p}", p, "cpu") for p in cls.precisions]  # fp8: its numerics (see timed_precisions)
+        if not device.startswith("cuda"):
+            return run, {}
+        why = cls.unavailable(device)
+        if why:
+            return run, {"onnxruntime cuda": why}
+        return run + [(f"onnxruntime cuda {p}", p, device) for p in ("fp32", "fp16")], {}
+
+    @classmethod
+    def library_versions(cls) -> dict[str, str]:
+        return distribution_versions("onnxruntime-gpu", "onnxruntime")
+
+    def with_probes(self) -> "OnnxRuntimeRuntime":
+        return OnnxRuntimeRuntime(self.source, device=self.device, provider=self.provider, probes=True)
 
     def __init__(
         self,
@@ -93,7 +146,7 @@ class OnnxRuntimeRuntime(Runtime):
                 session = ort.InferenceSession(source, options, providers=providers)
                 self.optimization = "basic (float8 Q/DQ)"
         except Exception as exc:  # pybind raises InvalidProtobuf / InvalidGraph / Fail / NoSuchFile, all plain Exceptions
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc)
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message})") from exc
         active = session.get_providers()[0]
         if active != _PROVIDER_NAMES[provider]:
@@ -108,7 +161,7 @@ class OnnxRuntimeRuntime(Runtime):
         if precision is not None and precision != file_precision and not (provider == "tensorrt" and precision == "fp16"):
             raise ConfigError(
                 f"{path} is an {file_precision} graph; precision {precision!r} needs a file exported with "
-                f"`vivit-export --precision {precision}` (or provider 'tensorrt' for fp16 engines)"
+                f"precision={precision} (or provider='tensorrt' for fp16 engines)"
             )
         self.session = session
         self._session_setup = (options, providers)
@@ -221,7 +274,7 @@ class _OrtStepParts(StepParts):
             try:
                 session = ort.InferenceSession(str(path), options, providers=providers)
             except Exception as exc:  # pybind's plain Exceptions, as for the whole model
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                message = first_line(exc)
                 raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message})") from exc
             return session, session.get_modelmeta().custom_metadata_map.get(OWNER_KEY)
 
@@ -237,3 +290,21 @@ class _OrtStepParts(StepParts):
         from vivit_deploy.artifacts.step_parts import WINDOWS_INPUT
 
         return self.windows_session.run(None, {WINDOWS_INPUT: tokens})[0]
+
+
+def _available_providers() -> list[str]:
+    return import_onnxruntime().get_available_providers()
+
+
+def matmul_session(n: int):
+    """A session of one n x n float32 matrix product on the CPU provider: ONNX Runtime's own product, for a
+    benchmark's ceiling."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["C"])], "matmul",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "AB"],
+        [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)  # ORT reads IR <= 13
+    return cpu_session(model)

@@ -14,7 +14,7 @@ from vivit_deploy.errors import ConfigError
 from vivit_deploy.model.io_spec import input_spec
 from vivit_deploy.video.preprocessing import PreprocessorConfig, preprocessor_config_in
 from vivit_deploy.model.probes import probe_points
-from vivit_deploy.runtimes.base import Runtime, StepParts, register_backend, resolve_device
+from vivit_deploy.runtimes.base import Runtime, StepParts, distribution_versions, register_backend, resolve_device
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -32,6 +32,36 @@ class TorchRuntime(Runtime):
     """``VivitForVideoClassification`` loaded from a checkpoint directory or Hub id."""
 
     thread_safe = True  # forward under inference_mode touches no shared mutable state
+    title = "pytorch"
+    artifact = "checkpoint"
+    precisions = TORCH_PRECISIONS
+
+    @classmethod
+    def unavailable(cls, device: str = "cpu", precision: str | None = None) -> str | None:
+        why = super().unavailable(device, precision)
+        if why is None and device.startswith("cuda"):
+            import torch  # the toolkit's own dependency
+
+            if not torch.cuda.is_available():
+                why = "PyTorch sees no CUDA GPU here"
+        return why
+
+    @classmethod
+    def compare_variants(cls, device: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+        # fp32 is the reference, not a variant
+        if device.startswith("cuda"):
+            return [(f"pytorch {p} cuda", p, device) for p in ("fp16", "bf16")], {}
+        return [("pytorch bf16", "bf16", device)], {}
+
+    @classmethod
+    def library_versions(cls) -> dict[str, str]:
+        return distribution_versions("torch")
+
+    def with_probes(self) -> "TorchRuntime":
+        """The same model in memory, with the probe points' hooks (no second load)."""
+        self._ensure_open()
+        return TorchRuntime.from_model(self.model, self.preprocessor, source=self.source,
+                                       max_batch=self.input_spec.max_batch, probes=True)
 
     def __init__(
         self,

@@ -11,6 +11,9 @@ preprocessor (``VideoClassifier`` uses it). Every error the server or the connec
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +22,7 @@ import numpy as np
 
 from vivit_deploy.errors import BackendUnavailableError, ModelFileError, VivitDeployError
 from vivit_deploy.artifacts.metadata import DeployMetadata
-from vivit_deploy.runtimes.base import Runtime, register_backend
+from vivit_deploy.runtimes.base import Runtime, SourceInfo, distribution_versions, register_backend
 
 SCHEME = "triton"
 # Binary tensors must say so: a Triton 2.51 server crashed on binary requests of another content type.
@@ -66,6 +69,32 @@ class TritonRuntime(Runtime):
     """
 
     thread_safe = True
+    artifact = "url"
+    precisions = ("fp32", "fp16", "bf16", "int8", "int8-bf16", "fp8")  # whatever the server's model runs
+
+    @classmethod
+    def unavailable(cls, device: str = "cpu", precision: str | None = None) -> str | None:
+        why = super().unavailable(device, precision)
+        if why is None and importlib.util.find_spec("tritonclient") is None:
+            why = "tritonclient is not installed (pip install 'vivit-deploy[triton]')"
+        return why
+
+    @classmethod
+    def library_versions(cls) -> dict[str, str]:
+        return distribution_versions("tritonclient")
+
+    @property
+    def takes_frames(self) -> bool:
+        return self.frames_model is not None
+
+    @classmethod
+    def describe_source(cls, source, **hub_options: Any) -> SourceInfo:
+        """From the server: a few HTTP calls (configuration and readiness); the fingerprint is the one `triton-repo`
+        recorded, else one of the model's parameters."""
+        with cls(str(source)) as served:
+            sha = served.parameters.get("vivit_deploy.model_sha256") or hashlib.sha256(
+                json.dumps(served.parameters, sort_keys=True).encode()).hexdigest()
+            return SourceInfo(served.config, served.preprocessor, sha, served.precision, served.takes_frames)
 
     def __init__(self, url: str, *, device: str = "auto", precision: str | None = None, timeout: float = 60.0,
                  frames: bool = True):

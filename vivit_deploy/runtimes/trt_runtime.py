@@ -67,6 +67,45 @@ class TensorRTRuntime(Runtime):
     """
 
     thread_safe = False
+    artifact = "engine"
+    precisions = ("fp32", "fp16", "int8", "fp8")
+
+    @classmethod
+    def unavailable(cls, device: str = "cpu", precision: str | None = None) -> str | None:
+        """Whether an engine can be built and run for ``device`` here: TensorRT 10/11 on any CUDA GPU, or TensorRT for
+        RTX on a GPU it targets."""
+        from vivit_deploy.artifacts.engines import EDITIONS, installed
+
+        why = super().unavailable(device, precision)
+        if why is not None:
+            return why
+        if not device.startswith("cuda"):
+            return "needs a CUDA GPU (device cuda)"
+        if installed("tensorrt"):
+            return None
+        if not installed("rtx"):
+            return "neither tensorrt nor tensorrt_rtx is installed (see docs/tensorrt.md)"
+        name, capability = gpu_identity(device_index(device))
+        if capability not in EDITIONS["rtx"].targets:
+            return f"TensorRT 10/11 is not installed, and TensorRT for RTX does not target {name} (compute {capability})"
+        return None
+
+    @classmethod
+    def compare_variants(cls, device: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+        why = cls.unavailable(device)
+        if why:
+            return [], {cls.backend: why}
+        return [(f"tensorrt {p}", p, device) for p in ("fp16", "int8", "fp8")], {}
+
+    @classmethod
+    def library_versions(cls) -> dict[str, str]:
+        from vivit_deploy.artifacts.engines import EDITIONS, installed
+
+        return {ed.module: import_edition(ed.name).__version__ for ed in EDITIONS.values() if installed(ed.name)}
+
+    def device_memory_mb(self) -> float | None:
+        size = getattr(self.engine, "device_memory_size_v2", None)
+        return None if size is None else size / 2**20
 
     def __init__(self, path: str | os.PathLike, *, device: str = "auto", precision: str | None = None,
                  runtime_cache: bool | str | os.PathLike = True, cuda_graphs: bool = False):

@@ -100,11 +100,11 @@ class StreamClassifier:
         if not sources:
             raise ConfigError("no stream sources: give rtsp://, http(s)://, udp://, tcp:// URLs, devices or video files")
         if smooth < 1 or top_k < 1:
-            raise ConfigError(f"--smooth and --top-k must be at least 1, got {smooth} and {top_k}")
+            raise ConfigError(f"smooth= and top_k= must be at least 1, got {smooth} and {top_k}")
         if not 0.0 <= min_probability <= 1.0:
-            raise ConfigError(f"--min-probability must be in [0, 1], got {min_probability}")
+            raise ConfigError(f"min_probability= must be in [0, 1], got {min_probability}")
         if duration is not None and duration <= 0:
-            raise ConfigError(f"--duration must be positive seconds, got {duration}")
+            raise ConfigError(f"duration= must be positive seconds, got {duration}")
         self.runtime = runtime
         self.sources = [s if isinstance(s, Source) else parse_source(s, realtime=realtime) for s in sources]
         names = [s.name for s in self.sources]
@@ -118,7 +118,7 @@ class StreamClassifier:
                                                                           runtime.config.image_width)
         self.preprocessor = preprocessor or VideoPreprocessor(config)
         # a Triton model with its frames ensemble preprocesses on the server: it gets the uint8 frames
-        self.send_frames = bool(getattr(runtime, "frames_model", None)) and self.preprocessor.config == runtime.preprocessor
+        self.send_frames = runtime.takes_frames and self.preprocessor.config == runtime.preprocessor
         self.read_options = read_options
         self.parts = runtime.step_parts() if reuse and not self.send_frames else None
         self.hop_steps = None  # steps a window moves by, when whole: windows then share steps
@@ -256,7 +256,8 @@ class StreamClassifier:
         return self.duration is not None and self._started and time.monotonic() - self._clock >= self.duration
 
     def _classify(self, taken: list[tuple[str, Window, int]]) -> Iterator[dict[str, Any]]:
-        from vivit_deploy.predict import label_name, ranked, softmax, video_logits
+        from vivit_deploy.accuracy.evaluation import softmax
+        from vivit_deploy.predict import label_name, ranked, video_logits
 
         if self.parts is not None:
             logits = list(self._logits_from_steps(taken)[:, None])

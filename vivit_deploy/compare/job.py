@@ -2,7 +2,7 @@
 
 Candidates are the files, servers and precisions named (``--onnx``, ``--openvino``, ``--engine``,
 ``--triton``, ``--torch``),
-or, when none is named, every backend x precision that can run here (``accuracy.matrix``), exported
+or, when none is named, every backend x precision that can run here (``compare.matrix``), exported
 into a temporary directory first. Inputs are the bundled samples, a directory of videos, synthetic
 labelled clips of the demo task, random clips, or clips saved by an earlier run.
 """
@@ -67,20 +67,20 @@ def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonRe
 
     from vivit_deploy.accuracy.gates import parse_gates
 
-    chosen = [name for name, on in (("--videos", options.videos_dir), ("--samples", options.samples),
-                                    ("--demo", options.demo), ("--inputs", options.inputs_file),
-                                    ("--synthetic", options.synthetic), ("--manifest", options.manifest)) if on]
+    chosen = [f"{name}=" for name, on in (("videos_dir", options.videos_dir), ("samples", options.samples),
+                                          ("demo", options.demo), ("inputs_file", options.inputs_file),
+                                          ("synthetic", options.synthetic), ("manifest", options.manifest)) if on]
     if len(chosen) > 1:
         raise ConfigError(f"choose one source of inputs, got {' and '.join(chosen)}")
     if options.views > 1 and options.inputs_file is not None:
-        raise ConfigError("--clips applies to videos and synthetic clips; saved inputs keep the views they were saved with")
+        raise ConfigError("views= applies to videos and synthetic clips; saved inputs keep the views they were saved with")
     gates = parse_gates(options.gates)
     if options.geometry and (options.samples or options.inputs_file):
-        raise ConfigError("--frames/--image-size compare the checkpoint at two geometries on the same videos: give "
-                          "--videos, --demo or --synthetic (random or saved clips have the reference's shape only)")
+        raise ConfigError("num_frames= / image_size= compare the checkpoint at two geometries on the same videos: give "
+                          "videos_dir=, demo= or synthetic= (random or saved clips have the reference's shape only)")
     if options.calibration is not None and options.named:
-        raise ConfigError("--calibration is for the int8 candidates made when none is named; "
-                          "export an int8 file with `vivit-export --precision int8` to compare it")
+        raise ConfigError("calibration= is for the int8 candidates made when none is named; "
+                          "export an int8 file (`vivit-export --precision int8`) to compare it")
     demo_model = options.source is None
     source = options.source or str(demo_model_dir())
     demo = options.demo or (demo_model and not chosen)
@@ -94,10 +94,10 @@ def run_compare(options: CompareOptions, progress: Progress) -> cmp.ComparisonRe
             runtimes["reference"] = reference
             inputs = _inputs(options, reference, demo, samples, progress)
             if any(g.kind == "accuracy" for g in gates) and not inputs.labelled:
-                raise ConfigError(f"--gate {next(g.name for g in gates if g.kind == 'accuracy')} needs labelled clips "
+                raise ConfigError(f"gates= {next(g.name for g in gates if g.kind == 'accuracy')} needs labelled clips "
                                   f"and {inputs.source} {'are' if len(inputs) > 1 else 'is'} not (all) labelled: give "
-                                  "--synthetic N, --videos DIR with labels.json, --manifest FILE with a label column, "
-                                  "or --demo")
+                                  "synthetic=N, videos_dir= a directory with labels.json, manifest= a file with a label "
+                                  "column, or demo=True")
             not_compared: dict[str, str] = {}
             if options.named:
                 candidates = _named(options, source, progress)
@@ -145,7 +145,7 @@ def _layers(options: CompareOptions, report, reference, candidates: dict, runtim
         if runtime.input_spec.frame_shape != reference.input_spec.frame_shape:
             skipped[name] = "it runs at another geometry: its hidden states have other shapes than the reference's"
             continue
-        probed = _with_probes(runtime, options)
+        probed = runtime.with_probes()
         if probed is None:
             skipped[name] = f"the {runtime.backend} runtime exposes no hidden states (per-layer drift runs on ONNX files " \
                             "with ONNX Runtime or OpenVINO, and on PyTorch)"
@@ -161,7 +161,7 @@ def _layers(options: CompareOptions, report, reference, candidates: dict, runtim
 
 
 def _write_html(options: CompareOptions, report, reference, candidates: dict, inputs, progress: Progress) -> None:
-    from vivit_deploy.accuracy.html_report import write_html
+    from vivit_deploy.compare.html_report import write_html
     from vivit_deploy.files import sha256_of
     from vivit_deploy.video.preprocessing import PreprocessorConfig
 
@@ -177,20 +177,6 @@ def _write_html(options: CompareOptions, report, reference, candidates: dict, in
     write_html(report, options.html, inputs=inputs, id2label=reference.id2label, preprocessor=preprocessor,
                settings={"candidates": listed})
     progress(f"wrote {options.html}")
-
-
-def _with_probes(runtime, options: CompareOptions):
-    """The same backend, file and precision as ``runtime``, with its probe points exposed; None where it has none."""
-    from vivit_deploy.runtimes import load_runtime
-
-    if runtime.backend == "onnxruntime":
-        return load_runtime(runtime.source, "onnxruntime", device=runtime.device, provider=runtime.provider, probes=True)
-    if runtime.backend == "openvino":
-        return load_runtime(runtime.source, "openvino", precision=runtime.compute_precision, probes=True)
-    if runtime.backend == "torch":
-        return load_runtime(runtime.source, "torch", device=runtime.device, precision=runtime.precision, probes=True,
-                            local_files_only=options.offline or None)
-    return None
 
 
 def _inputs(options: CompareOptions, reference, demo: bool, samples: int | None, progress: Progress) -> clips.CompareInputs:
@@ -252,8 +238,8 @@ def _every_variant(options: CompareOptions, source: str, reference, demo_model: 
     """Every variant that runs here, its files exported into ``work``; int8 calibrated on ``--calibration``,
     or for the demo model on synthetic clips of a seed no evaluation set uses."""
     from vivit_deploy.model.hf_layout import resolve_source
-    from vivit_deploy.accuracy.matrix import available_variants, prepare_files, write_demo_calibration
-    from vivit_deploy.runtimes import load_runtime
+    from vivit_deploy.compare.matrix import available_variants, prepare_files, write_demo_calibration
+    from vivit_deploy.runtimes import BACKENDS, load_runtime
 
     variants, skipped = available_variants(reference.device)
     calibration = options.calibration
@@ -270,7 +256,7 @@ def _every_variant(options: CompareOptions, source: str, reference, demo_model: 
     candidates = {}
     for variant in variants:
         progress(f"loading {variant.label} ...")
-        kwargs = {} if variant.backend != "torch" else {"local_files_only": options.offline or None}
+        kwargs = {} if BACKENDS[variant.backend].artifact != "checkpoint" else {"local_files_only": options.offline or None}
         candidates[variant.label] = load_runtime(files[variant.artifact], variant.backend, device=variant.device,
                                                  precision=variant.precision, **kwargs)
     return candidates

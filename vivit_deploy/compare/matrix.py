@@ -10,13 +10,11 @@ too. PyTorch fp32 is the reference, not a variant.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from vivit_deploy.runtimes.cpu import cpu_has_bf16
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.artifacts.metadata import PRECISIONS, QUANTIZED_PRECISIONS
 
@@ -33,75 +31,31 @@ class Variant:
 
 
 def available_variants(device: str = "cpu") -> tuple[list[Variant], dict[str, str]]:
-    """The variants that can run here (reference device ``device``), and label -> why not for the others."""
+    """The variants that can run here (reference device ``device``), and label -> why not for the others: each
+    registered backend says which of its precisions it runs (``Runtime.compare_variants``)."""
+    from vivit_deploy.runtimes import BACKENDS
+
     run: list[Variant] = []
     skipped: dict[str, str] = {}
-    cuda = device.startswith("cuda")
-    torch_precisions = ("fp16", "bf16") if cuda else ("bf16",)
-    run += [Variant(f"pytorch {p}{' cuda' if cuda else ''}", "torch", "checkpoint", p, device) for p in torch_precisions]
-
-    if importlib.util.find_spec("onnxruntime") is None:
-        skipped["onnxruntime"] = "onnxruntime is not installed"
-    else:
-        # fp8 runs on ONNX Runtime's CPU as fp8-rounded Q/DQ around fp32 products: its numerics, not its speed
-        run += [Variant(f"onnxruntime {p}", "onnxruntime", f"onnx-{p}", None, "cpu") for p in PRECISIONS]
-        if cuda:
-            import onnxruntime
-
-            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-                run += [Variant(f"onnxruntime cuda {p}", "onnxruntime", f"onnx-{p}", None, device) for p in ("fp32", "fp16")]
-            else:
-                skipped["onnxruntime cuda"] = "this onnxruntime has no CUDA provider"
-
-    if importlib.util.find_spec("openvino") is None:
-        skipped["openvino"] = "OpenVINO is not installed (pip install 'vivit-deploy[openvino]')"
-    else:
-        run += [Variant("openvino fp32", "openvino", "onnx-fp32", "fp32", "cpu"),
-                Variant("openvino int8", "openvino", "onnx-int8", "fp32", "cpu")]
-        if cpu_has_bf16():
-            run += [Variant("openvino bf16", "openvino", "onnx-fp32", "bf16", "cpu"),
-                    Variant("openvino int8-bf16", "openvino", "onnx-int8", "bf16", "cpu")]
-        else:
-            skipped["openvino bf16"] = "this CPU has no bf16 units (AVX512-BF16 or AMX)"
-
-    why_not = tensorrt_unavailable(device)
-    if why_not:
-        skipped["tensorrt"] = why_not
-    else:
-        run += [Variant(f"tensorrt {p}", "tensorrt", f"engine-{p}", None, device) for p in ("fp16", "int8", "fp8")]
+    for cls in BACKENDS.values():  # a remote model (Triton) has none: it is compared when named
+        variants, why_not = cls.compare_variants(device)
+        skipped.update(why_not)
+        for label, precision, where in variants:
+            artifact = "checkpoint" if cls.artifact == "checkpoint" else f"{cls.artifact}-{cls.file_precision(precision)}"
+            run.append(Variant(label, cls.backend, artifact, cls.load_precision(precision), where))
     return run, skipped
-
-
-def tensorrt_unavailable(device: str) -> str | None:
-    """Why no engine can be built and run for ``device`` here (None when one can): TensorRT 10/11 on any GPU,
-    or TensorRT for RTX on a GPU it targets."""
-    from vivit_deploy.artifacts.engines import EDITIONS, gpu_identity, installed
-
-    if not device.startswith("cuda"):
-        return "needs a CUDA device (--device cuda)"
-    if installed("tensorrt"):
-        return None
-    if not installed("rtx"):
-        return "neither tensorrt nor tensorrt_rtx is installed (see docs/tensorrt.md)"
-    name, capability = gpu_identity(_index(device))
-    if capability not in EDITIONS["rtx"].targets:
-        return f"TensorRT 10/11 is not installed, and TensorRT for RTX does not target {name} (compute {capability})"
-    return None
-
-
-def _index(device: str) -> int:
-    return int(device[5:]) if device.startswith("cuda:") else 0
 
 
 def engine_build_options(workdir: Path, device: str = "cuda") -> dict:
     """How ``export_files`` builds engines with the edition ``build_engine`` picks: with a shared timing cache
     (TensorRT 10/11), or ahead of time for this GPU's compute capability (TensorRT for RTX, no timing cache)."""
     from vivit_deploy.artifacts.engines import choose_edition, gpu_identity
+    from vivit_deploy.runtimes.base import device_index
 
     edition = choose_edition("auto")
     if edition.timing_cache:
         return {"timing_cache": workdir / "timing.cache"}
-    return {"compute_capabilities": gpu_identity(_index(device))[1]}
+    return {"compute_capabilities": gpu_identity(device_index(device))[1]}
 
 
 DEMO_CALIBRATION_CLIPS = 64
@@ -149,7 +103,7 @@ def export_files(
             continue
         if precision in QUANTIZED_PRECISIONS and calibration_data is None:
             if calibration is None:
-                raise ConfigError(f"{precision} needs calibration data (--calibration DIR_OR_NPZ)")
+                raise ConfigError(f"{precision} needs calibration data (calibration= a directory of videos or an .npz)")
             calibration_data = calibration()
         path = workdir / f"model-{precision}.onnx"
         progress(f"exporting {label or checkpoint} to ONNX ({precision}) ...")
@@ -191,7 +145,7 @@ def prepare_files(
         if variant.artifact in files:
             kept.append(variant)
         elif variant.artifact.endswith(QUANTIZED_PRECISIONS):
-            dropped[variant.label] = f"{variant.artifact[-4:]} needs calibration data (--calibration DIR_OR_NPZ)"
+            dropped[variant.label] = f"{variant.artifact[-4:]} needs calibration data (calibration= a directory of videos or an .npz)"
         else:
             raise ConfigError(f"no {variant.artifact} file for {variant.label}")
     return files, kept, dropped
