@@ -81,8 +81,9 @@ def test_the_range_watch_sees_what_fp16_cannot_hold_unless_it_is_kept(fp16_overf
 
     with RangeWatch(model) as watch, torch.no_grad():
         model(torch.from_numpy(x))
-    [(layer, part, what, value)] = watch.overflows(FP16_MAX)
-    assert (layer, part) == (2, "output") and "intermediate.dense" in what and value > FP16_MAX
+    [overflow] = watch.overflows(FP16_MAX)
+    assert (overflow.layer, overflow.part, overflow.kind) == (2, "output", "product")
+    assert "intermediate.dense" in overflow.what and overflow.value > FP16_MAX
     assert watch.overflows(FP16_MAX, frozenset({"2.mlp"})) == [] == watch.overflows(FP16_MAX, frozenset({"2"}))
     assert watch.overflows(FP16_MAX, frozenset({"2.attention"}))  # the wrong part does not help
 
@@ -315,7 +316,7 @@ def test_keep_fp32_outside_units_order_and_refusals(four_layer_checkpoint):
     config = load_config(four_layer_checkpoint)
     assert parse_keep_fp32("head, 2.mlp, embeddings", config, "fp16") == ("embeddings", "2.mlp", "head")
     assert normalise(["head", "3", "embeddings", "3.mlp"]) == ("embeddings", "3", "head")
-    with pytest.raises(ConfigError, match="--keep-fp32 head: the head already run in float in an int8 graph"):
+    with pytest.raises(ConfigError, match="keep_fp32= head: the head already run in float in an int8 graph"):
         parse_keep_fp32("head", config, "int8")
 
 

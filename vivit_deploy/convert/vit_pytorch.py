@@ -26,6 +26,10 @@ from typing import Any
 from vivit_deploy.errors import CheckpointError, ConfigError
 from vivit_deploy.model.checkpoint import _check_state_dict, listed
 from vivit_deploy.model.config import VivitConfig
+from vivit_deploy.model.probes import (
+    ATTENTION_PROJECTION, CLASSIFIER, EMBEDDINGS, FC1, FC2, FINAL_NORM, KEY, NORM_AFTER, NORM_BEFORE, PROJECTION, QUERY,
+    SPATIAL_NORM_PART, TEMPORAL_INPUTS, VALUE, part_path,
+)
 
 VARIANTS = {"factorized_encoder": "factorised_encoder", "factorized_self_attention": "factorised_self_attention"}
 REQUIRED = ("image_size", "image_patch_size", "frames", "frame_patch_size", "num_classes", "dim", "spatial_depth",
@@ -37,11 +41,12 @@ PREPROCESSOR_NOTE = ("transformers' defaults at the model's input size: vit-pyto
 
 # vit-pytorch's names -> ours. {L}: a layer of that stack; {S}/{T}: where Model 2's spatial / temporal stack starts and
 # Model 3's space / time layer of block L is. Attention's to_qkv is split into query, key and value.
-_EMBEDDINGS = {"to_patch_embedding.1": "vivit.embeddings.patch_norm", "to_patch_embedding.2": "vivit.embeddings.projection",
-               "to_patch_embedding.3": "vivit.embeddings.norm", "pos_embedding": "vivit.embeddings.position_embeddings",
-               "spatial_cls_token": "vivit.embeddings.cls_token", "mlp_head": "classifier"}
-_ATTENTION = {"norm": "layernorm_before", "to_out.0": "attention.output.dense"}
-_FEEDFORWARD = {"net.0": "layernorm_after", "net.1": "intermediate.dense", "net.4": "output.dense"}
+# (the model's part paths come from model/probes.py; the embeddings' own members are Models 2 and 3's, model/factorised.py)
+_EMBEDDINGS = {"to_patch_embedding.1": f"{part_path(EMBEDDINGS)}.patch_norm", "to_patch_embedding.3": f"{part_path(EMBEDDINGS)}.norm",
+               "pos_embedding": f"{part_path(EMBEDDINGS)}.position_embeddings",
+               "spatial_cls_token": f"{part_path(EMBEDDINGS)}.cls_token", "mlp_head": part_path(CLASSIFIER)}
+_ATTENTION = {"norm": NORM_BEFORE, "to_out.0": ATTENTION_PROJECTION}  # vit-pytorch's Attention -> our layer's parts
+_FEEDFORWARD = {"net.0": NORM_AFTER, "net.1": FC1, "net.4": FC2}  # its FeedForward
 def config_from_args(args: dict[str, Any], id2label: dict[int, str] | None = None) -> VivitConfig:
     """Our config for a ``vit_pytorch.vivit.ViViT(**args)``; unknown or missing arguments are a ConfigError."""
     if not isinstance(args, dict):
@@ -79,37 +84,37 @@ def config_from_args(args: dict[str, Any], id2label: dict[int, str] | None = Non
     )
 
 
-def _layer(base: str, attention: str, feedforward: str | None, ours: str) -> dict[str, str]:
+def _layer(base: str, attention: str, feedforward: str | None, layer: int) -> dict[str, str]:
     """Module names of one vit-pytorch layer (``base``.``attention`` an Attention, ``base``.``feedforward`` a
-    FeedForward) in ours (Model 1's Layer at ``ours``)."""
-    out = {f"{base}.{attention}.{k}": f"{ours}.{v}" for k, v in _ATTENTION.items()}
+    FeedForward) in ours (our layer ``layer``)."""
+    out = {f"{base}.{attention}.{k}": part_path(part, layer) for k, part in _ATTENTION.items()}
     if feedforward is not None:
-        out.update({f"{base}.{feedforward}.{k}": f"{ours}.{v}" for k, v in _FEEDFORWARD.items()})
+        out.update({f"{base}.{feedforward}.{k}": part_path(part, layer) for k, part in _FEEDFORWARD.items()})
     return out
 
 
-def key_map(config: VivitConfig) -> tuple[dict[str, str], dict[str, str]]:
-    """(vit-pytorch module names -> ours, each to_qkv -> our attention's prefix) for ``config``'s variant."""
+def key_map(config: VivitConfig) -> tuple[dict[str, str], dict[str, int]]:
+    """(vit-pytorch module names -> ours, each to_qkv -> the layer whose query, key and value it holds) for
+    ``config``'s variant."""
     modules, qkv = dict(_EMBEDDINGS), {}
+    modules["to_patch_embedding.2"] = part_path(PROJECTION, config=config)
     if config.variant == "factorised_encoder":
-        modules["temporal_cls_token"] = "vivit.encoder.temporal_cls_token"
-        stacks = (("spatial_transformer", 0, config.num_hidden_layers, "vivit.encoder.spatial_norm"),
-                  ("temporal_transformer", config.num_hidden_layers, config.temporal_layers, "vivit.layernorm"))
+        modules["temporal_cls_token"] = part_path(TEMPORAL_INPUTS) + "cls_token"
+        stacks = (("spatial_transformer", 0, config.num_hidden_layers, part_path(SPATIAL_NORM_PART)),
+                  ("temporal_transformer", config.num_hidden_layers, config.temporal_layers, part_path(FINAL_NORM)))
         for prefix, first, depth, norm in stacks:
             modules[f"{prefix}.norm"] = norm
             for i in range(depth):
-                ours = f"vivit.encoder.layer.{first + i}"
-                modules.update(_layer(f"{prefix}.layers.{i}", "0", "1", ours))
-                qkv[f"{prefix}.layers.{i}.0.to_qkv"] = f"{ours}.attention.attention"
+                modules.update(_layer(f"{prefix}.layers.{i}", "0", "1", first + i))
+                qkv[f"{prefix}.layers.{i}.0.to_qkv"] = first + i
         return modules, qkv
-    modules["factorized_transformer.norm"] = "vivit.layernorm"
+    modules["factorized_transformer.norm"] = part_path(FINAL_NORM)
     for i in range(config.num_hidden_layers):  # block i: space attention (0), time attention (1), feedforward (2)
-        space, time, base = f"vivit.encoder.layer.{2 * i}", f"vivit.encoder.layer.{2 * i + 1}", \
-            f"factorized_transformer.layers.{i}"
-        modules.update(_layer(base, "0", None, space))
-        modules.update(_layer(base, "1", "2", time))
-        qkv[f"{base}.0.to_qkv"] = f"{space}.attention.attention"
-        qkv[f"{base}.1.to_qkv"] = f"{time}.attention.attention"
+        base = f"factorized_transformer.layers.{i}"
+        modules.update(_layer(base, "0", None, 2 * i))
+        modules.update(_layer(base, "1", "2", 2 * i + 1))
+        qkv[f"{base}.0.to_qkv"] = 2 * i
+        qkv[f"{base}.1.to_qkv"] = 2 * i + 1
     return modules, qkv
 
 
@@ -150,18 +155,18 @@ def convert_state_dict(state: dict[str, Any], config: VivitConfig, source: str =
                 raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}; the arguments give "
                                       f"{config.num_attention_heads} heads of {config.head_dim} (to_qkv: "
                                       f"({3 * inner}, {config.hidden_size}))")
-            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
-                out[f"{qkv[prefix]}.{name}.weight"] = part
-                origin[f"{qkv[prefix]}.{name}.weight"] = key
+            for name, part in zip((QUERY, KEY, VALUE), value.chunk(3, dim=0)):
+                out[f"{part_path(name, qkv[prefix])}.weight"] = part
+                origin[f"{part_path(name, qkv[prefix])}.weight"] = key
         else:
             unexplained.append(key)
     if unexplained:
         raise CheckpointError(f"{source}: {len(unexplained)} weights the arguments do not explain "
                               f"({listed(unexplained, 4)}): were they saved from another model?")
-    for prefix in qkv.values():  # vit-pytorch's Identity output projection (one head as wide as the tokens)
-        dense = prefix.removesuffix(".attention") + ".output.dense"
+    for layer in qkv.values():  # vit-pytorch's Identity output projection (one head as wide as the tokens)
+        dense = part_path(ATTENTION_PROJECTION, layer)
         if f"{dense}.weight" not in out and config.num_attention_heads == 1 and config.head_dim == config.hidden_size:
-            reference = out[f"{prefix}.query.weight"]
+            reference = out[f"{part_path(QUERY, layer)}.weight"]
             out[f"{dense}.weight"] = torch.eye(config.hidden_size, dtype=reference.dtype)
             out[f"{dense}.bias"] = torch.zeros(config.hidden_size, dtype=reference.dtype)
     if expected is not None:

@@ -28,16 +28,22 @@ import types
 from dataclasses import dataclass
 from typing import Callable
 
-from vivit_deploy.accuracy.layers import FP16_MAX
+from vivit_deploy.accuracy.layers import FP16_MAX, WEIGHTS, Overflow
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
-from vivit_deploy.model.probes import layer_module
+from vivit_deploy.model.probes import (
+    ATTENTION, BLOCK, CLASSIFIER, EMBEDDINGS, FINAL_NORM, MLP, MLP_HIDDEN, NORM_AFTER, NORM_BEFORE, SPATIAL_NORM_PART,
+    has_part, locate_parameter, part_path,
+)
 
 UNIT_KINDS = ("attention", "mlp", "norms")
-UNIT_MODULES = {"": ("block",), "attention": ("attention",), "mlp": ("intermediate", "output"),  # of layer L
-                "norms": ("layernorm_before", "layernorm_after")}
-OUTSIDE = {"embeddings": ("vivit.embeddings",), "spatial_norm": ("vivit.encoder.spatial_norm",),  # outside the layers
-           "head": ("vivit.layernorm", "classifier")}
+# the model's parts each unit computes in fp32, and the dtype each part's output leaves in in the fp16 graph (None:
+# fp32, into the next part of the same unit, or the logits)
+_HALF = "fp16"
+UNIT_PARTS = {"": ((BLOCK, _HALF),), "attention": ((ATTENTION, _HALF),),  # of layer L
+              "mlp": ((MLP_HIDDEN, None), (MLP, _HALF)), "norms": ((NORM_BEFORE, _HALF), (NORM_AFTER, _HALF))}
+OUTSIDE = {"embeddings": ((EMBEDDINGS, _HALF),), "spatial_norm": ((SPATIAL_NORM_PART, _HALF),),  # outside the layers
+           "head": ((FINAL_NORM, None), (CLASSIFIER, None))}
 AUTO = "auto"
 MAX_SEARCH_STEPS = 12  # exports an auto search may make before it gives up
 
@@ -49,7 +55,7 @@ def parse_keep_fp32(text: str | None, config, precision: str) -> tuple[str, ...]
     if text is None or text.strip().lower() in ("", "none"):
         return ()
     if precision == "fp32":
-        raise ConfigError("--keep-fp32 applies to fp16, int8 and fp8 exports; an fp32 export is fp32 throughout")
+        raise ConfigError("keep_fp32= applies to fp16, int8 and fp8 exports; an fp32 export is fp32 throughout")
     if text.strip().lower() == AUTO:
         return AUTO
     units: list[str] = []
@@ -57,23 +63,23 @@ def parse_keep_fp32(text: str | None, config, precision: str) -> tuple[str, ...]
         unit = part.strip()
         if unit in OUTSIDE:
             if unit == "spatial_norm" and config.variant != "factorised_encoder":
-                raise ConfigError("--keep-fp32 spatial_norm: only the factorised encoder (Model 2) has a spatial norm")
+                raise ConfigError("keep_fp32= spatial_norm: only the factorised encoder (Model 2) has a spatial norm")
             if precision in QUANTIZED_PRECISIONS:
-                raise ConfigError(f"--keep-fp32 {unit}: the {unit} already run in float in an {precision} graph (only the "
+                raise ConfigError(f"keep_fp32= {unit}: the {unit} already run in float in an {precision} graph (only the "
                                   "layers' weight MatMuls are quantized); keep a layer or its attention or mlp")
             units.append(unit)
             continue
         layer, _, kind = unit.partition(".")
         if not layer.isdigit() or (kind and kind not in UNIT_KINDS):
-            raise ConfigError(f"--keep-fp32 {unit!r}: give layers (e.g. 2,5) or parts of them (2.attention, 2.mlp, "
+            raise ConfigError(f"keep_fp32= {unit!r}: give layers (e.g. 2,5) or parts of them (2.attention, 2.mlp, "
                               "2.norms), embeddings, head, or auto, or none")
         if int(layer) >= num_layers:
-            raise ConfigError(f"--keep-fp32 {unit}: the model has {num_layers} layers (0..{num_layers - 1})")
+            raise ConfigError(f"keep_fp32= {unit}: the model has {num_layers} layers (0..{num_layers - 1})")
         if kind == "mlp" and config.layer_kind(int(layer)) == "space":
-            raise ConfigError(f"--keep-fp32 {unit}: layer {int(layer)} ({config.layer_title(int(layer))}) attends over "
+            raise ConfigError(f"keep_fp32= {unit}: layer {int(layer)} ({config.layer_title(int(layer))}) attends over "
                               f"space and has no MLP; the block's MLP is in layer {int(layer) + 1}")
         if kind == "norms" and precision in QUANTIZED_PRECISIONS:
-            raise ConfigError(f"--keep-fp32 {unit}: LayerNorm already runs in float in an {precision} graph; keep "
+            raise ConfigError(f"keep_fp32= {unit}: LayerNorm already runs in float in an {precision} graph; keep "
                               f"{layer}.attention or {layer}.mlp instead")
         units.append(f"{int(layer)}.{kind}" if kind else str(int(layer)))
     return normalise(units, config)
@@ -95,20 +101,19 @@ def normalise(units, config=None) -> tuple[str, ...]:
     return tuple(sorted(kept, key=key))
 
 
+def _unit_parts(unit: str, config) -> list[tuple[str, str | None]]:
+    """(module path, the dtype its output leaves in) of each model part ``unit`` keeps in fp32 (a layer over space in
+    Model 3 has attention and one LayerNorm only)."""
+    if unit in OUTSIDE:
+        return [(part_path(part), dtype) for part, dtype in OUTSIDE[unit]]
+    layer, _, kind = unit.partition(".")
+    return [(part_path(part, int(layer)), dtype) for part, dtype in UNIT_PARTS[kind]
+            if config is None or has_part(config, int(layer), part)]
+
+
 def modules_of(units, config=None) -> list[str]:
-    """The module paths (checkpoint names) the units keep in fp32 (a layer over space in Model 3 has attention and
-    one LayerNorm only)."""
-    out = []
-    for unit in units:
-        if unit in OUTSIDE:
-            out += list(OUTSIDE[unit])
-            continue
-        layer, _, kind = unit.partition(".")
-        parts = UNIT_MODULES[kind]
-        if config is not None and config.layer_kind(int(layer)) == "space":
-            parts = tuple(p for p in parts if p in ("block", "attention", "layernorm_before"))
-        out += [layer_module(int(layer), part) for part in parts]
-    return out
+    """The module paths (checkpoint names) the units keep in fp32."""
+    return [path for unit in units for path, _ in _unit_parts(unit, config)]
 
 
 def _island(module, out_dtype) -> None:
@@ -139,54 +144,25 @@ def half_with_fp32_units(model, units):
     for name in modules_of(units, model.config):
         module = half.get_submodule(name).float()  # fp32 first: loading into fp16 parameters would round the values
         module.load_state_dict(originals[name].state_dict())
-    layers = half.vivit.encoder.layer
+    # the embeddings' input is rounded to fp16 (the graph's input is cast once) and computed in fp32; the head leaves
+    # its logits in fp32; the MLP's first product and activation pass fp32 into the second product
     for unit in units:
-        if unit == "embeddings":  # its input rounded to fp16 (the graph's input is cast once), computed in fp32
-            _island(half.vivit.embeddings, torch.float16)
-            continue
-        if unit == "head":  # the final LayerNorm into the classifier in fp32, the logits left in fp32
-            _island(half.vivit.layernorm, None)
-            _island(half.classifier, None)
-            continue
-        if unit == "spatial_norm":  # Model 2's spatial encoder's final LayerNorm
-            _island(half.vivit.encoder.spatial_norm, torch.float16)
-            continue
-        layer, _, kind = unit.partition(".")
-        block = layers[int(layer)]
-        if not kind:
-            _island(block, torch.float16)
-        elif kind == "attention":
-            _island(block.attention, torch.float16)
-        elif kind == "mlp":
-            _island(block.intermediate, None)  # fp32 into the second product
-            _island(block.output, torch.float16)
-        else:
-            _island(block.layernorm_before, torch.float16)
-            if hasattr(block, "layernorm_after"):  # Model 3's layers over space have one LayerNorm
-                _island(block.layernorm_after, torch.float16)
+        for path, dtype in _unit_parts(unit, model.config):
+            _island(half.get_submodule(path), None if dtype is None else torch.float16)
     return half
 
 
-def fp16_weight_overflows(model, units) -> list[tuple[int, str, str, float]]:
+def fp16_weight_overflows(model, units) -> list[Overflow]:
     """(layer, part, what, value) for every weight of the fp32 ``model`` beyond fp16's largest value outside the kept units:
     rounded to fp16 it becomes infinite."""
     kept = modules_of(units, model.config)
-    parts = {"attention": "attention", "intermediate": "output", "output": "output",
-             "layernorm_before": "layernorm_before", "layernorm_after": "layernorm_after"}
     found = []
     for name, parameter in model.named_parameters():
         top = float(parameter.detach().abs().max())
         if top <= FP16_MAX or any(name.startswith(m + ".") for m in kept):
             continue
-        pieces = name.split(".")
-        if pieces[:3] == ["vivit", "encoder", "layer"]:
-            found.append((int(pieces[3]), parts.get(pieces[4], "block"), f"the weights of {name.rsplit('.', 1)[0]}", top))
-        elif name.startswith("vivit.encoder.temporal_"):  # Model 2's temporal CLS token and positions: the temporal
-            found.append((model.config.num_hidden_layers, "block", f"the weights of {name}", top))  # layers' input
-        else:
-            part = "embeddings" if name.startswith("vivit.embeddings") else "spatial_norm" if name.startswith(
-                "vivit.encoder.spatial_norm") else "final_norm" if name.startswith("vivit.layernorm") else "classifier"
-            found.append((-1, part, f"the weights of {name.rsplit('.', 1)[0]}", top))
+        layer, part, owner = locate_parameter(name, model.config)
+        found.append(Overflow(layer, part, f"the weights of {owner}", top, WEIGHTS))
     return found
 
 
@@ -217,11 +193,11 @@ def search(try_export: Callable[[tuple[str, ...]], Attempt], progress: Callable[
         unit = attempt.next_unit
         if unit is None or len(attempts) >= MAX_SEARCH_STEPS:
             tried = "; ".join(f"{', '.join(a.kept) or 'nothing'}: {a.reason}" for a in attempts)
-            raise ConfigError(f"--keep-fp32 auto found no set of fp32 layers that passes in {len(attempts)} exports ({tried})")
+            raise ConfigError(f"keep_fp32= auto found no set of fp32 layers that passes in {len(attempts)} exports ({tried})")
         if unit in kept or unit.split(".")[0] in kept:
             unit = unit.split(".")[0]  # the part did not suffice: keep its whole layer (embeddings and head are whole)
             if unit in kept:
-                raise ConfigError(f"--keep-fp32 auto: {unit if unit in OUTSIDE else 'layer ' + unit} already runs in fp32 "
+                raise ConfigError(f"keep_fp32= auto: {unit if unit in OUTSIDE else 'layer ' + unit} already runs in fp32 "
                                   f"and the file still fails ({attempt.reason})")
         kept = normalise([*kept, unit], config)
     for unit in reversed(kept):  # prune: the last added first

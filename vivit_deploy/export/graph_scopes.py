@@ -1,7 +1,7 @@
 """Which module of the PyTorch model each node of an exported graph came from, and the probe points' names.
 
 ``torch.onnx.export(dynamo=True)`` records on every node the module path it was traced in
-(``pkg.torch.onnx.name_scopes``: ``['', 'vivit', 'vivit.encoder', 'vivit.encoder.layer.0', ...]``),
+(``pkg.torch.onnx.name_scopes``: ``['', 'vivit', 'vivit.embeddings', ...]``: the module paths ``model/probes.py`` names),
 with the checkpoint's own parameter names. The quantizer reads it to leave modules in float, the
 exporter to find each module's output tensor and give it its stable name (``model/probes.py``). A wrapper
 the exporter traces around the model (the fp16 graph's float32 boundary, an fp32 island) adds a
@@ -36,7 +36,7 @@ def _matches(scopes: Iterable[str], module: str) -> bool:
 
 
 def in_module(node, module: str) -> bool:
-    """Whether ``node`` was traced inside ``module`` (e.g. "vivit.encoder.layer.2.intermediate")."""
+    """Whether ``node`` was traced inside ``module`` (a module path, ``model.probes.part_path``)."""
     return _matches(scopes_of(node), module)
 
 

@@ -15,21 +15,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vivit_deploy.errors import CheckpointError, ConfigError
-from vivit_deploy.model.config import VivitConfig
+from vivit_deploy.model.config import VivitConfig, check_attn_implementation
+from vivit_deploy.model.registry import family
 from vivit_deploy.model.hf_layout import BIN_INDEX, BIN_NAME, CONFIG_NAME, SAFETENSORS_INDEX, SAFETENSORS_NAME, resolve_source
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that the preprocessor works without it
     import torch
 
-    from vivit_deploy.model.modeling import VivitForVideoClassification, VivitModel
-
 Head = Literal["auto", "classification", "base"]
 
 
 def load_config(directory: str | os.PathLike) -> VivitConfig:
+    """The config in ``directory``'s ``config.json``, once its ``model_type`` is one a model file computes
+    (``model/registry.py``)."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {CONFIG_NAME}; a checkpoint directory needs one")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raw = None  # the config's own reader says what is wrong with the file
+    if isinstance(raw, dict):
+        family(raw.get("model_type", "vivit"))
     return VivitConfig.from_json_file(path)
 
 
@@ -178,7 +185,7 @@ def load_model(
     token: str | bool | None = None,
     torch_dtype: "torch.dtype | str | None" = None,
     device_map: Any = None,
-) -> "VivitForVideoClassification | VivitModel":
+) -> "torch.nn.Module":
     """Load a ViViT checkpoint (local directory or Hub id) into our model, in eval mode.
 
     ``head="auto"`` gives the model ``config.json``'s ``architectures`` names (``VivitForVideoClassification`` or
@@ -189,9 +196,7 @@ def load_model(
     """
     import torch
 
-    from vivit_deploy.model.modeling import VivitForVideoClassification, VivitModel, _check_attn_implementation
-
-    _check_attn_implementation(attn_implementation)
+    check_attn_implementation(attn_implementation)
     if device_map is not None:
         raise ConfigError("device_map is not supported: ViViT fits one device; pass device='cuda:0' (or load, then .to())")
     if dtype is not None and torch_dtype is not None:
@@ -205,25 +210,20 @@ def load_model(
     config = load_config(directory)
     state = original_names(load_state_dict(directory))
     dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config.extra, state)
-    if config.factorised:  # Models 2 and 3 (model/factorised.py): classifiers only
-        from vivit_deploy.model.factorised import FactorisedVivitForVideoClassification
-
+    models = family(config.model_type)
+    if models.base is None:  # Models 2 and 3 (model/factorised.py): classifiers only
         if head == "base":
             raise ConfigError(f"{source}: a {config.variant.replace('_', ' ')} checkpoint loads with its classifier "
                               "(head='auto' or 'classification')")
-        with torch.device("meta"):
-            model = FactorisedVivitForVideoClassification(config, attn_implementation=attn_implementation)
-        _check_state_dict(model, state, str(source))
-        model.load_state_dict(state, strict=True, assign=True)
-        model.source = str(source)
-        model.checkpoint_dir = directory
-        return model.to(device=device, dtype=dtype).eval()
-    head, state = _pick_head(state, head, str(source), config.extra.get("architectures"))
+        head = "classification"
+    else:
+        head, state = _pick_head(state, head, str(source), config.extra.get("architectures"))
     with torch.device("meta"):  # build without allocating or initialising: every tensor is replaced below
         if head == "classification":
-            model = VivitForVideoClassification(config, attn_implementation=attn_implementation)
+            model = models.model_class(head)(config, attn_implementation=attn_implementation)
         else:
-            model = VivitModel(config, add_pooling_layer="pooler.dense.weight" in state, attn_implementation=attn_implementation)
+            model = models.model_class(head)(config, add_pooling_layer="pooler.dense.weight" in state,
+                                             attn_implementation=attn_implementation)
     _check_state_dict(model, state, str(source))
     model.load_state_dict(state, strict=True, assign=True)
     model.source = str(source)
@@ -232,14 +232,8 @@ def load_model(
 
 
 def new_model(config: VivitConfig, attn_implementation: str = "sdpa"):
-    """An untrained classifier of ``config``'s variant (random weights): Model 1's class, or Models 2 and 3's."""
-    if config.factorised:
-        from vivit_deploy.model.factorised import FactorisedVivitForVideoClassification
-
-        return FactorisedVivitForVideoClassification(config, attn_implementation=attn_implementation)
-    from vivit_deploy.model.modeling import VivitForVideoClassification
-
-    return VivitForVideoClassification(config, attn_implementation=attn_implementation)
+    """An untrained classifier of ``config``'s model (random weights): Model 1's class, or Models 2 and 3's."""
+    return family(config.model_type).model_class()(config, attn_implementation=attn_implementation)
 
 
 def _check_state_dict(model: "torch.nn.Module", state: dict, source: str) -> None:

@@ -33,6 +33,14 @@ FACTORISED_MODEL_TYPE = "vivit_factorised"
 # factorised encoder: a spatial encoder per time step, then a temporal encoder), Model 3 (factorised self-attention:
 # each block attends over space, then over time); Models 2 and 3 in vit-pytorch's layout (model/factorised.py)
 VARIANTS = ("joint", "factorised_encoder", "factorised_self_attention")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def check_attn_implementation(name: str) -> str:
+    """``name`` when it is an attention path every model offers, else a ConfigError naming the argument."""
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"attn_implementation= must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
+    return name
 POOLINGS = ("cls", "mean")
 # Model 2's position embeddings: "per_step" (vit-pytorch's: one table over (time step, patch), added before the spatial
 # encoder, so a step's spatial output depends on where it sits in the clip) or "separate" (the paper's: a spatial
@@ -175,6 +183,11 @@ class VivitConfig:
         return self.variant != "joint"
 
     @property
+    def model_type(self) -> str:
+        """``config.json``'s model_type: which model family computes it (``model/registry.py``)."""
+        return FACTORISED_MODEL_TYPE if self.factorised else _MODEL_TYPE
+
+    @property
     def num_layers(self) -> int:
         """Transformer layers in the order the data flows through them, each one set of probe points and one
         --keep-fp32 unit: Model 1's layers; Model 2's spatial layers, then its temporal ones; Model 3's blocks as
@@ -299,7 +312,7 @@ class VivitConfig:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         out["id2label"] = {str(i): label for i, label in self.id2label.items()}
         out["label2id"] = {label: i for i, label in self.id2label.items()}
-        out["model_type"] = FACTORISED_MODEL_TYPE if self.factorised else _MODEL_TYPE
+        out["model_type"] = self.model_type
         if not self.factorised:  # Model 1's config.json stays the one transformers writes
             for name in ("variant", "temporal_layers", "pooling", "positions"):
                 del out[name]

@@ -32,10 +32,9 @@ import torch
 from torch import nn
 
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.model.config import VivitConfig
+from vivit_deploy.model.config import VivitConfig, check_attn_implementation
 from vivit_deploy.model.hf_layout import write_checkpoint
-from vivit_deploy.model.modeling import Attention, Layer, ModelMembers, _check_attn_implementation, _exporting, \
-    validate_pixel_values
+from vivit_deploy.model.modeling import Attention, Layer, ModelMembers, _exporting, validate_pixel_values
 from vivit_deploy.model.outputs import VideoClassifierOutput
 
 
@@ -186,7 +185,7 @@ class FactorisedVivitForVideoClassification(ModelMembers):
         if not config.factorised:
             raise ConfigError("FactorisedVivitForVideoClassification is Models 2 and 3; Model 1 (variant 'joint') is "
                               "VivitForVideoClassification")
-        _check_attn_implementation(attn_implementation)
+        check_attn_implementation(attn_implementation)
         self.config = config
         self.vivit = FactorisedBackbone(config, attn_implementation)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
@@ -270,7 +269,7 @@ class FactorisedVivitForVideoClassification(ModelMembers):
         config = self.config
         if (num_frames or config.num_frames) == config.num_frames and (image_size or config.image_size) == config.image_size:
             return self
-        raise ConfigError("--frames/--image-size resize Model 1's position embeddings; the factorised variants run at "
+        raise ConfigError("num_frames= / image_size= resize Model 1's position embeddings; the factorised variants run at "
                           f"the geometry they were trained at ({config.num_frames} frames of "
                           f"{config.image_height}x{config.image_width})")
 

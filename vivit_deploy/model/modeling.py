@@ -28,18 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vivit_deploy.model.config import ACTIVATIONS, VivitConfig
+from vivit_deploy.model.config import ACTIVATIONS, ATTN_IMPLEMENTATIONS, VivitConfig, check_attn_implementation
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.model.hf_layout import write_checkpoint
 from vivit_deploy.model.outputs import EncoderOutput, VideoClassifierOutput
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-
-
-def _check_attn_implementation(name: str) -> str:
-    if name not in ATTN_IMPLEMENTATIONS:
-        raise ConfigError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
-    return name
+_check_attn_implementation = check_attn_implementation  # the name the model files use
 
 
 class TubeletEmbeddings(nn.Module):
@@ -386,8 +380,15 @@ class ModelMembers(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def set_tubelet_embedding(self, form: str) -> None:
+        """How the tubelet projection computes: "conv" (Model 1's Conv3d) or "matmul" (the same product as one matrix
+        product over tubelets cut out by a reshape: what the exporter traces). Models 2 and 3 project by a Linear
+        either way."""
+        if form not in ("conv", "matmul"):
+            raise ConfigError(f"form must be 'conv' or 'matmul', got {form!r}")
+        for m in self.modules():
+            if isinstance(m, TubeletEmbeddings):
+                m.as_matmul = form == "matmul"
 
 
 class _VivitBase(ModelMembers):

@@ -1,4 +1,7 @@
-"""Probe points: the hidden states inside the model that per-layer drift compares, and their stable names.
+"""The model's parts: every module that work outside ``model/`` touches (per-layer drift, the range watch, the fp32
+units of ``--keep-fp32``, quantisation's float islands, the exporter, converters), by part name, and the probe points
+among them: the hidden states per-layer drift compares, with their stable names. Nothing outside ``model/`` spells a
+module path or parses a parameter name; it asks here (``model_parts``, ``part_path``, ``locate_parameter``).
 
 Every file ``vivit-export`` writes names the output tensor of these modules ``<module path>:output``,
 the module path being the checkpoint's own parameter prefix, so any tool finds them without knowing
@@ -26,19 +29,48 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SUFFIX = ":output"
-# the parts of one encoder layer, in the order the data flows through them
-LAYER_PARTS = ("layernorm_before", "attention", "layernorm_after", "output", "block")
-PART_TITLES = {"layernorm_before": "LayerNorm before attention", "attention": "attention",
-               "layernorm_after": "LayerNorm before the MLP", "output": "MLP", "block": "residual stream",
-               "embeddings": "the embeddings (tubelet projection, CLS token, positions)",
-               "final_norm": "the final LayerNorm", "classifier": "the classifier (the logits)",
-               "spatial_norm": "the spatial encoder's final LayerNorm"}
-# a layer that attends over space in Model 3 has no MLP
-SPACE_LAYER_PARTS = ("layernorm_before", "attention", "block")
-SPATIAL_NORM = "vivit.encoder.spatial_norm"
+
+# part names: the vocabulary of reports, --keep-fp32 and diagnoses (values as JSON reports write them)
+BLOCK = "block"  # a whole layer; its output is the residual stream
+NORM_BEFORE = "layernorm_before"  # attention's input LayerNorm
+ATTENTION = "attention"  # the attention branch (before the residual add)
+NORM_AFTER = "layernorm_after"  # the MLP's input LayerNorm
+MLP = "output"  # the MLP branch (before the residual add), named after its module as in the probe names
+# inside a layer, without probe points of their own
+SELF_ATTENTION = "self_attention"  # Q, K, V, their products and Softmax
+QUERY, KEY, VALUE = "query", "key", "value"
+ATTENTION_PROJECTION = "attention_projection"  # attention's output projection
+FC1 = "fc1"  # the MLP's first product
+MLP_HIDDEN = "mlp_hidden"  # the MLP's first product and activation: its output is the second product's input
+FC2 = "fc2"  # the MLP's second product
+# outside the layers
+EMBEDDINGS, PROJECTION, SPATIAL_NORM_PART, FINAL_NORM, CLASSIFIER = (
+    "embeddings", "projection", "spatial_norm", "final_norm", "classifier")
+TEMPORAL_INPUTS = "temporal_inputs"  # Model 2: the temporal encoder's CLS token and positions (parameters)
+
+LAYER_PREFIX = "vivit.encoder.layer"
+# the path of each part of a layer, under the layer's own path
+_LAYER_PATHS = {BLOCK: "", NORM_BEFORE: "layernorm_before", ATTENTION: "attention",
+                SELF_ATTENTION: "attention.attention", QUERY: "attention.attention.query",
+                KEY: "attention.attention.key", VALUE: "attention.attention.value",
+                ATTENTION_PROJECTION: "attention.output.dense", NORM_AFTER: "layernorm_after",
+                FC1: "intermediate.dense", MLP_HIDDEN: "intermediate", MLP: "output", FC2: "output.dense"}
+_OUTSIDE_PATHS = {EMBEDDINGS: "vivit.embeddings", SPATIAL_NORM_PART: "vivit.encoder.spatial_norm",
+                  FINAL_NORM: "vivit.layernorm", CLASSIFIER: "classifier", TEMPORAL_INPUTS: "vivit.encoder.temporal_"}
+# the parts of one encoder layer that are probe points, in the order the data flows through them
+LAYER_PARTS = (NORM_BEFORE, ATTENTION, NORM_AFTER, MLP, BLOCK)
+PART_TITLES = {NORM_BEFORE: "LayerNorm before attention", ATTENTION: "attention",
+               NORM_AFTER: "LayerNorm before the MLP", MLP: "MLP", BLOCK: "residual stream",
+               EMBEDDINGS: "the embeddings (tubelet projection, CLS token, positions)",
+               FINAL_NORM: "the final LayerNorm", CLASSIFIER: "the classifier (the logits)",
+               SPATIAL_NORM_PART: "the spatial encoder's final LayerNorm"}
+# a layer that attends over space in Model 3 has no MLP (and no LayerNorm before one)
+SPACE_LAYER_PARTS = (NORM_BEFORE, ATTENTION, BLOCK)
+_MLP_PARTS = (NORM_AFTER, FC1, MLP_HIDDEN, MLP, FC2)
+SPATIAL_NORM = _OUTSIDE_PATHS[SPATIAL_NORM_PART]
 # the parts of a layer judged by their own output too: a branch whose error is large against what it computes may be
 # small against the residual stream it is added to, and still reach the logits through the final LayerNorm
-BRANCHES = ("attention", "output")
+BRANCHES = (ATTENTION, MLP)
 
 
 @dataclass(frozen=True)
@@ -53,25 +85,93 @@ class ProbePoint:
         return self.module + SUFFIX
 
 
+@dataclass(frozen=True)
+class ModelPart:
+    """One part of a model: where it sits (``layer``, None outside the layers), what it is (``name``), its module
+    (``path``, the checkpoint's parameter prefix: ``model.get_submodule(part.path)``) and, for a probe point, the
+    tensor name every export gives its output (``probe``)."""
+
+    layer: int | None
+    name: str
+    path: str
+    probe: str | None = None
+
+
 def layer_module(layer: int, part: str) -> str:
-    base = f"vivit.encoder.layer.{layer}"
-    return base if part == "block" else f"{base}.{part}"
+    """The module path of ``part`` of layer ``layer`` (checkpoint names count layers from 0)."""
+    return part_path(part, layer)
+
+
+def part_path(part: str, layer: int | None = None, config=None) -> str:
+    """The module path of ``part``: of layer ``layer``, or outside the layers (``config`` names the embeddings'
+    projection, which Model 1 and Models 2 and 3 write differently)."""
+    if layer is not None:
+        base = f"{LAYER_PREFIX}.{layer}"
+        sub = _LAYER_PATHS[part]
+        return f"{base}.{sub}" if sub else base
+    if part == PROJECTION:
+        return "vivit.embeddings.projection" if config is not None and config.factorised else \
+            "vivit.embeddings.patch_embeddings"
+    return _OUTSIDE_PATHS[part]
+
+
+def path_in_layer(part: str) -> str:
+    """The module path of a layer's ``part`` under the layer ("intermediate.dense" for the MLP's first product): how a
+    message names it so a user finds it among the checkpoint's parameters."""
+    return _LAYER_PATHS[part]
+
+
+def has_part(config, layer: int, part: str) -> bool:
+    """Whether layer ``layer`` of ``config``'s model has ``part`` (Model 3's layers over space have no MLP)."""
+    return not (config.layer_kind(layer) == "space" and part in _MLP_PARTS)
 
 
 def layer_parts(config, layer: int) -> tuple[str, ...]:
-    """The parts layer ``layer`` of ``config``'s model has, in the order the data flows through them."""
-    return SPACE_LAYER_PARTS if config.layer_kind(layer) == "space" else LAYER_PARTS
+    """The probe parts layer ``layer`` of ``config``'s model has, in the order the data flows through them."""
+    return tuple(p for p in LAYER_PARTS if has_part(config, layer, p))
+
+
+def model_parts(config, parts: tuple[str, ...] | None = None) -> list[ModelPart]:
+    """The parts of ``config``'s model (a ``VivitConfig``) in the order the data reaches them: the embeddings, each
+    layer's parts (``parts``: which; default the probe points), Model 2's spatial norm after its spatial layers, the
+    final LayerNorm. Probe points carry their tensor name."""
+    wanted = LAYER_PARTS if parts is None else parts
+
+    def make(layer, name, path):
+        return ModelPart(layer, name, path, path + SUFFIX if name in LAYER_PARTS or layer is None else None)
+
+    out = [make(None, EMBEDDINGS, part_path(EMBEDDINGS))]
+    for layer in range(config.num_layers):
+        out += [make(layer, p, part_path(p, layer)) for p in wanted if has_part(config, layer, p)]
+        if config.variant == "factorised_encoder" and layer == config.num_hidden_layers - 1:
+            out.append(make(None, SPATIAL_NORM_PART, SPATIAL_NORM))
+    out.append(make(None, FINAL_NORM, part_path(FINAL_NORM)))
+    return out
 
 
 def probe_points(config) -> list[ProbePoint]:
     """Every probe point of ``config``'s model (a ``VivitConfig``), in the order the data reaches them."""
-    points = [ProbePoint("vivit.embeddings", None, "embeddings")]
-    for layer in range(config.num_layers):
-        points += [ProbePoint(layer_module(layer, part), layer, part) for part in layer_parts(config, layer)]
-        if config.variant == "factorised_encoder" and layer == config.num_hidden_layers - 1:
-            points.append(ProbePoint(SPATIAL_NORM, None, "spatial_norm"))
-    points.append(ProbePoint("vivit.layernorm", None, "final_norm"))
-    return points
+    return [ProbePoint(p.path, p.layer, p.name) for p in model_parts(config) if p.probe is not None]
+
+
+def locate_parameter(name: str, config) -> tuple[int, str, str]:
+    """Where parameter ``name`` sits: (layer, probe part, the module that owns it) inside a layer, or (-1, the outside
+    part: embeddings, spatial_norm, final_norm, classifier, its module). Model 2's temporal CLS token and positions
+    are the temporal layers' input, parameters of their own: (its first temporal layer, "block", the name)."""
+    owner = name.rsplit(".", 1)[0]
+    prefix = LAYER_PREFIX + "."
+    if name.startswith(prefix):
+        layer, _, rest = name[len(prefix):].partition(".")
+        module = rest.split(".")[0]
+        part = {"attention": ATTENTION, "intermediate": MLP, "output": MLP, "layernorm_before": NORM_BEFORE,
+                "layernorm_after": NORM_AFTER}.get(module, BLOCK)
+        return int(layer), part, owner
+    if name.startswith(_OUTSIDE_PATHS[TEMPORAL_INPUTS]):
+        return config.num_hidden_layers, BLOCK, name
+    for part in (EMBEDDINGS, SPATIAL_NORM_PART, FINAL_NORM):
+        if name.startswith(_OUTSIDE_PATHS[part] + "."):
+            return -1, part, owner
+    return -1, CLASSIFIER, owner
 
 
 def is_probe_name(name: str) -> bool:
