@@ -30,6 +30,7 @@ _EXPORTS = {
     "StreamClassifier": "vivit_deploy.streaming",
     "load_runtime": "vivit_deploy.runtimes",
     "export_onnx": "vivit_deploy.export",
+    "ExportOptions": "vivit_deploy.export",
     "demo_model_dir": "vivit_deploy.demo",
     "sample_videos": "vivit_deploy.demo",
 }

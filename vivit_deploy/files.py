@@ -20,13 +20,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, durab
     also flushes the file and the directory entry to disk, so a power cut leaves the old or the new file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(staged_path(path))
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it a normal file's mode
         if durable:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -36,6 +32,61 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, durab
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def staged_path(target: str | os.PathLike, tag: str = "") -> Path:
+    """A new, empty, hidden file beside ``target`` (``.NAME.TAG*.tmp``, nothing reads it) with an ordinary file's mode,
+    to write what will replace ``target`` in one rename (``atomic_write``, ``publish``)."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{tag + '.' if tag else ''}", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it a normal file's mode
+    return Path(tmp)
+
+
+def publish(moves: list[tuple[str | os.PathLike, str | os.PathLike]]) -> None:
+    """Move each staged file or directory onto its target (same file system), in order, as one outcome: either every
+    target holds its new content, or, when a move fails, every target holds what it held before and the staged
+    entries are gone. Order the moves so that the entry a reader opens first (a model whose parts sit beside it, an
+    ensemble over its steps) comes last: a reader never finds it without what it needs."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for staged, target in moves:
+            staged, target = Path(staged), Path(target)
+            backup = None
+            if target.exists() or target.is_symlink():
+                backup = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+                os.replace(target, backup)
+            try:
+                os.replace(staged, target)
+            except BaseException:
+                if backup is not None:
+                    os.replace(backup, target)
+                raise
+            done.append((target, backup))
+    except BaseException:
+        for target, backup in reversed(done):  # undo, newest first
+            _remove(target)
+            if backup is not None:
+                os.replace(backup, target)
+        for staged, _ in moves:
+            if Path(staged).exists():
+                _remove(Path(staged))
+        raise
+    for _, backup in done:
+        if backup is not None:
+            _remove(backup)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def fsync_directory(directory: str | os.PathLike) -> None:

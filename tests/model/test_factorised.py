@@ -354,3 +354,40 @@ def test_models_whose_steps_depend_on_their_place_encode_windows_whole(factorise
         assert runtime.config.positions == "per_step" and runtime.step_parts() is None
     with pytest.raises(ConfigError, match="depend on its index in the clip"):
         load_model(factorised_checkpoints["factorised_encoder"]).step_tokens(torch.zeros(1, 2, 3, 32, 32))
+
+
+def test_a_model_and_its_parts_appear_together_or_not_at_all(tmp_path, monkeypatch):
+    """The parts are staged and validated before anything is moved in: a part that fails leaves neither the whole
+    model nor a part (before, the whole model was in place first and a stream then encoded whole windows quietly)."""
+    import vivit_deploy.runtimes.ort_runtime as ort_runtime
+
+    directory = factorised_checkpoint(tmp_path / "model2", "factorised_encoder", positions="separate")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def broken_session(*args, **kwargs):
+        raise RuntimeError("the parts' session could not start")
+
+    monkeypatch.setattr(ort_runtime, "cpu_session", broken_session)
+    with pytest.raises(RuntimeError, match="could not start"):
+        export_onnx(directory, out / "m.onnx")
+    assert list(out.iterdir()) == []  # no model, no part, no staged file left behind
+
+
+def test_publish_moves_every_file_or_none(tmp_path):
+    from vivit_deploy.files import publish
+
+    (tmp_path / "model.onnx").write_text("old model")
+    (tmp_path / ".staged-model").write_text("new model")
+    (tmp_path / ".staged-part").write_text("new part")
+    with pytest.raises(FileNotFoundError):  # the second move's source is missing: the first is undone
+        publish([(tmp_path / ".staged-part", tmp_path / "model.steps.onnx"),
+                 (tmp_path / ".missing", tmp_path / "model.windows.onnx"),
+                 (tmp_path / ".staged-model", tmp_path / "model.onnx")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert (tmp_path / "model.onnx").read_text() == "old model"
+    (tmp_path / ".staged-model").write_text("new model")
+    (tmp_path / ".staged-part").write_text("new part")
+    publish([(tmp_path / ".staged-part", tmp_path / "model.steps.onnx"), (tmp_path / ".staged-model", tmp_path / "model.onnx")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.steps.onnx"]
+    assert (tmp_path / "model.onnx").read_text() == "new model"

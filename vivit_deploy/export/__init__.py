@@ -3,6 +3,6 @@
 Kept apart from :mod:`vivit_deploy.runtimes`, which only loads and runs what is built here.
 """
 
-from vivit_deploy.export.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx
+from vivit_deploy.export.onnx_export import DEFAULT_OPSET, ExportOptions, ExportReport, export_onnx
 
-__all__ = ["DEFAULT_OPSET", "ExportReport", "export_onnx"]
+__all__ = ["DEFAULT_OPSET", "ExportOptions", "ExportReport", "export_onnx"]

@@ -29,23 +29,22 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from vivit_deploy.files import atomic_write
-from vivit_deploy.errors import ConfigError, ExportError
+from vivit_deploy.errors import ConfigError, ExportError, first_line
 from vivit_deploy.export.graph_checks import Finding, GraphSummary, check_graph, summarize
 from vivit_deploy.export.graph_scopes import name_probe_points
 from vivit_deploy.export.tracing import float_io, trace_module
-from vivit_deploy.model.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME, OUTPUT_NAME, input_spec
+from vivit_deploy.model.io_spec import BATCH_AXIS, DEFAULT_MAX_BATCH, INPUT_NAME, OUTPUT_NAME, InputSpec, input_spec
 from vivit_deploy.artifacts.metadata import PRECISIONS, QUANTIZED_PRECISIONS, DeployMetadata
 from vivit_deploy.video.preprocessing import PreprocessorConfig, preprocessor_config_in
 from vivit_deploy.model.probes import probe_points
-from vivit_deploy.accuracy.layers import where
-from vivit_deploy.accuracy.tolerances import tolerance_for
+from vivit_deploy.accuracy.layers import Overflow, where
+from vivit_deploy.accuracy.tolerances import Tolerance, tolerance_for
 
 DEFAULT_OPSET = 18
 FP8_MIN_OPSET = 19  # QuantizeLinear / DequantizeLinear take float8 from opset 19
@@ -85,7 +84,7 @@ class ExportReport:
     validation: list[ValidationRow] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     kept_fp32: tuple[str, ...] = ()  # units kept in fp32 (export/fp32_fallback.py)
-    overflows: list[dict[str, Any]] = field(default_factory=list)  # fp16 range check: products over 65504
+    overflows: list[Overflow] = field(default_factory=list)  # fp16 range check: products and weights over 65504
     layer_drift: Any = None  # accuracy.layers.LayerDriftReport, when the file failed
     diagnosis: Any = None  # accuracy.layers.Diagnosis: where it broke and what fixes it
     search: list[dict[str, Any]] = field(default_factory=list)  # --keep-fp32 auto: every export tried
@@ -117,6 +116,7 @@ class ExportReport:
         out["path"] = str(self.path)
         out["passed"] = self.passed
         out["kept_fp32"] = list(self.kept_fp32)
+        out["overflows"] = [o.to_dict() for o in self.overflows]
         out["first_failing_layer"] = self.first_failing_layer
         out["first_failing"] = self.first_failing
         out["diagnosis"] = None if self.diagnosis is None else self.diagnosis.to_dict()
@@ -129,7 +129,7 @@ class ExportReport:
         """Why the file was refused, in one line: the failed checks, where it broke, and the option that fixes it."""
         reasons = [f"{f.check}: {f.detail}" for f in self.findings if f.level == "blocker"]
         reasons += [r.failure() for r in self.validation if not r.passed]
-        reasons += [f"fp16 range: {where(o['layer'], o['part'])}: {o['what']} reaches {o['value']:.3g} (fp16 holds 65504)"
+        reasons += [f"fp16 range: {where(o.layer, o.part)}: {o.what} reaches {o.value:.3g} (fp16 holds 65504)"
                     for o in self.overflows[:1]]
         line = f"the {self.precision} graph failed its checks ({'; '.join(reasons)})"
         if self.diagnosis is not None:
@@ -157,7 +157,7 @@ class ExportReport:
             )
         if self.precision == "fp16" and self.validation:
             mark = "FAIL" if self.overflows else "ok  "
-            detail = "; ".join(f"{where(o['layer'], o['part'])}: {o['what']} reaches {o['value']:.3g}"
+            detail = "; ".join(f"{where(o.layer, o.part)}: {o.what} reaches {o.value:.3g}"
                                for o in self.overflows) or \
                 "no product of the fp32 model exceeds 65504 on the validation clips where the graph stores fp16"
             lines.append(f"  [{mark}] fp16 range: {detail}")
@@ -188,175 +188,218 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """How ``export_onnx`` exports, checked when made (a bad value is a :class:`ConfigError` naming the argument).
+
+    ``precision``: "fp32", "fp16", "int8" or "fp8" (for TensorRT on Hopper/Ada); int8/fp8 quantize the fp32 graph
+    (``export/quantize.py``), calibrated on ``calibration``: a directory of videos or an ``.npz`` saved by
+    ``compare --save-inputs`` (its first ``calibration_clips``, default 32); an fp16 export takes them too, as the
+    clips it is validated on. ``opset`` defaults to 18, 19 for fp8. The batch axis is dynamic over 1..``max_batch``
+    (default 32), or fixed to ``max_batch`` (default 1) with ``static_batch``.
+
+    ``keep_fp32`` ("auto", "none", or units like "2,5" / "2.mlp", ``export/fp32_fallback.py``) keeps those layers or
+    parts in fp32; "auto" searches for the fewest that make the file pass. ``min_cosine`` overrides the precision's
+    tolerance on the logits' cosine. ``smooth_quant`` (int8/fp8): SmoothQuant's alpha, 0 for none;
+    ``attention_products`` ("qk", "pv"): quantize those too (``export/quantize.py`` says what each measured).
+    ``num_frames`` / ``image_size``: export at another frame count or resolution than the checkpoint was trained at
+    (positions resized once, ``at_geometry``; the preprocessor config follows the size). ``validate=False`` skips
+    the comparison with PyTorch (the graph checks still run).
+    """
+
+    precision: str = "fp32"
+    opset: int | None = None  # None: 18, or 19 for fp8
+    max_batch: int | None = None  # None: 32, or 1 with static_batch
+    static_batch: bool = False
+    calibration: str | os.PathLike | None = None
+    calibration_clips: int | None = None  # None: 32
+    keep_fp32: str | None = None
+    min_cosine: float | None = None
+    smooth_quant: float = DEFAULT_SMOOTH_QUANT
+    attention_products: tuple[str, ...] = ()
+    validate: bool = True
+    tubelet: str = DEFAULT_TUBELET
+    num_frames: int | None = None
+    image_size: int | tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        from vivit_deploy.export.quantize import DEFAULT_CALIBRATION_CLIPS
+
+        precision = self.precision
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision= must be one of {PRECISIONS}, got {precision!r}")
+        quantized = precision in QUANTIZED_PRECISIONS
+        opset = self.opset if self.opset is not None else (FP8_MIN_OPSET if precision == "fp8" else DEFAULT_OPSET)
+        if precision == "fp8" and opset < FP8_MIN_OPSET:
+            raise ConfigError(f"fp8 Q/DQ needs opset= {FP8_MIN_OPSET} or newer, got {opset}")
+        if opset not in OPSETS:
+            raise ConfigError(f"opset= must be in {OPSETS.start}..{OPSETS.stop - 1} (the dynamo exporter's range), "
+                              f"got {opset}")
+        if quantized and self.calibration is None:
+            raise ConfigError(
+                f"{precision} needs calibration data: calibration= a directory of videos like the ones it will see, "
+                "or an .npz from `vivit-deploy compare --save-inputs`; calibrating on random noise would set wrong "
+                "ranges silently")
+        if precision == "fp32" and (self.calibration is not None or self.calibration_clips is not None):
+            raise ConfigError("calibration= and calibration_clips= apply to precision= int8 and fp8 (calibration) and "
+                              "fp16 (the clips it is validated on)")
+        if self.calibration_clips is not None and self.calibration_clips < 1:
+            raise ConfigError(f"calibration_clips= must be at least 1, got {self.calibration_clips}")
+        if self.tubelet not in TUBELET_EMBEDDINGS:
+            raise ConfigError(f"tubelet= must be one of {TUBELET_EMBEDDINGS}, got {self.tubelet!r}")
+        if not 0.0 <= self.smooth_quant < 1.0:
+            raise ConfigError(f"smooth_quant= must be in [0, 1) (0: off), got {self.smooth_quant}")
+        products = tuple(self.attention_products)
+        if set(products) - {"qk", "pv"}:
+            raise ConfigError(f"attention_products= takes 'qk' (and, for measurements, 'pv'), got {products}")
+        if products and not quantized:
+            raise ConfigError(f"attention_products= applies to precision= int8 and fp8, not {precision}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise ConfigError(f"min_cosine= must be in [-1, 1], got {self.min_cosine}")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ConfigError(f"max_batch= must be at least 1, got {self.max_batch}")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ConfigError(f"num_frames= must be at least 1, got {self.num_frames}")
+        resolved = {"opset": opset, "attention_products": products,
+                    "calibration_clips": self.calibration_clips or DEFAULT_CALIBRATION_CLIPS,
+                    "max_batch": self.max_batch or (1 if self.static_batch else DEFAULT_MAX_BATCH),
+                    "smooth_quant": self.smooth_quant if quantized else 0.0}  # SmoothQuant serves quantization only
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in QUANTIZED_PRECISIONS
+
+
+EXPORT_OPTIONS = frozenset(f.name for f in fields(ExportOptions))
+
+
 def export_onnx(
     source,
     output: str | os.PathLike,
+    options: ExportOptions | None = None,
     *,
-    opset: int | None = None,
-    precision: str = "fp32",
-    max_batch: int | None = None,
-    static_batch: bool = False,
     preprocessor: PreprocessorConfig | None = None,
-    calibration: str | os.PathLike | None = None,
-    calibration_clips: int | None = None,
-    keep_fp32: str | None = None,
-    min_cosine: float | None = None,
-    smooth_quant: float = DEFAULT_SMOOTH_QUANT,
-    attention_products: tuple[str, ...] = (),
-    validate: bool = True,
-    tubelet: str = DEFAULT_TUBELET,
     progress: Progress | None = None,
-    num_frames: int | None = None,
-    image_size: int | tuple[int, int] | None = None,
-    **load_kwargs: Any,
+    **kwargs: Any,
 ) -> ExportReport:
-    """Export ``source`` (anything ``load_model`` takes, or a ``VivitForVideoClassification``) to ``output``.
+    """Export ``source`` (anything ``load_model`` takes, or a ``VivitForVideoClassification``) to ``output`` as
+    ``options`` say (:class:`ExportOptions`; or give its fields as keyword arguments). Other keyword arguments go to
+    ``load_model`` (``revision``, ``local_files_only``, ...). The file records the geometry it runs at and the one
+    the checkpoint was trained at.
 
-    The batch axis is dynamic over 1..``max_batch`` (default 32), or fixed to ``max_batch`` (default 1)
-    with ``static_batch``. ``precision="int8"`` (or ``"fp8"``, for TensorRT on Hopper/Ada) quantizes the
-    fp32 graph (``export/quantize.py``), calibrated on ``calibration``: a directory of videos or an
-    ``.npz`` saved by ``compare --save-inputs`` (its first ``calibration_clips``, default 32); an fp16
-    export takes them too, as the clips it is validated on. ``opset`` defaults to 18, 19 for fp8.
-
-    ``keep_fp32`` ("auto", "none", or units like "2,5" / "2.mlp", ``export/fp32_fallback.py``) keeps those
-    layers or parts in fp32; "auto" searches for the fewest that make the file pass. ``min_cosine`` overrides
-    the precision's tolerance on the logits' cosine. ``smooth_quant`` (int8/fp8): SmoothQuant's alpha, 0 for none
-    (``export/quantize.py``); ``attention_products`` ("qk", "pv"): quantize those too (off by default: ``export/quantize.py``
-    says what each measured).
-
-    ``num_frames`` / ``image_size``: export the checkpoint at another frame count or resolution than it was
-    trained at; its position embeddings are resized once (``VivitForVideoClassification.at_geometry``), the file
-    records the geometry it runs at and the one it was trained at, and the preprocessor config follows the size.
-
-    Raises :class:`ExportError` (with the report as ``.report``) when the graph fails a check or its
-    validation; then nothing is written at ``output``. Its message names the first failing layer, what broke
-    there and the ``--keep-fp32`` option that fixes it.
+    Raises :class:`ExportError` (with the report as ``.report``) when the graph fails a check or its validation; then
+    nothing is written at ``output``. Its message names the first failing layer, what broke there and the
+    ``keep_fp32`` units that fix it. Model 2's step parts are staged and validated with the whole model's file and
+    appear with it, or none of them does.
     """
     from vivit_deploy.export.fp32_fallback import AUTO, parse_keep_fp32
-    from vivit_deploy.export.quantize import DEFAULT_CALIBRATION_CLIPS
 
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in EXPORT_OPTIONS}
+    if options is None:
+        options = ExportOptions(**given)
+    elif given:
+        raise ConfigError(f"give options= or its fields ({', '.join(sorted(given))}=), not both")
+    load_kwargs = kwargs
     progress = progress or _silent_progress
-    quantized = precision in QUANTIZED_PRECISIONS
-    if opset is None:
-        opset = FP8_MIN_OPSET if precision == "fp8" else DEFAULT_OPSET
-    if precision == "fp8" and opset < FP8_MIN_OPSET:
-        raise ConfigError(f"fp8 Q/DQ needs opset {FP8_MIN_OPSET} or newer, got --opset {opset}")
-    if opset not in OPSETS:
-        raise ConfigError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1} (the dynamo exporter's range), got {opset}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if quantized and calibration is None:
-        raise ConfigError(
-            f"{precision} needs calibration data: --calibration DIR (videos like the ones it will see) or FILE.npz "
-            "(from `vivit-deploy compare --save-inputs`); calibrating on random noise would set wrong ranges silently"
-        )
-    if precision == "fp32" and (calibration is not None or calibration_clips is not None):
-        raise ConfigError("--calibration and --calibration-clips apply to --precision int8 and fp8 (calibration) and fp16 "
-                          "(the clips it is validated on)")
-    if tubelet not in TUBELET_EMBEDDINGS:
-        raise ConfigError(f"tubelet must be one of {TUBELET_EMBEDDINGS}, got {tubelet!r}")
-    if not 0.0 <= smooth_quant < 1.0:
-        raise ConfigError(f"--smooth-quant must be in [0, 1) (0: off), got {smooth_quant}")
-    attention_products = tuple(attention_products)
-    if set(attention_products) - {"qk", "pv"}:
-        raise ConfigError(f"--attention-products takes 'qk' (and, for measurements, 'pv'), got {attention_products}")
-    if attention_products and not quantized:
-        raise ConfigError(f"--attention-products applies to --precision int8 and fp8, not {precision}")
-    if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
-        raise ConfigError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
-    calibration_clips = calibration_clips or DEFAULT_CALIBRATION_CLIPS
-    if max_batch is not None and max_batch < 1:
-        raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
-    max_batch = max_batch or (1 if static_batch else DEFAULT_MAX_BATCH)
     output = Path(output)
     if output.suffix.lower() != ".onnx":
-        raise ConfigError(f"{output}: the output file name must end in .onnx")
+        raise ConfigError(f"output= {output}: the file name must end in .onnx")
     if output.is_dir():
-        raise ConfigError(f"{output} is a directory; give a file name ending in .onnx")
+        raise ConfigError(f"output= {output} is a directory; give a file name ending in .onnx")
     if not output.parent.is_dir():
         raise FileNotFoundError(f"{output.parent}: the output directory does not exist")
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     model, preprocessor, source_name = _load(source, preprocessor, progress, load_kwargs)
-    if num_frames or image_size:
+    if options.num_frames or options.image_size:
         trained = model.config
-        model = model.at_geometry(num_frames, image_size)
+        model = model.at_geometry(options.num_frames, options.image_size)
         preprocessor = preprocessor.at_size(model.config.image_height, model.config.image_width)
         progress(f"at {model.config.num_frames} frames of {model.config.image_height}x{model.config.image_width} "
                  f"(trained at {trained.num_frames} of {trained.image_height}x{trained.image_width}): positions resized")
-    if hasattr(model.vivit.embeddings, "patch_embeddings"):  # Model 1's Conv3d; Models 2 and 3 project by a Linear
-        model.vivit.embeddings.patch_embeddings.as_matmul = tubelet == "matmul"
-    keep = parse_keep_fp32(keep_fp32, model.config, precision)
+    model.set_tubelet_embedding(options.tubelet)
+    keep = parse_keep_fp32(options.keep_fp32, model.config, options.precision)
     seconds["load"] = time.perf_counter() - started
-    spec = input_spec(model.config, max_batch if static_batch else 1, max_batch)
+    spec = input_spec(model.config, options.max_batch if options.static_batch else 1, options.max_batch)
 
     clips = calibration_note = None
-    if calibration is not None:  # read the clips first: a bad directory fails before the long steps
+    if options.calibration is not None:  # read the clips first: a bad directory fails before the long steps
         from vivit_deploy.export.quantize import calibration_clips as read_calibration
         from vivit_deploy.video.preprocessing import VideoPreprocessor
 
-        progress(f"reading {'calibration' if quantized else 'validation'} clips from {calibration} ...")
-        clips, calibration_note = read_calibration(calibration, model.config, VideoPreprocessor(preprocessor),
-                                                   calibration_clips, progress)
-    job = _Job(model=model, preprocessor=preprocessor, source_name=source_name, spec=spec, precision=precision,
-               opset=opset, tubelet=tubelet, output=output, clips=clips, calibration_note=calibration_note,
-               tolerance=tolerance_for(precision).override(min_cosine=min_cosine, min_top1=0.0),
-               validate=validate, seconds=seconds, progress=progress, smooth_quant=smooth_quant if quantized else 0.0,
-               attention_products=attention_products if quantized else ())
+        progress(f"reading {'calibration' if options.quantized else 'validation'} clips from {options.calibration} ...")
+        clips, calibration_note = read_calibration(options.calibration, model.config, VideoPreprocessor(preprocessor),
+                                                   options.calibration_clips, progress)
+    job = _Job(model=model, preprocessor=preprocessor, source_name=source_name, spec=spec, options=options,
+               output=output, clips=clips, calibration_note=calibration_note,
+               tolerance=tolerance_for(options.precision).override(min_cosine=options.min_cosine, min_top1=0.0),
+               seconds=seconds, progress=progress)
     if keep == AUTO:
-        if not validate:
-            raise ConfigError("--keep-fp32 auto searches by validating each export; it cannot run with validate=False")
+        if not options.validate:
+            raise ConfigError("keep_fp32= auto searches by validating each export; it cannot run with validate=False")
         return _export_searching(job)
-    report, _ = _export_once(job, keep, output)
-    return _with_step_parts(job, report)
+    report, staged = _export_once(job, keep)
+    return _publish(job, report, staged)
 
 
-def _with_step_parts(job: "_Job", report: ExportReport) -> ExportReport:
-    """Model 2 with separate positions: its two parts beside the written file (``export/step_parts.py``)."""
+def _publish(job: "_Job", report: ExportReport, staged: Path) -> ExportReport:
+    """Put the checked, validated file ``staged`` at ``job.output``, with Model 2's step parts where the model has
+    them (``export/step_parts.py``): the parts are staged and validated first, then every file is moved into place
+    at once (``files.publish``), the whole model last; on any failure nothing appears."""
     from vivit_deploy.export.step_parts import export_step_parts, reuses_steps
+    from vivit_deploy.files import publish
 
-    if not reuses_steps(job.model.config):
-        return report
-    import onnx
+    parts: list[tuple[Path, Path]] = []
+    try:
+        if reuses_steps(job.model.config):
+            import onnx
 
-    props = {p.key: p.value for p in onnx.load(str(job.output), load_external_data=False).metadata_props}
-    validation = job.clips[:4] if job.clips is not None else _random_clips(job, 3, np.random.default_rng(1))
-    parts = export_step_parts(job.model, job.output, precision=job.precision, kept=report.kept_fp32, opset=job.opset,
-                              max_batch=job.spec.max_batch or DEFAULT_MAX_BATCH, clips=job.clips, validation=validation,
-                              tolerance=job.tolerance, smooth_quant=job.smooth_quant, progress=job.progress,
-                              metadata_props=props)
-    report.step_parts = [str(p) for p in parts]
+            props = {p.key: p.value for p in onnx.load(str(staged), load_external_data=False).metadata_props}
+            validation = job.clips[:4] if job.clips is not None else _random_clips(job, 3, np.random.default_rng(1))
+            parts = export_step_parts(job.model, staged, job.output, precision=job.precision, kept=report.kept_fp32,
+                                      opset=job.options.opset, max_batch=job.spec.max_batch or DEFAULT_MAX_BATCH,
+                                      clips=job.clips, validation=validation, tolerance=job.tolerance,
+                                      smooth_quant=job.options.smooth_quant, progress=job.progress,
+                                      metadata_props=props)
+        publish(parts + [(staged, job.output)])
+    except BaseException:
+        for path in [staged] + [p for p, _ in parts]:
+            path.unlink(missing_ok=True)
+        raise
+    report.step_parts = [str(target) for _, target in parts]
     return report
 
 
 @dataclass
 class _Job:
-    """What every export of one ``export_onnx`` call shares: the model, its input, the clips, the tolerance."""
+    """One ``export_onnx`` call: its options, the model and clips every attempt shares, and what the first attempt
+    measured for the others (the traced fp32 graph and its ranges, for each int8/fp8 attempt of ``keep_fp32`` auto)."""
 
-    model: Any
+    model: Any  # a VivitForVideoClassification or FactorisedVivitForVideoClassification, fp32, eager attention
     preprocessor: PreprocessorConfig
     source_name: str
-    spec: Any
-    precision: str
-    opset: int
-    tubelet: str
+    spec: InputSpec
+    options: ExportOptions
     output: Path
     clips: np.ndarray | None  # calibration (int8/fp8) or validation (fp16) clips
     calibration_note: str | None
-    tolerance: Any  # accuracy.tolerances.Tolerance for the logits (top-1 left to compare: random clips tie)
-    validate: bool
+    tolerance: Tolerance  # for the logits (top-1 left to compare: random clips tie)
     seconds: dict[str, float]
     progress: Progress
-    fp32_proto: Any = None  # the traced fp32 graph, reused by every int8/fp8 attempt
-    ranges: dict | None = None  # its activation ranges, measured once
+    fp32_proto: Any = None  # the traced fp32 onnx.ModelProto, reused by every int8/fp8 attempt
+    ranges: dict[str, tuple[float, float]] | None = None  # its activation ranges, measured once
     unnamed: list[str] = field(default_factory=list)  # probe points the fp32 graph lacks
-    smooth_quant: float = 0.0  # SmoothQuant's alpha for int8/fp8 (0: off)
-    attention_products: tuple[str, ...] = ()
+
+    @property
+    def precision(self) -> str:
+        return self.options.precision
 
     @property
     def quantized(self) -> bool:
-        return self.precision in QUANTIZED_PRECISIONS
+        return self.options.quantized
 
 
 def _build(job: _Job, kept: tuple[str, ...]):
@@ -369,28 +412,28 @@ def _build(job: _Job, kept: tuple[str, ...]):
         from vivit_deploy.export.quantize import calibration_ranges, quantize
 
         if job.fp32_proto is None:
-            job.progress(f"exporting with torch.onnx (dynamo, opset {job.opset}, fp32 for {job.precision}, batch "
+            job.progress(f"exporting with torch.onnx (dynamo, opset {job.options.opset}, fp32 for {job.precision}, batch "
                          f"{job.spec.batch_range}) ...")
-            job.fp32_proto = _trace(job.model, "fp32", job.opset, job.spec)
+            job.fp32_proto = _trace(job.model, "fp32", job.options.opset, job.spec)
             job.unnamed = name_probe_points(job.fp32_proto, points)
             job.seconds["export"] = time.perf_counter() - started
             started = time.perf_counter()
-            if job.smooth_quant:
+            if job.options.smooth_quant:
                 from vivit_deploy.export.quantize import smooth_quant
 
-                job.fp32_proto, _ = smooth_quant(job.fp32_proto, job.clips, INPUT_NAME, job.smooth_quant, job.progress)
+                job.fp32_proto, _ = smooth_quant(job.fp32_proto, job.clips, INPUT_NAME, job.options.smooth_quant, job.progress)
             job.ranges = calibration_ranges(job.fp32_proto, job.clips, INPUT_NAME, job.progress)
         proto, calibration_summary = quantize(job.fp32_proto, job.clips, job.calibration_note, INPUT_NAME, job.progress,
                                               precision=job.precision, float_modules=tuple(modules_of(kept, job.model.config)),
-                                              ranges=job.ranges, attention_products=job.attention_products,
-                                              smoothed=job.smooth_quant)
+                                              ranges=job.ranges, attention_products=job.options.attention_products,
+                                              smoothed=job.options.smooth_quant)
         job.seconds["quantize"] = job.seconds.get("quantize", 0.0) + time.perf_counter() - started
         unnamed = job.unnamed
     else:
         kept_note = f", {', '.join(kept)} in fp32" if kept else ""
-        job.progress(f"exporting with torch.onnx (dynamo, opset {job.opset}, {job.precision}{kept_note}, batch "
+        job.progress(f"exporting with torch.onnx (dynamo, opset {job.options.opset}, {job.precision}{kept_note}, batch "
                      f"{job.spec.batch_range}) ...")
-        proto = _trace(job.model, job.precision, job.opset, job.spec, kept)
+        proto = _trace(job.model, job.precision, job.options.opset, job.spec, kept)
         unnamed = name_probe_points(proto, points)
         calibration_summary = None
         job.seconds["export"] = job.seconds.get("export", 0.0) + time.perf_counter() - started
@@ -398,8 +441,8 @@ def _build(job: _Job, kept: tuple[str, ...]):
         config=job.model.config, preprocessor=job.preprocessor, input=job.spec, precision=job.precision,
         output_name=OUTPUT_NAME,
         provenance={
-            "exporter": "torch.onnx.export(dynamo=True)", "opset": job.opset, "attention": "eager, Q pre-scaled",
-            "tubelet_embedding": job.tubelet, "source": job.source_name, "versions": _versions(),
+            "exporter": "torch.onnx.export(dynamo=True)", "opset": job.options.opset, "attention": "eager, Q pre-scaled",
+            "tubelet_embedding": job.options.tubelet, "source": job.source_name, "versions": _versions(),
         },
         calibration=None if calibration_summary is None else calibration_summary.to_dict(),
         kept_fp32=kept,
@@ -414,9 +457,10 @@ def _build(job: _Job, kept: tuple[str, ...]):
     return proto, findings_extra, calibration_summary
 
 
-def _export_once(job: _Job, kept: tuple[str, ...], output: Path, *, write: bool = True) -> tuple[ExportReport, Path | None]:
-    """Build, check and validate one graph with ``kept`` in fp32; write it to ``output`` when it passes (and
-    ``write``), else raise. Returns the report and, with ``write=False``, the passing temporary file."""
+def _export_once(job: _Job, kept: tuple[str, ...]) -> tuple[ExportReport, Path]:
+    """Build, check and validate one graph with ``kept`` in fp32, staged in a hidden file beside ``job.output``;
+    raise when it fails (leaving nothing). Returns the report and the passing staged file (``_publish`` moves it)."""
+    output = job.output
     proto, extra, calibration = _build(job, kept)
     size = proto.ByteSize()
     if size >= MAX_FILE_BYTES:
@@ -425,7 +469,7 @@ def _export_once(job: _Job, kept: tuple[str, ...], output: Path, *, write: bool 
     findings = check_graph(summary, precision=job.precision, config=job.model.config,
                            kept_fp32=kept, attention_products=len(calibration.attention_products) if calibration else 0)
     findings += extra
-    report = ExportReport(output, job.precision, job.opset, job.spec.batch_range, size, summary, findings,
+    report = ExportReport(output, job.precision, job.options.opset, job.spec.batch_range, size, summary, findings,
                           seconds=job.seconds, kept_fp32=kept, min_cosine=job.tolerance.min_cosine)
 
     def write_checked(tmp: str) -> None:
@@ -440,9 +484,9 @@ def _export_once(job: _Job, kept: tuple[str, ...], output: Path, *, write: bool 
         try:
             onnx.checker.check_model(tmp, full_check=True)
         except onnx.checker.ValidationError as exc:
-            raise ExportError(f"onnx.checker rejected the exported graph: {str(exc).splitlines()[0]}") from exc
+            raise ExportError(f"onnx.checker rejected the exported graph: {first_line(exc)}") from exc
         job.seconds["check"] = job.seconds.get("check", 0.0) + time.perf_counter() - started
-        if job.validate:
+        if job.options.validate:
             started = time.perf_counter()
             _validate(job, Path(tmp), report, kept)
             job.seconds["validate"] = job.seconds.get("validate", 0.0) + time.perf_counter() - started
@@ -451,13 +495,9 @@ def _export_once(job: _Job, kept: tuple[str, ...], output: Path, *, write: bool 
             error.report = report
             raise error
 
-    if write:
-        atomic_write(output, write_checked)
-        return report, None
-    import tempfile
+    from vivit_deploy.files import staged_path
 
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.try.", suffix=".onnx")
-    os.close(fd)
+    tmp = str(staged_path(output, "try"))
     try:
         write_checked(tmp)
     except BaseException:
@@ -477,7 +517,7 @@ def _export_searching(job: _Job) -> ExportReport:
         if kept in tried:
             return tried[kept]
         try:
-            report, path = _export_once(job, kept, job.output, write=False)
+            report, path = _export_once(job, kept)
         except ExportError as exc:
             report = getattr(exc, "report", None)
             if report is None:
@@ -495,9 +535,8 @@ def _export_searching(job: _Job) -> ExportReport:
         kept, attempts = search(try_export, job.progress, job.model.config)
         report, path = passing[kept]
         report.search = [{"kept": list(a.kept), "passed": a.passed, "reason": a.reason} for a in attempts]
-        os.replace(path, job.output)
         del passing[kept]
-        return _with_step_parts(job, report)
+        return _publish(job, report, path)
     finally:
         for _, path in passing.values():
             path.unlink(missing_ok=True)
@@ -576,13 +615,11 @@ def _validate(job: _Job, path: Path, report: ExportReport, kept: tuple[str, ...]
 
         found = fp16_weight_overflows(job.model, kept) + watch.overflows(FP16_MAX, frozenset(kept))
         config = job.model.config
-        report.overflows = [{"layer": layer, "part": part, "what": what, "value": value}
-                            for layer, part, what, value in sorted(found, key=lambda o: flow_position(o[0], o[1], config))]
+        report.overflows = sorted(found, key=lambda o: flow_position(o.layer, o.part, config))
     if report.passed or any(f.level == "blocker" for f in report.findings):
         return
     if report.overflows:
-        first = report.overflows[0]
-        report.diagnosis = overflow_diagnosis(first["layer"], first["part"], first["what"], first["value"])
+        report.diagnosis = overflow_diagnosis(report.overflows[0])
         return
     job.progress("locating the drift layer by layer ...")
     with OnnxRuntimeRuntime(path, device="cpu", probes=True) as candidate:

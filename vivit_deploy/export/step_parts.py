@@ -56,10 +56,12 @@ def _modules(model):
     return StepEncoder(model), WindowClassifier(model)
 
 
-def export_step_parts(model, path: Path, *, precision: str, kept: tuple[str, ...], opset: int, max_batch: int,
-                      clips: np.ndarray | None, validation: np.ndarray, tolerance, smooth_quant: float,
-                      progress: Callable[[str], None], metadata_props: dict[str, str]) -> list[Path]:
-    """Write the two parts beside ``path`` (the whole model's file, written and validated already). ``clips``: the
+def export_step_parts(model, staged: Path, path: Path, *, precision: str, kept: tuple[str, ...], opset: int,
+                      max_batch: int, clips: np.ndarray | None, validation: np.ndarray, tolerance, smooth_quant: float,
+                      progress: Callable[[str], None], metadata_props: dict[str, str]) -> list[tuple[Path, Path]]:
+    """Stage the two parts that belong beside ``path`` and validate them; ``staged``: the whole model's file, checked
+    and validated, not yet at ``path`` (the parts record its SHA-256). Returns (staged part, its path) pairs for the
+    caller to publish with the whole model (``files.publish``); on failure nothing is left. ``clips``: the
     calibration clips of an int8/fp8 file; ``validation``: clips to check the parts on against PyTorch fp32."""
     import onnx
     import torch
@@ -67,7 +69,7 @@ def export_step_parts(model, path: Path, *, precision: str, kept: tuple[str, ...
     from vivit_deploy.accuracy.statistics import failures, logit_stats
     from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
     from vivit_deploy.export.tracing import float_io, trace_module
-    from vivit_deploy.files import atomic_write, sha256_of
+    from vivit_deploy.files import sha256_of, staged_path
 
     config = model.config
     t = config.tubelet_size[0]
@@ -114,35 +116,36 @@ def export_step_parts(model, path: Path, *, precision: str, kept: tuple[str, ...
                                 float_modules=floats, ranges=ranges, smoothed=smooth_quant)
             protos.append(proto)
         steps_proto, windows_proto = protos
-    owner = sha256_of(path)
-    written = []
-    for proto, part, target in zip((steps_proto, windows_proto), ("steps", "windows"), part_paths(path)):
-        for key, value in {**metadata_props, PART_KEY: part, OWNER_KEY: owner}.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        atomic_write(target, lambda tmp, proto=proto: onnx.save_model(proto, tmp))
-        written.append(target)
-    # the parts in turn, on the validation clips, against PyTorch fp32's whole model
-    import onnxruntime as ort
+    owner = sha256_of(staged)  # the same bytes as the file that will be at path
+    written: list[Path] = []
+    targets = part_paths(path)
+    try:
+        for proto, part, target in zip((steps_proto, windows_proto), ("steps", "windows"), targets):
+            for key, value in {**metadata_props, PART_KEY: part, OWNER_KEY: owner}.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value
+            written.append(staged_path(target, "staged"))
+            onnx.save_model(proto, str(written[-1]))
+        # the parts in turn, on the validation clips, against PyTorch fp32's whole model
+        from vivit_deploy.runtimes.ort_runtime import cpu_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    steps_session = ort.InferenceSession(str(written[0]), options, providers=["CPUExecutionProvider"])
-    windows_session = ort.InferenceSession(str(written[1]), options, providers=["CPUExecutionProvider"])
-    tokens = steps_session.run(None, {STEPS_INPUT: as_steps(validation)})[0]
-    logits = windows_session.run(None, {WINDOWS_INPUT: tokens.reshape(len(validation), steps_per_clip, width)})[0]
-    with torch.no_grad():
-        reference = model(torch.from_numpy(np.ascontiguousarray(validation))).logits.numpy()
-    stats = logit_stats(reference, logits)
-    reasons = failures(reference, logits, stats, tolerance)
-    if reasons:
-        for target in written:
-            target.unlink(missing_ok=True)
-        raise ExportError(f"Model 2's parts ({precision}) disagree with PyTorch fp32 ({'; '.join(reasons)}); the whole "
-                          f"model's file {path} was written, its parts were not")
-    progress(f"wrote {written[0].name} and {written[1].name} (cosine {stats.min_cosine:.6f} against PyTorch fp32, "
+        steps_session, windows_session = cpu_session(written[0]), cpu_session(written[1])
+        tokens = steps_session.run(None, {STEPS_INPUT: as_steps(validation)})[0]
+        logits = windows_session.run(None, {WINDOWS_INPUT: tokens.reshape(len(validation), steps_per_clip, width)})[0]
+        with torch.no_grad():
+            reference = model(torch.from_numpy(np.ascontiguousarray(validation))).logits.numpy()
+        stats = logit_stats(reference, logits)
+        reasons = failures(reference, logits, stats, tolerance)
+        if reasons:
+            raise ExportError(f"Model 2's parts ({precision}) disagree with PyTorch fp32 ({'; '.join(reasons)}); "
+                              f"nothing was written: neither {path} nor its parts")
+    except BaseException:
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    progress(f"checked {targets[0].name} and {targets[1].name} (cosine {stats.min_cosine:.6f} against PyTorch fp32, "
              f"{time.perf_counter() - started:.1f} s)")
-    return written
+    return list(zip(written, targets))
 
 
 __all__ = ["export_step_parts", "part_paths", "reuses_steps"]

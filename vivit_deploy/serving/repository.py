@@ -24,6 +24,7 @@ from typing import Callable
 
 from vivit_deploy.artifacts.engines import describe_build, edition
 from vivit_deploy.errors import ConfigError
+from vivit_deploy.files import publish
 from vivit_deploy.artifacts.metadata import DeployMetadata
 from vivit_deploy.runtimes.triton_runtime import FRAMES_INPUT
 from vivit_deploy.serving.model_config import (
@@ -32,7 +33,6 @@ from vivit_deploy.serving.model_config import (
 
 PLATFORMS = ("tensorrt", "onnxruntime", "python")
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
-PYTHON_BACKENDS = ("onnxruntime", "openvino", "tensorrt", "torch")
 Progress = Callable[[str], None]
 
 
@@ -51,8 +51,10 @@ class RepositoryReport:
 
 @dataclass(frozen=True)
 class _Source:
+    ARTIFACTS = ("onnx", "engine", "checkpoint")  # what a repository serves: the artifact kinds of vivit_deploy's runtimes
+
     path: Path
-    kind: str  # "onnx" or "engine"
+    kind: str  # one of ARTIFACTS
     metadata: DeployMetadata
     sidecar: dict | None = None
 
@@ -78,42 +80,45 @@ def write_repository(
     exported first). Nothing is written unless every config parses and matches its file."""
     progress = progress or (lambda message: None)
     if not name.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(f"--name must be letters, digits, '-' and '_', got {name!r}")
+        raise ConfigError(f"name= must be letters, digits, '-' and '_', got {name!r}")
     if instances < 1 or max_queue_delay_us < 0:
-        raise ConfigError(f"--instances must be >= 1 and --max-queue-delay-us >= 0, got {instances}, {max_queue_delay_us}")
+        raise ConfigError(f"instances= must be >= 1 and max_queue_delay_us= >= 0, got {instances}, {max_queue_delay_us}")
     repository = Path(repository)
     if repository.exists() and not repository.is_dir():
         raise ConfigError(f"{repository} exists and is not a directory")
     names = [name] + ([f"{name}_preprocess", f"{name}_frames"] if ensemble else [])
     taken = [n for n in names if (repository / n).exists()]
     if taken:
-        raise ConfigError(f"{repository} already has model(s) {', '.join(taken)}; remove them or choose another --name")
+        raise ConfigError(f"{repository} already has model(s) {', '.join(taken)}; remove them or choose another name=")
 
     with tempfile.TemporaryDirectory(prefix="vivit-triton-") as work:
         work = Path(work)
-        src = _read_source(Path(source), work, progress, keep_checkpoint=platform == "python" and python_backend == "torch")
+        from vivit_deploy.runtimes import BACKENDS
+
+        serves_checkpoint = python_backend in BACKENDS and BACKENDS[python_backend].artifact == "checkpoint"
+        src = _read_source(Path(source), work, progress, keep_checkpoint=platform == "python" and serves_checkpoint)
         platform = platform or ("tensorrt" if src.kind == "engine" else "onnxruntime")
         if platform not in PLATFORMS:
-            raise ConfigError(f"--platform must be one of {', '.join(PLATFORMS)}, got {platform!r}")
+            raise ConfigError(f"platform= must be one of {', '.join(PLATFORMS)}, got {platform!r}")
         if platform == "tensorrt" and src.kind != "engine":
-            raise ConfigError("--platform tensorrt serves a TensorRT engine: build one with `vivit-deploy build-engine`")
+            raise ConfigError("platform=tensorrt serves a TensorRT engine: build one with `vivit-deploy build-engine`")
         built_by = edition(src.sidecar["edition"]) if src.sidecar is not None else None
         if platform == "tensorrt" and not built_by.triton_backend:
             raise ConfigError(f"{src.path} is a {built_by.title} engine, which Triton's tensorrt_plan backend cannot load "
-                              "(it runs TensorRT 10/11 engines): serve it with --platform python, vivit_deploy's "
+                              "(it runs TensorRT 10/11 engines): serve it with platform=python, vivit_deploy's "
                               f"{built_by.title} runtime inside Triton's python backend, on a GPU the engine targets")
         if platform == "onnxruntime" and src.kind != "onnx":
-            raise ConfigError("--platform onnxruntime serves an .onnx file; an engine is served with --platform tensorrt")
+            raise ConfigError("platform=onnxruntime serves an .onnx file; an engine is served with platform=tensorrt")
         python_device = python_device or ("cuda" if src.kind == "engine" else "cpu")
         if platform == "python" and src.kind == "engine" and python_device == "cpu":
-            raise ConfigError("an engine runs on a GPU: --python-device cuda")
+            raise ConfigError("an engine runs on a GPU: python_device=cuda")
         kind = kind or ("cpu" if platform == "python" and python_device == "cpu" else "gpu")
         if kind not in KINDS:
-            raise ConfigError(f"--kind must be gpu or cpu, got {kind!r}")
+            raise ConfigError(f"kind= must be gpu or cpu, got {kind!r}")
         if platform == "tensorrt" and kind != "gpu":
-            raise ConfigError("a TensorRT engine runs on a GPU: --kind gpu")
+            raise ConfigError("a TensorRT engine runs on a GPU: kind=gpu")
         if ort_tensorrt and (platform != "onnxruntime" or kind != "gpu"):
-            raise ConfigError("--ort-tensorrt is ONNX Runtime's TensorRT accelerator: --platform onnxruntime --kind gpu")
+            raise ConfigError("ort_tensorrt= is ONNX Runtime's TensorRT accelerator: platform=onnxruntime kind=gpu")
 
         spec = src.metadata.input
         max_batch = spec.max_batch
@@ -137,12 +142,15 @@ def write_repository(
         comments = [f"written by vivit-deploy triton-repo from {src.path.name}"]
         model_file = {"onnx": "model.onnx", "engine": "model.plan", "checkpoint": "checkpoint"}[src.kind]
         if platform == "python":
-            backend = python_backend or {"engine": "tensorrt", "onnx": "onnxruntime", "checkpoint": "torch"}[src.kind]
-            runs = {"onnxruntime": "onnx", "openvino": "onnx", "tensorrt": "engine", "torch": "checkpoint"}
-            if backend not in PYTHON_BACKENDS or runs[backend] != src.kind:
-                raise ConfigError(f"--python-backend {backend} runs a{'n' if runs[backend][0] in 'eo' else ''} "
-                                  f"{runs[backend]}, not a{'n' if src.kind[0] in 'eo' else ''} {src.kind}")
             from vivit_deploy.runtimes import expected_precision
+
+            runs = {name: cls.artifact for name, cls in BACKENDS.items() if cls.artifact in _Source.ARTIFACTS}
+            backend = python_backend or next(name for name, kind in runs.items() if kind == src.kind)
+            if backend not in runs:
+                raise ConfigError(f"python_backend= must be one of {', '.join(runs)}, got {backend!r}")
+            if runs[backend] != src.kind:
+                raise ConfigError(f"python_backend={backend} runs a{'n' if runs[backend][0] in 'eo' else ''} "
+                                  f"{runs[backend]}, not a{'n' if src.kind[0] in 'eo' else ''} {src.kind}")
 
             model_file = src.path.name
             parameters.update({"vivit_deploy.runtime.file": model_file, "vivit_deploy.runtime.backend": backend,
@@ -156,7 +164,7 @@ def write_repository(
 
                 shutil.copy2(sidecar_path(src.path), model_dir / "1" / sidecar_path(Path(model_file)).name)
         elif src.kind == "checkpoint":
-            raise ConfigError("a checkpoint is served by --platform python --python-backend torch (or export it first)")
+            raise ConfigError("a checkpoint is served by platform=python python_backend=torch (or export it first)")
         if src.sidecar is not None and built_by.triton_backend and platform == "tensorrt":
             version = src.sidecar["tensorrt"]
             gpu = (src.sidecar.get("gpu") or {}).get("name", "its GPU")
@@ -228,12 +236,16 @@ def write_repository(
             _check_ensemble(parsed, configs, where)
             (stage / model_name / "config.pbtxt").write_text(text, encoding="utf-8")
 
+        # every model is whole and checked: copy them beside their places (one file system), then move them in at once,
+        # the model first and the ensemble that calls it last; a failure leaves the repository as it was
         repository.mkdir(parents=True, exist_ok=True)
-        for model_name in configs:  # each model directory appears whole (a rename within one file system)
-            target = repository / model_name
-            staged = repository / f".{model_name}.tmp-{os.getpid()}"
-            shutil.copytree(stage / model_name, staged)
-            os.replace(staged, target)
+        beside = Path(tempfile.mkdtemp(prefix=".vivit-triton-", dir=repository))
+        try:
+            for model_name in configs:
+                shutil.copytree(stage / model_name, beside / model_name)
+            publish([(beside / model_name, repository / model_name) for model_name in configs])
+        finally:
+            shutil.rmtree(beside, ignore_errors=True)
     return RepositoryReport(repository, models, notes)
 
 
