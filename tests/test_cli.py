@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -74,6 +75,10 @@ def test_export_command_writes_a_file_and_reports(tmp_path):
     assert result.exit_code == 0, result.output
     assert out.is_file() and "batch 1..4" in result.stdout and "validating with onnxruntime" in result.stderr
     assert json.loads((tmp_path / "report.json").read_text())["passed"] is True
+    # --json - prints the JSON instead of the text (it wrote a file named '-' before), as every command's --json does
+    again = CliRunner().invoke(export_command, [str(demo_model_dir()), "-o", str(out), "--max-batch", "4", "--json", "-"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["passed"] is True and not (tmp_path / "-").exists() and not Path("-").exists()
 
 
 def test_export_errors_are_one_line(tmp_path):

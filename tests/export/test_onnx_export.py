@@ -113,10 +113,12 @@ def test_failed_validation_leaves_no_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(opset=17), ConfigError, "opset must be in 18..23"),
-        (dict(precision="int4"), ConfigError, "precision must be one of"),
+        (dict(opset=17), ConfigError, "opset= must be in 18..23"),
+        (dict(precision="int4"), ConfigError, "precision= must be one of"),
         (dict(precision="int8"), ConfigError, "int8 needs calibration data"),
-        (dict(max_batch=0), ConfigError, "max_batch must be at least 1"),
+        (dict(max_batch=0), ConfigError, "max_batch= must be at least 1"),
+        (dict(smooth_quant=1.5), ConfigError, "smooth_quant= must be in"),
+        (dict(precision="fp16", attention_products=("qk",)), ConfigError, "attention_products= applies to"),
     ],
 )
 def test_bad_options(tmp_path, kwargs, error, match):

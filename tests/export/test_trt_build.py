@@ -79,7 +79,7 @@ def test_compute_capabilities_are_checked_against_the_edition():
         parse_targets("9.0", rtx, "fp16")
     with pytest.raises(ConfigError, match="'ampere' is not a compute capability"):
         parse_targets("ampere", rtx, "fp16")
-    with pytest.raises(ConfigError, match="--compute-capability is for TensorRT for RTX"):
+    with pytest.raises(ConfigError, match="compute_capabilities= is for TensorRT for RTX"):
         parse_targets("8.9", EDITIONS["tensorrt"], "fp16")
     assert parse_targets(None, EDITIONS["tensorrt"], "fp16") == ()
 

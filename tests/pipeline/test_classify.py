@@ -114,7 +114,7 @@ def test_rerun_skips_what_is_done_and_refuses_to_mix_settings(corpus, tmp_path):
     again = run([directory], output)
     assert (again.skipped, again.classified) == (GOOD + len(BAD), 0)
     assert output.read_text() == before
-    with pytest.raises(ConfigError, match=r"other settings \(clips 1 \(now 2\)\).*--no-resume"):
+    with pytest.raises(ConfigError, match=r"other settings \(clips 1 \(now 2\)\).*resume=False"):
         run([directory], output, num_clips=2)
     replaced = run([directory], output, num_clips=2, resume=False)
     assert replaced.classified == GOOD + len(BAD)
@@ -220,6 +220,8 @@ def test_cli_summary_strict_and_json(corpus, tmp_path):
     strict = CliRunner().invoke(main, ["classify", str(directory), "-o", str(output), "--strict"])
     assert strict.exit_code == 1
     assert "15 videos: 0 classified, 0 failed, 15 skipped" in strict.stdout
+    again = CliRunner().invoke(main, ["classify", str(directory), "-o", str(output), "--retry-failed"])
+    assert "stage seconds: decode" in again.stdout, again.stdout  # every run that classified says where time went
     assert strict.stderr.strip().splitlines()[-1] == "Error: 3 of 15 videos have an error row (--strict)"
 
 

@@ -91,7 +91,7 @@ def test_an_rtx_engine_is_served_by_our_runtime_in_the_python_backend_not_tensor
     assert params["vivit_deploy.runtime.device"] == "cuda" and model.instance_group[0].kind == model.instance_group[0].KIND_GPU
     assert (tmp_path / "repo" / "vivit" / "1" / "demo.engine.json").is_file()
     assert any("tensorrt_rtx 1.7.1.116" in note and "8.6, 8.9" in note for note in report.notes)
-    with pytest.raises(ConfigError, match="an engine runs on a GPU: --python-device cuda"):
+    with pytest.raises(ConfigError, match="an engine runs on a GPU: python_device=cuda"):
         write_repository(engine, tmp_path / "repo2", platform="python", python_device="cpu", ensemble=False)
 
 

@@ -63,13 +63,13 @@ def _parse_one(text: str) -> Gate:
         return Gate("logits")
     kind, _, value = text.partition(":")
     if kind != "accuracy" or not value:
-        raise ConfigError(f"--gate {text}: give logits, or accuracy:SHARE such as accuracy:99% or accuracy:99.9%")
+        raise ConfigError(f"gates= {text!r}: give logits, or accuracy:SHARE such as accuracy:99% or accuracy:99.9%")
     try:
         share = float(value[:-1]) / 100 if value.endswith("%") else float(value)
     except ValueError:
-        raise ConfigError(f"--gate {text}: {value!r} is not a share (99%, 99.9% or 0.99)") from None
+        raise ConfigError(f"gates= {text!r}: {value!r} is not a share (99%, 99.9% or 0.99)") from None
     if not 0 < share <= 1:
-        raise ConfigError(f"--gate {text}: the share of the reference's accuracy must be above 0 and at most 100%")
+        raise ConfigError(f"gates= {text!r}: the share of the reference's accuracy must be above 0 and at most 100%")
     return Gate("accuracy", share)
 
 
@@ -84,8 +84,8 @@ def judge(gate: Gate, *, logit_failures: tuple[str, ...], other_geometry: bool, 
             return GateResult(gate.name, False, "; ".join(logit_failures))
         return GateResult(gate.name, True, "within tolerance")
     if candidate_top1 is None or reference_top1 is None:
-        raise ConfigError(f"--gate {gate.name} needs labelled clips: --synthetic N, --videos DIR with labels.json, "
-                          "--manifest FILE with a label column, or --demo")
+        raise ConfigError(f"gates= {gate.name} needs labelled clips: synthetic=N, videos_dir= a directory with labels.json, "
+                          "manifest= a file with a label column, or demo=True")
     required = gate.share * reference_top1
     passed = candidate_top1 >= required - 1e-12
     return GateResult(gate.name, passed, f"top-1 {candidate_top1:.2%} {'>=' if passed else '<'} {required:.2%} "

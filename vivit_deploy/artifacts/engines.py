@@ -99,7 +99,7 @@ def import_edition(name: str):
 def choose_edition(choice: str = "auto") -> Edition:
     """``auto``: TensorRT 10/11 where it imports, else TensorRT for RTX; or the one named."""
     if choice not in EDITION_CHOICES:
-        raise ConfigError(f"--trt must be one of {', '.join(EDITION_CHOICES)}, got {choice!r}")
+        raise ConfigError(f"trt= must be one of {', '.join(EDITION_CHOICES)}, got {choice!r}")
     if choice != "auto":
         return edition(choice)
     for name in ("tensorrt", "rtx"):
@@ -145,8 +145,8 @@ def parse_targets(text: str | None, ed: Edition, precision: str) -> tuple[str, .
             defaults = tuple(cc for cc in defaults if _cc_key(cc) >= _cc_key(ed.fp8_from))
         return defaults
     if not ed.builds_without_gpu:
-        raise ConfigError(f"--compute-capability is for TensorRT for RTX's ahead-of-time builds; {ed.title} builds "
-                          "for the GPU it runs on (use --trt rtx, or build on the target GPU)")
+        raise ConfigError(f"compute_capabilities= is for TensorRT for RTX's ahead-of-time builds; {ed.title} builds "
+                          "for the GPU it runs on (use trt=rtx, or build on the target GPU)")
     chosen: list[str] = []
     for part in str(text).split(","):
         value = part.strip().lower().removeprefix("sm")
@@ -155,10 +155,10 @@ def parse_targets(text: str | None, ed: Edition, precision: str) -> tuple[str, .
         try:
             _cc_key(value)
         except ValueError:
-            raise ConfigError(f"--compute-capability: {part.strip()!r} is not a compute capability like 8.6") from None
+            raise ConfigError(f"compute_capabilities= {part.strip()!r} is not a compute capability like 8.6") from None
         if value not in ed.targets:
             hopper = " (Hopper, H100/H200, is not a TensorRT for RTX target)" if value.startswith("9.") else ""
-            raise ConfigError(f"--compute-capability {value}: {ed.title} builds for {', '.join(ed.targets)}{hopper}")
+            raise ConfigError(f"compute_capabilities= {value}: {ed.title} builds for {', '.join(ed.targets)}{hopper}")
         if value not in chosen:
             chosen.append(value)
     return tuple(sorted(chosen, key=_cc_key))

@@ -7,6 +7,7 @@ and a non-zero exit code; a traceback means a bug in vivit_deploy.
 from __future__ import annotations
 
 import functools
+import re
 import time
 import warnings
 from pathlib import Path
@@ -22,9 +23,54 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
 
 
+# ``name=`` as library errors name the argument a caller passed (``window= must be positive``, ``needs device=cuda``,
+# ``resume=False``)
+_ARGUMENT = re.compile(r"(?<![\w.\-`'\"])([a-z][a-z0-9_]*)=(?!=)(True\b|False\b)?( ?)(?=(.?))")
+
+
+def as_flags(message: str, command: click.Command | None = None) -> str:
+    """``message`` with each argument the library names (``window=``) written as ``command``'s flag for it
+    (``--window``), found by the click parameter that passes it (``resume=False``: ``--no-resume``); names the command
+    has no flag for stay as they are."""
+    command = command or _current_command()
+    if command is None:
+        return message
+    params = {p.name: p for p in command.params}
+    for param in command.params:  # a flag whose destination has another name (--ray into ray_address): by its flag
+        if isinstance(param, click.Option):
+            for opt in param.opts:
+                if opt.startswith("--"):
+                    params.setdefault(opt[2:].replace("-", "_"), param)
+
+    def flag(match: re.Match) -> str:
+        name, boolean, space, following = match.groups()
+        param = params.get(name)
+        if param is None:
+            return match.group(0)
+        if isinstance(param, click.Argument):
+            written = param.human_readable_name
+        else:
+            longest = max(param.opts, key=len)
+            written = longest if longest.startswith("--") else param.opts[0]
+            if boolean is not None and getattr(param, "is_flag", False):
+                if boolean == "False" and param.secondary_opts:
+                    written = max(param.secondary_opts, key=len)
+                return written + space
+        if boolean is not None:
+            return f"{written} {boolean}{space}"
+        return written + (" " if space or (following and following not in ",;:)") else "")
+
+    return _ARGUMENT.sub(flag, message)
+
+
+def _current_command() -> click.Command | None:
+    context = click.get_current_context(silent=True)
+    return None if context is None else context.command
+
+
 def friendly_errors(fn):
-    """Turn our errors (and missing files) into click's one-line ``Error: ...`` and exit code 1, and warnings into
-    one ``Warning: ...`` line each."""
+    """Turn our errors (and missing files) into click's one-line ``Error: ...`` and exit code 1, naming the command's
+    flags where the library names its arguments (``as_flags``), and warnings into one ``Warning: ...`` line each."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -33,7 +79,7 @@ def friendly_errors(fn):
                 warnings.showwarning = _warning_line
                 return fn(*args, **kwargs)
         except (VivitDeployError, FileNotFoundError) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(as_flags(str(exc))) from None
 
     return wrapper
 

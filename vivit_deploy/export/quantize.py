@@ -401,7 +401,7 @@ def _probe_batches(model, extra: dict[str, list], outputs: list[str], clips: np.
     One optimized ONNX Runtime session; a file exported with --static-batch takes exactly that many clips, so a
     short last batch is padded with its last clip (repeated clips change no minimum or maximum)."""
     import onnx
-    import onnxruntime as ort
+    from vivit_deploy.runtimes.ort_runtime import cpu_session
     from onnx import TensorProto, helper
 
     probe = onnx.ModelProto()
@@ -411,10 +411,7 @@ def _probe_batches(model, extra: dict[str, list], outputs: list[str], clips: np.
     for out in outputs:
         probe.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
     _insert_after_producers(probe.graph, extra)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(probe)
     fixed = session.get_inputs()[0].shape[0]
     batch = fixed if isinstance(fixed, int) else CALIBRATION_BATCH
     for start in range(0, len(clips), batch):
@@ -582,15 +579,11 @@ def optimized_leftovers(path: str | os.PathLike) -> dict[str, int]:
     """What ONNX Runtime's CPU session makes of an int8 file: fused int8 ops, and DequantizeLinear -> MatMul
     pairs it still runs in fp32 (each one a weight MatMul that int8 did not speed up)."""
     import onnx
-    import onnxruntime as ort
+    from vivit_deploy.runtimes.ort_runtime import cpu_session
 
     with tempfile.TemporaryDirectory(prefix="vivit-ort-opt-") as work:
         optimized = Path(work) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(optimized)
-        options.log_severity_level = 3
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        cpu_session(path, optimized_path=optimized)
         model = onnx.load(str(optimized), load_external_data=False)
     ops = Counter(node.op_type for node in model.graph.node)
     leftover = sum(count_reading_dequantized(model.graph, ("MatMul", "Gemm")).values())

@@ -101,7 +101,7 @@ def plan_build(version: str, engine_precision: str, graph_precision: str, *, edi
                                                  f"with Q/DQ ({where} < 10.12)")
     if engine_precision == "fp32":
         if graph_precision != "fp32":
-            raise ConfigError("an fp32 engine needs the fp32 graph (`vivit-export` without --precision fp16)")
+            raise ConfigError("an fp32 engine needs the fp32 graph (an export with precision=fp32)")
         return plan((), f"fp32 graph, fp32 engine ({where})")
     if typed:
         if graph_precision != "fp16":
@@ -124,7 +124,7 @@ def check_profile(min_batch: int, opt_batch: int | None, max_batch: int | None, 
     if min_batch < spec.min_batch or (spec.max_batch is not None and max_batch > spec.max_batch):
         raise ConfigError(
             f"the batch profile {min_batch}..{max_batch} is outside what the ONNX file allows ({spec.batch_range}); "
-            "re-export with a larger --max-batch"
+            "re-export with a larger max_batch="
         )
     return Profile(min_batch, opt_batch, max_batch)
 
@@ -415,9 +415,9 @@ def build_engine(
     precision = precision or metadata.precision
     profile = check_profile(min_batch, opt_batch, max_batch, metadata)
     if workspace_gb is not None and workspace_gb <= 0:
-        raise ConfigError(f"--workspace-gb must be positive, got {workspace_gb}")
+        raise ConfigError(f"workspace_gb= must be positive, got {workspace_gb}")
     if optimization_level is not None and not 0 <= optimization_level <= 5:
-        raise ConfigError(f"--optimization-level must be in 0..5, got {optimization_level}")
+        raise ConfigError(f"optimization_level= must be in 0..5, got {optimization_level}")
     if not engine_path.parent.is_dir():
         raise FileNotFoundError(f"{engine_path.parent}: the output directory does not exist")
     ed = choose_edition(trt)
@@ -505,9 +505,4 @@ def build_engine(
     return report
 
 
-def write_report(report: BuildReport, path: str | os.PathLike) -> None:
-    from vivit_deploy.files import atomic_write
-
-    text = json.dumps(report.to_dict(), indent=2) + "\n"
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 

@@ -208,7 +208,7 @@ class ResultStore:
             if diff:
                 raise ConfigError(
                     f"{self.parts_dir} holds an unfinished job with other settings ({'; '.join(diff)}): rerun it with "
-                    "its settings to finish it, or pass --no-resume to discard it"
+                    "its settings to finish it, or pass resume=False to discard it"
                 )
             return bool(job["fresh"])
         text = json.dumps({"settings": self.settings.to_dict(), "fresh": not self.resume,
@@ -223,7 +223,7 @@ class ResultStore:
                 diff = self.settings.differences(row)
                 raise ConfigError(
                     f"{where} holds rows made with other settings ({'; '.join(diff)}); rows of different "
-                    "settings are never mixed: pass --no-resume to replace them, or write to another file"
+                    "settings are never mixed: pass resume=False to replace them, or write to another file"
                 )
 
     # -- running --

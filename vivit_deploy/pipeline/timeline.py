@@ -30,7 +30,7 @@ def segments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row.get("window") is not None:
             by_video.setdefault(row["path"], []).append(row)
         elif row["error"] is None:
-            raise ValueError("segments are made from a timeline's rows (classify --window)")
+            raise ValueError("segments are made from a timeline's rows (window=)")
     out = []
     for path, windows in by_video.items():
         current: dict[str, Any] | None = None

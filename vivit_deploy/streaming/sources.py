@@ -74,7 +74,7 @@ def parse_source(text: str, *, realtime: bool = False) -> Source:
         raise ConfigError(f"{text}: no such video file (streams are rtsp://, http(s)://, udp://, tcp://, or /dev/videoN)")
     if path.is_dir():
         raise ConfigError(f"{text} is a directory; `vivit-deploy stream` follows one video per source "
-                          "(`vivit-deploy classify --window` makes timelines of many files)")
+                          "(a corpus job with window= makes timelines of many files)")
     return Source(text, os.fspath(path), "file", live=realtime, realtime=realtime)
 
 

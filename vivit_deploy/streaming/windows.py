@@ -42,7 +42,7 @@ class WindowSpec:
 
     def __post_init__(self) -> None:
         if not self.window > 0 or not self.hop > 0:
-            raise ConfigError(f"--window and --hop must be positive seconds, got {self.window} and {self.hop}")
+            raise ConfigError(f"window= and hop= must be positive seconds, got {self.window} and {self.hop}")
         if self.num_frames < 1:
             raise ConfigError(f"num_frames must be at least 1, got {self.num_frames}")
 

@@ -198,7 +198,7 @@ class FrameConverter:
                                        threads=self.threads)  # bicubic: the scaler ffmpeg inserts
         except MemoryError:
             raise VideoReadError(f"{self.path}: a {frame.width}x{frame.height} frame does not fit in memory "
-                                 "(lower --max-pixels to refuse such files quickly)") from None
+                                 "(lower max_pixels= to refuse such files quickly)") from None
         if self.options.autorotate and frame.rotation:
             turn = display_transform(frame.rotation)
             if turn is not None:

@@ -130,7 +130,7 @@ def check_streams(path: Path, container: Any, options: ReadOptions) -> None:
 def check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise VideoReadError(f"{path}: frame size {width}x{height} exceeds the limit of {max_pixels} pixels "
-                             "(--max-pixels)")
+                             "(max_pixels=)")
 
 
 def unknown_codec(path: Path) -> str:
