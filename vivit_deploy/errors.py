@@ -44,6 +44,13 @@ class ExportError(VivitDeployError, RuntimeError):
     """An export that could not produce a valid file; nothing is left at the output path."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (a library's first line says what went wrong; the rest is its advice and
+    traceback text), or its type's name when it has none: what our one-line errors quote."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
 class InputRangeWarning(UserWarning):
     """Inputs outside the range a quantized (int8/fp8) file was calibrated on: its accuracy holds only inside it."""
 

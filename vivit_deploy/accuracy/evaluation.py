@@ -136,10 +136,12 @@ def paired_difference(reference_right: np.ndarray, candidate_right: np.ndarray,
     return PairedDifference(a, b, c, d, difference, max(low, -1.0), min(high, 1.0), p_value)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Probabilities along ``axis`` (the labels), computed in float64: the one softmax of every report and ranking."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def top_k_right(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import io
 import logging
 import warnings
 
-from vivit_deploy.errors import ExportError
+from vivit_deploy.errors import ExportError, first_line
 
 FOLD_LIMIT = 1 << 26  # elements: larger than any ViViT weight
 
@@ -48,7 +48,7 @@ def trace_module(module, example, dynamic, input_name: str, output_name: str, op
                 output_names=[output_name], dynamic_shapes=dynamic, external_data=False, optimize=True, verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean the same to the user
-        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}") from exc
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

@@ -22,7 +22,7 @@ from vivit_deploy.pipeline.local import StageTimes, available_cores, run_local, 
 from vivit_deploy.pipeline.model import describe_model
 from vivit_deploy.pipeline.ray_job import import_ray, run_on_ray
 from vivit_deploy.pipeline.results import ResultStore
-from vivit_deploy.pipeline.stages import ClipLoader, ClipSpec, ResultSettings, result_row
+from vivit_deploy.pipeline.stages import ClipLoader, ClipSpec, ResultSettings, load_checked_runtime, result_row
 from vivit_deploy.video.opening import ReadOptions
 
 Log = Callable[[str], None]
@@ -57,18 +57,18 @@ class ClassifyJob:
     def __post_init__(self) -> None:
         for name in ("batch_size", "top_k", "num_clips", "frame_sample_rate"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name}= must be at least 1, got {getattr(self, name)}")
         if self.window is None and (self.hop is not None or self.segments):
-            raise ConfigError("--hop and --segments make a timeline: give --window SECONDS")
+            raise ConfigError("hop= and segments= make a timeline: give window= SECONDS")
         if self.window is not None:
             if not self.window > 0 or (self.hop is not None and not self.hop > 0):
-                raise ConfigError(f"--window and --hop must be positive seconds, got {self.window} and {self.hop}")
+                raise ConfigError(f"window= and hop= must be positive seconds, got {self.window} and {self.hop}")
             if self.num_clips != 1:
-                raise ConfigError("--clips is for a row per video; a timeline's window is one clip (--window, --hop)")
+                raise ConfigError("num_clips= is for a row per video; a timeline's window is one clip (window=, hop=)")
         if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+            raise ConfigError(f"workers= must be at least 1, got {self.workers}")
         if self.actors is not None and (self.actors < 1 or self.ray is None):
-            raise ConfigError("actors (at least 1) applies to a Ray job only")
+            raise ConfigError("actors= (at least 1) applies to a Ray job only (ray=)")
 
 
 def default_workers(device: str) -> int:
@@ -202,21 +202,16 @@ def classify_corpus(
 
 
 def _run_here(pending, source, loader, store, settings, job: ClassifyJob, log: Log, bar: ProgressBar):
-    from vivit_deploy.runtimes import load_runtime
-
     workers = job.workers or default_workers(job.device)
     pool = start_pool(loader, workers)  # the processes import and warm up while the model loads
     try:
         log(f"loading {source} ...")
-        runtime = load_runtime(source, job.backend, device=job.device, precision=job.precision, **job.runtime_options)
+        runtime = load_checked_runtime(source, settings, backend=job.backend, device=job.device,
+                                       precision=job.precision, runtime_options=job.runtime_options)
     except BaseException:
         pool.close(graceful=False)
         raise
     with runtime:
-        if (runtime.backend, runtime.precision) != (settings.backend, settings.precision):
-            pool.close(graceful=False)
-            raise ConfigError(f"{source} loaded as {runtime.backend} {runtime.precision}, "
-                              f"expected {settings.backend} {settings.precision}")
         executor = f"this machine: {workers} decoding processes, {runtime.backend} on {runtime.device} ({runtime.precision})"
         log(f"classifying {len(pending)} videos on {executor}")
         with bar(len(pending)) as update:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import multiprocessing
-import os
 import queue
 import signal
 import sys
@@ -29,20 +28,14 @@ import numpy as np
 
 from vivit_deploy.errors import VivitDeployError
 from vivit_deploy.pipeline.inputs import VideoItem
-from vivit_deploy.pipeline.stages import ClipLoader, ResultSettings, classify_videos, error_line, result_row
+from vivit_deploy.pipeline.stages import ClipLoader, ResultSettings, classify_rows, error_line
+from vivit_deploy.video.decoding import available_cores
 
 if TYPE_CHECKING:
     from vivit_deploy.pipeline.results import ResultStore
     from vivit_deploy.runtimes.base import Runtime
 
 Progress = Callable[[int, int], None]  # (videos finished, clips run) since the last call
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -344,17 +337,13 @@ class _Inference(threading.Thread):
             self.threads = want
 
     def _run_batch(self, batch: list[Decoded]) -> None:
-        settings, times = self.settings, self.times
+        times = self.times
+        rows, seconds = classify_rows(self.runtime, self.settings, self.batch_size,
+                                      [(d.item.path, d.item.window, d.pixel_values, d.error, d.damaged_frames)
+                                       for d in batch])
+        times.inference += seconds
         ok = [d for d in batch if d.error is None]
-        rows = [result_row(d.item.path, settings, error=d.error, window=d.item.window) for d in batch if d.error is not None]
         clips = sum(len(d.pixel_values) for d in ok)
-        if ok:
-            started = time.perf_counter()
-            predictions = classify_videos(self.runtime, [d.pixel_values for d in ok], self.batch_size,
-                                          settings.top_k_count)
-            times.inference += time.perf_counter() - started
-            rows += [result_row(d.item.path, settings, p, window=d.item.window, damaged_frames=d.damaged_frames)
-                     for d, p in zip(ok, predictions)]
         times.decode += sum(d.decode_s for d in batch)
         times.preprocess += sum(d.preprocess_s for d in batch)
         times.write_part(self.store, rows, clips, len(batch) - len(ok), self.progress)

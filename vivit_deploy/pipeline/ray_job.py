@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from vivit_deploy.errors import BackendUnavailableError, VivitDeployError
+from vivit_deploy.errors import BackendUnavailableError, VivitDeployError, first_line
 from vivit_deploy.pipeline.local import StageTimes
-from vivit_deploy.pipeline.stages import ClipLoader, ResultSettings, classify_videos, error_line, result_row
+from vivit_deploy.pipeline.stages import ClipLoader, ResultSettings, classify_rows, error_line, load_checked_runtime
 
 if TYPE_CHECKING:
     from vivit_deploy.pipeline.inputs import VideoItem
@@ -47,7 +46,7 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise BackendUnavailableError("--ray needs Ray Data: pip install 'vivit-deploy[ray]'") from None
+        raise BackendUnavailableError("ray= needs Ray Data: pip install 'vivit-deploy[ray]'") from None
     return ray
 
 
@@ -86,28 +85,17 @@ class InferenceActor:
 
     def __init__(self, source: str, backend: str, device: str, precision: str, runtime_options: dict[str, Any],
                  settings: ResultSettings, batch_size: int):
-        from vivit_deploy.runtimes import load_runtime
-
-        self.runtime = load_runtime(source, backend, device=device, precision=precision, **runtime_options)
-        if (self.runtime.backend, self.runtime.precision) != (settings.backend, settings.precision):
-            raise RayJobError(f"{source} loaded as {self.runtime.backend} {self.runtime.precision} on "
-                              f"{os.uname().nodename}, expected {settings.backend} {settings.precision}")
+        self.runtime = load_checked_runtime(source, settings, backend=backend, device=device, precision=precision,
+                                            runtime_options=runtime_options, where=os.uname().nodename)
         self.settings = settings
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        settings = self.settings
-        ok = [i for i, error in enumerate(batch["error"]) if not error]
+        entries = [(str(path), _window(batch, i), batch["pixel_values"][i], str(error) if error else None,
+                    int(batch["damaged_frames"][i])) for i, (path, error) in enumerate(zip(batch["path"], batch["error"]))]
+        rows, seconds = classify_rows(self.runtime, self.settings, self.batch_size, entries)
+        ok = [i for i, entry in enumerate(entries) if entry[3] is None]
         classified = set(ok)
-        started = time.perf_counter()
-        predictions = classify_videos(self.runtime, [batch["pixel_values"][i] for i in ok], self.batch_size,
-                                      settings.top_k_count) if ok else []
-        seconds = time.perf_counter() - started
-        rows = [result_row(str(path), settings, error=str(error), window=_window(batch, i)) if error else None
-                for i, (path, error) in enumerate(zip(batch["path"], batch["error"]))]
-        for i, p in zip(ok, predictions):
-            rows[i] = result_row(str(batch["path"][i]), settings, p, window=_window(batch, i),
-                                 damaged_frames=int(batch["damaged_frames"][i]))
         clips = batch["pixel_values"].shape[1]
         out = []
         for i, row in enumerate(rows):
@@ -152,7 +140,7 @@ def run_on_ray(
             ray.init(address=job.ray, include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=True, configure_logging=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise RayJobError(f"could not start or join Ray at {job.ray!r}: {str(exc).splitlines()[0]}") from exc
+            raise RayJobError(f"could not start or join Ray at {job.ray!r}: {first_line(exc)}") from exc
     try:
         return _run(ray, pending, source, loader, store, settings, job, info, log, progress)
     finally:
@@ -176,7 +164,7 @@ def _run(ray, pending, source, loader, store, settings, job, info, log, progress
         device = "cuda" if gpus else "cpu"
     cuda = device.startswith("cuda")
     if cuda and not gpus:
-        raise RayJobError(f"--device {job.device} but the Ray cluster has no GPU (resources: {resources})")
+        raise RayJobError(f"device={job.device} but the Ray cluster has no GPU (resources: {resources})")
     actors = job.actors or (gpus if cuda else 1)
     videos_per_call = max(1, job.batch_size // job.num_clips)
     executor = (f"Ray ({len(ray.nodes())} nodes, {cpus} CPUs, {gpus} GPUs): decoding tasks"

@@ -132,12 +132,6 @@ class ResultSettings:
     def of_row(cls, row: dict[str, Any]) -> "ResultSettings":
         return cls(**{k: row.get(k) for k in cls.__dataclass_fields__})
 
-    @property
-    def row_fields(self) -> tuple[str, ...]:
-        """The columns of a row made with these settings: a timeline's rows also say which window they are."""
-        window = WINDOW_FIELDS if self.window_s is not None else ()
-        return ("path", *window, "label", "probability", "top_k", "error", "damaged_frames", *self.to_dict())
-
     def key(self) -> tuple:
         """What must be equal for two rows to be comparable (the model's location may change)."""
         d = self.to_dict()
@@ -155,6 +149,39 @@ VIDEO_SETTINGS = tuple(f for f in ResultSettings.__dataclass_fields__ if f not i
 ROW_FIELDS = ("path", "label", "probability", "top_k", "error", "damaged_frames") + VIDEO_SETTINGS  # a row per video
 # Columns a file written before damaged frames were counted and rotation applied lacks, and what its rows meant
 LEGACY_DEFAULTS = {"damaged_frames": None, "autorotate": False}
+
+
+def load_checked_runtime(source: str, settings: ResultSettings, *, backend: str | None, device: str,
+                         precision: str | None, runtime_options: dict[str, Any], where: str = "this machine") -> "Runtime":
+    """Stage 2's runtime, as every executor loads it: refused when it does not run what the rows will say it ran (the
+    backend and precision in ``settings``, which the driver decided before loading anything)."""
+    from vivit_deploy.runtimes import load_runtime
+
+    runtime = load_runtime(source, backend, device=device, precision=precision, **runtime_options)
+    if (runtime.backend, runtime.precision) != (settings.backend, settings.precision):
+        runtime.close()
+        raise ConfigError(f"{source} loaded as {runtime.backend} {runtime.precision} on {where}, "
+                          f"expected {settings.backend} {settings.precision}")
+    return runtime
+
+
+def classify_rows(runtime: "Runtime", settings: ResultSettings, batch_size: int,
+                  entries: Sequence[tuple[str, Any, Any, str | None, int]]) -> tuple[list[dict[str, Any]], float]:
+    """Stages 2 and 3 for one batch, as every executor runs them: ``entries`` of (path, window, clips, error,
+    damaged_frames), where a video that could not be read has its error and no clips. Returns the rows in the
+    entries' order and the seconds inference took."""
+    ok = [i for i, entry in enumerate(entries) if entry[3] is None]
+    seconds, predictions = 0.0, []
+    if ok:
+        started = time.perf_counter()
+        predictions = classify_videos(runtime, [entries[i][2] for i in ok], batch_size, settings.top_k_count)
+        seconds = time.perf_counter() - started
+    rows: list[dict[str, Any]] = [result_row(path, settings, error=error, window=window) if error is not None else {}
+                                  for path, window, _, error, _ in entries]
+    for i, p in zip(ok, predictions):
+        path, window, _, _, damaged = entries[i]
+        rows[i] = result_row(path, settings, p, window=window, damaged_frames=damaged)
+    return rows, seconds
 
 
 def result_row(path: str, settings: ResultSettings, predictions: Sequence["Prediction"] | None = None,

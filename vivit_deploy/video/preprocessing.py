@@ -2,7 +2,7 @@
 
 It reads transformers' ``preprocessor_config.json`` for ViViT and reproduces ``VivitImageProcessor``
 (resize with Pillow's filter, center crop, rescale with optional offset, normalise) to within float32
-rounding (measured max abs difference 0: see tests/test_preprocessing.py). Every backend is fed by it.
+rounding (measured max abs difference 0: see tests/video/test_preprocessing.py). Every backend is fed by it.
 
 Importing this module imports numpy only: no torch, no Pillow, no numba until the first call that
 needs them.
