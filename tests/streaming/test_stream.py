@@ -150,7 +150,7 @@ def test_a_live_stream_whose_motion_changes_direction_is_followed_with_bounded_l
     assert right and left and set(right) == {LABELS[RIGHT]} and set(left) == {LABELS[LEFT]}
     assert [e["to"] for e in events_of(records, "label_changed")] == [LABELS[RIGHT], LABELS[LEFT]]
     latencies = [w["latency_ms"] for w in windows]
-    assert max(latencies) < 1500, latencies  # about one inference, not a queue
+    assert max(latencies) < 2000, latencies  # under the hop (2 s): each window classified before the next, no queue
     assert all(w["dropped_frames"] == 0 for w in windows)
     assert records[-1]["streams"][server.url]["skipped"] == 0
 
@@ -161,15 +161,22 @@ def test_a_server_killed_and_restarted_mid_stream_is_reconnected(phases_video, d
     classifier = StreamClassifier(demo_runtime, [server.url], window=2.0, hop=1.0)
     records = []
 
-    def restart():
-        time.sleep(5)
-        server.kill()
-        time.sleep(2)
-        server.start()
+    streaming, dropped = threading.Event(), threading.Event()
+
+    def restart():  # kill the server once windows flow, start it again once the reader saw it drop
+        if streaming.wait(60):
+            server.kill()
+            if dropped.wait(60):
+                server.start()
 
     killer = threading.Thread(target=restart)
     killer.start()
+
     def two_windows_after_the_reconnect(records):
+        if len(windows_of(records)) >= 2:
+            streaming.set()
+        if events_of(records, "disconnected"):
+            dropped.set()
         names = [r.get("event") for r in records]
         return "reconnected" in names and sum(1 for r in records[names.index("reconnected"):] if "event" not in r) >= 2
 
@@ -279,9 +286,23 @@ def _udp_producer(video, port: int) -> subprocess.Popen:
     from tests.video.conftest import FFMPEG
 
     return subprocess.Popen(
-        [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(video), "-c", "copy",
-         "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
+        [FFMPEG, "-hide_banner", "-loglevel", "error", "-progress", "pipe:1", "-stats_period", "0.25", "-re",
+         "-stream_loop", "-1", "-i", str(video), "-c", "copy", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _sent(producer: subprocess.Popen, frames: int) -> threading.Event:
+    """Set once ffmpeg reports (``-progress``) that it has sent ``frames`` frames: the feed is running."""
+    done = threading.Event()
+
+    def watch():
+        for line in producer.stdout:
+            if line.startswith("frame=") and int(line.split("=", 1)[1] or 0) >= frames:
+                done.set()
+                return
+
+    threading.Thread(target=watch, daemon=True).start()
+    return done
 
 
 def _first_windows(url: str, runtime) -> list[dict]:
@@ -299,8 +320,8 @@ def test_a_udp_feed_joined_between_keyframes_is_classified(phases_video, demo_ru
     port = free_port()
     producer = _udp_producer(phases_video, port)
     try:
-        time.sleep(3.0)  # the feed is 1 s into its second 2 s GOP: the reader joins between keyframes
-        assert producer.poll() is None, producer.stderr.read()
+        # 3 s of the feed sent (8 fps): 1 s into its second 2 s GOP, the reader joins between keyframes
+        assert _sent(producer, 24).wait(30) and producer.poll() is None, producer.stderr.read()
         records = _first_windows(f"udp://127.0.0.1:{port}", demo_runtime)
     finally:
         producer.kill()
@@ -314,21 +335,27 @@ def test_a_udp_feed_joined_between_keyframes_is_classified(phases_video, demo_ru
 @pytest.mark.slow
 @requires_rtsp
 def test_an_rtsp_stream_joined_while_another_client_plays_it_is_classified(phases_video, demo_runtime):
+    """The same join over RTSP: GStreamer's server starts a late client at a keyframe, so this passes with or without
+    the rule for frames that never come out (UDP above is the feed that needs it); it stays as the RTSP case."""
     import av
 
     with RtspServer(phases_video) as server:
         stop = threading.Event()
 
+        playing = threading.Event()
+
         def first_client():  # starts the shared media, so the second client joins a stream in progress
             with av.open(server.url, options={"rtsp_transport": "tcp"}, timeout=10) as container:
-                for _ in container.decode(video=0):
+                for count, _ in enumerate(container.decode(video=0), 1):
+                    if count == 24:  # 3 s in (8 fps): 1 s into the second 2 s GOP
+                        playing.set()
                     if stop.is_set():
                         return
 
         viewer = threading.Thread(target=first_client, daemon=True)
         viewer.start()
         try:
-            time.sleep(3.0)
+            assert playing.wait(30), "the first client decoded nothing"
             records = _first_windows(server.url, demo_runtime)
         finally:
             stop.set()
