@@ -65,6 +65,7 @@ def _compare(*args):
     return CliRunner().invoke(main, ["compare", *map(str, args)])
 
 
+@pytest.mark.slow
 def test_compare_on_the_demo_model_passes_and_reports_accuracy(demo_onnx, demo_onnx_fp16, tmp_path):
     report_path = tmp_path / "report.json"
     result = _compare("--onnx", demo_onnx, "--onnx", demo_onnx_fp16, "--json", report_path)
@@ -114,6 +115,7 @@ def test_input_sources_are_exclusive(demo_onnx, tmp_path):
     assert result.exit_code == 1 and "--calibration is for the int8 candidates made when none is named" in result.stderr
 
 
+@pytest.mark.slow
 def test_with_no_candidate_named_every_backend_and_precision_that_runs_here_is_compared(tmp_path):
     report_path = tmp_path / "report.json"
     result = _compare("--demo", "--json", report_path)

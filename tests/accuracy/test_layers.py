@@ -104,6 +104,7 @@ def test_fp16_export_names_the_overflowing_layer_and_writes_nothing(fp16_overflo
     assert report["diagnosis"]["fix"] == "--keep-fp32 2.mlp" and report["diagnosis"]["op_kind"] == "MatMul overflow"
 
 
+@pytest.mark.slow
 def test_fp16_export_refuses_weights_beyond_fp16(four_layer_checkpoint, tmp_path):
     import torch
 
@@ -119,6 +120,7 @@ def test_fp16_export_refuses_weights_beyond_fp16(four_layer_checkpoint, tmp_path
     assert export_onnx(model, tmp_path / "m.onnx", precision="fp16", keep_fp32="3.attention").passed
 
 
+@pytest.mark.slow
 def test_int8_export_names_the_outlier_channel(int8_outlier_checkpoint, int8_base_checkpoint, calibration_npz, tmp_path):
     export_onnx(int8_base_checkpoint, tmp_path / "base.onnx", precision="int8", calibration=calibration_npz,
                 smooth_quant=0.0)  # passes
@@ -134,6 +136,7 @@ def test_int8_export_names_the_outlier_channel(int8_outlier_checkpoint, int8_bas
     assert not report.layer_drift.layers[1].passed
 
 
+@pytest.mark.slow
 def test_keep_fp32_auto_repairs_fp16_keeping_most_weights_in_fp16(fp16_overflow_checkpoint, tmp_path):
     report = export_onnx(fp16_overflow_checkpoint, tmp_path / "m.onnx", precision="fp16", keep_fp32="auto")
     assert report.passed and report.kept_fp32 == ("2.mlp",)
@@ -169,6 +172,7 @@ def test_keep_fp32_auto_repairs_int8_keeping_most_matmuls_in_int8(int8_outlier_c
     assert not list(tmp_path.glob(".m.onnx*"))  # the attempts the search made are gone
 
 
+@pytest.mark.slow
 def test_an_explicit_keep_fp32_list(fp16_overflow_checkpoint, int8_outlier_checkpoint, calibration_npz, tmp_path):
     report = export_onnx(fp16_overflow_checkpoint, tmp_path / "a.onnx", precision="fp16", keep_fp32="3, 2.mlp,2.norms")
     assert report.kept_fp32 == ("2.mlp", "2.norms", "3") and report.passed and not report.search
@@ -237,6 +241,7 @@ def test_a_kept_unit_computes_as_fp32_does_on_its_rounded_input(four_layer_check
                 assert got.dtype == torch.float32 and torch.allclose(got, expected, rtol=1e-6, atol=0), name
 
 
+@pytest.mark.slow
 def test_int8_a_branch_wrong_against_its_own_output_is_named_while_the_stream_holds(int8_branch_outlier_checkpoint,
                                                                                     calibration_npz, tmp_path):
     with pytest.raises(ExportError) as info:
@@ -257,6 +262,7 @@ def test_int8_a_branch_wrong_against_its_own_output_is_named_while_the_stream_ho
     assert repaired.passed and repaired.kept_fp32 == ("1.mlp",) and repaired.summary.quantized_matmuls == 4 * 4 - 2
 
 
+@pytest.mark.slow
 def test_fp16_a_head_that_only_works_in_fp32_is_named_and_kept(fp16_head_checkpoint, tmp_path):
     out = tmp_path / "m.onnx"
     result = CliRunner().invoke(export_command, [str(fp16_head_checkpoint), "-o", str(out), "--precision", "fp16",
@@ -275,6 +281,7 @@ def test_fp16_a_head_that_only_works_in_fp32_is_named_and_kept(fp16_head_checkpo
     assert min(r.min_cosine for r in repaired.validation) > 0.99999
 
 
+@pytest.mark.slow
 def test_fp16_a_head_overflow_is_named_where_it_is(four_layer_checkpoint, tmp_path):
     import torch
 
@@ -294,6 +301,7 @@ def test_fp16_a_head_overflow_is_named_where_it_is(four_layer_checkpoint, tmp_pa
     assert export_onnx(model, tmp_path / "m.onnx", precision="fp16", keep_fp32="head").passed
 
 
+@pytest.mark.slow
 def test_fp16_an_embedding_that_only_works_in_fp32_is_named_and_kept(fp16_embeddings_checkpoint, tmp_path):
     with pytest.raises(ExportError) as info:
         export_onnx(fp16_embeddings_checkpoint, tmp_path / "m.onnx", precision="fp16")
@@ -333,6 +341,7 @@ def test_non_finite_logits_fail_and_carry_no_cosine():
 
 # ---- compare --layers -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_compare_layers_locates_the_failing_layer_table_json_and_plot(int8_outlier_checkpoint, calibration_npz, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib (for --plot) is not installed")
     broken = export_onnx(int8_outlier_checkpoint, tmp_path / "m.onnx", precision="int8", calibration=calibration_npz,

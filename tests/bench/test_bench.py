@@ -36,6 +36,7 @@ def cli_run(tmp_path_factory):
     return result, paths
 
 
+@pytest.mark.slow
 def test_bench_runs_end_to_end_and_writes_json(cli_run):
     result, paths = cli_run
     assert result.exit_code == 0, result.output
@@ -61,6 +62,7 @@ def test_bench_runs_end_to_end_and_writes_json(cli_run):
     assert data["stages"]["videos"] == 12
 
 
+@pytest.mark.slow
 def test_bench_markdown_has_the_seed_layout_and_the_ratio_tables(cli_run):
     result, paths = cli_run
     text = paths["markdown"].read_text()
@@ -73,12 +75,14 @@ def test_bench_markdown_has_the_seed_layout_and_the_ratio_tables(cli_run):
             assert line.endswith("|")
 
 
+@pytest.mark.slow
 def test_bench_plot_is_a_png(cli_run):
     _, paths = cli_run
     image = pytest.importorskip("matplotlib.image").imread(paths["plot"])
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.ndim == 3 and image.shape[0] > 100
 
 
+@pytest.mark.slow
 def test_peers_are_measured_when_transformers_is_installed(cli_run):
     pytest.importorskip("transformers")
     _, paths = cli_run
@@ -280,6 +284,7 @@ def test_a_given_onnx_file_that_does_not_fit_the_run_is_refused(demo_onnx_fp16, 
     assert result.exit_code == 1 and message in result.output, result.output
 
 
+@pytest.mark.slow
 def test_a_backend_by_precision_matrix_reports_speedups_and_drift(tmp_path):
     """Several precisions: each backend in each it runs, keyed backend@precision, with a drift against our fp32."""
     result = CliRunner().invoke(main, [

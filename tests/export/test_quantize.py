@@ -201,6 +201,7 @@ def test_calibration_probes_sit_next_to_their_producers_and_softmax_needs_none(t
     assert q_of_softmax and float(scales[q_of_softmax[0].input[1]]) == pytest.approx(1.0 / 127)
 
 
+@pytest.mark.slow
 def test_attention_products_qk_from_the_cli_is_checked_and_builds_for_tensorrt_rtx(tmp_path):
     import importlib.util
 

@@ -185,6 +185,7 @@ def test_without_tensorrt_the_build_says_how_to_get_it(demo_onnx_fp16, tmp_path)
 # ---- TensorRT for RTX: NVIDIA's parser and compiler, ahead of time, no GPU ---------------------------------------
 
 @requires_rtx
+@pytest.mark.slow
 def test_rtx_builds_the_demo_model_in_every_precision_with_a_report_and_sidecar(demo_rtx_engines):
     import tensorrt_rtx
 
@@ -251,6 +252,7 @@ def test_a_node_the_parser_rejects_is_named_with_nvidias_code(demo_onnx, tmp_pat
 
 
 @requires_rtx
+@pytest.mark.slow
 def test_turing_builds_the_fp16_graph_only(demo_onnx, demo_onnx_fp16, demo_onnx_int8, tmp_path):
     """TensorRT for RTX compiles no fp32 GEMM (nor fp32 3-D convolution) for Turing (SM75): there only the fp16 graph
     builds, whichever way the tubelet projection is written."""

@@ -167,6 +167,7 @@ def test_flops_per_variant_follow_the_sequences_each_attends_over():
 # ---- every path Model 1 has ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", list(FACTORISED))
+@pytest.mark.slow
 def test_fp16_and_int8_exports_pass_and_run_on_every_cpu_backend(variant, factorised_checkpoints, tmp_path):
     checkpoint = factorised_checkpoints[variant]
     config = load_config(checkpoint)
@@ -191,6 +192,7 @@ def test_fp16_and_int8_exports_pass_and_run_on_every_cpu_backend(variant, factor
 
 @requires_rtx
 @pytest.mark.parametrize("variant", list(FACTORISED))
+@pytest.mark.slow
 def test_tensorrt_for_rtx_builds_each_variant_and_says_what_fused(variant, factorised_checkpoints, tmp_path):
     from vivit_deploy.export.trt_build import build_engine
 
@@ -203,6 +205,7 @@ def test_tensorrt_for_rtx_builds_each_variant_and_says_what_fused(variant, facto
     assert f"attention: {config.num_layers} of {config.num_layers} blocks fused into one kernel" in report.format()
 
 
+@pytest.mark.slow
 def test_keep_fp32_units_fit_each_variant(factorised_checkpoints, tmp_path):
     fsa, fe = factorised_checkpoints["factorised_self_attention"], factorised_checkpoints["factorised_encoder"]
     result = CliRunner().invoke(export_command, [str(fsa), "-o", str(tmp_path / "m.onnx"), "--precision", "fp16",
@@ -218,6 +221,7 @@ def test_keep_fp32_units_fit_each_variant(factorised_checkpoints, tmp_path):
     assert report.passed and report.kept_fp32 == ("embeddings", "spatial_norm", "2", "head")
 
 
+@pytest.mark.slow
 def test_compare_layers_names_the_layers_of_each_variant(factorised_checkpoints, factorised_onnx):
     from vivit_deploy.accuracy.layers import layer_drift
     from vivit_deploy.accuracy.tolerances import tolerance_for
@@ -237,6 +241,7 @@ def test_compare_layers_names_the_layers_of_each_variant(factorised_checkpoints,
                                                                                       "block"}
 
 
+@pytest.mark.slow
 def test_every_command_takes_a_converted_checkpoint(factorised_checkpoints, factorised_onnx, tmp_path):
     from vivit_deploy.demo import sample_videos
 
@@ -269,6 +274,7 @@ def reusable_model2(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+@pytest.mark.slow
 def test_a_stream_that_reuses_steps_gives_the_recomputed_windows(reusable_model2, backend, tmp_path):
     if backend == "openvino":
         pytest.importorskip("openvino")
@@ -295,6 +301,7 @@ def test_a_stream_that_reuses_steps_gives_the_recomputed_windows(reusable_model2
     assert "encoded_steps" not in plain
 
 
+@pytest.mark.slow
 def test_windows_taken_together_encode_their_shared_steps_once(reusable_model2):
     from vivit_deploy.streaming import StreamClassifier
     from vivit_deploy.streaming.windows import Window
@@ -311,6 +318,7 @@ def test_windows_taken_together_encode_their_shared_steps_once(reusable_model2):
         np.testing.assert_allclose(logits, runtime.run(np.stack([np.stack(w.frames) for w in windows])), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_file_for_one_clip_at_a_time_gets_its_parts_too(reusable_model2, tmp_path):
     # the parts are traced at 2 windows: a whole model limited to batch 1 must not make that example out of range
     report = export_onnx(reusable_model2["torch"], tmp_path / "one.onnx", max_batch=1)
@@ -323,6 +331,7 @@ def test_a_file_for_one_clip_at_a_time_gets_its_parts_too(reusable_model2, tmp_p
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.slow
 def test_parts_are_only_taken_with_their_own_file(reusable_model2, backend, tmp_path):
     import shutil
 
@@ -356,6 +365,7 @@ def test_models_whose_steps_depend_on_their_place_encode_windows_whole(factorise
         load_model(factorised_checkpoints["factorised_encoder"]).step_tokens(torch.zeros(1, 2, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_a_model_and_its_parts_appear_together_or_not_at_all(tmp_path, monkeypatch):
     """The parts are staged and validated before anything is moved in: a part that fails leaves neither the whole
     model nor a part (before, the whole model was in place first and a stream then encoded whole windows quietly)."""

@@ -47,6 +47,7 @@ def assert_same_rows(a: dict, b: dict) -> None:
                 assert abs(p["probability"] - q["probability"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_a_local_ray_gives_the_rows_of_the_local_job(corpus, tmp_path):
     directory, _ = corpus
     on_ray = tmp_path / "ray.parquet"
@@ -62,6 +63,7 @@ def test_a_local_ray_gives_the_rows_of_the_local_job(corpus, tmp_path):
     assert (resumed.skipped, resumed.classified) == (GOOD + len(BAD), 0)
 
 
+@pytest.mark.slow
 def test_a_worker_node_lost_mid_job_still_gives_every_video_exactly_once(corpus, tmp_path):
     from ray.cluster_utils import Cluster
 
@@ -110,6 +112,7 @@ def test_a_worker_node_lost_mid_job_still_gives_every_video_exactly_once(corpus,
     assert_same_rows(rows, summary_of(reference))
 
 
+@pytest.mark.slow
 def test_cuda_on_a_cluster_without_gpus_is_a_clear_error(corpus, tmp_path):
     from vivit_deploy.pipeline.ray_job import RayJobError
 
@@ -119,6 +122,7 @@ def test_cuda_on_a_cluster_without_gpus_is_a_clear_error(corpus, tmp_path):
     assert not (tmp_path / "r.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_timeline_on_ray_gives_the_local_timeline(tmp_path):
     from vivit_deploy.demo.motion import write_phases
 

@@ -99,6 +99,7 @@ def test_a_file_is_followed_window_by_window_as_the_timeline_classifies_it(phase
     np.testing.assert_allclose([r["probability"] for r in rows], [w["probability"] for w in windows], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_duration_bounds_a_realtime_run_and_the_summary_counts_it(phases_video, demo_runtime):
     started = time.monotonic()
     records = collect(StreamClassifier(demo_runtime, [str(phases_video)], realtime=True, duration=3.5, hop=1.0))
@@ -123,6 +124,7 @@ class CountingRuntime:
         return self.inner.run_batches(x, batch_size)
 
 
+@pytest.mark.slow
 def test_two_streams_share_one_runtime_and_their_windows_are_batched(phases_video, demo_runtime, tmp_path):
     import shutil
 
@@ -137,6 +139,7 @@ def test_two_streams_share_one_runtime_and_their_windows_are_batched(phases_vide
 # ---- a real RTSP server ----------------------------------------------------------------------------------------
 
 @requires_rtsp
+@pytest.mark.slow
 def test_a_live_stream_whose_motion_changes_direction_is_followed_with_bounded_latency(phases_video, demo_runtime):
     with RtspServer(phases_video) as server:
         records = collect(StreamClassifier(demo_runtime, [server.url], window=2.0, hop=2.0, smooth=1, reconnect=False),
@@ -156,6 +159,7 @@ def test_a_live_stream_whose_motion_changes_direction_is_followed_with_bounded_l
 
 
 @requires_rtsp
+@pytest.mark.slow
 def test_a_server_killed_and_restarted_mid_stream_is_reconnected(phases_video, demo_runtime):
     server = RtspServer(phases_video).start()
     classifier = StreamClassifier(demo_runtime, [server.url], window=2.0, hop=1.0)
@@ -196,6 +200,7 @@ def test_a_server_killed_and_restarted_mid_stream_is_reconnected(phases_video, d
 
 
 @requires_rtsp
+@pytest.mark.slow
 def test_a_dead_source_beside_a_good_one_is_reported_and_the_good_one_goes_on(phases_video, demo_runtime):
     dead = f"rtsp://127.0.0.1:{free_port()}/cam"
     with RtspServer(phases_video) as server:
@@ -227,6 +232,7 @@ def test_bad_sources_are_one_line_and_a_nonzero_exit(phases_video, args, message
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_command_writes_json_lines_and_ends_on_sigterm_with_a_summary(phases_video, tmp_path):
     events = tmp_path / "events.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "vivit_deploy.cli", "stream", str(phases_video), "--realtime",
