@@ -81,6 +81,43 @@ def test_every_backend_is_registered():
     assert {"torch", "onnxruntime", "openvino", "tensorrt"} <= set(BACKENDS)
 
 
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_every_backend_says_what_it_is_without_loading_anything(name):
+    """What compare's matrix, bench's plan, the corpus job and serving ask a backend's class (docs/predict.md): each
+    answer well formed, for every registered backend, whether or not its library is installed here."""
+    cls = BACKENDS[name]
+    assert cls.backend == name and cls.title and cls.artifact in ("checkpoint", "onnx", "engine", "url")
+    assert cls.precisions and set(cls.timed_precisions or cls.precisions) <= set(cls.precisions)
+    for device in ("cpu", "cuda"):
+        why = cls.unavailable(device)
+        assert why is None or (isinstance(why, str) and why and "\n" not in why)
+        variants, skipped = cls.compare_variants(device)
+        assert all(p in cls.precisions for _, p, _ in variants) and all(isinstance(r, str) for r in skipped.values())
+    assert "runs" in cls.unavailable("cpu", "int4")  # a precision it does not offer says which it does
+    for precision in cls.precisions:
+        assert cls.file_precision(precision) and cls.reported_precision(None, None)
+        assert cls.load_precision(precision) in (None, *cls.precisions, "fp32", "bf16")
+    assert all(isinstance(v, str) for v in cls.library_versions().values())
+
+
+def test_with_probes_opens_the_same_file_and_precision_with_its_hidden_states(demo_onnx):
+    from vivit_deploy.runtimes.base import Runtime
+
+    x = np.random.default_rng(0).standard_normal((2, *FRAME_SHAPE), dtype=np.float32)
+    backends = [("onnxruntime", demo_onnx, {}), ("torch", demo_model_dir(), {"device": "cpu"})]
+    if importlib.util.find_spec("openvino") is not None:
+        backends.append(("openvino", demo_onnx, {}))
+    for name, target, options in backends:
+        with load_runtime(target, name, **options) as plain:
+            probed = plain.with_probes()
+            assert isinstance(probed, Runtime) and probed.probe_names and not plain.probe_names
+            assert (probed.backend, probed.precision, probed.source) == (plain.backend, plain.precision, plain.source)
+            logits, hidden = probed.run_probes(x)
+            np.testing.assert_allclose(logits, plain.run(x), atol=1e-5)
+            assert set(hidden) == set(probed.probe_names)
+            probed.close()
+
+
 def test_run_returns_float32_logits_close_to_the_reference(runtime, reference_logits):
     x, expected = reference_logits
     for batch in (1, 2, 5):

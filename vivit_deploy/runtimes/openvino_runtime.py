@@ -87,11 +87,11 @@ class OpenVinoRuntime(Runtime):
         why = cls.unavailable("cpu")
         if why:
             return [], {cls.backend: why}
-        run = [(f"openvino {p}", p, "cpu") for p in ("fp32", "int8")]
+        run = [(f"{cls.title} {p}", p, "cpu") for p in ("fp32", "int8")]
         why = cls.unavailable("cpu", "bf16")
         if why:
-            return run, {"openvino bf16": why}
-        return run + [(f"openvino {p}", p, "cpu") for p in ("bf16", "int8-bf16")], {}
+            return run, {f"{cls.title} bf16": why}
+        return run + [(f"{cls.title} {p}", p, "cpu") for p in ("bf16", "int8-bf16")], {}
 
     @classmethod
     def library_versions(cls) -> dict[str, str]:

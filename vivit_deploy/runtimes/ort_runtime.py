@@ -83,13 +83,13 @@ class OnnxRuntimeRuntime(Runtime):
         why = cls.unavailable("cpu")
         if why:
             return [], {cls.backend: why}
-        run = [(f"onnxruntime {p}", p, "cpu") for p in cls.precisions]  # fp8: its numerics (see timed_precisions)
+        run = [(f"{cls.title} {p}", p, "cpu") for p in cls.precisions]  # fp8: its numerics (see timed_precisions)
         if not device.startswith("cuda"):
             return run, {}
         why = cls.unavailable(device)
         if why:
-            return run, {"onnxruntime cuda": why}
-        return run + [(f"onnxruntime cuda {p}", p, device) for p in ("fp32", "fp16")], {}
+            return run, {f"{cls.title} cuda": why}
+        return run + [(f"{cls.title} cuda {p}", p, device) for p in ("fp32", "fp16")], {}
 
     @classmethod
     def library_versions(cls) -> dict[str, str]:

@@ -50,8 +50,8 @@ class TorchRuntime(Runtime):
     def compare_variants(cls, device: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
         # fp32 is the reference, not a variant
         if device.startswith("cuda"):
-            return [(f"pytorch {p} cuda", p, device) for p in ("fp16", "bf16")], {}
-        return [("pytorch bf16", "bf16", device)], {}
+            return [(f"{cls.title} {p} cuda", p, device) for p in ("fp16", "bf16")], {}
+        return [(f"{cls.title} bf16", "bf16", device)], {}
 
     @classmethod
     def library_versions(cls) -> dict[str, str]:

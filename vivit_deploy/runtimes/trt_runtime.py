@@ -85,6 +85,10 @@ class TensorRTRuntime(Runtime):
             return None
         if not installed("rtx"):
             return "neither tensorrt nor tensorrt_rtx is installed (see docs/tensorrt.md)"
+        import torch  # the toolkit's own dependency: which GPU is here
+
+        if not torch.cuda.is_available():
+            return "needs a CUDA GPU, and PyTorch sees none here"
         name, capability = gpu_identity(device_index(device))
         if capability not in EDITIONS["rtx"].targets:
             return f"TensorRT 10/11 is not installed, and TensorRT for RTX does not target {name} (compute {capability})"
@@ -95,7 +99,7 @@ class TensorRTRuntime(Runtime):
         why = cls.unavailable(device)
         if why:
             return [], {cls.backend: why}
-        return [(f"tensorrt {p}", p, device) for p in ("fp16", "int8", "fp8")], {}
+        return [(f"{cls.title} {p}", p, device) for p in ("fp16", "int8", "fp8")], {}
 
     @classmethod
     def library_versions(cls) -> dict[str, str]:
