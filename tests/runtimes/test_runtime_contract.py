@@ -116,6 +116,9 @@ def test_with_probes_opens_the_same_file_and_precision_with_its_hidden_states(de
             np.testing.assert_allclose(logits, plain.run(x), atol=1e-5)
             assert set(hidden) == set(probed.probe_names)
             probed.close()
+            import torch
+
+            np.testing.assert_array_equal(plain.run_torch(torch.from_numpy(x)).numpy(), plain.run(x))
 
 
 def test_run_returns_float32_logits_close_to_the_reference(runtime, reference_logits):

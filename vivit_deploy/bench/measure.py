@@ -230,7 +230,9 @@ class _NumpyRunner(_RuntimeRunner):
 
 
 class _TrtRunner(_RuntimeRunner):
-    timed = "TensorRTRuntime.run_torch on a tensor already on the device"
+    """An engine: its buffers are on the GPU, so the timed call takes a tensor already there (``Runtime.run_torch``)."""
+
+    timed = "Runtime.run_torch on a tensor already on the device"
 
     def make_input(self, batch: int):
         import torch

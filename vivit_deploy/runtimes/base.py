@@ -145,6 +145,14 @@ class Runtime(ABC):
         """Logits (N, num_labels) for uint8 RGB clips (N, T, H, W, 3), where ``takes_frames``."""
         raise ConfigError(f"the {self.backend} runtime for {self.source} takes preprocessed clips, not frames")
 
+    def run_torch(self, pixel_values):
+        """Logits as a float32 torch tensor for a float32 torch tensor of clips: a backend whose buffers live on a GPU
+        (TensorRT) takes one already on its device and returns one there, without copies; every other backend goes
+        through ``run`` (what a benchmark times on the device where the data already lies)."""
+        import torch
+
+        return torch.from_numpy(self.run(pixel_values.detach().cpu().numpy()))
+
     def with_probes(self) -> "Runtime | None":
         """The same backend, file, device and precision with its probe points exposed (``run_probes``), for per-layer
         drift; None where this backend cannot expose them."""
