@@ -22,6 +22,7 @@ The exporter and the runtimes see the logits tensor through ``LogitsOnly``.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import torch
@@ -140,11 +141,29 @@ class SelfAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, N, hd)
 
-    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None,
+                merging: "TokenMerging | None" = None) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         dropout_p = self.dropout_p if self.training else 0.0
-        if attentions is not None or head_mask is not None:
+        bias = None
+        if merging is not None:
+            merging.keys = k.mean(dim=1)  # (B, N, hd): what the next merge matches tokens by, averaged over heads
+            bias = merging.attention_bias()  # log of each token's size, (B, 1, 1, N), or None before any merge
+        if bias is not None and self.attn_implementation == "sdpa" and head_mask is None and attentions is None:
+            # proportional attention: a token that stands for s patches weighs as s of them (ToMe, eq. 1), as SDPA's
+            # additive mask
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
+        elif bias is not None:  # the same on the math path (Q pre-scaled, as below), with what was asked kept
+            scores = torch.matmul(q * self.scale, k.transpose(-2, -1)) + bias.to(q.dtype)  # (B, nh, N, N)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            probs = F.dropout(probs, p=dropout_p, training=self.training)
+            if head_mask is not None:
+                probs = probs * head_mask
+            if attentions is not None:
+                attentions.append(probs)
+            out = torch.matmul(probs, v)
+        elif attentions is not None or head_mask is not None:
             # transformers' eager path, so the probabilities asked for are its numbers: scores scaled after Q @ K^T
             scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # (B, nh, N, N)
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -182,8 +201,9 @@ class Attention(nn.Module):
         self.attention = SelfAttention(config, attn_implementation)
         self.output = AttentionOutput(config)
 
-    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None) -> torch.Tensor:
-        return self.output(self.attention(x, head_mask, attentions))
+    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None,
+                merging: "TokenMerging | None" = None) -> torch.Tensor:
+        return self.output(self.attention(x, head_mask, attentions, merging))
 
 
 class Intermediate(nn.Module):
@@ -210,6 +230,101 @@ class Output(nn.Module):
         return self.dropout(self.dense(x))
 
 
+# ---- token merging (ToMe: Bolya et al., ICLR 2023), training-free ----------------------------------------------------
+
+def token_merging_schedule(merge_tokens, num_layers: int) -> tuple[int, ...]:
+    """ToMe's r for each of ``num_layers`` layers from ``merge_tokens=``: one whole number for every layer, or a
+    sequence of one per layer (a shorter one leaves the last layers unmerged); None or 0: none. Anything else (a
+    negative or fractional r, text, a schedule longer than the model) is a ConfigError naming the argument."""
+    if merge_tokens is None:
+        return (0,) * num_layers
+    if isinstance(merge_tokens, numbers.Integral) and not isinstance(merge_tokens, bool):
+        values = [merge_tokens] * num_layers
+    elif isinstance(merge_tokens, (list, tuple)):
+        values = list(merge_tokens)
+    else:
+        raise ConfigError(f"merge_tokens= takes a whole number of tokens per layer, or a list of one per layer; got "
+                          f"{merge_tokens!r}")
+    if len(values) > num_layers:
+        raise ConfigError(f"merge_tokens= has {len(values)} values; the model has {num_layers} layers")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"merge_tokens= takes whole numbers of tokens, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"merge_tokens= must not be negative, got {value}")
+    return tuple(int(v) for v in values) + (0,) * (num_layers - len(values))
+
+
+def merged_token_counts(num_tokens: int, schedule: tuple[int, ...]) -> tuple[int, ...]:
+    """Tokens (the class token included) each layer hands on: ToMe merges at most half of a layer's tokens besides the
+    class token, so a layer of t tokens merges min(r, (t - 1) // 2). Fixed by the schedule: the graph stays static."""
+    counts = []
+    for r in schedule:
+        num_tokens -= min(r, (num_tokens - 1) // 2)
+        counts.append(num_tokens)
+    return tuple(counts)
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int):
+    """ToMe's matching: tokens alternate into sets A (even positions, the class token first and never merged) and B
+    (odd); each A token's most similar B token (cosine of the keys); the r best pairs merge, each A token into its B
+    token. Returns ``merge(x, reduce)``, which applies it to any (B, N, C) tensor of the same tokens: the unmerged A
+    tokens in their order, then the B tokens with what merged into them (``reduce``: "sum" or "amax").
+
+    Ties: an A token's match is the first B token of the highest score (``max``), and pairs of equal scores merge in
+    token order (a stable sort), as ONNX's TopK breaks ties by the lower index."""
+    r = min(r, (metric.shape[1] - 1) // 2)
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = metric[..., ::2, :], metric[..., 1::2, :]
+    scores = a @ b.transpose(-1, -2)  # (B, Na, Nb)
+    protect = torch.zeros_like(scores[:, :, :1])
+    protect[:, 0] = float("-inf")  # the class token
+    node_max, node_idx = (scores + protect).max(dim=-1)  # (B, Na): each A token's best B token
+    edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)[..., None]  # (B, Na, 1), best pairs first
+    unm_idx = edge_idx[..., r:, :].sort(dim=1)[0]  # the A tokens that stay, in token order: the class token first
+    src_idx = edge_idx[..., :r, :]  # the A tokens that merge
+    dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)  # ... into these B tokens
+
+    def merge(x: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        src, dst = x[..., ::2, :], x[..., 1::2, :]
+        n, t1, c = src.shape
+        unm = src.gather(dim=-2, index=unm_idx.expand(n, t1 - r, c))
+        src = src.gather(dim=-2, index=src_idx.expand(n, r, c))
+        dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce=reduce)
+        return torch.cat([unm, dst], dim=1)
+
+    return merge
+
+
+class TokenMerging:
+    """ToMe through one forward pass: each token's size (how many patches it stands for, for the size-weighted average
+    and proportional attention), the keys the last attention computed (what the next merge matches by), and, when
+    asked, the source map (B, N', N): which input tokens each token holds."""
+
+    def __init__(self, x: torch.Tensor, track_source: bool = False, proportional: bool = True):
+        self.proportional = proportional  # add log(size) to the attention scores (ToMe's proportional attention)
+        self.size: torch.Tensor | None = None  # (B, N, 1); None until the first merge (every size 1)
+        self.keys: torch.Tensor | None = None  # (B, N, head_dim)
+        b, n, _ = x.shape
+        self.source = torch.eye(n, device=x.device, dtype=x.dtype).expand(b, n, n) if track_source else None
+
+    def attention_bias(self) -> torch.Tensor | None:
+        """log(size) added to every query's scores (B, 1, 1, N), None before the first merge (log 1 = 0)."""
+        if self.size is None or not self.proportional:
+            return None
+        return self.size.log()[..., 0][:, None, None, :]
+
+    def merge(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """Merge ``r`` token pairs of ``x`` (B, N, D) by the keys of the attention just run: size-weighted means."""
+        merge = bipartite_soft_matching(self.keys, r)
+        size = self.size if self.size is not None else torch.ones_like(x[..., :1])
+        x = merge(x * size, "sum")
+        self.size = merge(size, "sum")
+        if self.source is not None:
+            self.source = merge(self.source, "amax")
+        return x / self.size
+
+
 class Layer(nn.Module):
     """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
@@ -221,11 +336,14 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = Output(config)
 
-    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None) -> torch.Tensor:
-        if head_mask is None and attentions is None:  # the plain call every export traces
+    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None,
+                merging: "TokenMerging | None" = None, r: int = 0) -> torch.Tensor:
+        if head_mask is None and attentions is None and merging is None:  # the plain call every export traces
             x = x + self.attention(self.layernorm_before(x))
         else:
-            x = x + self.attention(self.layernorm_before(x), head_mask, attentions)
+            x = x + self.attention(self.layernorm_before(x), head_mask, attentions, merging)
+        if r:  # ToMe merges after the attention residual, before the MLP
+            x = merging.merge(x, r)
         return x + self.output(self.intermediate(self.layernorm_after(x)))
 
 
@@ -233,20 +351,26 @@ class Encoder(nn.Module):
     def __init__(self, config: VivitConfig, attn_implementation: str = "sdpa"):
         super().__init__()
         self.layer = nn.ModuleList(Layer(config, attn_implementation) for _ in range(config.num_hidden_layers))
+        self.merge_tokens: tuple[int, ...] = (0,) * config.num_hidden_layers  # ToMe's r per layer (0: none)
+        self.proportional_attention = True  # with merging: log(size) added to the attention scores, as published
 
     def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, attentions: list | None = None,
-                hidden_states: list | None = None) -> torch.Tensor:
+                hidden_states: list | None = None, sources: list | None = None) -> torch.Tensor:
         """``head_mask``: (layers, heads) multipliers of the attention probabilities, or None; ``attentions`` and
-        ``hidden_states``: lists that collect each layer's probabilities and output (after the input's)."""
+        ``hidden_states``: lists that collect each layer's probabilities and output (after the input's); with token
+        merging on, ``sources`` collects the final (B, N', N) map of which input token each output token merged."""
+        merging = TokenMerging(x, sources is not None, self.proportional_attention) if any(self.merge_tokens) else None
         for i, layer in enumerate(self.layer):
             if hidden_states is not None:
                 hidden_states.append(x)
-            if head_mask is None and attentions is None:
+            if head_mask is None and attentions is None and merging is None:
                 x = layer(x)
             else:
-                x = layer(x, None if head_mask is None else head_mask[i], attentions)
+                x = layer(x, None if head_mask is None else head_mask[i], attentions, merging, self.merge_tokens[i])
         if hidden_states is not None:
             hidden_states.append(x)
+        if sources is not None and merging is not None:
+            sources.append(merging.source)
         return x
 
 
@@ -380,6 +504,19 @@ class ModelMembers(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def merge_tokens(self) -> tuple[int, ...]:
+        """ToMe's r per layer (all 0: no merging); Models 2 and 3 do not merge."""
+        return (0,) * self.config.num_layers
+
+    def set_token_merging(self, merge_tokens, proportional_attention: bool = True) -> None:
+        """Merge tokens in every layer (ToMe): ``merge_tokens`` is r, one whole number for every layer or one per
+        layer (``token_merging_schedule``); 0 or None turns it off. ``proportional_attention`` (as published) adds
+        each token's log size to the attention scores. Training-free; the weights stay."""
+        if token_merging_schedule(merge_tokens, self.config.num_layers) != self.merge_tokens:
+            raise ConfigError("merge_tokens= applies to Model 1 (joint space-time attention); Models 2 and 3 do not "
+                              "merge tokens")
+
     def set_tubelet_embedding(self, form: str) -> None:
         """How the tubelet projection computes: "conv" (Model 1's Conv3d) or "matmul" (the same product as one matrix
         product over tubelets cut out by a reshape: what the exporter traces). Models 2 and 3 project by a Linear
@@ -410,6 +547,18 @@ class _VivitBase(ModelMembers):
 
     def get_output_embeddings(self) -> None:
         return None
+
+    def _encoder(self) -> Encoder:
+        return self.encoder if isinstance(self, VivitModel) else self.vivit.encoder
+
+    @property
+    def merge_tokens(self) -> tuple[int, ...]:
+        return self._encoder().merge_tokens
+
+    def set_token_merging(self, merge_tokens, proportional_attention: bool = True) -> None:
+        encoder = self._encoder()
+        encoder.merge_tokens = token_merging_schedule(merge_tokens, self.config.num_hidden_layers)
+        encoder.proportional_attention = bool(proportional_attention)
 
     def _prepare(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         if not _exporting():

@@ -1,0 +1,167 @@
+"""Token merging (ToMe, Bolya et al., ICLR 2023) in Model 1, against a reference written here from the paper's
+description, not from the model's code: token by token, in float64, with plain loops for the matching."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vivit_deploy.errors import ConfigError
+from vivit_deploy.model.checkpoint import new_model
+from vivit_deploy.model.config import VivitConfig
+from vivit_deploy.model.modeling import merged_token_counts, token_merging_schedule
+
+CONFIG = dict(num_frames=4, image_size=32, tubelet_size=(2, 8, 8), hidden_size=32, num_hidden_layers=3,
+              num_attention_heads=4, intermediate_size=64)  # 2 x 4 x 4 = 32 patches + the class token
+
+
+def _model(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = VivitConfig(**{**CONFIG, **overrides})
+    model = new_model(config).eval()
+    with torch.no_grad():  # weights larger than the initialiser's, so tokens differ and the matching means something
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+def _layer_norm(x, w, b, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * w + b
+
+
+def _gelu(x, approximate):
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    from scipy.special import erf
+
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+
+
+def reference_logits(model, pixel_values: torch.Tensor, schedule, proportional: bool) -> np.ndarray:
+    """The paper's algorithm, one clip at a time: per layer, attention over the tokens (each token's log size added to
+    its scores when ``proportional``), the residual, then r pairs merged, then the MLP. Matching: tokens at even places
+    form set A (the class token first, never merged), odd places set B; each A token keeps its most similar B token by
+    the cosine of the keys averaged over the heads; the r A tokens with the most similar matches merge into them; a
+    merged token is the size-weighted mean; the A tokens left keep their order, then come the B tokens."""
+    config = model.config
+    sd = {k: v.double().numpy() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        tokens = model.vivit.embeddings(pixel_values).double().numpy()  # the embeddings are not what is under test
+    eps, heads = config.layer_norm_eps, config.num_attention_heads
+    approximate = "tanh" if config.hidden_act in ("gelu_fast", "gelu_new", "gelu_pytorch_tanh") else "none"
+    out = []
+    for x in tokens:
+        size = np.ones(len(x))
+        for i in range(config.num_hidden_layers):
+            p = f"vivit.encoder.layer.{i}."
+            h = _layer_norm(x, sd[p + "layernorm_before.weight"], sd[p + "layernorm_before.bias"], eps)
+            q, k, v = (h @ sd[p + f"attention.attention.{n}.weight"].T + sd[p + f"attention.attention.{n}.bias"]
+                       for n in ("query", "key", "value"))
+            hd = q.shape[1] // heads
+            attended = np.zeros_like(q)
+            for head in range(heads):
+                part = slice(head * hd, (head + 1) * hd)
+                scores = q[:, part] @ k[:, part].T / math.sqrt(hd)
+                if proportional:
+                    scores = scores + np.log(size)[None, :]
+                scores = np.exp(scores - scores.max(1, keepdims=True))
+                attended[:, part] = (scores / scores.sum(1, keepdims=True)) @ v[:, part]
+            x = x + attended @ sd[p + "attention.output.dense.weight"].T + sd[p + "attention.output.dense.bias"]
+            r = min(schedule[i], (len(x) - 1) // 2)
+            if r:
+                keys = k.reshape(len(k), heads, hd).mean(1)
+                keys = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+                a_places, b_places = list(range(0, len(x), 2)), list(range(1, len(x), 2))
+                best = {}
+                for a in a_places[1:]:  # the class token never merges
+                    similarity = [float(keys[a] @ keys[b]) for b in b_places]
+                    j = int(np.argmax(similarity))  # the first of equal maxima
+                    best[a] = (similarity[j], b_places[j])
+                ranked = sorted(best, key=lambda a: -best[a][0])  # stable: equal scores keep token order
+                merged_a = set(ranked[:r])
+                totals = {b: (x[b] * size[b], size[b]) for b in b_places}
+                for a in merged_a:
+                    b = best[a][1]
+                    totals[b] = (totals[b][0] + x[a] * size[a], totals[b][1] + size[a])
+                kept = [a for a in a_places if a not in merged_a]
+                x = np.array([x[a] for a in kept] + [totals[b][0] / totals[b][1] for b in b_places])
+                size = np.array([size[a] for a in kept] + [totals[b][1] for b in b_places])
+            h = _layer_norm(x, sd[p + "layernorm_after.weight"], sd[p + "layernorm_after.bias"], eps)
+            h = _gelu(h @ sd[p + "intermediate.dense.weight"].T + sd[p + "intermediate.dense.bias"], approximate)
+            x = x + h @ sd[p + "output.dense.weight"].T + sd[p + "output.dense.bias"]
+        x = _layer_norm(x, sd["vivit.layernorm.weight"], sd["vivit.layernorm.bias"], eps)
+        out.append(x[0] @ sd["classifier.weight"].T + sd["classifier.bias"])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_no_merging_is_the_unmerged_model_bit_for_bit(attn):
+    model = _model()
+    model.set_attn_implementation(attn)
+    x = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x).logits
+        model.set_token_merging(0)
+        assert torch.equal(model(x).logits, before)
+        model.set_token_merging([0, 0])
+        assert torch.equal(model(x).logits, before) and model.merge_tokens == (0, 0, 0)
+
+
+@pytest.mark.parametrize("schedule", [4, 8, 16, [10, 0, 3], [2, 7]])
+@pytest.mark.parametrize("proportional", [True, False])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_the_merge_equals_the_papers_algorithm(schedule, proportional, attn):
+    model = _model(seed=1)
+    model.set_attn_implementation(attn)
+    model.set_token_merging(schedule, proportional_attention=proportional)
+    x = torch.randn(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = model(x).logits.double().numpy()
+    expected = reference_logits(model, x, model.merge_tokens, proportional)
+    np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_each_layer_hands_on_the_token_count_its_schedule_says():
+    model = _model()
+    model.set_token_merging([10, 100, 3])  # 33 tokens: 10 merge, then at most half of the 22 left besides the class token
+    with torch.no_grad():
+        out = model(torch.randn(1, 4, 3, 32, 32), output_hidden_states=True)
+    counts = merged_token_counts(33, model.merge_tokens)
+    assert counts == (23, 12, 9) and [h.shape[1] for h in out.hidden_states] == [33, *counts]
+
+
+def test_the_source_map_says_which_patches_each_token_holds():
+    model = _model()
+    model.set_token_merging(8)
+    with torch.no_grad():
+        sources = []
+        x = model.vivit.embeddings(torch.randn(2, 4, 3, 32, 32))
+        model.vivit.encoder(x, sources=sources)
+    [source] = sources
+    assert source.shape == (2, 33 - 8 - 8 - 8, 33)
+    assert torch.equal(source.sum(1), torch.ones(2, 33))  # every input token in exactly one output token
+    assert torch.equal(source[:, 0, 0], torch.ones(2))  # the class token stays first and alone
+
+
+@pytest.mark.parametrize("bad, message", [
+    (-1, "must not be negative"), (2.5, "takes a whole number"), ("300", "takes a whole number"), ([1, 2, 3, 4], "3 layers"),
+    ([1, True], "whole numbers"), (True, "takes a whole number"),
+])
+def test_bad_schedules_are_one_line_errors(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        token_merging_schedule(bad, 3)
+    with pytest.raises(ConfigError, match="merge_tokens="):
+        _model().set_token_merging(bad)
+
+
+def test_models_2_and_3_say_they_do_not_merge():
+    model = new_model(VivitConfig(**{**CONFIG, "variant": "factorised_encoder", "temporal_layers": 1,
+                                    "positions": "separate"}))
+    model.set_token_merging(0)
+    with pytest.raises(ConfigError, match="applies to Model 1"):
+        model.set_token_merging(4)
