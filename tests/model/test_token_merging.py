@@ -165,3 +165,47 @@ def test_models_2_and_3_say_they_do_not_merge():
     model.set_token_merging(0)
     with pytest.raises(ConfigError, match="applies to Model 1"):
         model.set_token_merging(4)
+
+
+def test_ties_merge_the_earlier_token_into_the_first_best_match():
+    """Keys with exact ties: A tokens 2, 4 and 6 are equally close to B tokens 3 and 5. The earliest A token merges
+    first (r = 1: token 2), into the first of its equal best matches (token 3)."""
+    from vivit_deploy.model.modeling import bipartite_soft_matching
+
+    close, far = [1.0, 0.0], [0.0, 1.0]
+    metric = torch.tensor([[[0.6, 0.8], far, close, close, close, close, close]])  # token 0 is the class token
+    values = torch.arange(7, dtype=torch.float32).reshape(1, 7, 1) * 10  # each token's value: its place x 10
+    merged = bipartite_soft_matching(metric, 1)(values, "sum")[0, :, 0].tolist()
+    assert merged == [0, 40, 60, 10, 30 + 20, 50]  # A tokens that stay (0, 4, 6), then B tokens 1, 3 (+2), 5
+    merged = bipartite_soft_matching(metric, 2)(values, "sum")[0, :, 0].tolist()
+    assert merged == [0, 60, 10, 30 + 20 + 40, 50]  # then token 4, into token 3 again
+
+
+@pytest.mark.slow
+def test_a_merged_export_runs_the_pytorch_merge_on_every_cpu_backend(tmp_path):
+    """vivit-export --merge-tokens: static shapes (each layer's token count fixed by r), the schedule and the counts
+    in the file's metadata, and ONNX Runtime and OpenVINO within 1e-4 of PyTorch's merge (fp32)."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from vivit_deploy.artifacts.metadata import read_onnx_metadata
+    from vivit_deploy.cli import export_command
+    from vivit_deploy.demo import demo_model_dir
+    from vivit_deploy.runtimes import load_runtime
+
+    path = tmp_path / "merged.onnx"
+    result = CliRunner().invoke(export_command, [str(demo_model_dir()), "-o", str(path), "--merge-tokens", "8,8,4"])
+    assert result.exit_code == 0, result.output
+    assert "token merging (ToMe): r per layer 8, 8, 4, 0; tokens after each layer 57, 49, 45, 45" in result.stdout
+    metadata = read_onnx_metadata(path)
+    assert metadata.merge_tokens == (8, 8, 4, 0) and metadata.token_counts == (57, 49, 45, 45)
+    x = np.random.default_rng(0).standard_normal((3, *metadata.config.input_shape), dtype=np.float32)
+    with load_runtime(demo_model_dir(), "torch", device="cpu", merge_tokens=(8, 8, 4)) as merged:
+        expected = merged.run(x)
+    with load_runtime(demo_model_dir(), "torch", device="cpu") as unmerged:
+        assert np.abs(unmerged.run(x) - expected).max() > 1e-3  # the merge changes the logits: the check means something
+    backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for backend in backends:
+        with load_runtime(path, backend) as runtime:
+            np.testing.assert_allclose(runtime.run(x), expected, atol=1e-4, rtol=0)

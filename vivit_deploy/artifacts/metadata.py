@@ -36,6 +36,8 @@ class DeployMetadata:
     provenance: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None  # int8: what it was calibrated on and what was quantized
     kept_fp32: tuple[str, ...] = ()  # layers or parts kept in fp32 in a low-precision graph ("2", "2.mlp", ...)
+    merge_tokens: tuple[int, ...] = ()  # ToMe's r per layer in the graph (empty: no merging)
+    token_counts: tuple[int, ...] = ()  # with merging: the tokens each layer hands on (the class token included)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -59,6 +61,8 @@ class DeployMetadata:
             PREFIX + "provenance": json.dumps(self.provenance, sort_keys=True),
             **({} if self.calibration is None else {PREFIX + "calibration": json.dumps(self.calibration, sort_keys=True)}),
             **({PREFIX + "kept_fp32": json.dumps(list(self.kept_fp32))} if self.kept_fp32 else {}),
+            **({PREFIX + "merge_tokens": json.dumps({"r": list(self.merge_tokens), "tokens": list(self.token_counts)})}
+               if any(self.merge_tokens) else {}),
         }
 
     @classmethod
@@ -85,9 +89,17 @@ class DeployMetadata:
                 provenance=json.loads(props.get(PREFIX + "provenance", "{}")),
                 calibration=json.loads(props[PREFIX + "calibration"]) if PREFIX + "calibration" in props else None,
                 kept_fp32=tuple(json.loads(props.get(PREFIX + "kept_fp32", "[]"))),
+                **_merging(props.get(PREFIX + "merge_tokens")),
             )
         except (KeyError, json.JSONDecodeError, ConfigError) as exc:
             raise ModelFileError(f"{source}: unreadable vivit_deploy metadata ({exc})") from exc
+
+
+def _merging(text: str | None) -> dict[str, tuple[int, ...]]:
+    if text is None:
+        return {}
+    merging = json.loads(text)
+    return {"merge_tokens": tuple(int(r) for r in merging["r"]), "token_counts": tuple(int(n) for n in merging["tokens"])}
 
 
 def load_onnx_graph(path: str | os.PathLike):

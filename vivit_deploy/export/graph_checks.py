@@ -45,6 +45,7 @@ class GraphSummary:
     attention_blocks: int  # Softmax nodes between two MatMuls
     prescaled_attention_blocks: int  # of those, with Q (or K) scaled before the first MatMul
     softmax_residue: int  # IsNaN nodes, and Where nodes next to a Softmax or an IsNaN
+    masked_attention_blocks: int = 0  # attention blocks with an additive mask before the Softmax (merged tokens' sizes)
     decomposed_norms: int = 0  # ReduceMean nodes whose mean is subtracted from their input (a LayerNorm taken apart);
     #                            a mean pooled over tokens (the factorised variants' "mean" pooling) is not one
     quantized_matmuls: int = 0  # MatMuls fed by DequantizeLinear (int8 / fp8 graphs)
@@ -88,11 +89,15 @@ def summarize(model) -> GraphSummary:
     def is_scale(node) -> bool:
         return node is not None and node.op_type in ("Mul", "Div") and any(i in constants for i in node.input)
 
-    blocks = prescaled = 0
+    blocks = prescaled = masked = 0
     for node in graph.node:
         if node.op_type != "Softmax":
             continue
         first = through_casts(producers.get(node.input[0]), downstream=False)
+        if first is not None and first.op_type == "Add":  # an additive mask: merged tokens' proportional attention
+            first = next((p for p in (through_casts(producers.get(i), downstream=False) for i in first.input)
+                          if p is not None and p.op_type == "MatMul"), None)
+            masked += first is not None
         after = consumers.get(node.output[0], [])
         second = through_casts(after[0], downstream=True) if len(after) == 1 else None
         if first is None or second is None or first.op_type != "MatMul" or second.op_type != "MatMul":
@@ -142,6 +147,7 @@ def summarize(model) -> GraphSummary:
         weight_types=dict(weight_types),
         attention_blocks=blocks,
         prescaled_attention_blocks=prescaled,
+        masked_attention_blocks=masked,
         softmax_residue=residue,
         decomposed_norms=decomposed,
         quantized_matmuls=quantized,

@@ -90,6 +90,8 @@ class ExportReport:
     search: list[dict[str, Any]] = field(default_factory=list)  # --keep-fp32 auto: every export tried
     step_parts: list[str] = field(default_factory=list)  # Model 2: the step encoder's and window classifier's files
     min_cosine: float | None = None  # the logits' tolerance it was validated with
+    merge_tokens: tuple[int, ...] = ()  # token merging: r per layer (empty: none)
+    token_counts: tuple[int, ...] = ()  # ... and the tokens each layer hands on
 
     @property
     def passed(self) -> bool:
@@ -148,6 +150,9 @@ class ExportReport:
             f"batch {self.batch_range}",
             f"  nodes: {sum(s.op_counts.values())} ({ops}, ...)",
         ]
+        if self.merge_tokens:
+            lines.append(f"  token merging (ToMe): r per layer {', '.join(map(str, self.merge_tokens))}; tokens after each "
+                         f"layer {', '.join(map(str, self.token_counts))} (static shapes)")
         lines += [f.format() for f in self.findings]
         for r in self.validation:
             mark = "ok  " if r.passed else "FAIL"
@@ -221,6 +226,7 @@ class ExportOptions:
     tubelet: str = DEFAULT_TUBELET
     num_frames: int | None = None
     image_size: int | tuple[int, int] | None = None
+    merge_tokens: int | tuple[int, ...] | None = None  # ToMe's r, for every layer or one per layer (Model 1)
 
     def __post_init__(self) -> None:
         from vivit_deploy.export.quantize import DEFAULT_CALIBRATION_CLIPS
@@ -260,6 +266,8 @@ class ExportOptions:
             raise ConfigError(f"max_batch= must be at least 1, got {self.max_batch}")
         if self.num_frames is not None and self.num_frames < 1:
             raise ConfigError(f"num_frames= must be at least 1, got {self.num_frames}")
+        if isinstance(self.merge_tokens, list):  # frozen: a schedule is kept as a tuple
+            object.__setattr__(self, "merge_tokens", tuple(self.merge_tokens))
         resolved = {"opset": opset, "attention_products": products,
                     "calibration_clips": self.calibration_clips or DEFAULT_CALIBRATION_CLIPS,
                     "max_batch": self.max_batch or (1 if self.static_batch else DEFAULT_MAX_BATCH),
@@ -321,6 +329,13 @@ def export_onnx(
         progress(f"at {model.config.num_frames} frames of {model.config.image_height}x{model.config.image_width} "
                  f"(trained at {trained.num_frames} of {trained.image_height}x{trained.image_width}): positions resized")
     model.set_tubelet_embedding(options.tubelet)
+    if options.merge_tokens is not None:
+        from vivit_deploy.model.modeling import merged_token_counts
+
+        model.set_token_merging(options.merge_tokens)
+        counts = merged_token_counts(model.config.num_patches + 1, model.merge_tokens)
+        progress(f"merging tokens (ToMe, r per layer {list(model.merge_tokens)}): {model.config.num_patches + 1} tokens "
+                 f"-> {' -> '.join(map(str, counts))}")
     keep = parse_keep_fp32(options.keep_fp32, model.config, options.precision)
     seconds["load"] = time.perf_counter() - started
     spec = input_spec(model.config, options.max_batch if options.static_batch else 1, options.max_batch)
@@ -446,6 +461,7 @@ def _build(job: _Job, kept: tuple[str, ...]):
         },
         calibration=None if calibration_summary is None else calibration_summary.to_dict(),
         kept_fp32=kept,
+        **_merging(job.model),
     )
     for key, value in metadata.to_props().items():
         entry = proto.metadata_props.add()
@@ -455,6 +471,16 @@ def _build(job: _Job, kept: tuple[str, ...]):
                       else Finding("ok", "probe points", f"{len(points)} hidden states named <module>:output "
                                                           "(vivit_deploy/model/probes.py)")]
     return proto, findings_extra, calibration_summary
+
+
+def _merging(model) -> dict[str, tuple[int, ...]]:
+    """What the metadata records of the model's token merging: r per layer and the tokens each layer hands on."""
+    if not any(model.merge_tokens):
+        return {}
+    from vivit_deploy.model.modeling import merged_token_counts
+
+    return {"merge_tokens": model.merge_tokens,
+            "token_counts": merged_token_counts(model.config.num_patches + 1, model.merge_tokens)}
 
 
 def _export_once(job: _Job, kept: tuple[str, ...]) -> tuple[ExportReport, Path]:
@@ -470,7 +496,7 @@ def _export_once(job: _Job, kept: tuple[str, ...]) -> tuple[ExportReport, Path]:
                            kept_fp32=kept, attention_products=len(calibration.attention_products) if calibration else 0)
     findings += extra
     report = ExportReport(output, job.precision, job.options.opset, job.spec.batch_range, size, summary, findings,
-                          seconds=job.seconds, kept_fp32=kept, min_cosine=job.tolerance.min_cosine)
+                          seconds=job.seconds, kept_fp32=kept, min_cosine=job.tolerance.min_cosine, **_merging(job.model))
 
     def write_checked(tmp: str) -> None:
         """Write the graph next to ``output``, check and validate it there; raising leaves nothing behind."""

@@ -271,19 +271,29 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int):
     token. Returns ``merge(x, reduce)``, which applies it to any (B, N, C) tensor of the same tokens: the unmerged A
     tokens in their order, then the B tokens with what merged into them (``reduce``: "sum" or "amax").
 
-    Ties: an A token's match is the first B token of the highest score (``max``), and pairs of equal scores merge in
-    token order (a stable sort), as ONNX's TopK breaks ties by the lower index."""
+    Ties: an A token's match is the first B token of the highest score (``max``: ONNX's ArgMax takes the first too),
+    and of pairs with equal scores the one of the earlier A token merges first. The order is computed, not sorted: each
+    A token's rank is the count of tokens ahead of it (a higher score, or an equal one earlier), so every backend that
+    runs the exported graph gets the same tokens whatever its sort does with ties, and the graph needs no sort."""
     r = min(r, (metric.shape[1] - 1) // 2)
     metric = metric / metric.norm(dim=-1, keepdim=True)
     a, b = metric[..., ::2, :], metric[..., 1::2, :]
     scores = a @ b.transpose(-1, -2)  # (B, Na, Nb)
-    protect = torch.zeros_like(scores[:, :, :1])
+    na = scores.shape[1]
+    protect = torch.zeros_like(scores[:1, :, :1])
     protect[:, 0] = float("-inf")  # the class token
     node_max, node_idx = (scores + protect).max(dim=-1)  # (B, Na): each A token's best B token
-    edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)[..., None]  # (B, Na, 1), best pairs first
-    unm_idx = edge_idx[..., r:, :].sort(dim=1)[0]  # the A tokens that stay, in token order: the class token first
-    src_idx = edge_idx[..., :r, :]  # the A tokens that merge
-    dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)  # ... into these B tokens
+    place = torch.arange(na, device=metric.device)
+    earlier = place[None, :] < place[:, None]  # (Na, Na): token j comes before token i
+    ahead = (node_max[:, None, :] > node_max[:, :, None]) | ((node_max[:, None, :] == node_max[:, :, None]) & earlier)
+    rank = ahead.sum(dim=-1)  # (B, Na): 0 for the best pair; a permutation of 0..Na-1
+    stays = rank >= r
+    # where each A token goes: the ones that stay first, in token order (the class token first), then the r that merge,
+    # best pair first
+    slot = torch.where(stays, stays.cumsum(dim=-1) - 1, rank + (na - r))
+    order = torch.zeros_like(rank).scatter(-1, slot, place.expand_as(rank))[..., None]  # (B, Na, 1)
+    unm_idx, src_idx = order[:, : na - r], order[:, na - r:]
+    dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)  # (B, r, 1): the B tokens they merge into
 
     def merge(x: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
         src, dst = x[..., ::2, :], x[..., 1::2, :]

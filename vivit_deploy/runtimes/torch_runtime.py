@@ -78,9 +78,11 @@ class TorchRuntime(Runtime):
         probes: bool = False,
         frames: int | None = None,
         image_size: int | tuple[int, int] | None = None,
+        merge_tokens: int | tuple[int, ...] | None = None,
     ):
         """``frames`` / ``image_size``: run the checkpoint at another frame count or resolution than it was trained
-        for (its positions resized once, ``VivitForVideoClassification.at_geometry``; the preprocessor follows)."""
+        for (its positions resized once, ``VivitForVideoClassification.at_geometry``; the preprocessor follows).
+        ``merge_tokens``: token merging (ToMe, Model 1), r for every layer or one per layer (``set_token_merging``)."""
         from vivit_deploy.model.checkpoint import load_model
 
         precision = precision or "fp32"
@@ -94,6 +96,8 @@ class TorchRuntime(Runtime):
             model = model.at_geometry(frames, image_size)
             if preprocessor is not None:
                 preprocessor = preprocessor.at_size(model.config.image_height, model.config.image_width)
+        if merge_tokens is not None:
+            model.set_token_merging(merge_tokens)
         self._init_from_model(model, preprocessor, precision, device, str(source), max_batch)
         if probes:
             self.probe_names = tuple(point.tensor for point in probe_points(model.config))
