@@ -12,7 +12,8 @@ import torch
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.model.checkpoint import new_model
 from vivit_deploy.model.config import VivitConfig
-from vivit_deploy.model.modeling import merged_token_counts, token_merging_schedule
+from vivit_deploy.model.config import merged_token_counts
+from vivit_deploy.model.modeling import token_merging_schedule
 
 CONFIG = dict(num_frames=4, image_size=32, tubelet_size=(2, 8, 8), hidden_size=32, num_hidden_layers=3,
               num_attention_heads=4, intermediate_size=64)  # 2 x 4 x 4 = 32 patches + the class token

@@ -40,6 +40,7 @@ class Job:
     iters: int
     seed: int
     offline: bool = False
+    merge_tokens: int | tuple[int, ...] | None = None  # our PyTorch model merges tokens (ToMe); transformers' does not
 
 
 def latency_stats(seconds: list[float], batch: int) -> dict[str, float]:
@@ -171,6 +172,8 @@ class _TorchModelRunner(_Runner):
 
             self.model = load_model(job.target, attn_implementation=spec.attn_implementation, head="classification",
                                     dtype=self.dtype, device=job.device, local_files_only=job.offline or None)
+            if job.merge_tokens is not None:
+                self.model.set_token_merging(job.merge_tokens)
             self.version = "vivit_deploy"
         self.frame_shape = load_config(job.target).input_shape
         self.peer = spec.peer

@@ -93,6 +93,7 @@ class BenchSettings:
     onnx: Path | None = None  # measure this exported file instead of exporting one
     engine: Path | None = None  # measure this TensorRT engine instead of building one
     calibration: Path | None = None  # int8: videos (dir) or clips (.npz) to calibrate the export on
+    merge_tokens: int | tuple[int, ...] | None = None  # token merging (ToMe, Model 1) in our backends; peers run unmerged
 
     def __post_init__(self) -> None:
         if self.source is not None and self.config is not None:
@@ -112,6 +113,16 @@ class BenchSettings:
         object.__setattr__(self, "batch_sizes", tuple(sorted(set(self.batch_sizes))))
         if self.warmup < 0 or self.iters < 1:
             raise ConfigError(f"warmup= must be >= 0 and iters= >= 1, got {self.warmup} and {self.iters}")
+        if self.merge_tokens is not None:  # its length against the model's layers is checked when the model is known
+            from vivit_deploy.model.modeling import token_merging_schedule
+
+            values = self.merge_tokens if isinstance(self.merge_tokens, (list, tuple)) else (self.merge_tokens,)
+            object.__setattr__(self, "merge_tokens", self.merge_tokens if not isinstance(self.merge_tokens, list)
+                               else tuple(self.merge_tokens))
+            token_merging_schedule(self.merge_tokens, len(values))
+            if self.onnx is not None or self.engine is not None:
+                raise ConfigError("merge_tokens= applies to the files the bench exports; a given onnx= / engine= is "
+                                  "measured as it was exported (vivit-export --merge-tokens)")
         if self.backends is not None:
             object.__setattr__(self, "backends", tuple(dict.fromkeys(self.backends)))  # once each, in order
             unknown = [b for b in self.backends if b not in BENCH_BACKENDS]
@@ -268,7 +279,7 @@ def prepare_artifacts(settings: BenchSettings, choice: BackendChoice, workdir: P
               if BENCH_BACKENDS[name].artifact == "onnx"},
         engines={p for name, p in choice.variants if BENCH_BACKENDS[name].artifact == "engine"},
         calibration=calibration, max_batch=max(settings.batch_sizes), opt_batch=max(settings.batch_sizes),
-        given=given, label=label, progress=progress,
+        given=given, label=label, progress=progress, merge_tokens=settings.merge_tokens,
     )
     onnx = {key.split("-", 1)[1]: path for key, path in files.items() if key.startswith("onnx-")}
     engine = {key.split("-", 1)[1]: path for key, path in files.items() if key.startswith("engine-")}

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vivit_deploy.bench.plan import REFERENCE_BACKEND
+from vivit_deploy.bench.plan import PEERS, REFERENCE_BACKEND
 
 PEER_REFERENCE = "transformers-sdpa"  # the peer our backends must beat
 PAIRS = (("vivit_deploy", "torch-eager", "torch-sdpa"), ("transformers", "transformers-eager", "transformers-sdpa"))
@@ -44,8 +44,13 @@ class BenchReport:
                 return row
         return None
 
-    def tflops(self, row: dict[str, Any]) -> float:
-        return self.model["gflop_per_clip"] * row["batch"] / row["mean_ms"]  # GFLOP per ms = TFLOP/s
+    def tflops(self, row: dict[str, Any], name: str = "") -> float:
+        """The rate a result computed at: its model's work (a peer, transformers' model, does not merge tokens) per
+        second; GFLOP per ms = TFLOP/s."""
+        gflop = self.model["gflop_per_clip"]
+        if name.split("@")[0] in PEERS:
+            gflop = self.model.get("gflop_per_clip_unmerged", gflop)
+        return gflop * row["batch"] / row["mean_ms"]
 
     @property
     def best_ceiling(self) -> float | None:
@@ -115,7 +120,11 @@ class BenchReport:
             f"{model['gflop_per_clip']:.3g} GFLOP per clip · warm-up {settings['warmup']}, timed {settings['iters']} "
             f"per batch size · torch {env['torch']}" + (f" · {env['threads']} CPU threads" if env.get("threads") else "")
             + (f" · CPU flags: {', '.join(env['cpu_flags']) or 'none of ' + 'avx2/avx512/vnni/bf16/amx'}"
-               if "cpu_flags" in env else ""),
+               if "cpu_flags" in env else "")
+            + (f" · token merging r {model['merge_tokens'][0] if len(set(model['merge_tokens'])) == 1 else model['merge_tokens']}"
+               f" per layer ({model['tokens']} -> {model['token_counts'][-1]} tokens, "
+               f"{model['gflop_per_clip_unmerged']:.3g} GFLOP unmerged, which the transformers peers run)"
+               if model.get("merge_tokens") else ""),
             "",
             "### Latency, throughput, memory",
             "",
@@ -133,7 +142,7 @@ class BenchReport:
                 if "error" in row:
                     table.append([name, str(row["batch"]), row["error"]] + [""] * (len(header) - 3))
                     continue
-                rate = self.tflops(row)
+                rate = self.tflops(row, name)
                 own = self.ceiling_for(result.get("precision", settings["precision"]))
                 cells = [name, str(row["batch"])] + [f"{row[k]:.1f}" for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")]
                 cells += [f"{row['clips_per_s']:.2f}", f"{rate:.3g}"]

@@ -69,7 +69,8 @@ def run_bench(
             for backend, precision in choice.variants:
                 name = variant_name(backend, precision, settings.matrix)
                 job = Job(backend, str(artifacts.target(BENCH_BACKENDS[backend], precision)), settings.device, precision,
-                          settings.batch_sizes, settings.warmup, settings.iters, settings.seed, settings.offline)
+                          settings.batch_sizes, settings.warmup, settings.iters, settings.seed, settings.offline,
+                          settings.merge_tokens)
                 results[name] = measure_in_child(job, tick=lambda name=name: advance(name))
                 results[name]["precision"] = precision
         _add_drift(results, reference_name(settings))
@@ -82,10 +83,17 @@ def run_bench(
             preprocessing, note = _preprocessing(artifacts.checkpoint, config, progress)
             notes += [note] if note else []
 
+    from vivit_deploy.model.config import merged_token_counts
+    from vivit_deploy.model.modeling import token_merging_schedule
+
+    schedule = token_merging_schedule(settings.merge_tokens, config.num_hidden_layers) if settings.merge_tokens else ()
+    merging = {} if not any(schedule) else {
+        "merge_tokens": list(schedule), "gflop_per_clip_unmerged": config.flops_per_clip() / 1e9,
+        "token_counts": list(merged_token_counts(config.num_patches + 1, schedule))}
     return BenchReport(
         environment=environment(settings.device),
         model={"label": artifacts.label, "input_shape": list(config.input_shape), "tokens": config.num_patches + 1,
-               "num_labels": config.num_labels, "gflop_per_clip": config.flops_per_clip() / 1e9},
+               "num_labels": config.num_labels, "gflop_per_clip": config.flops_per_clip(schedule) / 1e9, **merging},
         settings={"batch_sizes": list(settings.batch_sizes), "precision": settings.precision,
                   "precisions": list(settings.precisions), "matrix": settings.matrix,
                   "reference": reference_name(settings), "warmup": settings.warmup, "iters": settings.iters,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vivit_deploy.cli.common import Stopwatch, friendly_errors, parse_image_size, print_report, writable
+from vivit_deploy.cli.common import MERGE_TOKENS, Stopwatch, friendly_errors, parse_image_size, print_report, writable
 from vivit_deploy.model.config import PRESETS
 
 
@@ -68,9 +68,10 @@ def _progress_bar(total: int):
 @click.option("--engine", "engine_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Measure this engine (from build-engine, of the same model) with tensorrt instead of building one.")
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
+@MERGE_TOKENS
 @friendly_errors
 def bench(source, config_preset, num_frames, image_size, backends, batch_sizes, device, precision, calibration, warmup, iters, peers,
-          stages, videos_dir, ceiling, json_path, markdown_path, plot_path, onnx_file, engine_file, offline):
+          stages, videos_dir, ceiling, json_path, markdown_path, plot_path, onnx_file, engine_file, offline, merge_tokens):
     """Latency, throughput and peak memory of every backend at each batch size, in one run.
 
     Each backend runs in a process of its own (its memory is its own); ratios between backends come
@@ -99,7 +100,7 @@ def bench(source, config_preset, num_frames, image_size, backends, batch_sizes, 
         backends=None if backends is None else parse_list(backends, "--backends"),
         batch_sizes=parse_batch_sizes(batch_sizes), device=device, precision=precision,
         warmup=warmup, iters=iters, peers=peers, stages=stages, ceiling=ceiling, offline=offline,
-        onnx=onnx_file, engine=engine_file, calibration=calibration,
+        onnx=onnx_file, engine=engine_file, calibration=calibration, merge_tokens=merge_tokens,
     )
     report = run_bench(settings, progress=Stopwatch(), bar=_progress_bar, videos=videos)
     markdown = report.to_markdown()

@@ -170,6 +170,22 @@ def geometry_options(source: str, backend: str | None, num_frames, image_size) -
     return {"frames": num_frames, "image_size": image_size}
 
 
+def parse_merge_tokens(ctx, param, value):
+    """``--merge-tokens 8`` or ``8,8,4``: an r for every layer, or one per layer."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in str(value).split(",")]
+    if not all(p.lstrip("-").isdigit() for p in parts):
+        raise click.BadParameter(f"{value!r}: give a whole number of tokens (8) or one per layer (8,8,4)")
+    numbers = [int(p) for p in parts]
+    return numbers[0] if len(numbers) == 1 else tuple(numbers)
+
+
+MERGE_TOKENS = click.option(
+    "--merge-tokens", "merge_tokens", default=None, callback=parse_merge_tokens, metavar="R|R1,R2,...",
+    help="Token merging (ToMe, Model 1): merge R token pairs in every layer, or R1 in the first, R2 in the second, ... "
+         "(training-free; an exported graph keeps static shapes) [default: none].")
+
 READING = options(
     click.option("--autorotate/--no-autorotate", default=True, show_default=True,
                  help="Turn phone videos upright by their display matrix, as ffmpeg does by default."),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vivit_deploy.cli.common import GEOMETRY, Stopwatch, emit_json, friendly_errors, print_report, writable
+from vivit_deploy.cli.common import GEOMETRY, MERGE_TOKENS, Stopwatch, emit_json, friendly_errors, print_report, writable
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,9 +35,7 @@ from vivit_deploy.cli.common import GEOMETRY, Stopwatch, emit_json, friendly_err
               help="int8/fp8: qk also quantizes Q @ K^T (both operands per tensor): faster on OpenVINO, not on ONNX "
                    "Runtime (docs/benchmarks.md). P @ V stays float: its probabilities collapse in int8.")
 @GEOMETRY
-@click.option("--merge-tokens", "merge_tokens", default=None, callback=lambda ctx, param, value: _schedule(value),
-              metavar="R|R1,R2,...", help="Token merging (ToMe, Model 1): merge R token pairs in every layer, or R1 in "
-              "the first, R2 in the second, ... (training-free; the graph keeps static shapes) [default: none].")
+@MERGE_TOKENS
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Largest batch the file accepts [default: 32; 1 with --static-batch].")
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to --max-batch instead of a dynamic axis.")
@@ -78,15 +76,4 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
             emit_json(refused.to_dict(), json_path)
         raise
     print_report(report.format() + "\n", report.to_dict(), json_path)
-
-
-def _schedule(value: str | None):
-    """``--merge-tokens 8`` or ``8,8,4``: an r for every layer, or one per layer."""
-    if value is None:
-        return None
-    parts = [p.strip() for p in str(value).split(",")]
-    if not all(p.lstrip("-").isdigit() for p in parts):
-        raise click.BadParameter(f"{value!r}: give a whole number of tokens (8) or one per layer (8,8,4)")
-    numbers = [int(p) for p in parts]
-    return numbers[0] if len(numbers) == 1 else tuple(numbers)
 

@@ -83,9 +83,10 @@ def export_files(
     given: dict[str, Path] | None = None,
     label: str | None = None,
     progress: Progress | None = None,
+    merge_tokens: int | tuple[int, ...] | None = None,
 ) -> dict[str, Path]:
     """Export the ONNX files of precisions ``onnx`` and build the TensorRT engines of precisions ``engines``
-    (each from the ONNX file of its precision, exported too) into ``workdir``.
+    (each from the ONNX file of its precision, exported too) into ``workdir``; ``merge_tokens``: with token merging.
 
     Returns "onnx-P" / "engine-P" -> file, starting from ``given`` (files already at hand, not made
     again). ``calibration`` is called once, when the first int8 or fp8 file is exported, for the videos
@@ -107,7 +108,7 @@ def export_files(
             calibration_data = calibration()
         path = workdir / f"model-{precision}.onnx"
         progress(f"exporting {label or checkpoint} to ONNX ({precision}) ...")
-        export_onnx(checkpoint, path, precision=precision, max_batch=max_batch,
+        export_onnx(checkpoint, path, precision=precision, max_batch=max_batch, merge_tokens=merge_tokens,
                     calibration=calibration_data if precision in QUANTIZED_PRECISIONS else None, validate=False)
         files[f"onnx-{precision}"] = path
     for precision in engines:

@@ -330,7 +330,7 @@ def export_onnx(
                  f"(trained at {trained.num_frames} of {trained.image_height}x{trained.image_width}): positions resized")
     model.set_tubelet_embedding(options.tubelet)
     if options.merge_tokens is not None:
-        from vivit_deploy.model.modeling import merged_token_counts
+        from vivit_deploy.model.config import merged_token_counts
 
         model.set_token_merging(options.merge_tokens)
         counts = merged_token_counts(model.config.num_patches + 1, model.merge_tokens)
@@ -477,7 +477,7 @@ def _merging(model) -> dict[str, tuple[int, ...]]:
     """What the metadata records of the model's token merging: r per layer and the tokens each layer hands on."""
     if not any(model.merge_tokens):
         return {}
-    from vivit_deploy.model.modeling import merged_token_counts
+    from vivit_deploy.model.config import merged_token_counts
 
     return {"merge_tokens": model.merge_tokens,
             "token_counts": merged_token_counts(model.config.num_patches + 1, model.merge_tokens)}

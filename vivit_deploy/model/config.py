@@ -36,6 +36,16 @@ VARIANTS = ("joint", "factorised_encoder", "factorised_self_attention")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
+def merged_token_counts(num_tokens: int, schedule: tuple[int, ...]) -> tuple[int, ...]:
+    """Tokens (the class token included) each layer hands on: ToMe merges at most half of a layer's tokens besides the
+    class token, so a layer of t tokens merges min(r, (t - 1) // 2). Fixed by the schedule: the graph stays static."""
+    counts = []
+    for r in schedule:
+        num_tokens -= min(r, (num_tokens - 1) // 2)
+        counts.append(num_tokens)
+    return tuple(counts)
+
+
 def check_attn_implementation(name: str) -> str:
     """``name`` when it is an attention path every model offers, else a ConfigError naming the argument."""
     if name not in ATTN_IMPLEMENTATIONS:
@@ -244,10 +254,12 @@ class VivitConfig:
         """Shape of one clip as the model takes it: (frames, channels, height, width)."""
         return self.num_frames, self.num_channels, self.image_height, self.image_width
 
-    def flops_per_clip(self) -> float:
+    def flops_per_clip(self, merge_tokens: tuple[int, ...] = ()) -> float:
         """Multiply-adds x 2 of one forward pass, the figure benchmarks divide by: the weight products and the
         attention products (Q·Kᵀ, P·V) of every layer over the sequences it attends over, the tubelet projection
-        and the classifier (LayerNorm, Softmax and GELU are left out, as is usual)."""
+        and the classifier (LayerNorm, Softmax and GELU are left out, as is usual). ``merge_tokens`` (Model 1's r per
+        layer): each layer attends over the tokens it receives, merges, and runs its MLP over fewer; the matching's
+        own product (the keys of set A against set B's) is counted too."""
         d, m, inner = self.hidden_size, self.intermediate_size, self.num_attention_heads * self.head_dim
         t, ph, pw = self.tubelet_size
         embed = 2 * self.num_patches * d * self.num_channels * t * ph * pw
@@ -270,7 +282,14 @@ class VivitConfig:
             block = attention(steps, space + cls) + attention(space + cls, steps) + mlp(tokens)
             return float(embed + self.num_hidden_layers * block + head)
         n = self.num_patches + 1
-        return float(embed + self.num_hidden_layers * (attention(1, n) + mlp(n)) + head)
+        if not any(merge_tokens):
+            return float(embed + self.num_hidden_layers * (attention(1, n) + mlp(n)) + head)
+        layers = 0.0
+        for r, after in zip(merge_tokens, merged_token_counts(n, tuple(merge_tokens))):
+            matching = 2 * ((n + 1) // 2) * (n // 2) * self.head_dim if r else 0
+            layers += attention(1, n) + matching + mlp(after)
+            n = after
+        return float(embed + layers + head)
 
     # ---- config.json ------------------------------------------------------------------------------
     @classmethod

@@ -255,16 +255,6 @@ def token_merging_schedule(merge_tokens, num_layers: int) -> tuple[int, ...]:
     return tuple(int(v) for v in values) + (0,) * (num_layers - len(values))
 
 
-def merged_token_counts(num_tokens: int, schedule: tuple[int, ...]) -> tuple[int, ...]:
-    """Tokens (the class token included) each layer hands on: ToMe merges at most half of a layer's tokens besides the
-    class token, so a layer of t tokens merges min(r, (t - 1) // 2). Fixed by the schedule: the graph stays static."""
-    counts = []
-    for r in schedule:
-        num_tokens -= min(r, (num_tokens - 1) // 2)
-        counts.append(num_tokens)
-    return tuple(counts)
-
-
 def bipartite_soft_matching(metric: torch.Tensor, r: int):
     """ToMe's matching: tokens alternate into sets A (even positions, the class token first and never merged) and B
     (odd); each A token's most similar B token (cosine of the keys); the r best pairs merge, each A token into its B
