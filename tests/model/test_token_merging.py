@@ -210,3 +210,45 @@ def test_a_merged_export_runs_the_pytorch_merge_on_every_cpu_backend(tmp_path):
     for backend in backends:
         with load_runtime(path, backend) as runtime:
             np.testing.assert_allclose(runtime.run(x), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_merged_low_precision_files_pass_their_checks_and_tensorrt_for_rtx_builds_them(precision, tmp_path):
+    """fp16 and int8 merged files are checked and validated as every export (int8 calibrated on the merged
+    sequence: its ranges come from the merged graph); TensorRT for RTX parses and builds the merged graph (the merge
+    is a one-hot product, not ScatterElements with a reduction, which its parser rejects) and still fuses every
+    attention block, proportional-attention mask included."""
+    from tests.conftest import rtx_missing
+    from vivit_deploy.demo import demo_model_dir, sample_videos
+    from vivit_deploy.export import export_onnx
+
+    calibration = sample_videos()[0][0].parent if precision == "int8" else None
+    path = tmp_path / f"merged-{precision}.onnx"
+    report = export_onnx(demo_model_dir(), path, precision=precision, calibration=calibration, merge_tokens=8)
+    assert report.passed and report.token_counts == (57, 49, 41, 33)
+    if precision != "fp16" or rtx_missing() is not None:
+        return
+    from vivit_deploy.export.trt_build import build_engine
+
+    built = build_engine(path, tmp_path / "merged.engine", trt="rtx", compute_capabilities="8.9")
+    assert len(built.fused_attention) == built.attention_blocks == 4
+
+
+def test_commands_merge_a_checkpoint_and_refuse_to_merge_an_exported_file(demo_onnx):
+    from click.testing import CliRunner
+
+    from vivit_deploy.cli import main
+    from vivit_deploy.demo import default_sample, demo_model_dir
+
+    video = str(default_sample())
+    merged = CliRunner().invoke(main, ["predict", video, "--model", str(demo_model_dir()), "--merge-tokens", "8",
+                                       "--json", "-"])
+    plain = CliRunner().invoke(main, ["predict", video, "--model", str(demo_model_dir()), "--json", "-"])
+    assert merged.exit_code == 0 == plain.exit_code, merged.output
+    import json
+
+    top = [json.loads(r.stdout)[0]["predictions"][0] for r in (merged, plain)]
+    assert top[0]["label"] == top[1]["label"] and top[0]["probability"] != top[1]["probability"]
+    refused = CliRunner().invoke(main, ["predict", video, "--model", str(demo_onnx), "--merge-tokens", "8"])
+    assert refused.exit_code == 2 and "--merge-tokens applies to a checkpoint" in refused.stderr

@@ -122,7 +122,7 @@ class BenchSettings:
             token_merging_schedule(self.merge_tokens, len(values))
             if self.onnx is not None or self.engine is not None:
                 raise ConfigError("merge_tokens= applies to the files the bench exports; a given onnx= / engine= is "
-                                  "measured as it was exported (vivit-export --merge-tokens)")
+                                  "measured as it was exported (`vivit-export --merge-tokens`)")
         if self.backends is not None:
             object.__setattr__(self, "backends", tuple(dict.fromkeys(self.backends)))  # once each, in order
             unknown = [b for b in self.backends if b not in BENCH_BACKENDS]

@@ -80,7 +80,7 @@ def _ray_address(value: str | None) -> str | None:
 @friendly_errors
 def classify(inputs, output, source, backend, device, precision, workers, batch_size, top_k, num_clips, sampling,
              frame_sample_rate, ray_address, actors, resume, retry_failed, strict, window, hop, segments, autorotate,
-             max_pixels, attn_implementation, revision, offline, json_path):
+             max_pixels, attn_implementation, revision, offline, merge_tokens, json_path):
     """Classify every video of INPUTS into one results file, resumably, at full throughput.
 
     INPUTS are video files, directories (searched recursively) and manifests (.txt: a path per line;
@@ -98,7 +98,7 @@ def classify(inputs, output, source, backend, device, precision, workers, batch_
         model=source, backend=backend, device=device, precision=precision, batch_size=batch_size, top_k=top_k,
         num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate, workers=workers,
         ray=_ray_address(ray_address), actors=actors, resume=resume, retry_failed=retry_failed,
-        runtime_options=runtime_options(source, backend, attn_implementation, revision, offline),
+        runtime_options=runtime_options(source, backend, attn_implementation, revision, offline, merge_tokens),
         window=window, hop=hop, segments=segments, read_options=read_options(autorotate, max_pixels),
     )
     try:

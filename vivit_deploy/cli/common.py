@@ -94,13 +94,19 @@ class Stopwatch:
         click.echo(f"[{time.perf_counter() - self.started:6.1f} s] {message}", err=True)
 
 
-def runtime_options(source: str, backend: str | None, attn_implementation: str | None, revision, offline) -> dict:
+def runtime_options(source: str, backend: str | None, attn_implementation: str | None, revision, offline,
+                    merge_tokens=None) -> dict:
     """Options only the PyTorch backend takes, passed only when it is the one chosen."""
-    from vivit_deploy.runtimes import backend_for
+    from vivit_deploy.runtimes import BACKENDS, backend_for
 
-    if (backend or backend_for(source)) != "torch":
+    if BACKENDS[backend or backend_for(source)].artifact != "checkpoint":
+        if merge_tokens is not None:
+            raise click.UsageError("--merge-tokens applies to a checkpoint (the PyTorch backend); an exported file merges "
+                                   "as it was exported: vivit-export --merge-tokens")
         return {}
     options = {"revision": revision, "local_files_only": offline or None}
+    if merge_tokens is not None:
+        options["merge_tokens"] = merge_tokens
     if attn_implementation:
         options["attn_implementation"] = attn_implementation
     return options
@@ -202,6 +208,7 @@ def read_options(autorotate: bool, max_pixels: int | None):
 
 
 TORCH_SOURCE = options(
+    MERGE_TOKENS,
     click.option("--attn", "attn_implementation", type=click.Choice(["sdpa", "eager"]), default=None,
                  help="Attention of the PyTorch backend [default: sdpa]."),
     click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),

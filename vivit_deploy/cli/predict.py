@@ -27,7 +27,7 @@ from vivit_deploy.cli.common import (
               help="Also write the predictions as JSON to this file ('-' prints the JSON instead of the table).")
 @friendly_errors
 def predict(videos, source, backend, device, precision, top_k, num_clips, sampling, frame_sample_rate, autorotate,
-            max_pixels, num_frames, image_size, attn_implementation, revision, offline, json_path):
+            max_pixels, num_frames, image_size, attn_implementation, revision, offline, merge_tokens, json_path):
     """Classify VIDEOS (default: the bundled sample video) and print the top-k labels."""
     from vivit_deploy.demo import default_sample, demo_model_dir, sample_videos
     from vivit_deploy.predict import VideoClassifier
@@ -43,7 +43,7 @@ def predict(videos, source, backend, device, precision, top_k, num_clips, sampli
     writable(json_path, "--json")
     progress = Stopwatch()
     progress(f"loading {source} ...")
-    options = {**runtime_options(source, backend, attn_implementation, revision, offline),
+    options = {**runtime_options(source, backend, attn_implementation, revision, offline, merge_tokens),
                **geometry_options(source, backend, num_frames, image_size)}
     classifier = VideoClassifier.from_pretrained(source, backend, read_options(autorotate, max_pixels), device=device,
                                                  precision=precision, **options)

@@ -44,7 +44,7 @@ from vivit_deploy.cli.common import (
 @TORCH_SOURCE
 @friendly_errors
 def stream(sources, source, backend, device, precision, window, hop, smooth, min_probability, top_k, events_path,
-           duration, reconnect, realtime, reuse, autorotate, max_pixels, attn_implementation, revision, offline):
+           duration, reconnect, realtime, reuse, autorotate, max_pixels, attn_implementation, revision, offline, merge_tokens):
     """Classify live streams in real time: a record per window and per event, as JSON Lines.
 
     SOURCE: rtsp:// (TCP by default; rtsp+udp:// for UDP), http(s)://, udp://, tcp://, a device (/dev/video0)
@@ -65,7 +65,7 @@ def stream(sources, source, backend, device, precision, window, hop, smooth, min
     progress = Stopwatch()
     progress(f"loading {source} ...")
     runtime = load_runtime(source, backend, device=device, precision=precision,
-                           **runtime_options(source, backend, attn_implementation, revision, offline))
+                           **runtime_options(source, backend, attn_implementation, revision, offline, merge_tokens))
     classifier = StreamClassifier(runtime, parsed, window=window, hop=hop, smooth=smooth, min_probability=min_probability,
                                   top_k=top_k, realtime=realtime, reconnect=reconnect, duration=duration,
                                   read_options=read_options(autorotate, max_pixels), reuse=reuse)

@@ -290,7 +290,13 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int):
         n, t1, c = src.shape
         unm = src.gather(dim=-2, index=unm_idx.expand(n, t1 - r, c))
         src = src.gather(dim=-2, index=src_idx.expand(n, r, c))
-        dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce=reduce)
+        if reduce == "sum":
+            # as a product with the (r, Nb) one-hot map of where each merging token goes: (Nb x r x C) multiply-adds,
+            # and a graph every backend parses (TensorRT for RTX's parser rejects ScatterElements with a reduction)
+            into = (dst_idx == torch.arange(dst.shape[1], device=x.device)).to(x.dtype)  # (B, r, Nb)
+            dst = dst + into.transpose(1, 2) @ src
+        else:
+            dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce=reduce)
         return torch.cat([unm, dst], dim=1)
 
     return merge
@@ -315,14 +321,16 @@ class TokenMerging:
         return self.size.log()[..., 0][:, None, None, :]
 
     def merge(self, x: torch.Tensor, r: int) -> torch.Tensor:
-        """Merge ``r`` token pairs of ``x`` (B, N, D) by the keys of the attention just run: size-weighted means."""
-        merge = bipartite_soft_matching(self.keys, r)
-        size = self.size if self.size is not None else torch.ones_like(x[..., :1])
-        x = merge(x * size, "sum")
+        """Merge ``r`` token pairs of ``x`` (B, N, D) by the keys of the attention just run: size-weighted means,
+        summed in float32 whatever the model computes in (a half-precision sum of many tokens rounds, and ONNX
+        Runtime's CPU has no fp16 ScatterElements with reduction)."""
+        merge = bipartite_soft_matching(self.keys.float(), r)
+        size = self.size if self.size is not None else torch.ones_like(x[..., :1], dtype=torch.float32)
+        merged = merge(x.float() * size, "sum")
         self.size = merge(size, "sum")
         if self.source is not None:
             self.source = merge(self.source, "amax")
-        return x / self.size
+        return (merged / self.size).to(x.dtype)
 
 
 class Layer(nn.Module):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -151,8 +152,12 @@ def classify_corpus(
     spec = ClipSpec(info.config.num_frames, job.num_clips, job.sampling, job.frame_sample_rate)
     hop = None if job.window is None else (job.hop or job.window)
     unit = "videos" if job.window is None else "windows"  # what a row is
+    merge = job.runtime_options.get("merge_tokens")
+    # a checkpoint run with token merging computes another function of the same weights: its rows never mix with the
+    # unmerged model's on a resume
+    sha256 = info.sha256 if merge is None else hashlib.sha256(f"{info.sha256} merge_tokens={merge}".encode()).hexdigest()
     settings = ResultSettings(
-        model=source, model_sha256=info.sha256, backend=info.backend,
+        model=source, model_sha256=sha256, backend=info.backend,
         precision=expected_precision(info.backend, info.precision, job.precision),
         sampling="uniform" if job.window is not None else job.sampling, clips=job.num_clips,
         frame_sample_rate=job.frame_sample_rate, top_k_count=min(job.top_k, info.config.num_labels),

@@ -195,11 +195,18 @@ class OnnxRuntimeRuntime(Runtime):
         return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
 
     def _run(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self.session.run([self._output_name], {self.input_spec.name: pixel_values})[0]
+        return self._session_run([self._output_name], pixel_values)[0]
 
     def _run_probes(self, pixel_values: np.ndarray):
-        values = self.session.run([self._output_name, *self.probe_names], {self.input_spec.name: pixel_values})
+        values = self._session_run([self._output_name, *self.probe_names], pixel_values)
         return values[0], dict(zip(self.probe_names, values[1:]))
+
+    def _session_run(self, outputs: list[str], pixel_values: np.ndarray) -> list:
+        """The session's run; a kernel the provider lacks for this file (pybind's plain exceptions) is one line."""
+        try:
+            return self.session.run(outputs, {self.input_spec.name: pixel_values})
+        except Exception as exc:  # noqa: BLE001  onnxruntime raises RuntimeException, Fail, ... all plain Exceptions
+            raise ModelFileError(f"{self.source}: ONNX Runtime could not run it ({first_line(exc)})") from exc
 
     def _close(self) -> None:
         self.session = None
