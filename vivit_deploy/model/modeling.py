@@ -150,37 +150,27 @@ class SelfAttention(nn.Module):
         if merging is not None:
             merging.keys = k.mean(dim=1)  # (B, N, hd): what the next merge matches tokens by, averaged over heads
             bias = merging.attention_bias()  # log of each token's size, (B, 1, 1, N), or None before any merge
-        if bias is not None and self.attn_implementation == "sdpa" and head_mask is None and attentions is None:
-            # proportional attention: a token that stands for s patches weighs as s of them (ToMe, eq. 1), as SDPA's
-            # additive mask
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
-        elif bias is not None:  # the same on the math path (Q pre-scaled, as below), with what was asked kept
-            scores = torch.matmul(q * self.scale, k.transpose(-2, -1)) + bias.to(q.dtype)  # (B, nh, N, N)
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-            probs = F.dropout(probs, p=dropout_p, training=self.training)
-            if head_mask is not None:
-                probs = probs * head_mask
-            if attentions is not None:
-                attentions.append(probs)
-            out = torch.matmul(probs, v)
-        elif attentions is not None or head_mask is not None:
-            # transformers' eager path, so the probabilities asked for are its numbers: scores scaled after Q @ K^T
-            scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # (B, nh, N, N)
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-            probs = F.dropout(probs, p=dropout_p, training=self.training)
-            if head_mask is not None:
-                probs = probs * head_mask
-            if attentions is not None:
-                attentions.append(probs)
-            out = torch.matmul(probs, v)
-        elif self.attn_implementation == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        if self.attn_implementation == "sdpa" and head_mask is None and attentions is None:
+            # with merged tokens, proportional attention (a token that stands for s patches weighs as s of them: ToMe,
+            # eq. 1) is SDPA's additive mask
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),
+                                                 dropout_p=dropout_p)
         else:
-            # The math path, kept as the reference. Q is scaled before Q @ K^T (not the scores after it):
-            # the same numbers, fewer multiplies, and the pattern TensorRT recognises and fuses.
-            scores = torch.matmul(q * self.scale, k.transpose(-2, -1))  # (B, nh, N, N)
+            if bias is None and (attentions is not None or head_mask is not None):
+                # transformers' eager path, so the probabilities asked for are its numbers: scores scaled after Q @ K^T
+                scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # (B, nh, N, N)
+            else:
+                # The math path, kept as the reference. Q is scaled before Q @ K^T (not the scores after it): the same
+                # numbers, fewer multiplies, and the pattern TensorRT recognises and fuses; merged tokens add log size.
+                scores = torch.matmul(q * self.scale, k.transpose(-2, -1))  # (B, nh, N, N)
+                if bias is not None:
+                    scores = scores + bias.to(q.dtype)
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             probs = F.dropout(probs, p=dropout_p, training=self.training)
+            if head_mask is not None:
+                probs = probs * head_mask
+            if attentions is not None:
+                attentions.append(probs)
             out = torch.matmul(probs, v)  # (B, nh, N, hd)
         return out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
 
