@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -15,9 +15,6 @@ from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
 from vivit_deploy.model.probes import (
     ATTENTION, BLOCK, BRANCHES, FC1, FC2, LAYER_PARTS, MLP, MLP_HIDDEN, NORM_AFTER, NORM_BEFORE, PART_TITLES, path_in_layer,
 )
-
-if TYPE_CHECKING:
-    from vivit_deploy.accuracy.drift.report import LayerDriftReport
 
 OUTLIER_RATIO = 8.0  # a channel this many times the median channel's range dominates a per-tensor int8 scale
 FIX_UNITS = {NORM_BEFORE: "norms", ATTENTION: "attention", NORM_AFTER: "norms", MLP: "mlp", BLOCK: None}
@@ -167,9 +164,10 @@ def diagnose(layer: LayerDrift, upstream: PointDrift, precision: str, min_cosine
                      f"{layer.parts[part].relative_error or float('nan'):.3g}) without overflowing", unit)
 
 
-def diagnose_outside(part: str, report: LayerDriftReport, precision: str) -> Diagnosis:
+def diagnose_outside(part: str, report, precision: str) -> Diagnosis:
     """What broke the embeddings or the head (``part``: "embeddings", "final_norm" or "classifier") when every encoder
-    layer before it held, from the fp32 reference's largest values there."""
+    layer before it held, from the fp32 reference's largest values there (``report``: the candidate's
+    ``LayerDriftReport``, which holds a ``Diagnosis``: this module does not import it back)."""
     seen = report.outside
     unit = OUTSIDE_UNITS[part]
     quantized = precision.split("-")[0] in QUANTIZED_PRECISIONS
@@ -207,7 +205,7 @@ def diagnose_outside(part: str, report: LayerDriftReport, precision: str) -> Dia
     return Diagnosis(-1, part, "rounding", detail, unit)
 
 
-def _accumulated(report: LayerDriftReport, part: str, precision: str) -> Diagnosis:
+def _accumulated(report, part: str, precision: str) -> Diagnosis:
     """Every layer within tolerance, the final norm or the logits not: the error the layers add accumulates and the
     final LayerNorm carries it on. The unit to keep is the branch that adds the most error to the residual stream
     (its own relative error times its magnitude), so ``--keep-fp32 auto`` keeps the worst first until it passes."""
