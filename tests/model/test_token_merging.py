@@ -3,6 +3,7 @@ description, not from the model's code: token by token, in float64, with plain l
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -209,7 +210,15 @@ def test_a_merged_export_runs_the_pytorch_merge_on_every_cpu_backend(tmp_path):
     backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
     for backend in backends:
         with load_runtime(path, backend) as runtime:
+            assert runtime.merge_tokens == (8, 8, 4, 0)
             np.testing.assert_allclose(runtime.run(x), expected, atol=1e-4, rtol=0)
+    # compare against the unmerged checkpoint: the logits are compared, per-layer drift says why it is left out
+    from vivit_deploy.cli import main
+
+    compared = CliRunner().invoke(main, ["compare", "--onnx", str(path), "--layers", "--json", "-"])
+    assert "Traceback" not in compared.output, compared.output
+    report = json.loads(compared.stdout)
+    assert any("merges tokens" in why for why in report["layers_skipped"].values()), report["layers_skipped"]
 
 
 @pytest.mark.slow

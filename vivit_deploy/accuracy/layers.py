@@ -86,6 +86,10 @@ def layer_drift(
             ref_logits, ref = reference.run_probes(chunk)
             cand_logits, cand = candidate.run_probes(chunk)
             for p in points:
+                if ref[p.tensor].shape != cand[p.tensor].shape:
+                    raise ConfigError(f"{name or candidate.source}: its {p.tensor} is {cand[p.tensor].shape}, the "
+                                      f"reference's {ref[p.tensor].shape} (another geometry, or merged tokens): per-layer "
+                                      "drift compares the same model's hidden states")
                 running[p.tensor].add(ref[p.tensor], cand[p.tensor])
             logits.add(ref_logits, cand_logits)
 

@@ -145,6 +145,10 @@ def _layers(options: CompareOptions, report, reference, candidates: dict, runtim
         if runtime.input_spec.frame_shape != reference.input_spec.frame_shape:
             skipped[name] = "it runs at another geometry: its hidden states have other shapes than the reference's"
             continue
+        if runtime.merge_tokens != reference.merge_tokens:
+            skipped[name] = ("it merges tokens (r per layer " + ", ".join(map(str, runtime.merge_tokens or (0,))) + ") "
+                             "and the reference does not: its hidden states hold other tokens; its logits are compared")
+            continue
         probed = runtime.with_probes()
         if probed is None:
             skipped[name] = f"the {runtime.backend} runtime exposes no hidden states (per-layer drift runs on ONNX files " \

@@ -182,6 +182,7 @@ class Runtime(ABC):
         self._closed = False
         self._lock = None if self.thread_safe else threading.Lock()
         self.calibrated_range: tuple[float, float] | None = None  # set by backends running a calibrated int8/fp8 file
+        self.merge_tokens: tuple[int, ...] = ()  # token merging's r per layer, set by backends whose model merges
         self._range_warned = False
 
     @property

@@ -159,6 +159,7 @@ class OpenVinoRuntime(Runtime):
             precision=openvino_precision(metadata.precision, compute), device="cpu", source=str(path),
         )
         self.calibrated_range = metadata.calibrated_range
+        self.merge_tokens = metadata.merge_tokens
 
     def _request(self):
         request = getattr(self._local, "request", None)

@@ -175,6 +175,7 @@ class OnnxRuntimeRuntime(Runtime):
             precision=precision or file_precision, device=device, source=str(path),
         )
         self.calibrated_range = metadata.calibrated_range
+        self.merge_tokens = metadata.merge_tokens
 
     @staticmethod
     def _providers(ort, provider: str, index: int, precision: str | None, trt_cache_dir) -> list:

@@ -97,7 +97,7 @@ class TorchRuntime(Runtime):
             if preprocessor is not None:
                 preprocessor = preprocessor.at_size(model.config.image_height, model.config.image_width)
         if merge_tokens is not None:
-            model.set_token_merging(merge_tokens)
+            model.set_token_merging(merge_tokens)  # before _init_from_model, which records it
         self._init_from_model(model, preprocessor, precision, device, str(source), max_batch)
         if probes:
             self.probe_names = tuple(point.tensor for point in probe_points(model.config))
@@ -125,6 +125,7 @@ class TorchRuntime(Runtime):
             config=model.config, preprocessor=preprocessor, input_spec=input_spec(model.config, 1, max_batch),
             precision=precision, device=device, source=source,
         )
+        self.merge_tokens = tuple(r for r in model.merge_tokens) if any(model.merge_tokens) else ()
 
     def _run(self, pixel_values: np.ndarray) -> np.ndarray:
         import torch

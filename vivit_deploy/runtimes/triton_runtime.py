@@ -134,6 +134,7 @@ class TritonRuntime(Runtime):
             config=metadata.config, preprocessor=metadata.preprocessor, input_spec=metadata.input,
             precision=served, device=f"triton {self.server}", source=self.url,
         )
+        self.merge_tokens = metadata.merge_tokens
 
     def _client(self):
         client = getattr(self._local, "client", None)

@@ -165,6 +165,7 @@ class TensorRTRuntime(Runtime):
         super().__init__(config=metadata.config, preprocessor=metadata.preprocessor, input_spec=spec,
                          precision=sidecar["precision"], device=str(self._torch_device), source=str(path))
         self.calibrated_range = metadata.calibrated_range
+        self.merge_tokens = metadata.merge_tokens
 
     def _check_validity(self, trt, engine_bytes: bytes, path: Path, gpu: str, capability: str) -> None:
         """TensorRT for RTX's own verdict on whether this GPU, driver and version can run the engine."""
