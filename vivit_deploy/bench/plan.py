@@ -116,10 +116,9 @@ class BenchSettings:
         if self.merge_tokens is not None:  # its length against the model's layers is checked when the model is known
             from vivit_deploy.model.modeling import token_merging_schedule
 
-            values = self.merge_tokens if isinstance(self.merge_tokens, (list, tuple)) else (self.merge_tokens,)
-            object.__setattr__(self, "merge_tokens", self.merge_tokens if not isinstance(self.merge_tokens, list)
-                               else tuple(self.merge_tokens))
-            token_merging_schedule(self.merge_tokens, len(values))
+            if isinstance(self.merge_tokens, list):  # frozen: a schedule is kept as a tuple
+                object.__setattr__(self, "merge_tokens", tuple(self.merge_tokens))
+            token_merging_schedule(self.merge_tokens, len(self.merge_tokens) if isinstance(self.merge_tokens, tuple) else 1)
             if self.onnx is not None or self.engine is not None:
                 raise ConfigError("merge_tokens= applies to the files the bench exports; a given onnx= / engine= is "
                                   "measured as it was exported (`vivit-export --merge-tokens`)")

@@ -83,13 +83,12 @@ def run_bench(
             preprocessing, note = _preprocessing(artifacts.checkpoint, config, progress)
             notes += [note] if note else []
 
-    from vivit_deploy.model.config import merged_token_counts
     from vivit_deploy.model.modeling import token_merging_schedule
 
     schedule = token_merging_schedule(settings.merge_tokens, config.num_hidden_layers) if settings.merge_tokens else ()
     merging = {} if not any(schedule) else {
         "merge_tokens": list(schedule), "gflop_per_clip_unmerged": config.flops_per_clip() / 1e9,
-        "token_counts": list(merged_token_counts(config.num_patches + 1, schedule))}
+        "token_counts": list(config.token_counts(schedule))}
     return BenchReport(
         environment=environment(settings.device),
         model={"label": artifacts.label, "input_shape": list(config.input_shape), "tokens": config.num_patches + 1,

@@ -330,12 +330,11 @@ def export_onnx(
                  f"(trained at {trained.num_frames} of {trained.image_height}x{trained.image_width}): positions resized")
     model.set_tubelet_embedding(options.tubelet)
     if options.merge_tokens is not None:
-        from vivit_deploy.model.config import merged_token_counts
-
         model.set_token_merging(options.merge_tokens)
-        counts = merged_token_counts(model.config.num_patches + 1, model.merge_tokens)
-        progress(f"merging tokens (ToMe, r per layer {list(model.merge_tokens)}): {model.config.num_patches + 1} tokens "
-                 f"-> {' -> '.join(map(str, counts))}")
+        merging = _merging(model)
+        if merging:
+            progress(f"merging tokens (ToMe, r per layer {list(merging['merge_tokens'])}): "
+                     f"{' -> '.join(map(str, (model.config.num_patches + 1, *merging['token_counts'])))} tokens")
     keep = parse_keep_fp32(options.keep_fp32, model.config, options.precision)
     seconds["load"] = time.perf_counter() - started
     spec = input_spec(model.config, options.max_batch if options.static_batch else 1, options.max_batch)
@@ -477,10 +476,7 @@ def _merging(model) -> dict[str, tuple[int, ...]]:
     """What the metadata records of the model's token merging: r per layer and the tokens each layer hands on."""
     if not any(model.merge_tokens):
         return {}
-    from vivit_deploy.model.config import merged_token_counts
-
-    return {"merge_tokens": model.merge_tokens,
-            "token_counts": merged_token_counts(model.config.num_patches + 1, model.merge_tokens)}
+    return {"merge_tokens": model.merge_tokens, "token_counts": model.config.token_counts(model.merge_tokens)}
 
 
 def _export_once(job: _Job, kept: tuple[str, ...]) -> tuple[ExportReport, Path]:

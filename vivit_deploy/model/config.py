@@ -254,6 +254,10 @@ class VivitConfig:
         """Shape of one clip as the model takes it: (frames, channels, height, width)."""
         return self.num_frames, self.num_channels, self.image_height, self.image_width
 
+    def token_counts(self, merge_tokens: tuple[int, ...]) -> tuple[int, ...]:
+        """The tokens (the class token included) each layer of Model 1 hands on with token merging's r per layer."""
+        return merged_token_counts(self.num_patches + 1, tuple(merge_tokens))
+
     def flops_per_clip(self, merge_tokens: tuple[int, ...] = ()) -> float:
         """Multiply-adds x 2 of one forward pass, the figure benchmarks divide by: the weight products and the
         attention products (Q·Kᵀ, P·V) of every layer over the sequences it attends over, the tubelet projection
@@ -285,7 +289,7 @@ class VivitConfig:
         if not any(merge_tokens):
             return float(embed + self.num_hidden_layers * (attention(1, n) + mlp(n)) + head)
         layers = 0.0
-        for r, after in zip(merge_tokens, merged_token_counts(n, tuple(merge_tokens))):
+        for r, after in zip(merge_tokens, self.token_counts(merge_tokens)):
             matching = 2 * ((n + 1) // 2) * (n // 2) * self.head_dim if r else 0
             layers += attention(1, n) + matching + mlp(after)
             n = after

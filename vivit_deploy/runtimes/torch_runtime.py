@@ -125,7 +125,7 @@ class TorchRuntime(Runtime):
             config=model.config, preprocessor=preprocessor, input_spec=input_spec(model.config, 1, max_batch),
             precision=precision, device=device, source=source,
         )
-        self.merge_tokens = tuple(r for r in model.merge_tokens) if any(model.merge_tokens) else ()
+        self.merge_tokens = model.merge_tokens if any(model.merge_tokens) else ()
 
     def _run(self, pixel_values: np.ndarray) -> np.ndarray:
         import torch
