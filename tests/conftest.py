@@ -278,3 +278,14 @@ def demo_onnx_int8(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "demo-int8.onnx"
     export_onnx(demo_model_dir(), path, precision="int8", calibration=SAMPLES)
     return path
+
+
+@pytest.fixture(scope="session")
+def sample_predictions() -> dict:
+    """The demo model's top-1 label for each shipped sample video in PyTorch fp32: what every backend must reproduce.
+    The task is hard on purpose, so the model gets most, not all, of them right (training.json says how many)."""
+    from vivit_deploy.demo import demo_model_dir, sample_videos
+    from vivit_deploy.predict import VideoClassifier
+
+    classifier = VideoClassifier.from_pretrained(demo_model_dir(), backend="torch")
+    return {path.name: classifier.classify(path, top_k=1)[0].label for path, _ in sample_videos()}

@@ -16,6 +16,7 @@ from tests.conftest import requires_gpu
 from vivit_deploy.bench import BenchReport, BenchSettings, parse_batch_sizes
 from vivit_deploy.bench.ceiling import cpu_ceilings
 from vivit_deploy.bench.measure import Job, latency_stats, measure_in_child, peak_rss_mb, reset_peak_rss
+from vivit_deploy.demo import sample_videos
 from vivit_deploy.bench.plan import choose_backends
 from vivit_deploy.cli import main
 from vivit_deploy.errors import BackendUnavailableError, ConfigError
@@ -59,7 +60,7 @@ def test_bench_runs_end_to_end_and_writes_json(cli_run):
     stages = data["stages"]["stages"]
     assert list(stages) == ["decode", "preprocess", "inference", "end to end"]
     assert stages["end to end"]["ms_per_clip"] >= stages["inference"]["ms_per_clip"]
-    assert data["stages"]["videos"] == 12
+    assert data["stages"]["videos"] == len(sample_videos())
 
 
 @pytest.mark.slow

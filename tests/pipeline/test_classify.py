@@ -51,7 +51,7 @@ def test_every_video_is_one_row_and_unreadable_files_are_rows_with_their_error(c
             assert row["label"] == row["top_k"][0]["label"] and row["probability"] == row["top_k"][0]["probability"]
             assert len(row["top_k"]) == 4
     correct = sum(rows[n]["label"] == label for n, label in labels.items() if label is not None)
-    assert correct >= GOOD - 1  # the demo model's held-out accuracy is 99.8%
+    assert correct >= GOOD - 1  # clear clips of the task (render_clip's easy case): the demo model gets them right
     assert list(rows) == sorted(rows)  # the file is in input order: the directory's, sorted
     assert not (tmp_path / "results.jsonl.parts").exists()
 

@@ -185,9 +185,9 @@ def test_closed_runtime_refuses_to_run(runtime):
         runtime.run(np.zeros((1, *FRAME_SHAPE), np.float32))
 
 
-def test_video_classifier_on_every_backend_gets_the_samples_right(demo_runtime):
+def test_video_classifier_on_every_backend_gets_the_samples_as_pytorch_does(demo_runtime, sample_predictions):
     from vivit_deploy.demo import sample_videos
 
     classifier = VideoClassifier(demo_runtime)
-    for path, label in sample_videos():
-        assert classifier.classify(path, top_k=1)[0].label == label
+    for path, _ in sample_videos():
+        assert classifier.classify(path, top_k=1)[0].label == sample_predictions[path.name], path.name
