@@ -255,14 +255,20 @@ class VivitConfig:
         return self.num_frames, self.num_channels, self.image_height, self.image_width
 
     def token_counts(self, merge_tokens: tuple[int, ...]) -> tuple[int, ...]:
-        """The tokens (the class token included) each layer of Model 1 hands on with token merging's r per layer."""
+        """The tokens (the class token included) each layer hands on with token merging's r per layer: Model 1's over
+        the whole clip; Model 2's spatial layers per time step, then its temporal layers (one token per step)."""
+        if self.variant == "factorised_encoder":
+            cls = 1 if self.pooling == "cls" else 0
+            spatial = merged_token_counts(self.grid[1] * self.grid[2] + cls, tuple(merge_tokens[:self.num_hidden_layers])
+                                          + (0,) * max(self.num_hidden_layers - len(merge_tokens), 0))
+            return spatial + (self.grid[0] + cls,) * self.temporal_layers
         return merged_token_counts(self.num_patches + 1, tuple(merge_tokens))
 
     def flops_per_clip(self, merge_tokens: tuple[int, ...] = ()) -> float:
         """Multiply-adds x 2 of one forward pass, the figure benchmarks divide by: the weight products and the
         attention products (Q·Kᵀ, P·V) of every layer over the sequences it attends over, the tubelet projection
-        and the classifier (LayerNorm, Softmax and GELU are left out, as is usual). ``merge_tokens`` (Model 1's r per
-        layer): each layer attends over the tokens it receives, merges, and runs its MLP over fewer; the matching's
+        and the classifier (LayerNorm, Softmax and GELU are left out, as is usual). ``merge_tokens`` (r per layer, Models
+        1 and 2): each layer attends over the tokens it receives, merges, and runs its MLP over fewer; the matching's
         own product (the keys of set A against set B's) is counted too."""
         d, m, inner = self.hidden_size, self.intermediate_size, self.num_attention_heads * self.head_dim
         t, ph, pw = self.tubelet_size
@@ -278,7 +284,12 @@ class VivitConfig:
         cls = 1 if self.pooling == "cls" else 0
         steps, space = self.grid[0], self.grid[1] * self.grid[2]
         if self.variant == "factorised_encoder":
-            spatial = self.num_hidden_layers * (attention(steps, space + cls) + mlp(steps * (space + cls)))
+            spatial, n = 0.0, space + cls
+            for r, after in zip(tuple(merge_tokens[:self.num_hidden_layers]) + (0,) * self.num_hidden_layers,
+                                self.token_counts(merge_tokens)[:self.num_hidden_layers]):
+                matching = 2 * ((n + 1) // 2) * (n // 2) * self.head_dim if r else 0
+                spatial += attention(steps, n) + steps * matching + mlp(steps * after)
+                n = after
             temporal = self.temporal_layers * (attention(1, steps + cls) + mlp(steps + cls))
             return float(embed + spatial + temporal + head)
         if self.variant == "factorised_self_attention":

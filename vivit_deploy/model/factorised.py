@@ -34,7 +34,8 @@ from torch import nn
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.model.config import VivitConfig, check_attn_implementation
 from vivit_deploy.model.hf_layout import write_checkpoint
-from vivit_deploy.model.modeling import Attention, Layer, ModelMembers, _exporting, validate_pixel_values
+from vivit_deploy.model.modeling import (Attention, Layer, ModelMembers, TokenMerging, _exporting, token_merging_schedule,
+                                         validate_pixel_values)
 from vivit_deploy.model.outputs import VideoClassifierOutput
 
 
@@ -115,7 +116,12 @@ def _pool(x: torch.Tensor, cls: bool, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 class FactorisedEncoder(nn.Module):
-    """Model 2's encoders: the spatial layers over each step, its final norm and pooling, then the temporal layers."""
+    """Model 2's encoders: the spatial layers over each step, its final norm and pooling, then the temporal layers.
+
+    Token merging (ToMe) runs in the spatial encoder, within each time step: a step's merge depends on that step's
+    tokens alone, so a stream that encodes each step once and reuses it (``step_tokens``) computes exactly what the
+    whole clip does. The class token is never merged; mean pooling weighs each merged token by its size, the mean
+    over the patches it stands for. The temporal layers hold one token per step and merge none."""
 
     def __init__(self, config: VivitConfig, attn_implementation: str = "sdpa"):
         super().__init__()
@@ -127,12 +133,23 @@ class FactorisedEncoder(nn.Module):
         self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, d)) if self.cls else None
         self.temporal_position_embeddings = (nn.Parameter(torch.zeros(1, steps + self.cls, d))
                                              if config.positions == "separate" else None)
+        self.merge_tokens: tuple[int, ...] = (0,) * self.spatial_layers  # ToMe's r per spatial layer (0: none)
+        self.proportional_attention = True
 
     def encode_steps(self, x: torch.Tensor) -> torch.Tensor:
         """(S, [1 +] N, D) tokens of S time steps to one token each (S, D)."""
-        for layer in self.layer[:self.spatial_layers]:
-            x = layer(x)
-        return _pool(self.spatial_norm(x), self.cls, (1,))
+        if not any(self.merge_tokens):
+            for layer in self.layer[:self.spatial_layers]:
+                x = layer(x)
+            return _pool(self.spatial_norm(x), self.cls, (1,))
+        merging = TokenMerging(x, proportional=self.proportional_attention)
+        for layer, r in zip(self.layer[:self.spatial_layers], self.merge_tokens):
+            x = layer(x, None, None, merging, r)
+        x = self.spatial_norm(x)
+        if self.cls or merging.size is None:
+            return _pool(x, self.cls, (1,))
+        size = merging.size.to(x.dtype)  # (S, N', 1): the mean over the patches, each merged token by its share
+        return (x * size).sum(dim=1) / size.sum(dim=1)
 
     def encode_window(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, F, D) step tokens to the temporal encoder's output (B, [1 +] F, D), before the final norm."""
@@ -196,6 +213,38 @@ class FactorisedVivitForVideoClassification(ModelMembers):
     @property
     def cls(self) -> bool:
         return self.config.pooling == "cls"
+
+    @property
+    def merge_tokens(self) -> tuple[int, ...]:
+        """ToMe's r per layer (``config.num_layers``): Model 2's spatial layers merge, its temporal ones do not; Model
+        3 merges none."""
+        if self.config.variant != "factorised_encoder":
+            return (0,) * self.config.num_layers
+        return self.vivit.encoder.merge_tokens + (0,) * self.config.temporal_layers
+
+    def set_token_merging(self, merge_tokens, proportional_attention: bool = True) -> None:
+        """Model 2: merge tokens (ToMe) in the spatial encoder, within each time step (r for every spatial layer, or
+        one per layer; the temporal layers' entries, if given, must be 0). Model 3 refuses: its attention over time
+        pairs each patch position across the frames, which merging within a frame would break."""
+        config = self.config
+        if config.variant != "factorised_encoder":
+            if any(token_merging_schedule(merge_tokens, config.num_layers)):
+                raise ConfigError("merge_tokens= does not apply to Model 3 (factorised self-attention): its attention "
+                                  "over time pairs each patch position across the frames, and merging within a frame "
+                                  "would leave frames with different tokens; Models 1 and 2 merge")
+            return
+        spatial = config.num_hidden_layers
+        if isinstance(merge_tokens, int) and not isinstance(merge_tokens, bool):
+            schedule = token_merging_schedule(merge_tokens, spatial)
+        else:
+            schedule = token_merging_schedule(merge_tokens, config.num_layers)
+            if any(schedule[spatial:]):
+                raise ConfigError(f"merge_tokens= merges in Model 2's spatial encoder (its first {spatial} layers); its "
+                                  f"temporal layers hold one token per time step: give 0 for them, got "
+                                  f"{list(schedule[spatial:])}")
+            schedule = schedule[:spatial]
+        self.vivit.encoder.merge_tokens = schedule
+        self.vivit.encoder.proportional_attention = bool(proportional_attention)
 
     # -- Model 2 in two parts: each time step's encoding, then the window's ------------------------------------------
 
