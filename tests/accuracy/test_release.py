@@ -251,7 +251,7 @@ def test_compare_gates_on_accuracy_with_its_exit_code_and_json(tmp_path):
     [candidate] = json.loads(out.read_text())["candidates"]
     assert candidate["failed_gates"] == ["accuracy:99%"]
     assert candidate["gates"][0] == {"gate": "logits", "passed": True,
-                                     "detail": "not applicable: another geometry computes other logits"}
+                                     "detail": "not applicable: another geometry (4x32x32) computes other logits"}
     assert candidate["accuracy"]["top1"]["low"] < candidate["accuracy"]["top1"]["value"] < candidate["accuracy"]["top1"]["high"]
     assert candidate["flips"] and {"name", "label", "reference", "candidate", "reference_probability",
                                    "candidate_probability", "change"} <= set(candidate["flips"][0])

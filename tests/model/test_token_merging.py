@@ -44,59 +44,67 @@ def _gelu(x, approximate):
     return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 
+def reference_layers(sd: dict, config, x: np.ndarray, layers, schedule, proportional: bool):
+    """The paper's algorithm on one sequence of tokens ``x`` (N, D), through the transformer layers ``layers`` (their
+    weights under ``vivit.encoder.layer.{i}.`` of ``sd``) with r = ``schedule[j]`` in the j-th: attention over the
+    tokens (each token's log size added to its scores when ``proportional``), the residual, then r pairs merged, then
+    the MLP. Matching: tokens at even places form set A (the first token, the class token, never merged), odd places
+    set B; each A token keeps its most similar B token by the cosine of the keys averaged over the heads; the r A tokens
+    with the most similar matches merge into them; a merged token is the size-weighted mean; the A tokens left keep
+    their order, then come the B tokens. Returns the tokens and each one's size (how many inputs it stands for)."""
+    eps, heads = config.layer_norm_eps, config.num_attention_heads
+    approximate = "tanh" if config.hidden_act in ("gelu_fast", "gelu_new", "gelu_pytorch_tanh") else "none"
+    size = np.ones(len(x))
+    for i, r in zip(layers, schedule):
+        p = f"vivit.encoder.layer.{i}."
+        h = _layer_norm(x, sd[p + "layernorm_before.weight"], sd[p + "layernorm_before.bias"], eps)
+        q, k, v = (h @ sd[p + f"attention.attention.{n}.weight"].T + sd[p + f"attention.attention.{n}.bias"]
+                   for n in ("query", "key", "value"))
+        hd = q.shape[1] // heads
+        attended = np.zeros_like(q)
+        for head in range(heads):
+            part = slice(head * hd, (head + 1) * hd)
+            scores = q[:, part] @ k[:, part].T / math.sqrt(hd)
+            if proportional:
+                scores = scores + np.log(size)[None, :]
+            scores = np.exp(scores - scores.max(1, keepdims=True))
+            attended[:, part] = (scores / scores.sum(1, keepdims=True)) @ v[:, part]
+        x = x + attended @ sd[p + "attention.output.dense.weight"].T + sd[p + "attention.output.dense.bias"]
+        r = min(r, (len(x) - 1) // 2)
+        if r:
+            keys = k.reshape(len(k), heads, hd).mean(1)
+            keys = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+            a_places, b_places = list(range(0, len(x), 2)), list(range(1, len(x), 2))
+            best = {}
+            for a in a_places[1:]:  # the class token never merges
+                similarity = [float(keys[a] @ keys[b]) for b in b_places]
+                j = int(np.argmax(similarity))  # the first of equal maxima
+                best[a] = (similarity[j], b_places[j])
+            ranked = sorted(best, key=lambda a: -best[a][0])  # stable: equal scores keep token order
+            merged_a = set(ranked[:r])
+            totals = {b: (x[b] * size[b], size[b]) for b in b_places}
+            for a in merged_a:
+                b = best[a][1]
+                totals[b] = (totals[b][0] + x[a] * size[a], totals[b][1] + size[a])
+            kept = [a for a in a_places if a not in merged_a]
+            x = np.array([x[a] for a in kept] + [totals[b][0] / totals[b][1] for b in b_places])
+            size = np.array([size[a] for a in kept] + [totals[b][1] for b in b_places])
+        h = _layer_norm(x, sd[p + "layernorm_after.weight"], sd[p + "layernorm_after.bias"], eps)
+        h = _gelu(h @ sd[p + "intermediate.dense.weight"].T + sd[p + "intermediate.dense.bias"], approximate)
+        x = x + h @ sd[p + "output.dense.weight"].T + sd[p + "output.dense.bias"]
+    return x, size
+
+
 def reference_logits(model, pixel_values: torch.Tensor, schedule, proportional: bool) -> np.ndarray:
-    """The paper's algorithm, one clip at a time: per layer, attention over the tokens (each token's log size added to
-    its scores when ``proportional``), the residual, then r pairs merged, then the MLP. Matching: tokens at even places
-    form set A (the class token first, never merged), odd places set B; each A token keeps its most similar B token by
-    the cosine of the keys averaged over the heads; the r A tokens with the most similar matches merge into them; a
-    merged token is the size-weighted mean; the A tokens left keep their order, then come the B tokens."""
+    """Model 1 by ``reference_layers``, one clip at a time, then the final norm and the classifier on the class token."""
     config = model.config
     sd = {k: v.double().numpy() for k, v in model.state_dict().items()}
     with torch.no_grad():
         tokens = model.vivit.embeddings(pixel_values).double().numpy()  # the embeddings are not what is under test
-    eps, heads = config.layer_norm_eps, config.num_attention_heads
-    approximate = "tanh" if config.hidden_act in ("gelu_fast", "gelu_new", "gelu_pytorch_tanh") else "none"
     out = []
     for x in tokens:
-        size = np.ones(len(x))
-        for i in range(config.num_hidden_layers):
-            p = f"vivit.encoder.layer.{i}."
-            h = _layer_norm(x, sd[p + "layernorm_before.weight"], sd[p + "layernorm_before.bias"], eps)
-            q, k, v = (h @ sd[p + f"attention.attention.{n}.weight"].T + sd[p + f"attention.attention.{n}.bias"]
-                       for n in ("query", "key", "value"))
-            hd = q.shape[1] // heads
-            attended = np.zeros_like(q)
-            for head in range(heads):
-                part = slice(head * hd, (head + 1) * hd)
-                scores = q[:, part] @ k[:, part].T / math.sqrt(hd)
-                if proportional:
-                    scores = scores + np.log(size)[None, :]
-                scores = np.exp(scores - scores.max(1, keepdims=True))
-                attended[:, part] = (scores / scores.sum(1, keepdims=True)) @ v[:, part]
-            x = x + attended @ sd[p + "attention.output.dense.weight"].T + sd[p + "attention.output.dense.bias"]
-            r = min(schedule[i], (len(x) - 1) // 2)
-            if r:
-                keys = k.reshape(len(k), heads, hd).mean(1)
-                keys = keys / np.linalg.norm(keys, axis=1, keepdims=True)
-                a_places, b_places = list(range(0, len(x), 2)), list(range(1, len(x), 2))
-                best = {}
-                for a in a_places[1:]:  # the class token never merges
-                    similarity = [float(keys[a] @ keys[b]) for b in b_places]
-                    j = int(np.argmax(similarity))  # the first of equal maxima
-                    best[a] = (similarity[j], b_places[j])
-                ranked = sorted(best, key=lambda a: -best[a][0])  # stable: equal scores keep token order
-                merged_a = set(ranked[:r])
-                totals = {b: (x[b] * size[b], size[b]) for b in b_places}
-                for a in merged_a:
-                    b = best[a][1]
-                    totals[b] = (totals[b][0] + x[a] * size[a], totals[b][1] + size[a])
-                kept = [a for a in a_places if a not in merged_a]
-                x = np.array([x[a] for a in kept] + [totals[b][0] / totals[b][1] for b in b_places])
-                size = np.array([size[a] for a in kept] + [totals[b][1] for b in b_places])
-            h = _layer_norm(x, sd[p + "layernorm_after.weight"], sd[p + "layernorm_after.bias"], eps)
-            h = _gelu(h @ sd[p + "intermediate.dense.weight"].T + sd[p + "intermediate.dense.bias"], approximate)
-            x = x + h @ sd[p + "output.dense.weight"].T + sd[p + "output.dense.bias"]
-        x = _layer_norm(x, sd["vivit.layernorm.weight"], sd["vivit.layernorm.bias"], eps)
+        x, _ = reference_layers(sd, config, x, range(config.num_hidden_layers), schedule, proportional)
+        x = _layer_norm(x, sd["vivit.layernorm.weight"], sd["vivit.layernorm.bias"], config.layer_norm_eps)
         out.append(x[0] @ sd["classifier.weight"].T + sd["classifier.bias"])
     return np.array(out)
 
@@ -161,11 +169,45 @@ def test_bad_schedules_are_one_line_errors(bad, message):
         _model().set_token_merging(bad)
 
 
-def test_models_2_and_3_say_they_do_not_merge():
-    model = new_model(VivitConfig(**{**CONFIG, "variant": "factorised_encoder", "temporal_layers": 1,
-                                    "positions": "separate"}))
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_model_2_merges_within_each_time_step_as_the_paper_does_and_a_stream_reuses_steps_exactly(pooling):
+    config = VivitConfig(**{**CONFIG, "num_frames": 8, "variant": "factorised_encoder", "temporal_layers": 2,
+                            "positions": "separate", "pooling": pooling})
+    torch.manual_seed(0)
+    model = new_model(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        unmerged = model(x).logits
+        model.set_token_merging(0)
+        assert torch.equal(model(x).logits, unmerged)  # r = 0 is the unmerged model bit for bit
+        model.set_token_merging(5)
+        assert model.merge_tokens == (5, 5, 5, 0, 0)  # the spatial layers merge, the temporal ones hold a token per step
+        cls = pooling == "cls"
+        assert config.token_counts(model.merge_tokens) == ((12, 7, 4) if cls else (11, 6, 4)) + (4 + cls,) * 2
+        steps = x.reshape(8, 2, 3, 32, 32)
+        tokens = model.step_tokens(steps)  # (8 steps, D)
+        embedded = model.vivit.embeddings(steps)[:, 0].double().numpy()
+    sd = {k: v.double().numpy() for k, v in model.state_dict().items()}
+    for step, expected in zip(embedded, tokens.numpy()):
+        mine, size = reference_layers(sd, config, step, range(3), (5, 5, 5), proportional=True)
+        mine = _layer_norm(mine, sd["vivit.encoder.spatial_norm.weight"], sd["vivit.encoder.spatial_norm.bias"],
+                           config.layer_norm_eps)
+        pooled = mine[0] if cls else (mine * size[:, None]).sum(0) / size.sum()  # the mean over the patches
+        np.testing.assert_allclose(expected, pooled, atol=1e-4)
+    one_by_one = torch.cat([model.step_tokens(steps[i : i + 1]) for i in range(8)]).reshape(2, 4, -1)
+    with torch.no_grad():
+        assert (model.window_logits(one_by_one) - model(x).logits).abs().max() < 1e-6  # a stream's reuse is exact
+    with pytest.raises(ConfigError, match="temporal layers hold one token per time step"):
+        model.set_token_merging([1, 1, 1, 1, 0])
+
+
+def test_model_3_says_why_it_does_not_merge():
+    model = new_model(VivitConfig(**{**CONFIG, "variant": "factorised_self_attention"}))
     model.set_token_merging(0)
-    with pytest.raises(ConfigError, match="applies to Model 1"):
+    with pytest.raises(ConfigError, match="pairs each patch position across the frames"):
         model.set_token_merging(4)
 
 
@@ -261,3 +303,39 @@ def test_commands_merge_a_checkpoint_and_refuse_to_merge_an_exported_file(demo_o
     assert top[0]["label"] == top[1]["label"] and top[0]["probability"] != top[1]["probability"]
     refused = CliRunner().invoke(main, ["predict", video, "--model", str(demo_onnx), "--merge-tokens", "8"])
     assert refused.exit_code == 2 and "--merge-tokens applies to a checkpoint" in refused.stderr
+
+
+def test_the_merged_patches_picture_paints_each_group_in_its_mean_colour_and_outlines_it():
+    from vivit_deploy.compare.html_report import paint_merged
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)  # one tubelet of 2 frames over a 2 x 2 grid of 2 px
+    source = np.zeros((4, 5), bool)  # final tokens: the class token, tubelets 1+2 (the top row), 3, 4
+    source[0, 0] = source[1, 1] = source[1, 2] = source[2, 3] = source[3, 4] = True
+    out = paint_merged(frames, source, (1, 2, 2))
+    top = frames[:, :2].astype(np.float64).reshape(-1, 3).mean(axis=0)
+    painted = out[:, :1, :].reshape(-1, 3)  # the top row above its outline
+    assert np.array_equal(painted, np.broadcast_to(np.rint(top), painted.shape).astype(np.uint8))
+    assert (out[:, 1, :] == 0).all()  # outlined from the bottom row (other groups)
+    assert (out[:, 2:, 1] == 0).all()  # tubelets 3 and 4 are two groups: a line between them
+    assert np.array_equal(out[:, 2:, 2:], frames[:, 2:, 2:]) and np.array_equal(out[:, 2:, :1], frames[:, 2:, :1])
+
+
+def test_compare_shows_merged_against_unmerged_and_draws_the_merged_patches_of_flipped_clips(tmp_path):
+    from click.testing import CliRunner
+
+    from vivit_deploy.cli import main
+
+    page, report = tmp_path / "report.html", tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["compare", "--merge-tokens", "32", "--synthetic", "60", "--gate",
+                                       "logits,accuracy:50%", "--json", str(report), "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    assert "merges tokens (ToMe, r 32 per layer; tokens after each layer 33, 17, 9, 5) unlike the reference" in result.output
+    [candidate] = json.loads(report.read_text())["candidates"]
+    assert candidate["name"] == "pytorch fp32 merging r=32" and candidate["merge_tokens"] == [32] * 4
+    assert candidate["token_counts"] == [33, 17, 9, 5] and candidate["failures"] == []
+    logits_gate = next(g for g in candidate["gates"] if g["gate"] == "logits")
+    assert logits_gate["passed"] and "token merging computes other logits" in logits_gate["detail"]
+    flips = len(candidate["flips"])
+    assert flips > 0  # the demo model loses clips at r = 32: what the pictures are for
+    assert page.read_text(encoding="utf-8").count("alt=\"tubelets merged in") == flips

@@ -73,13 +73,14 @@ def _parse_one(text: str) -> Gate:
     return Gate("accuracy", share)
 
 
-def judge(gate: Gate, *, logit_failures: tuple[str, ...], other_geometry: bool, candidate_top1: float | None,
+def judge(gate: Gate, *, logit_failures: tuple[str, ...], other_function: str | None, candidate_top1: float | None,
           reference_top1: float | None) -> GateResult:
-    """One gate on one candidate: its logit failures (empty when within tolerance; a candidate at another geometry
-    computes another function, so logit tolerances do not apply to it), its and the reference's top-1 accuracy."""
+    """One gate on one candidate: its logit failures (empty when within tolerance), its and the reference's top-1
+    accuracy. ``other_function``: why the candidate computes another function than the reference (another geometry,
+    token merging), so that logit tolerances do not apply to it and its accuracy is what it costs; None when not."""
     if gate.kind == "logits":
-        if other_geometry:
-            return GateResult(gate.name, True, "not applicable: another geometry computes other logits")
+        if other_function:
+            return GateResult(gate.name, True, f"not applicable: {other_function} computes other logits")
         if logit_failures:
             return GateResult(gate.name, False, "; ".join(logit_failures))
         return GateResult(gate.name, True, "within tolerance")

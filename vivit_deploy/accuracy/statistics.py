@@ -108,6 +108,9 @@ class CandidateResult:
     accuracy: CandidateAccuracy | None = None  # on labelled clips: intervals, the paired difference, McNemar
     flips: tuple[Flip, ...] = ()  # the clips whose top-1 changed
     gates: tuple[GateResult, ...] = ()  # each --gate's verdict; empty: the logit tolerances decide
+    merge_tokens: tuple[int, ...] = ()  # token merging's r per layer where the candidate merges and the reference does
+    #                                     not (or otherwise): like another geometry, its accuracy is the cost
+    token_counts: tuple[int, ...] = ()  # ... and the tokens each of its layers hands on
 
     @property
     def passed(self) -> bool:
@@ -243,14 +246,26 @@ def _columns(rows: list[tuple[str, ...]], indent: str = "") -> list[str]:
             for r in rows]
 
 
+def merging_note(merge_tokens: tuple[int, ...], token_counts: tuple[int, ...]) -> str:
+    """"merges tokens (r 8, 8, 8, 8; 65 -> 57, 49, 41, 33 tokens)": what a merged candidate does, in words."""
+    rs = ", ".join(map(str, merge_tokens)) if len(set(merge_tokens)) > 1 else str(merge_tokens[0])
+    return f"merges tokens (ToMe, r {rs} per layer; tokens after each layer {', '.join(map(str, token_counts))})"
+
+
 def _candidate_notes(c: CandidateResult, reference_accuracy: float | None) -> list[str]:
     t = c.tolerance
-    if c.geometry:
+    if c.geometry or c.merge_tokens:
         cost = "" if c.stats.accuracy is None or reference_accuracy is None else (
             f"; accuracy {c.stats.accuracy:.1%} against the reference's {reference_accuracy:.1%} "
             f"({(c.stats.accuracy - reference_accuracy) * 100:+.1f} points)")
-        lines = [f"{c.name}: runs at {c.geometry} (frames x height x width) on the same videos, sampled and sized for "
-                 f"it: logit tolerances do not apply{cost}"]
+        what = [f"runs at {c.geometry} (frames x height x width) on the same videos, sampled and sized for it"] \
+            if c.geometry else []
+        if c.merge_tokens:
+            what.append(merging_note(c.merge_tokens, c.token_counts) + " unlike the reference"
+                        if c.merge_tokens != (0,) else "does not merge tokens unlike the reference")
+        lines = [f"{c.name}: {' and '.join(what)}: logit tolerances do not apply{cost} "
+                 f"(the logits' drift: cosine {c.stats.min_cosine:.4f} at worst, top-1 agreement "
+                 f"{c.stats.top1_agreement:.1%})"]
     else:
         lines = [f"{c.name}: tolerance atol={t.atol:g} rtol={t.rtol:g} cos>={t.min_cosine:g} top-1>={t.min_top1:.0%}; "
                  f"minimum that passes: atol={c.stats.required_atol:.3g} (rtol=0) or rtol={c.stats.required_rtol:.3g} (atol=0)"]
@@ -259,6 +274,12 @@ def _candidate_notes(c: CandidateResult, reference_accuracy: float | None) -> li
     for gate in c.gates:
         lines.append(f"  gate {gate.gate}: {'pass' if gate.passed else 'FAIL'}: {gate.detail}")
     return lines
+
+
+def _merging(runtime: "Runtime") -> tuple[int, ...]:
+    """A runtime's token merging, r per layer, or () when it merges none."""
+    schedule = tuple(getattr(runtime, "merge_tokens", ()) or ())
+    return schedule if any(schedule) else ()
 
 
 def check_compatible(reference: "Runtime", candidate: "Runtime", name: str, own_inputs: bool = False) -> None:
@@ -318,15 +339,20 @@ def compare_runtimes(
         tolerance = tolerances[name]
         geometry = "x".join(map(str, (runtime.config.num_frames, runtime.config.image_height,
                                       runtime.config.image_width))) if name in own else None
-        logit_failures = () if geometry else tuple(failures(ref, out, stats, tolerance))
+        mine, theirs = _merging(runtime), _merging(reference)
+        merging = (mine or (0,)) if mine != theirs else ()  # (0,): the reference merges, the candidate does not
+        other = " and ".join(([f"another geometry ({geometry})"] if geometry else [])
+                             + (["token merging"] if merging else [])) or None
+        logit_failures = () if other else tuple(failures(ref, out, stats, tolerance))
         accuracy = evaluation.compare_accuracy(ref, out, labels, id2label) if labels is not None else None
-        verdicts = tuple(judge(gate, logit_failures=logit_failures, other_geometry=geometry is not None,
+        verdicts = tuple(judge(gate, logit_failures=logit_failures, other_function=other,
                                candidate_top1=stats.accuracy, reference_top1=ref_accuracy) for gate in gates)
         results.append(CandidateResult(
             name=name, backend=runtime.backend, precision=runtime.precision, device=runtime.device,
             stats=stats, tolerance=tolerance, seconds=seconds, geometry=geometry, failures=logit_failures,
             accuracy=accuracy, flips=tuple(evaluation.flips(ref, out, inputs.names, id2label, inputs.labels)),
-            gates=verdicts,
+            gates=verdicts, merge_tokens=merging,
+            token_counts=runtime.config.token_counts(mine) if merging and mine else (),
         ))
     return ComparisonReport(reference_name, ref_accuracy, inputs.source, len(inputs), tuple(results),
                             reference_detail=detail, views=inputs.views, gates=gates)

@@ -176,21 +176,33 @@ def geometry_options(source: str, backend: str | None, num_frames, image_size) -
     return {"frames": num_frames, "image_size": image_size}
 
 
-def parse_merge_tokens(ctx, param, value):
-    """``--merge-tokens 8`` or ``8,8,4``: an r for every layer, or one per layer."""
+def parse_merge_tokens(ctx, param, value, auto: bool = False):
+    """``--merge-tokens 8`` or ``8,8,4``: an r for every layer, or one per layer (and, where ``auto``, "auto")."""
     if value is None:
         return None
+    if auto and str(value).strip() == "auto":
+        return "auto"
     parts = [p.strip() for p in str(value).split(",")]
     if not all(p.lstrip("-").isdigit() for p in parts):
-        raise click.BadParameter(f"{value!r}: give a whole number of tokens (8) or one per layer (8,8,4)")
+        raise click.BadParameter(f"{value!r}: give a whole number of tokens (8) or one per layer (8,8,4)"
+                                 + (", or auto" if auto else ""))
     numbers = [int(p) for p in parts]
     return numbers[0] if len(numbers) == 1 else tuple(numbers)
 
 
-MERGE_TOKENS = click.option(
-    "--merge-tokens", "merge_tokens", default=None, callback=parse_merge_tokens, metavar="R|R1,R2,...",
-    help="Token merging (ToMe, Model 1): merge R token pairs in every layer, or R1 in the first, R2 in the second, ... "
-         "(training-free; an exported graph keeps static shapes) [default: none].")
+def merge_tokens_option(auto: bool = False, against: str | None = None):
+    """``--merge-tokens``; with ``auto`` it also takes "auto" (vivit-export: chosen by accuracy on labelled clips);
+    ``against``: what the option adds where a command compares (compare: a merged candidate)."""
+    return click.option(
+        "--merge-tokens", "merge_tokens", default=None, metavar="R|R1,R2,...|auto" if auto else "R|R1,R2,...",
+        callback=lambda ctx, param, value: parse_merge_tokens(ctx, param, value, auto),
+        help="Token merging (ToMe, Model 1): merge R token pairs in every layer, or R1 in the first, R2 in the second, "
+             "..." + (f": {against}" if against else " (training-free; an exported graph keeps static shapes)")
+             + ("; auto: the largest R that passes --gate on the labelled --videos or --manifest" if auto else "")
+             + (" [default: none]." if not against else "."))
+
+
+MERGE_TOKENS = merge_tokens_option()
 
 READING = options(
     click.option("--autorotate/--no-autorotate", default=True, show_default=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vivit_deploy.cli.common import DEVICE, GEOMETRY, Stopwatch, friendly_errors, print_report, writable
+from vivit_deploy.cli.common import DEVICE, GEOMETRY, Stopwatch, friendly_errors, merge_tokens_option, print_report, writable
 
 
 @click.command()
@@ -65,11 +65,14 @@ from vivit_deploy.cli.common import DEVICE, GEOMETRY, Stopwatch, friendly_errors
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="With --layers: write a PNG of drift against depth (needs matplotlib: pip install 'vivit-deploy[bench]').")
 @GEOMETRY
+@merge_tokens_option(against="also the checkpoint in PyTorch fp32 merging tokens, against the unmerged reference: what "
+                             "merging costs on these clips (an exported file merges as it was exported)")
 @click.option("--offline", is_flag=True, help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).")
 @friendly_errors
 def compare(source, onnx_files, openvino_files, openvino_precisions, engine_files, triton_urls, torch_precisions, device, videos_dir,
             manifest, views, synthetic, samples, demo, inputs_file, save_inputs, calibration, json_path, gates, html_path,
-            atol, rtol, min_cosine, min_top1, batch_size, layers, plot_path, num_frames, image_size, offline):
+            atol, rtol, min_cosine, min_top1, batch_size, layers, plot_path, num_frames, image_size, merge_tokens,
+            offline):
     """How far each backend drifts from PyTorch fp32, and whether it still classifies the same.
 
     With no candidate named, every backend x precision that can run here is compared (ONNX Runtime
@@ -106,6 +109,7 @@ def compare(source, onnx_files, openvino_files, openvino_precisions, engine_file
         synthetic=synthetic, samples=samples, inputs_file=inputs_file, save_inputs=save_inputs, calibration=calibration,
         tolerance_overrides=dict(atol=atol, rtol=rtol, min_cosine=min_cosine, min_top1=min_top1),
         batch_size=batch_size, offline=offline, layers=layers, plot=plot_path, num_frames=num_frames, image_size=image_size,
+        merge_tokens=merge_tokens,
     )
     report = run_compare(options, Stopwatch())
     print_report(report.format_table() + "\n", report.to_dict(), json_path)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from vivit_deploy.cli.common import GEOMETRY, MERGE_TOKENS, Stopwatch, emit_json, friendly_errors, print_report, writable
+from vivit_deploy.cli.common import (GEOMETRY, Stopwatch, emit_json, friendly_errors, merge_tokens_option, print_report,
+                                     writable)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +36,19 @@ from vivit_deploy.cli.common import GEOMETRY, MERGE_TOKENS, Stopwatch, emit_json
               help="int8/fp8: qk also quantizes Q @ K^T (both operands per tensor): faster on OpenVINO, not on ONNX "
                    "Runtime (docs/benchmarks.md). P @ V stays float: its probabilities collapse in int8.")
 @GEOMETRY
-@MERGE_TOKENS
+@merge_tokens_option(auto=True)
+@click.option("--videos", "merge_videos", type=click.Path(path_type=Path), default=None,
+              help="--merge-tokens auto: a directory of labelled videos (its labels.json) to measure accuracy on.")
+@click.option("--manifest", "merge_manifest", type=click.Path(path_type=Path), default=None,
+              help="--merge-tokens auto: a manifest (.csv/.parquet with path and label columns) of labelled videos.")
+@click.option("--gate", "merge_gate", default=None, metavar="accuracy:SHARE",
+              help="--merge-tokens auto: what a merged model must keep of the unmerged one's top-1 accuracy "
+                   "[default: accuracy:99%].")
+@click.option("--merge-tries", default=None, metavar="R1,R2,...",
+              help="--merge-tokens auto: the r values to try [default: 8 from 0 to half the tokens].")
+@click.option("--merge-plot", type=click.Path(path_type=Path), default=None,
+              help="--merge-tokens auto: where to draw the accuracy/latency curve [default: OUTPUT's name + "
+                   ".merge-curve.png, when matplotlib is installed].")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Largest batch the file accepts [default: 32; 1 with --static-batch].")
 @click.option("--static-batch", is_flag=True, help="Fix the batch axis to --max-batch instead of a dynamic axis.")
@@ -46,8 +59,8 @@ from vivit_deploy.cli.common import GEOMETRY, MERGE_TOKENS, Stopwatch, emit_json
                    "the JSON instead of the text).")
 @friendly_errors
 def export_command(source, output, opset, precision, calibration, calibration_clips, keep_fp32, min_cosine, smooth_quant,
-                   attention_products, num_frames, image_size, merge_tokens, max_batch, static_batch, revision, offline,
-                   json_path):
+                   attention_products, num_frames, image_size, merge_tokens, merge_videos, merge_manifest, merge_gate,
+                   merge_tries, merge_plot, max_batch, static_batch, revision, offline, json_path):
     """Export SOURCE (checkpoint directory or Hub id) to a validated ONNX file.
 
     The file carries the model config, labels and preprocessor config, so `vivit-deploy predict
@@ -60,6 +73,7 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
     from vivit_deploy.export import export_onnx
 
     writable(json_path, "--json")
+    merge_search = _merge_search(merge_tokens, merge_videos, merge_manifest, merge_gate, merge_tries, merge_plot)
     progress = Stopwatch()
     try:
         report = export_onnx(
@@ -67,7 +81,7 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
             calibration=calibration, calibration_clips=calibration_clips, keep_fp32=keep_fp32, min_cosine=min_cosine,
             smooth_quant=smooth_quant, attention_products=() if attention_products == "none" else (attention_products,),
             progress=progress, revision=revision, local_files_only=offline or None, num_frames=num_frames,
-            image_size=image_size, merge_tokens=merge_tokens,
+            image_size=image_size, merge_tokens=merge_tokens, merge_search=merge_search,
         )
     except ExportError as exc:
         refused = getattr(exc, "report", None)
@@ -77,3 +91,26 @@ def export_command(source, output, opset, precision, calibration, calibration_cl
         raise
     print_report(report.format() + "\n", report.to_dict(), json_path)
 
+
+
+def _merge_search(merge_tokens, videos, manifest, gate, tries, plot):
+    """--merge-tokens auto's options, or a usage error when they are given without it."""
+    from vivit_deploy.export.merge_search import DEFAULT_GATE, MergeSearchOptions
+
+    given = [flag for flag, value in (("--videos", videos), ("--manifest", manifest), ("--gate", gate),
+                                      ("--merge-tries", tries), ("--merge-plot", plot)) if value is not None]
+    if merge_tokens != "auto":
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to --merge-tokens auto")
+        return None
+    if (videos is None) == (manifest is None):
+        raise click.UsageError("--merge-tokens auto measures accuracy on labelled clips: give --videos DIR (with its "
+                               "labels.json) or --manifest FILE")
+    if tries is not None:
+        parts = [p.strip() for p in tries.split(",")]
+        if not all(p.isdigit() for p in parts):
+            raise click.BadParameter(f"{tries!r}: give whole numbers of tokens, 0 or more (0,50,100)",
+                                     param_hint="--merge-tries")
+        tries = tuple(int(p) for p in parts)
+    writable(plot, "--merge-plot")
+    return MergeSearchOptions(videos=videos, manifest=manifest, gate=gate or DEFAULT_GATE, tries=tries, plot=plot)

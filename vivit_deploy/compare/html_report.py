@@ -18,6 +18,7 @@ import base64
 import html
 import io
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,12 +55,15 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 3px 16px; } dt
 
 
 def write_html(report: ComparisonReport, path: str | Path, *, inputs: CompareInputs, id2label: dict[int, str],
-               preprocessor=None, settings: dict[str, Any] | None = None) -> Path:
+               preprocessor=None, settings: dict[str, Any] | None = None,
+               merge_sources: dict[str, MergeSources] | None = None) -> Path:
     """Write ``report`` as one self-contained page to ``path`` (atomically). ``inputs`` are the clips it ran on (their
     frames make the flips' strips, through ``preprocessor``, a ``PreprocessorConfig``, when given); ``settings`` adds
-    what the command knew (the model, the candidates' files) to the settings section."""
+    what the command knew (the model, the candidates' files) to the settings section; ``merge_sources``: for a
+    candidate that merges tokens, the source maps of its flipped clips, drawn over their frames."""
     pyplot("--html")  # a one-line error before any work when matplotlib is missing
-    body = [_header(report), _summary(report), _accuracy(report), _flips(report, inputs, preprocessor),
+    body = [_header(report), _summary(report), _accuracy(report),
+            _flips(report, inputs, preprocessor, merge_sources or {}),
             _layers(report), _settings(report, settings or {})]
     verdict = "PASSED" if report.passed else "FAILED"
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -182,19 +186,39 @@ def _interval_chart(rows: list[tuple[str, Proportion]]) -> str:
     return _figure_uri(fig)
 
 
-def _flips(report: ComparisonReport, inputs: CompareInputs, preprocessor) -> str:
+@dataclass(frozen=True)
+class MergeSources:
+    """ToMe's source maps of a merged candidate's flipped clips: ``maps[clip index]`` is (N', N) bool, which input
+    tokens (the class token first, then the tubelets in (time, row, column) order over ``grid``) each final token
+    holds, as PyTorch merges with the candidate's ``merge_tokens``."""
+
+    grid: tuple[int, int, int]  # tubelets along time, rows, columns
+    merge_tokens: tuple[int, ...]
+    maps: dict[int, np.ndarray]
+
+
+def _flips(report: ComparisonReport, inputs: CompareInputs, preprocessor, merge_sources: dict[str, MergeSources]) -> str:
     flipped = [c for c in report.candidates if c.flips]
     if not flipped:
         return "<h2>Flips</h2><p>No clip's top-1 changed in any candidate.</p>"
     parts = ["<h2>Flips</h2><p>Each clip whose top-1 class changed against the reference, with the probability each "
              "side gave its class, and the clip's frames as the reference saw them (its first view).</p>"]
+    if any(c.name in merge_sources for c in flipped):
+        parts.append("<p>For a candidate that merges tokens, a second strip shows which patches it merged (ToMe's source "
+                     "map after the last layer, as PyTorch merges with the candidate's r): each group of merged "
+                     "tubelets is painted in its mean colour and outlined; a tubelet left alone keeps its pixels. A "
+                     "tubelet spans several frames, so frames of one tubelet show the same grouping.</p>")
     strips = 0
     for c in flipped:
         rows = []
+        sources = merge_sources.get(c.name)
         for f in c.flips[:MAX_FLIPS_LISTED]:
             picture = ""
             if preprocessor is not None and strips < MAX_STRIPS:
                 picture = f"<img class=\"strip\" alt=\"frames of {_e(f.name)}\" src=\"{_strip(inputs, f.index, preprocessor)}\">"
+                if sources is not None and f.index in sources.maps:
+                    merged = _merged_strip(inputs, f.index, preprocessor, sources.maps[f.index], sources.grid)
+                    picture += (f"<br><img class=\"strip\" alt=\"tubelets merged in {_e(f.name)}\" src=\"{merged}\">")
                 strips += 1
             rows.append([_e(f.name), _e(f.label or "-"), _e(f"{f.reference} ({f.reference_probability:.3f})"),
                          _e(f"{f.candidate} ({f.candidate_probability:.3f})"), _e(f.change), picture])
@@ -210,15 +234,55 @@ def _flips(report: ComparisonReport, inputs: CompareInputs, preprocessor) -> str
 
 def _strip(inputs: CompareInputs, index: int, preprocessor) -> str:
     """The frames of clip ``index`` (its first view) side by side, each THUMBNAIL_HEIGHT pixels high."""
+    return _strip_of(preprocessor.to_pixels(inputs.pixel_values[index * inputs.views]))  # (T, H, W, 3)
+
+
+def _strip_of(frames: np.ndarray) -> str:
+    """(T, H, W, 3) frames side by side, each THUMBNAIL_HEIGHT pixels high, as a PNG data URI."""
     from PIL import Image
 
-    frames = preprocessor.to_pixels(inputs.pixel_values[index * inputs.views])  # (T, H, W, 3)
     t, h, w = frames.shape[:3]
     width = max(1, round(w * THUMBNAIL_HEIGHT / h))
     strip = np.concatenate([np.asarray(Image.fromarray(frame).resize((width, THUMBNAIL_HEIGHT), Image.Resampling.NEAREST
                                                                        if h < THUMBNAIL_HEIGHT else Image.Resampling.BILINEAR))
                             for frame in frames], axis=1)
     return _png_uri(strip)
+
+
+def paint_merged(frames: np.ndarray, source: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """``frames`` (T, H, W, 3) uint8 with ToMe's grouping drawn on them: every tubelet that merged with others painted
+    in its group's mean colour, outlined in black where its neighbour in the frame belongs to another group; a tubelet
+    alone keeps its pixels. ``source`` (N', N) bool: token n' holds input token n (n = 0 the class token)."""
+    gt, gh, gw = grid
+    t, h, w = frames.shape[:3]
+    kt, ph, pw = t // gt, h // gh, w // gw
+    group = source[:, 1:].argmax(axis=0).reshape(gt, gh, gw)  # each tubelet's final token
+    sizes = source[:, 1:].sum(axis=1)  # tubelets per final token
+    tubelets = frames[: gt * kt, : gh * ph, : gw * pw].astype(np.float64)
+    tubelets = tubelets.reshape(gt, kt, gh, ph, gw, pw, 3).transpose(0, 2, 4, 1, 3, 5, 6)  # (gt, gh, gw, kt, ph, pw, 3)
+    means = tubelets.mean(axis=(3, 4, 5))  # (gt, gh, gw, 3)
+    colours = np.zeros((source.shape[0], 3))
+    np.add.at(colours, group.ravel(), means.reshape(-1, 3))
+    colours /= np.maximum(sizes, 1)[:, None]
+    merged = sizes[group] > 1  # (gt, gh, gw)
+    painted = np.where(merged[..., None, None, None, None], colours[group][:, :, :, None, None, None, :], tubelets)
+    out = frames.copy()
+    out[: gt * kt, : gh * ph, : gw * pw] = np.rint(painted).transpose(0, 3, 1, 4, 2, 5, 6).reshape(gt * kt, gh * ph, gw * pw, 3)
+    for i in range(gh):  # outlines between tubelets of different groups
+        for j in range(gw):
+            for ti in range(gt):
+                frames_of = slice(ti * kt, (ti + 1) * kt)
+                if j + 1 < gw and group[ti, i, j] != group[ti, i, j + 1]:
+                    out[frames_of, i * ph : (i + 1) * ph, (j + 1) * pw - 1] = 0
+                if i + 1 < gh and group[ti, i, j] != group[ti, i + 1, j]:
+                    out[frames_of, (i + 1) * ph - 1, j * pw : (j + 1) * pw] = 0
+    return out
+
+
+def _merged_strip(inputs: CompareInputs, index: int, preprocessor, source: np.ndarray, grid) -> str:
+    """The frames of clip ``index`` with its merged tubelets drawn (``paint_merged``), as ``_strip`` shows them."""
+    frames = preprocessor.to_pixels(inputs.pixel_values[index * inputs.views])
+    return _strip_of(paint_merged(frames, source, grid))
 
 
 def _layers(report: ComparisonReport) -> str:

@@ -50,10 +50,12 @@ class CompareOptions:
     views: int = 1  # temporal views per clip, logits averaged (--clips)
     gates: tuple[str, ...] = ()  # --gate values (accuracy.gates); empty: the logit tolerances
     html: Path | None = None  # a self-contained report page
+    merge_tokens: int | tuple[int, ...] | None = None  # also the checkpoint in PyTorch fp32 with token merging (ToMe)
 
     @property
     def named(self) -> bool:
-        return bool(self.onnx or self.openvino or self.engines or self.triton or self.torch_precisions or self.geometry)
+        return bool(self.onnx or self.openvino or self.engines or self.triton or self.torch_precisions or self.geometry
+                    or self.merge_tokens is not None)
 
     @property
     def geometry(self) -> bool:
@@ -164,6 +166,21 @@ def _layers(options: CompareOptions, report, reference, candidates: dict, runtim
     return dataclasses.replace(report, layer_drift=drifts, layers_skipped=skipped)
 
 
+def _merge_sources(report, reference, inputs) -> dict:
+    """For each candidate that merges tokens unlike the reference and flipped clips: ToMe's source maps of the
+    flipped clips (their first view), as the reference model merges with the candidate's r, for the HTML report."""
+    from vivit_deploy.compare.html_report import MAX_STRIPS, MergeSources
+
+    out = {}
+    for c in report.candidates:
+        if not c.flips or not any(c.merge_tokens) or c.geometry:
+            continue
+        indices = [f.index for f in c.flips[:MAX_STRIPS]]
+        maps = reference.token_merging_sources(inputs.pixel_values[[i * inputs.views for i in indices]], c.merge_tokens)
+        out[c.name] = MergeSources(reference.config.grid, tuple(c.merge_tokens), dict(zip(indices, maps)))
+    return out
+
+
 def _write_html(options: CompareOptions, report, reference, candidates: dict, inputs, progress: Progress) -> None:
     from vivit_deploy.compare.html_report import write_html
     from vivit_deploy.files import sha256_of
@@ -179,7 +196,7 @@ def _write_html(options: CompareOptions, report, reference, candidates: dict, in
     preprocessor = reference.preprocessor or PreprocessorConfig.for_input_size(config.image_height, config.image_width)
     progress(f"writing {options.html} ...")
     write_html(report, options.html, inputs=inputs, id2label=reference.id2label, preprocessor=preprocessor,
-               settings={"candidates": listed})
+               settings={"candidates": listed}, merge_sources=_merge_sources(report, reference, inputs))
     progress(f"wrote {options.html}")
 
 
@@ -234,6 +251,12 @@ def _named(options: CompareOptions, source: str, progress: Progress) -> dict:
         c = runtime.config
         progress(f"the checkpoint at {c.num_frames} frames of {c.image_height}x{c.image_width} (positions resized)")
         candidates[f"pytorch fp32 at {c.num_frames}x{c.image_height}x{c.image_width}"] = runtime
+    if options.merge_tokens is not None:
+        runtime = load_runtime(source, "torch", device=options.device, precision="fp32", merge_tokens=options.merge_tokens,
+                               local_files_only=options.offline or None)
+        schedule = runtime.merge_tokens
+        r = "" if not schedule else str(schedule[0]) if len(set(schedule)) == 1 else ",".join(map(str, schedule))
+        candidates[f"pytorch fp32 merging r={r or 0}"] = runtime
     return candidates
 
 

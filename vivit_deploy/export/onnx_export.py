@@ -92,6 +92,7 @@ class ExportReport:
     min_cosine: float | None = None  # the logits' tolerance it was validated with
     merge_tokens: tuple[int, ...] = ()  # token merging: r per layer (empty: none)
     token_counts: tuple[int, ...] = ()  # ... and the tokens each layer hands on
+    merge_search: Any = None  # merge_tokens="auto": export.merge_search.MergeSearch, the curve it chose r from
 
     @property
     def passed(self) -> bool:
@@ -114,7 +115,8 @@ class ExportReport:
         return None if self.layer_drift is None else self.layer_drift.first_failing
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(replace(self, layer_drift=None, diagnosis=None))
+        out = asdict(replace(self, layer_drift=None, diagnosis=None, merge_search=None))
+        out["merge_search"] = None if self.merge_search is None else self.merge_search.to_dict()
         out["path"] = str(self.path)
         out["passed"] = self.passed
         out["kept_fp32"] = list(self.kept_fp32)
@@ -166,6 +168,8 @@ class ExportReport:
                                for o in self.overflows) or \
                 "no product of the fp32 model exceeds 65504 on the validation clips where the graph stores fp16"
             lines.append(f"  [{mark}] fp16 range: {detail}")
+        if self.merge_search is not None:
+            lines.append("  " + self.merge_search.format().replace("\n", "\n  "))
         for attempt in self.search:
             lines.append(f"  --keep-fp32 auto: {', '.join(attempt['kept']) or 'nothing'} kept: {attempt['reason']}")
         if self.layer_drift is not None:
@@ -226,7 +230,8 @@ class ExportOptions:
     tubelet: str = DEFAULT_TUBELET
     num_frames: int | None = None
     image_size: int | tuple[int, int] | None = None
-    merge_tokens: int | tuple[int, ...] | None = None  # ToMe's r, for every layer or one per layer (Model 1)
+    merge_tokens: int | tuple[int, ...] | str | None = None  # ToMe's r, for every layer or one per layer, or "auto"
+    merge_search: Any = None  # merge_tokens="auto": export.merge_search.MergeSearchOptions (clips, gate, tries, plot)
 
     def __post_init__(self) -> None:
         from vivit_deploy.export.quantize import DEFAULT_CALIBRATION_CLIPS
@@ -268,6 +273,11 @@ class ExportOptions:
             raise ConfigError(f"num_frames= must be at least 1, got {self.num_frames}")
         if isinstance(self.merge_tokens, list):  # frozen: a schedule is kept as a tuple
             object.__setattr__(self, "merge_tokens", tuple(self.merge_tokens))
+        if isinstance(self.merge_tokens, str) and self.merge_tokens != "auto":
+            raise ConfigError(f"merge_tokens= takes r (a whole number), one per layer, or 'auto'; got {self.merge_tokens!r}")
+        if (self.merge_tokens == "auto") != (self.merge_search is not None):
+            raise ConfigError("merge_tokens='auto' and merge_search= (export.merge_search.MergeSearchOptions: the labelled "
+                              "clips and the gate) go together")
         resolved = {"opset": opset, "attention_products": products,
                     "calibration_clips": self.calibration_clips or DEFAULT_CALIBRATION_CLIPS,
                     "max_batch": self.max_batch or (1 if self.static_batch else DEFAULT_MAX_BATCH),
@@ -329,12 +339,18 @@ def export_onnx(
         progress(f"at {model.config.num_frames} frames of {model.config.image_height}x{model.config.image_width} "
                  f"(trained at {trained.num_frames} of {trained.image_height}x{trained.image_width}): positions resized")
     model.set_tubelet_embedding(options.tubelet)
-    if options.merge_tokens is not None:
-        model.set_token_merging(options.merge_tokens)
+    merge_search, merge_tokens = None, options.merge_tokens  # the model merges from here on: the options stay as given
+    if merge_tokens == "auto":
+        merge_search = _search_merging(model, preprocessor, options, output, progress)
+        merge_tokens = merge_search.chosen
+    if merge_tokens is not None:
+        model.set_token_merging(merge_tokens)
         merging = _merging(model)
         if merging:
+            unmerged = model.config.token_counts(())[:1] if model.config.factorised else (model.config.num_patches + 1,)
+            per = " per time step" if model.config.factorised else ""
             progress(f"merging tokens (ToMe, r per layer {list(merging['merge_tokens'])}): "
-                     f"{' -> '.join(map(str, (model.config.num_patches + 1, *merging['token_counts'])))} tokens")
+                     f"{' -> '.join(map(str, (*unmerged, *merging['token_counts'])))} tokens{per}")
     keep = parse_keep_fp32(options.keep_fp32, model.config, options.precision)
     seconds["load"] = time.perf_counter() - started
     spec = input_spec(model.config, options.max_batch if options.static_batch else 1, options.max_batch)
@@ -354,9 +370,66 @@ def export_onnx(
     if keep == AUTO:
         if not options.validate:
             raise ConfigError("keep_fp32= auto searches by validating each export; it cannot run with validate=False")
-        return _export_searching(job)
-    report, staged = _export_once(job, keep)
-    return _publish(job, report, staged)
+        report = _export_searching(job)
+    else:
+        report, staged = _export_once(job, keep)
+        report = _publish(job, report, staged)
+    return report if merge_search is None else _with_merge_curve(report, merge_search, progress)
+
+
+def _search_merging(model, preprocessor, options: ExportOptions, output: Path, progress: Progress):
+    """merge_tokens='auto': measure the r values on the labelled clips and keep the largest that passes the gate
+    (``export/merge_search.py``); when none does, an ExportError carrying the curve, and nothing is written."""
+    from vivit_deploy.export import merge_search as ms
+    from vivit_deploy.runtimes.cpu import describe_cpu
+
+    model.set_token_merging(1)  # a model that cannot merge (Model 3) says why before any clip is read
+    model.set_token_merging(0)
+    search_options = options.merge_search
+    plot = search_options.plot
+    if plot is not None:
+        from vivit_deploy.accuracy.drift.plots import pyplot
+
+        pyplot("merge_search.plot=")  # a missing matplotlib is a one-line error before the long steps
+        if not Path(plot).parent.is_dir():
+            raise FileNotFoundError(f"{Path(plot).parent}: the directory for merge_search.plot= does not exist")
+    tries = search_options.tries or ms.default_tries(model.config)
+    progress(f"reading labelled clips for token merging from {search_options.videos or search_options.manifest} ...")
+    inputs = ms.labelled_clips(search_options, model.config, preprocessor, progress)
+    attention = model.attn_implementation
+    model.set_attn_implementation("sdpa")  # measured as PyTorch runs it; exported through the traced path below
+    try:
+        result = ms.search(ms.torch_runner(model, inputs.pixel_values), inputs, model.config,
+                           search_options.parsed_gate, tries, describe_cpu(), progress)
+    finally:
+        model.set_attn_implementation(attention)
+    if plot is None:
+        plot = output.with_name(output.stem + ".merge-curve.png")
+        try:
+            from vivit_deploy.accuracy.drift.plots import pyplot
+
+            pyplot("the merge curve's plot")
+        except ConfigError as exc:
+            plot = None
+            result = replace(result, notes=(*result.notes, f"no plot: {exc}"))
+    result = replace(result, plot=None if plot is None else str(plot))
+    if result.chosen is None:
+        error = ExportError(f"token merging: no r above 0 passes {result.gate.name} on {result.num_clips} clips "
+                            f"(tried {', '.join(str(p.r) for p in result.points)}); nothing written. Lower the gate, "
+                            f"try smaller r (tries=), or export without merging")
+        error.report = result
+        raise error
+    return result
+
+
+def _with_merge_curve(report: ExportReport, result, progress: Progress) -> ExportReport:
+    """The exported file's report with the merge search's curve, and its plot drawn (after the file is in place)."""
+    if result.plot is not None:
+        from vivit_deploy.export.merge_search import plot_curve
+
+        plot_curve(result, result.plot)
+        progress(f"wrote the merge curve to {result.plot}")
+    return replace(report, merge_search=result)
 
 
 def _publish(job: "_Job", report: ExportReport, staged: Path) -> ExportReport:

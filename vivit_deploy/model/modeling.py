@@ -504,16 +504,16 @@ class ModelMembers(nn.Module):
 
     @property
     def merge_tokens(self) -> tuple[int, ...]:
-        """ToMe's r per layer (all 0: no merging); Models 2 and 3 do not merge."""
+        """ToMe's r per layer (all 0: no merging)."""
         return (0,) * self.config.num_layers
 
     def set_token_merging(self, merge_tokens, proportional_attention: bool = True) -> None:
         """Merge tokens in every layer (ToMe): ``merge_tokens`` is r, one whole number for every layer or one per
         layer (``token_merging_schedule``); 0 or None turns it off. ``proportional_attention`` (as published) adds
-        each token's log size to the attention scores. Training-free; the weights stay."""
+        each token's log size to the attention scores. Training-free; the weights stay. A model that cannot merge
+        says why."""
         if token_merging_schedule(merge_tokens, self.config.num_layers) != self.merge_tokens:
-            raise ConfigError("merge_tokens= applies to Model 1 (joint space-time attention); Models 2 and 3 do not "
-                              "merge tokens")
+            raise ConfigError(f"merge_tokens= does not apply to {type(self).__name__}")
 
     def set_tubelet_embedding(self, form: str) -> None:
         """How the tubelet projection computes: "conv" (Model 1's Conv3d) or "matmul" (the same product as one matrix
@@ -557,6 +557,19 @@ class _VivitBase(ModelMembers):
         encoder = self._encoder()
         encoder.merge_tokens = token_merging_schedule(merge_tokens, self.config.num_hidden_layers)
         encoder.proportional_attention = bool(proportional_attention)
+
+    @torch.no_grad()
+    def token_merging_sources(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """ToMe's source map under the current merging: a (B, N', N) bool tensor, True where the final token n' holds
+        input token n (the class token first, then the patches' tubelets in (time, row, column) order). Without
+        merging every token holds itself."""
+        embeddings = self.embeddings if isinstance(self, VivitModel) else self.vivit.embeddings
+        x = embeddings(self._prepare(pixel_values))
+        if not any(self.merge_tokens):
+            return torch.eye(x.shape[1], dtype=torch.bool).expand(x.shape[0], -1, -1)
+        sources: list = []
+        self._encoder()(x, sources=sources)
+        return sources[0] > 0
 
     def _prepare(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         if not _exporting():

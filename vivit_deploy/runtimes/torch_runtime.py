@@ -134,6 +134,20 @@ class TorchRuntime(Runtime):
         with torch.inference_mode():
             return self.model(x, return_dict=True).logits.float().cpu().numpy()
 
+    def token_merging_sources(self, pixel_values: np.ndarray, merge_tokens) -> np.ndarray:
+        """ToMe's source map of each clip with ``merge_tokens`` (r per layer): (B, N', N) bool, which input tokens
+        each final token holds (``VivitForVideoClassification.token_merging_sources``); the model's own merging
+        is restored after."""
+        import torch
+
+        before = self.model.merge_tokens
+        self.model.set_token_merging(list(merge_tokens))
+        try:
+            x = torch.from_numpy(np.ascontiguousarray(pixel_values)).to(self.model.device, self.model.dtype)
+            return self.model.token_merging_sources(x).cpu().numpy()
+        finally:
+            self.model.set_token_merging(list(before))
+
     def step_parts(self):
         from vivit_deploy.artifacts.step_parts import reuses_steps
 
