@@ -4,13 +4,17 @@
     python scripts/bench_int8_levers.py --frames 8 --iters 2  # quicker, fewer tokens (attention matters less)
     python scripts/bench_int8_levers.py --iters 7 --no-transformers --nncf-clips 0 \
         --only "openvino int8 smooth; openvino int8 smooth qk, rest bf16"     # a few paths, more calls each
+    python scripts/bench_int8_levers.py --merge-tokens 300 --nncf-clips 0 \
+        --only "openvino bf16; openvino int8 smooth qk, rest bf16; transformers fp32 sdpa"   # merged files
 
 Every path runs in a process of its own (its memory is its own), batch 2, a warm-up call then --iters timed calls,
 on held-out synthetic clips of the demo task rendered at the model's geometry (the kind the int8 files are
 calibrated on, another seed). Paths: ONNX Runtime and OpenVINO on the fp32 export; OpenVINO bf16; our int8 export
 without and with SmoothQuant (alpha 0.5), with the attention products Q·Kᵀ (and P·V) quantized too; NNCF's
 ``nncf.quantize(..., model_type=TRANSFORMER)`` on the fp32 file (where nncf is installed); transformers' fp32 sdpa as
-the reference of the speed-up goal. Prints one table: median seconds, ratios to ONNX Runtime fp32, OpenVINO fp32 and
+the reference of the speed-up goal. ``--merge-tokens R`` exports every file with token merging (ToMe, r per layer) and
+takes the cosine against our PyTorch model merging the same; transformers runs unmerged (the goal's reference).
+Prints one table: median seconds, ratios to ONNX Runtime fp32, OpenVINO fp32 and
 transformers fp32, and the worst logit cosine against our PyTorch fp32 model. Asserts nothing.
 """
 
@@ -74,6 +78,8 @@ def main() -> int:
     parser.add_argument("--no-transformers", action="store_true", help="skip transformers' fp32 (its slow reference)")
     parser.add_argument("--nncf-clips", type=int, default=4,
                         help="calibration clips for NNCF (0: leave it out); its statistics take ~2.5 GB a ViViT-B clip")
+    parser.add_argument("--merge-tokens", type=int, default=None,
+                        help="token merging's r in every layer of every exported file (transformers runs unmerged)")
     parser.add_argument("--only", default="",
                         help="path titles as the table prints them, separated by ';' (default: every path)")
     args = parser.parse_args()
@@ -108,7 +114,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vivit-int8-") as work:
         work = Path(work)
         checkpoint, label = random_checkpoint("vivit-b-16x2", work / "ckpt", num_frames=args.frames)
-        with load_runtime(checkpoint, "torch", device="cpu") as reference:
+        merging = {} if args.merge_tokens is None else {"merge_tokens": args.merge_tokens}
+        with load_runtime(checkpoint, "torch", device="cpu", **merging) as reference:
             pre = VideoPreprocessor(reference.preprocessor)
             for name, count, seed in (("calibration", args.calibration_clips, CALIBRATION_SEED),
                                       ("heldout", args.heldout_clips, HELDOUT_SEED)):
@@ -117,11 +124,12 @@ def main() -> int:
             heldout = CompareInputs.load(work / "heldout.npz").pixel_values
             expected = reference.run_batches(heldout, 2)
         needed = {p[1] for p in paths}
-        files = {"fp32": export_onnx(checkpoint, work / "fp32.onnx", max_batch=2, validate=False).path}
+        files = {"fp32": export_onnx(checkpoint, work / "fp32.onnx", max_batch=2, validate=False, **merging).path}
         for name, options in [(n, o) for n, o in levers if n in needed]:
             print(f"exporting {name} ...", flush=True)
             files[name] = export_onnx(checkpoint, work / f"{name.replace(' ', '-')}.onnx", precision="int8", max_batch=2,
-                                      calibration=work / "calibration.npz", validate=False, **options).path
+                                      calibration=work / "calibration.npz", validate=False, **options,
+                                      **merging).path
         if "nncf int8" in needed:
             try:
                 print("quantizing with NNCF ...", flush=True)
@@ -139,7 +147,9 @@ def main() -> int:
             rows[title] = (result["median"], logit_stats(expected, np.array(result["logits"], np.float32)).min_cosine)
     ort32, ov32 = rows["onnxruntime fp32"][0], rows["openvino fp32"][0]
     hf = rows.get("transformers fp32 sdpa", (None,))[0]
-    print(f"\n{label}, batch 2, {args.heldout_clips} held-out synthetic clips, calibrated on {args.calibration_clips} others\n")
+    merged = "" if args.merge_tokens is None else f", our files merging r = {args.merge_tokens} per layer"
+    print(f"\n{label}, batch 2, {args.heldout_clips} held-out synthetic clips, calibrated on {args.calibration_clips} "
+          f"others{merged}\n")
     print("| path | median s | over ORT fp32 | over OpenVINO fp32 | over transformers fp32 | worst logit cosine |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for title, (seconds, cosine) in rows.items():

@@ -226,6 +226,36 @@ def test_ties_merge_the_earlier_token_into_the_first_best_match():
 
 
 @pytest.mark.slow
+def test_a_merged_model_2_exports_with_its_step_parts_and_runs_the_merge_on_every_cpu_backend(tmp_path):
+    """Model 2 merging in its spatial encoder: the whole file and the step encoder a stream reuses steps through carry
+    the merge; ONNX Runtime and OpenVINO give PyTorch's merge."""
+    import importlib.util
+
+    from vivit_deploy.artifacts.metadata import read_onnx_metadata
+    from vivit_deploy.export import export_onnx
+    from vivit_deploy.model.checkpoint import save_pretrained
+    from vivit_deploy.runtimes import load_runtime
+
+    config = VivitConfig(**{**CONFIG, "num_frames": 8, "variant": "factorised_encoder", "temporal_layers": 1,
+                            "positions": "separate"}, id2label={0: "a", 1: "b"})
+    torch.manual_seed(0)
+    model = new_model(config).eval()
+    save_pretrained(model, tmp_path / "checkpoint")
+    report = export_onnx(tmp_path / "checkpoint", tmp_path / "m2.onnx", merge_tokens=4)
+    assert report.passed and len(report.step_parts) == 2  # the parts are validated against PyTorch too
+    assert read_onnx_metadata(tmp_path / "m2.onnx").merge_tokens == (4, 4, 4, 0)
+    model.set_token_merging(4)
+    x = np.random.default_rng(0).standard_normal((3, 8, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).logits.numpy()
+    backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for backend in backends:
+        with load_runtime(tmp_path / "m2.onnx", backend, device="cpu") as runtime:
+            assert runtime.merge_tokens == (4, 4, 4, 0)
+            np.testing.assert_allclose(runtime.run(x), expected, atol=1e-4)
+
+
+@pytest.mark.slow
 def test_a_merged_export_runs_the_pytorch_merge_on_every_cpu_backend(tmp_path):
     """vivit-export --merge-tokens: static shapes (each layer's token count fixed by r), the schedule and the counts
     in the file's metadata, and ONNX Runtime and OpenVINO within 1e-4 of PyTorch's merge (fp32)."""
