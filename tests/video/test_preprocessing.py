@@ -157,3 +157,47 @@ def test_config_json_keeps_unknown_keys(tmp_path):
     data = {**PreprocessorConfig().to_dict(), "processor_class": "X"}
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
     assert VideoPreprocessor.from_pretrained(tmp_path).config.to_dict() == data
+
+
+# ---- every processor file transformers writes, read with its own meaning ---------------------------------------------
+
+VIDEOMAE_FILES = {  # what VideoMAE checkpoints carry: the class's defaults, and MCG-NJU's explicit ImageNet statistics
+    "defaults": {},
+    "mcg-nju": {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 2,
+                "size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}},
+    "small": {"size": {"shortest_edge": 36}, "crop_size": {"height": 32, "width": 32}, "do_normalize": False},
+}
+
+
+@pytest.mark.parametrize("settings", VIDEOMAE_FILES.values(), ids=VIDEOMAE_FILES.keys())
+def test_a_videomae_processor_file_gives_transformers_pixel_values(settings, tmp_path):
+    """VideoMAE's processor (TimeSformer's checkpoints use it too) has no offset and rescales by 1/255: read as
+    ViViT's, its values came out shifted by 2.0. Now its file's fields keep their meaning, and the pixel values are
+    transformers' Pillow processor's."""
+    transformers = pytest.importorskip("transformers", reason="transformers (the parity reference) is not installed")
+    from vivit_deploy.video.preprocessing import preprocessor_config_in
+
+    theirs = transformers.VideoMAEImageProcessorPil(**settings)
+    theirs.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert written["image_processor_type"].startswith("VideoMAEImageProcessor") and "offset" not in written
+    config = preprocessor_config_in(tmp_path)
+    assert config.processor_type.startswith("VideoMAEImageProcessor") and not config.offset
+    clip = random_clip(frames=3, height=60, width=84, seed=4)
+    ours = VideoPreprocessor(config)(clip)
+    expected = np.asarray(theirs(list(clip), return_tensors="np")["pixel_values"])
+    assert ours.shape == expected.shape and float(np.abs(ours - expected).max()) <= PARITY
+    again = PreprocessorConfig.from_dict(config.to_dict())  # written back with its type, read back the same
+    assert again == config and again.to_dict()["image_processor_type"] == config.processor_type
+
+
+def test_a_processor_file_of_an_unknown_class_is_refused_in_one_line(tmp_path):
+    from vivit_deploy.video.preprocessing import preprocessor_config_in
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "SiglipImageProcessor"}))
+    with pytest.raises(ConfigError, match="'SiglipImageProcessor' is not a processor vivit_deploy reads"):
+        preprocessor_config_in(tmp_path)
+    with pytest.raises(ConfigError, match="has no offset step"):
+        PreprocessorConfig.from_dict({"image_processor_type": "VideoMAEImageProcessor", "offset": True})
+    vivit = PreprocessorConfig.from_dict({"size": {"shortest_edge": 40}})  # no type: ViViT's, as files written before
+    assert vivit.processor_type == "VivitImageProcessor" and vivit.offset and vivit.rescale_factor == 1 / 127.5

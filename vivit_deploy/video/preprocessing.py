@@ -63,9 +63,24 @@ def _per_channel(value: Any, name: str) -> tuple[float, ...]:
     return out * 3 if len(out) == 1 else out
 
 
+# The processors whose preprocessor_config.json this reads, each with the defaults its fields take when a file leaves
+# them out (a key missing from the file means that class's default, not ViViT's). VideoMAE's processor (which
+# TimeSformer's checkpoints use too) rescales by 1/255 with no offset and resizes the short side to 224; transformers 5
+# names its Pillow form VideoMAEImageProcessorPil (the same numbers as the torchvision form up to the resize).
+VIVIT_PROCESSOR = "VivitImageProcessor"
+PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    VIVIT_PROCESSOR: {},
+    "VivitImageProcessorPil": {},
+    "VideoMAEImageProcessor": {"size": {"shortest_edge": 224}, "rescale_factor": 1 / 255, "offset": False},
+    "VideoMAEImageProcessorPil": {"size": {"shortest_edge": 224}, "rescale_factor": 1 / 255, "offset": False},
+}
+_WITHOUT_OFFSET = ("VideoMAEImageProcessor", "VideoMAEImageProcessorPil")  # classes that have no offset step
+
+
 @dataclass(frozen=True)
 class PreprocessorConfig:
-    """Every field of transformers' ``VivitImageProcessor``; defaults are that class's defaults."""
+    """Every field of transformers' ``VivitImageProcessor`` (VideoMAE's processor has the same steps without the
+    offset); defaults are ViViT's, and ``from_dict`` gives a file's missing fields its own class's defaults."""
 
     do_resize: bool = True  # resize before cropping
     size: dict[str, int] = field(default_factory=lambda: {"shortest_edge": 256})  # shortest_edge, or height+width
@@ -78,6 +93,7 @@ class PreprocessorConfig:
     do_normalize: bool = True  # (x - mean) / std per channel
     image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    processor_type: str = VIVIT_PROCESSOR  # the transformers class the file names (PROCESSOR_DEFAULTS)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # other keys, written back verbatim
 
     def __post_init__(self) -> None:
@@ -87,6 +103,11 @@ class PreprocessorConfig:
         object.__setattr__(self, "image_std", _per_channel(self.image_std, "image_std"))
         if self.resample not in RESAMPLE_NAMES:
             raise ConfigError(f"resample must be a PIL resampling filter {RESAMPLE_NAMES}, got {self.resample!r}")
+        if self.processor_type not in PROCESSOR_DEFAULTS:
+            raise ConfigError(f"processor_type= {self.processor_type!r} is not a processor vivit_deploy reads "
+                              f"({', '.join(PROCESSOR_DEFAULTS)}): its fields may mean other steps")
+        if self.offset and self.processor_type in _WITHOUT_OFFSET:
+            raise ConfigError(f"offset= True: {self.processor_type} has no offset step")
         if self.offset and not self.do_rescale:
             raise ConfigError("offset requires do_rescale (as in transformers' VivitImageProcessor)")
         if self.do_normalize and any(s == 0 for s in self.image_std):
@@ -94,12 +115,21 @@ class PreprocessorConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessorConfig":
+        """From a ``preprocessor_config.json``'s object: its ``image_processor_type`` (ViViT's when absent, as files
+        this package wrote before it recorded one) decides what a missing field means; a processor class this does
+        not read is refused in one line rather than read with ViViT's meaning."""
         if not isinstance(data, dict):
             raise ConfigError(f"a preprocessor config must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in data.items() if k in names}
+        data = dict(data)
+        kind = data.pop("image_processor_type", None) or data.pop("processor_type", None) or VIVIT_PROCESSOR
+        if kind not in PROCESSOR_DEFAULTS:
+            raise ConfigError(f"preprocessor_config.json's image_processor_type {kind!r} is not a processor vivit_deploy "
+                              f"reads ({', '.join(PROCESSOR_DEFAULTS)}): reading its fields as ViViT's could preprocess "
+                              "wrongly")
+        names = {f.name for f in fields(cls)} - {"extra", "processor_type"}
+        kwargs = {**PROCESSOR_DEFAULTS[kind], **{k: v for k, v in data.items() if k in names}}
         extra = {k: v for k, v in data.items() if k not in names}
-        return cls(**kwargs, extra=extra)
+        return cls(**kwargs, processor_type=kind, extra=extra)
 
     @classmethod
     def for_input_size(cls, height: int, width: int) -> "PreprocessorConfig":
@@ -140,11 +170,12 @@ class PreprocessorConfig:
         return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"image_processor_type": "VivitImageProcessor", **self.extra}
+        out = {"image_processor_type": self.processor_type, **self.extra}
         for f in fields(self):
-            if f.name != "extra":
-                value = getattr(self, f.name)
-                out[f.name] = list(value) if isinstance(value, tuple) else value
+            if f.name in ("extra", "processor_type") or (f.name == "offset" and self.processor_type in _WITHOUT_OFFSET):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
     def output_hw(self, height: int, width: int) -> tuple[int, int]:
