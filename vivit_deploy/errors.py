@@ -24,6 +24,11 @@ class CheckpointNotFoundError(VivitDeployError, FileNotFoundError):
     """A checkpoint source that is neither a local directory nor a reachable Hugging Face Hub repository."""
 
 
+class MetaDeviceError(VivitDeployError, RuntimeError):
+    """Loading weights inside ``with torch.device("meta")``, where no tensor holds data: a RuntimeError, as
+    transformers raises there."""
+
+
 class CheckpointError(VivitDeployError, ValueError):
     """A checkpoint whose files exist but do not fit the model: missing, unexpected or mis-shaped weights."""
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from vivit_deploy.errors import CheckpointError, ConfigError, InputShapeError
+from vivit_deploy.errors import CheckpointError, ConfigError, InputShapeError, MetaDeviceError
 from vivit_deploy.model.checkpoint import load_model
 from vivit_deploy.model.config import VivitConfig
 from vivit_deploy.model.modeling import VivitForVideoClassification, VivitModel, interpolate_positions
@@ -235,8 +235,12 @@ def test_dtype_strings_auto_and_torch_dtype(tmp_path):
 
 def test_loading_inside_the_meta_device_is_refused_as_transformers_refuses(tmp_path):
     ours, _ = ours_and_theirs(tmp_path / "t")
-    with torch.device("meta"), pytest.raises(ConfigError, match="inside `with torch.device\\('meta'\\)`"):
+    with torch.device("meta"), pytest.raises(RuntimeError, match="inside `with torch.device\\('meta'\\)`") as raised:
         load_model(tmp_path / "t")
+    assert isinstance(raised.value, MetaDeviceError)  # a RuntimeError, as transformers raises, and one of ours
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"), pytest.raises(RuntimeError):  # what code written against transformers catches
+        transformers.VivitForVideoClassification.from_pretrained(tmp_path / "t")
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         empty = VivitForVideoClassification(ours.config)  # an empty model there is what meta is for
@@ -308,3 +312,17 @@ def test_at_geometry_bakes_the_positions_and_equals_interpolation(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(small(x).logits, ours(x, interpolate_pos_encoding=True).logits, rtol=0, atol=1e-6)
     assert ours.at_geometry() is ours
+
+
+@pytest.mark.parametrize("base", [False, True], ids=["classifier", "base"])
+def test_torch_export_takes_our_models_as_it_takes_transformers(base, tmp_path):
+    """transformers' ViViT tests export the model with torch.export: its outputs are pytree nodes. Ours are too, so
+    torch.export and AOTInductor users can take them; the exported program returns the same output class."""
+    ours, _ = ours_and_theirs(tmp_path, base=base)
+    x = torch.randn(2, *ours.config.input_shape, generator=torch.Generator().manual_seed(0))
+    exported = torch.export.export(ours, (x,))
+    with torch.no_grad():
+        out, expected = exported.module()(x), ours(x)
+    assert type(out) is type(expected)
+    for name in expected.keys():
+        torch.testing.assert_close(out[name], expected[name], atol=1e-5, rtol=1e-5)

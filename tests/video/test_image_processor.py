@@ -138,3 +138,14 @@ def test_the_preprocessor_imports_torch_only_when_handed_a_tensor():
     code = ("import sys, numpy as np\nfrom vivit_deploy import VideoPreprocessor\n"
             "VideoPreprocessor()([np.zeros((30, 40, 3), np.uint8)] * 2)\nprint('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_channels_last_output_equals_transformers():
+    processor, reference = both()
+    batch = [as_numpy(v) for v in videos()]
+    ours = processor(batch, data_format="channels_last", return_tensors="np").pixel_values
+    theirs = theirs_array(reference, batch, data_format="channels_last")
+    assert ours.shape == theirs.shape == (3, FRAMES, 18, 18, 3)
+    np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(ConfigError, match="give 'channels_first'"):
+        processor(batch, data_format="planar")

@@ -63,10 +63,13 @@ class VivitImageProcessor(VideoPreprocessor):
 
     def __call__(self, videos: Any, return_tensors: str | None = None, input_data_format: str | None = None,
                  data_format: str | None = None, **overrides: Any) -> BatchFeature:
-        if data_format not in (None, "channels_first") and getattr(data_format, "value", None) != "channels_first":
-            raise ConfigError(f"data_format {data_format!r}: the model takes channels first (B, T, 3, H, W), the "
-                              "only layout this processor writes")
+        layout = getattr(data_format, "value", data_format) or "channels_first"
+        if layout not in ("channels_first", "channels_last"):
+            raise ConfigError(f"data_format {data_format!r}: give 'channels_first' (B, T, 3, H, W), what the model "
+                              "takes, or 'channels_last' (B, T, H, W, 3)")
         pixel_values = super().__call__(videos, input_data_format=input_data_format, **overrides)
+        if layout == "channels_last":  # as transformers writes it: the channel axis last, values the same
+            pixel_values = np.ascontiguousarray(np.moveaxis(pixel_values, -3, -1))
         return BatchFeature(pixel_values=_as_tensors(pixel_values, return_tensors))
 
     preprocess = __call__
