@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vivit_deploy.model.config import VivitConfig
+from vivit_deploy.model.registry import config_from_dict
 from vivit_deploy.errors import ConfigError, ModelFileError
 from vivit_deploy.model.io_spec import InputSpec
 from vivit_deploy.video.preprocessing import PreprocessorConfig
@@ -81,7 +82,7 @@ class DeployMetadata:
             if precision not in PRECISIONS:
                 raise ConfigError(f"unknown precision {precision!r}")
             return cls(
-                config=VivitConfig.from_dict(json.loads(props[PREFIX + "config"])),
+                config=config_from_dict(json.loads(props[PREFIX + "config"])),
                 preprocessor=PreprocessorConfig.from_dict(json.loads(props[PREFIX + "preprocessor"])),
                 input=InputSpec.from_dict(json.loads(props[PREFIX + "input"])),
                 precision=precision,

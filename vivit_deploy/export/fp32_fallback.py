@@ -105,9 +105,9 @@ def _unit_parts(unit: str, config) -> list[tuple[str, str | None]]:
     """(module path, the dtype its output leaves in) of each model part ``unit`` keeps in fp32 (a layer over space in
     Model 3 has attention and one LayerNorm only)."""
     if unit in OUTSIDE:
-        return [(part_path(part), dtype) for part, dtype in OUTSIDE[unit]]
+        return [(part_path(part, config=config), dtype) for part, dtype in OUTSIDE[unit]]
     layer, _, kind = unit.partition(".")
-    return [(part_path(part, int(layer)), dtype) for part, dtype in UNIT_PARTS[kind]
+    return [(part_path(part, int(layer), config), dtype) for part, dtype in UNIT_PARTS[kind]
             if config is None or has_part(config, int(layer), part)]
 
 

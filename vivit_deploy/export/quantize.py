@@ -32,7 +32,7 @@ for accuracy (fp32: 99.8%):
   NNCF does not win on both numbers and needs about 2.5 GB a ViViT-B clip for its statistics, so the
   calibrator stays ours. Percentile or entropy ranges were not built: min/max keeps every usable lever
   above 0.9995, and the one that fails (P @ V) fails at the bottom of the range, not at its outliers.
-- Not the tubelet projection (``FLOAT_MODULE``), measured when it was the patch Conv3d: with it, 2.48x
+- Not the tubelet projection (``FLOAT_MODULES``), measured when it was the patch Conv3d: with it, 2.48x
   instead of 2.90x (ONNX Runtime's int8 Conv needs a quantized output, so it runs DequantizeLinear + fp32
   Conv) and twice the drift (cosine 0.99862). It is exported as a MatMul now and stays float, as before.
 - Q, K and V fused into one MatMul (``fuse_shared_input_matmuls``) before quantizing: unfused, ONNX
@@ -69,10 +69,11 @@ import numpy as np
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.export.graph_checks import count_reading_dequantized
 from vivit_deploy.export.graph_scopes import in_module
+from vivit_deploy.model.probes import EMBEDDING_MODULES
 
 # Op types whose weights (and inputs) are quantized; the tubelet projection is left out (see the module docstring).
 QUANTIZED_OPS = ("MatMul",)
-FLOAT_MODULE = "vivit.embeddings"  # the tubelet projection (a MatMul in the export) stays float, as the Conv3d did
+FLOAT_MODULES = EMBEDDING_MODULES  # the tubelet projection (a MatMul in the export) stays float, as the Conv3d did
 DEFAULT_CALIBRATION_CLIPS = 32
 CALIBRATION_BATCH = 2  # clips per calibration run: ViViT-B at batch 2 needs about 3 GB in ONNX Runtime
 
@@ -274,11 +275,11 @@ def quantize(fp32_model, clips: np.ndarray, calibration_source: str, input_name:
 
 
 def _weighted_ops(model, ops: tuple[str, ...]) -> list:
-    """The nodes of ``ops`` that multiply an activation by a weight (an initializer), outside ``FLOAT_MODULE``:
+    """The nodes of ``ops`` that multiply an activation by a weight (an initializer), outside ``FLOAT_MODULES``:
     what quantize gives Q/DQ, and whose activation inputs calibration measures."""
     constants = {init.name for init in model.graph.initializer}
     return [n for n in model.graph.node if n.op_type in ops and len(n.input) > 1 and n.input[1] in constants
-            and n.input[0] not in constants and not in_module(n, FLOAT_MODULE)]
+            and n.input[0] not in constants and not any(in_module(n, m) for m in FLOAT_MODULES)]
 
 
 def channel_maxima(model, tensors: list[str], clips: np.ndarray, input_name: str) -> dict[str, np.ndarray]:
@@ -328,7 +329,7 @@ def smooth_quant(fp32_model, clips: np.ndarray, input_name: str, alpha: float = 
             continue
         users = readers.get(node.output[0], [])
         if users and all(u.op_type == "MatMul" and u.input[0] == node.output[0] and u.input[1] in initializers
-                         and not in_module(u, FLOAT_MODULE) for u in users):
+                         and not any(in_module(u, m) for m in FLOAT_MODULES) for u in users):
             sites.append((node, users))
     if not sites:
         return model, 0

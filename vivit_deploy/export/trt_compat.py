@@ -209,10 +209,10 @@ def check_trt(path: str | os.PathLike, precision: str | None = None, trt: str = 
                                 f"no vivit_deploy metadata: treating it as an {precision} graph (from its weights)"))
     config = None
     if "vivit_deploy.config" in props:
-        from vivit_deploy.model.config import VivitConfig
+        from vivit_deploy.model.registry import config_from_dict
 
         try:
-            config = VivitConfig.from_dict(json.loads(props["vivit_deploy.config"]))
+            config = config_from_dict(json.loads(props["vivit_deploy.config"]))
         except (ConfigError, json.JSONDecodeError):
             config = None  # metadata of another version: the counts are then not checked
     kept = tuple(json.loads(props.get("vivit_deploy.kept_fp32", "[]")))

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from vivit_deploy.errors import CheckpointError, ConfigError
+from vivit_deploy.errors import CheckpointError, ConfigError, MetaDeviceError
 from vivit_deploy.model.config import VivitConfig, check_attn_implementation
 from vivit_deploy.model.registry import family
 from vivit_deploy.model.hf_layout import BIN_INDEX, BIN_NAME, CONFIG_NAME, SAFETENSORS_INDEX, SAFETENSORS_NAME, resolve_source
@@ -35,9 +35,8 @@ def load_config(directory: str | os.PathLike) -> VivitConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raw = None  # the config's own reader says what is wrong with the file
-    if isinstance(raw, dict):
-        family(raw.get("model_type", "vivit"))
-    return VivitConfig.from_json_file(path)
+    models = family(raw.get("model_type", "vivit")) if isinstance(raw, dict) else family("vivit")
+    return models.config_class().from_json_file(path)
 
 
 def load_state_dict(directory: str | os.PathLike) -> dict[str, "torch.Tensor"]:
@@ -114,6 +113,18 @@ RENAMED_KEYS = (
 ARCHITECTURES = {"VivitForVideoClassification": "classification", "VivitModel": "base"}
 
 
+def _renamed(state: dict, patterns: tuple) -> dict:
+    """``state`` with a model family's own older key names (its ``RENAMED_KEYS``) brought to its current ones."""
+    if not patterns:
+        return state
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in patterns:
+            key = pattern.sub(replacement, key)
+        out[key] = value
+    return out
+
+
 def original_names(state: dict) -> dict:
     """The state dict with transformers 5's renamed keys (``vivit.layers.0.attention.q_proj``) back to the original
     names this model uses (``vivit.encoder.layer.0.attention.attention.query``); original keys pass unchanged."""
@@ -127,25 +138,28 @@ def original_names(state: dict) -> dict:
     return out
 
 
-def _pick_head(state: dict, head: Head, source: str, architectures=None) -> tuple[str, dict]:
+def _pick_head(state: dict, head: Head, source: str, architectures=None, prefix: str = "vivit",
+               known: dict | None = None) -> tuple[str, dict]:
     """Decide which model the weights are for, and key them the way that model names its parameters.
 
-    ``head="auto"`` follows ``config.json``'s ``architectures`` (as transformers does), and the weights where it
-    names none, so a checkpoint whose weights do not fit is reported against the model it says it is."""
-    named = next((ARCHITECTURES[a] for a in architectures or () if a in ARCHITECTURES), None)
+    ``head="auto"`` follows ``config.json``'s ``architectures`` (as transformers does; ``known``: the family's names),
+    and the weights where it names none, so a checkpoint whose weights do not fit is reported against the model it
+    says it is. ``prefix``: the encoder's parameter prefix in a classifier checkpoint."""
+    known = known or ARCHITECTURES
+    named = next((known[a] for a in architectures or () if a in known), None)
     is_classifier = named == "classification" if named else "classifier.weight" in state
     if head == "auto":
         head = "classification" if is_classifier else "base"
     if head == "classification":
         if "classifier.weight" not in state and not is_classifier:
             raise CheckpointError(
-                f"{source}: has no classifier weights (a bare VivitModel checkpoint); load it with head='base'"
+                f"{source}: has no classifier weights (a bare encoder's checkpoint); load it with head='base'"
             )
         return head, state
     if head != "base":
         raise ConfigError(f"head must be 'auto', 'classification' or 'base', got {head!r}")
-    if any(k.startswith("vivit.") for k in state):  # a classification checkpoint, read as the bare encoder
-        state = {k[len("vivit.") :]: v for k, v in state.items() if k.startswith("vivit.")}
+    if any(k.startswith(prefix + ".") for k in state):  # a classification checkpoint, read as the bare encoder
+        state = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
     return head, state
 
 
@@ -202,22 +216,23 @@ def load_model(
     if dtype is not None and torch_dtype is not None:
         raise ConfigError("give dtype or torch_dtype (its older name), not both")
     if torch.get_default_device().type == "meta":
-        raise ConfigError("load_model/from_pretrained was called inside `with torch.device('meta')`, where no weight "
+        raise MetaDeviceError("load_model/from_pretrained was called inside `with torch.device('meta')`, where no weight "
                           "can be loaded; build the empty model there with VivitForVideoClassification(config) instead")
     directory = resolve_source(
         source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
     )
     config = load_config(directory)
-    state = original_names(load_state_dict(directory))
-    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config.extra, state)
     models = family(config.model_type)
+    state = _renamed(original_names(load_state_dict(directory)), models.renamed_keys())
+    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config.extra, state)
     if models.base is None:  # Models 2 and 3 (model/factorised.py): classifiers only
         if head == "base":
             raise ConfigError(f"{source}: a {config.variant.replace('_', ' ')} checkpoint loads with its classifier "
                               "(head='auto' or 'classification')")
         head = "classification"
     else:
-        head, state = _pick_head(state, head, str(source), config.extra.get("architectures"))
+        head, state = _pick_head(state, head, str(source), config.extra.get("architectures"), config.base_prefix,
+                                 models.architectures)
     with torch.device("meta"):  # build without allocating or initialising: every tensor is replaced below
         if head == "classification":
             model = models.model_class(head)(config, attn_implementation=attn_implementation)

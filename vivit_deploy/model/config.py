@@ -198,6 +198,21 @@ class VivitConfig:
         return FACTORISED_MODEL_TYPE if self.factorised else _MODEL_TYPE
 
     @property
+    def class_tokens(self) -> int:
+        """Tokens in front of the tubelets' (ViViT's CLS token: 1; a model without one says 0)."""
+        return 1
+
+    @property
+    def key_bias(self) -> bool:
+        """Whether the key projection has a bias (ViViT: as the query and value ones, ``qkv_bias``)."""
+        return self.qkv_bias
+
+    @property
+    def base_prefix(self) -> str:
+        """The encoder's parameter prefix in a classifier checkpoint (``vivit.``...; transformers' base_model_prefix)."""
+        return "vivit"
+
+    @property
     def num_layers(self) -> int:
         """Transformer layers in the order the data flows through them, each one set of probe points and one
         --keep-fp32 unit: Model 1's layers; Model 2's spatial layers, then its temporal ones; Model 3's blocks as
@@ -262,7 +277,7 @@ class VivitConfig:
             spatial = merged_token_counts(self.grid[1] * self.grid[2] + cls, tuple(merge_tokens[:self.num_hidden_layers])
                                           + (0,) * max(self.num_hidden_layers - len(merge_tokens), 0))
             return spatial + (self.grid[0] + cls,) * self.temporal_layers
-        return merged_token_counts(self.num_patches + 1, tuple(merge_tokens))
+        return merged_token_counts(self.num_patches + self.class_tokens, tuple(merge_tokens))
 
     def flops_per_clip(self, merge_tokens: tuple[int, ...] = ()) -> float:
         """Multiply-adds x 2 of one forward pass, the figure benchmarks divide by: the weight products and the
@@ -296,7 +311,7 @@ class VivitConfig:
             tokens = steps * (space + cls)
             block = attention(steps, space + cls) + attention(space + cls, steps) + mlp(tokens)
             return float(embed + self.num_hidden_layers * block + head)
-        n = self.num_patches + 1
+        n = self.num_patches + self.class_tokens
         if not any(merge_tokens):
             return float(embed + self.num_hidden_layers * (attention(1, n) + mlp(n)) + head)
         layers = 0.0
@@ -377,6 +392,85 @@ class VivitConfig:
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+VIDEOMAE_MODEL_TYPE = "videomae"
+
+
+@dataclass(frozen=True)
+class VideoMAEConfig(VivitConfig):
+    """VideoMAE's config: ViViT's geometry fields (``tubelet_size`` as (frames, height, width), read from
+    config.json's ``tubelet_size`` and ``patch_size``), plus ``qv_bias`` and ``use_mean_pooling``. Defaults are
+    VideoMAE-B's (transformers' ``VideoMAEConfig``)."""
+
+    num_frames: int = 16
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    qv_bias: bool = True  # query and value projections with a bias; the key projection has none
+    use_mean_pooling: bool = True  # mean of the tokens through fc_norm; False: the first token after the final norm
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "qkv_bias", bool(self.qv_bias))  # what the query and value projections read
+        if self.variant != "joint":
+            raise ConfigError("VideoMAE attends over space and time jointly: variant must be 'joint'")
+        super().__post_init__()
+
+    @property
+    def model_type(self) -> str:
+        return VIDEOMAE_MODEL_TYPE
+
+    @property
+    def class_tokens(self) -> int:
+        return 0
+
+    @property
+    def key_bias(self) -> bool:
+        return False
+
+    @property
+    def base_prefix(self) -> str:
+        return "videomae"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VideoMAEConfig":
+        """From transformers' VideoMAE ``config.json``: ``tubelet_size`` (frames) and ``patch_size`` (pixels, or
+        (height, width)) make the tubelet; the pre-training decoder's keys are kept as they are."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+        if data.get("model_type", VIDEOMAE_MODEL_TYPE) != VIDEOMAE_MODEL_TYPE:
+            raise ConfigError(f"config.json describes a {data.get('model_type')!r} model, not VideoMAE")
+        data = dict(data)
+        frames = data.pop("tubelet_size", 2)
+        patch = data.pop("patch_size", 16)
+        if isinstance(frames, (list, tuple)):  # our own to_dict never writes this; a 3-tuple is the whole tubelet
+            tubelet = tuple(frames)
+        else:
+            ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+            tubelet = (frames, ph, pw)
+        names = {f.name for f in fields(cls)} - {"extra", "id2label", "tubelet_size", "qkv_bias"}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        id2label = data.get("id2label")
+        if id2label is None:
+            id2label = {i: f"LABEL_{i}" for i in range(int(data.get("num_labels", 2)))}
+        try:
+            id2label = {int(k): v for k, v in id2label.items()}
+        except (AttributeError, ValueError) as exc:
+            raise ConfigError(f"id2label must map integer ids to names, got {id2label!r}") from exc
+        skip = names | {"id2label", "label2id", "num_labels", "model_type", "qkv_bias"}
+        extra = {k: v for k, v in data.items() if k not in skip}
+        try:
+            return cls(**kwargs, tubelet_size=tubelet, id2label=id2label, extra=extra)
+        except TypeError as exc:
+            raise ConfigError(f"invalid config: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` transformers writes for VideoMAE (``tubelet_size`` frames, ``patch_size`` pixels)."""
+        out = super().to_dict()
+        t, ph, pw = self.tubelet_size
+        out.update(model_type=VIDEOMAE_MODEL_TYPE, tubelet_size=t, patch_size=ph if ph == pw else [ph, pw])
+        for name in ("qkv_bias", "pooler_act", "pooler_output_size"):
+            out.pop(name, None)
+        return dict(sorted(out.items()))
 
 
 # Named geometries, as tiny dicts of overrides (the timm way): `--config vivit-b-16x2` and tests use them.

@@ -34,6 +34,29 @@ from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.model.hf_layout import write_checkpoint
 from vivit_deploy.model.outputs import EncoderOutput, VideoClassifierOutput
 
+
+def _register_outputs() -> None:
+    """Our output classes as pytree nodes, as transformers registers its ``ModelOutput``: ``torch.export``, AOTInductor
+    and ``torch.compile`` can then take a model that returns them (the fields that are set, by name)."""
+    from torch.utils import _pytree as pytree
+
+    for cls in (EncoderOutput, VideoClassifierOutput):
+        if cls in pytree.SUPPORTED_NODES:
+            continue
+
+        def flatten(output, cls=cls):
+            return output.values(), output.keys()
+
+        def unflatten(values, names, cls=cls):
+            return cls(**dict(zip(names, values)))
+
+        pytree.register_pytree_node(cls, flatten, unflatten, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+                                    flatten_with_keys_fn=lambda output: ([(pytree.MappingKey(k), v) for k, v in
+                                                                          output.items()], output.keys()))
+
+
+_register_outputs()
+
 _check_attn_implementation = check_attn_implementation  # the name the model files use
 
 
@@ -134,7 +157,7 @@ class SelfAttention(nn.Module):
         self.attn_implementation = _check_attn_implementation(attn_implementation)
         d, inner = config.hidden_size, config.num_attention_heads * config.head_dim  # inner < d where heads do not
         self.query = nn.Linear(d, inner, bias=config.qkv_bias)                    # divide the width (transformers 5)
-        self.key = nn.Linear(d, inner, bias=config.qkv_bias)
+        self.key = nn.Linear(d, inner, bias=config.key_bias)
         self.value = nn.Linear(d, inner, bias=config.qkv_bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:

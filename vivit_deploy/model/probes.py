@@ -48,7 +48,7 @@ EMBEDDINGS, PROJECTION, SPATIAL_NORM_PART, FINAL_NORM, CLASSIFIER = (
     "embeddings", "projection", "spatial_norm", "final_norm", "classifier")
 TEMPORAL_INPUTS = "temporal_inputs"  # Model 2: the temporal encoder's CLS token and positions (parameters)
 
-LAYER_PREFIX = "vivit.encoder.layer"
+LAYER_PREFIX = "vivit.encoder.layer"  # ViViT's; part_path(..., config=) gives every model's own
 # the path of each part of a layer, under the layer's own path
 _LAYER_PATHS = {BLOCK: "", NORM_BEFORE: "layernorm_before", ATTENTION: "attention",
                 SELF_ATTENTION: "attention.attention", QUERY: "attention.attention.query",
@@ -97,22 +97,32 @@ class ModelPart:
     probe: str | None = None
 
 
-def layer_module(layer: int, part: str) -> str:
+def layer_module(layer: int, part: str, config=None) -> str:
     """The module path of ``part`` of layer ``layer`` (checkpoint names count layers from 0)."""
-    return part_path(part, layer)
+    return part_path(part, layer, config)
+
+
+def _prefix(config) -> str:
+    """The encoder's parameter prefix of ``config``'s model ("vivit", "videomae"); ViViT's without a config."""
+    return "vivit" if config is None else config.base_prefix
 
 
 def part_path(part: str, layer: int | None = None, config=None) -> str:
-    """The module path of ``part``: of layer ``layer``, or outside the layers (``config`` names the embeddings'
-    projection, which Model 1 and Models 2 and 3 write differently)."""
+    """The module path of ``part``: of layer ``layer``, or outside the layers. ``config`` names the model: its
+    encoder's prefix ("vivit.", "videomae."; ViViT's without one), the embeddings' projection (Model 1 and Models 2
+    and 3 write it differently) and the final norm (VideoMAE's mean pooling normalises in ``fc_norm``)."""
+    prefix = _prefix(config)
     if layer is not None:
-        base = f"{LAYER_PREFIX}.{layer}"
+        base = f"{prefix}.encoder.layer.{layer}"
         sub = _LAYER_PATHS[part]
         return f"{base}.{sub}" if sub else base
     if part == PROJECTION:
-        return "vivit.embeddings.projection" if config is not None and config.factorised else \
-            "vivit.embeddings.patch_embeddings"
-    return _OUTSIDE_PATHS[part]
+        return f"{prefix}.embeddings.projection" if config is not None and config.factorised else \
+            f"{prefix}.embeddings.patch_embeddings"
+    if part == FINAL_NORM and getattr(config, "use_mean_pooling", False):
+        return "fc_norm"
+    path = _OUTSIDE_PATHS[part]
+    return path if part == CLASSIFIER else prefix + path[len("vivit"):]
 
 
 def path_in_layer(part: str) -> str:
@@ -140,12 +150,12 @@ def model_parts(config, parts: tuple[str, ...] | None = None) -> list[ModelPart]
     def make(layer, name, path):
         return ModelPart(layer, name, path, path + SUFFIX if name in LAYER_PARTS or layer is None else None)
 
-    out = [make(None, EMBEDDINGS, part_path(EMBEDDINGS))]
+    out = [make(None, EMBEDDINGS, part_path(EMBEDDINGS, config=config))]
     for layer in range(config.num_layers):
-        out += [make(layer, p, part_path(p, layer)) for p in wanted if has_part(config, layer, p)]
+        out += [make(layer, p, part_path(p, layer, config)) for p in wanted if has_part(config, layer, p)]
         if config.variant == "factorised_encoder" and layer == config.num_hidden_layers - 1:
             out.append(make(None, SPATIAL_NORM_PART, SPATIAL_NORM))
-    out.append(make(None, FINAL_NORM, part_path(FINAL_NORM)))
+    out.append(make(None, FINAL_NORM, part_path(FINAL_NORM, config=config)))
     return out
 
 
@@ -159,7 +169,7 @@ def locate_parameter(name: str, config) -> tuple[int, str, str]:
     part: embeddings, spatial_norm, final_norm, classifier, its module). Model 2's temporal CLS token and positions
     are the temporal layers' input, parameters of their own: (its first temporal layer, "block", the name)."""
     owner = name.rsplit(".", 1)[0]
-    prefix = LAYER_PREFIX + "."
+    prefix = f"{_prefix(config)}.encoder.layer."
     if name.startswith(prefix):
         layer, _, rest = name[len(prefix):].partition(".")
         module = rest.split(".")[0]
@@ -169,10 +179,15 @@ def locate_parameter(name: str, config) -> tuple[int, str, str]:
     if name.startswith(_OUTSIDE_PATHS[TEMPORAL_INPUTS]):
         return config.num_hidden_layers, BLOCK, name
     for part in (EMBEDDINGS, SPATIAL_NORM_PART, FINAL_NORM):
-        if name.startswith(_OUTSIDE_PATHS[part] + "."):
+        if name.startswith(part_path(part, config=config) + "."):
             return -1, part, owner
     return -1, CLASSIFIER, owner
 
 
+BASE_PREFIXES = ("vivit", "videomae")  # every model family's encoder prefix (its config's base_prefix)
+PROBE_PREFIXES = tuple(p + "." for p in BASE_PREFIXES) + ("fc_norm:",)  # where every model's probe tensor names start
+EMBEDDING_MODULES = tuple(p + ".embeddings" for p in BASE_PREFIXES)  # every family's embeddings (the tubelet projection)
+
+
 def is_probe_name(name: str) -> bool:
-    return name.endswith(SUFFIX) and name.startswith("vivit.")
+    return name.endswith(SUFFIX) and name.startswith(PROBE_PREFIXES)

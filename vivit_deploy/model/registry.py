@@ -20,6 +20,7 @@ class ModelFamily:
     classifier: str  # its video classifier class
     base: str | None = None  # its bare encoder class (``head="base"``), where it has one
     title: str = ""  # how messages name it
+    config: str = "VivitConfig"  # its config class, in model/config.py (torch-free: any process reads a config)
 
     def model_class(self, head: str = "classification") -> type:
         """The class that builds ``head`` ("classification" or "base") of this family."""
@@ -28,12 +29,28 @@ class ModelFamily:
             raise ConfigError(f"a {self.title} checkpoint loads with its classifier (head='auto' or 'classification')")
         return getattr(importlib.import_module(self.module), name)
 
+    def config_class(self) -> type:
+        """The class that reads this family's ``config.json``."""
+        return getattr(importlib.import_module("vivit_deploy.model.config"), self.config)
+
+    def renamed_keys(self) -> tuple:
+        """(pattern, replacement) pairs that bring the family's older checkpoint keys to its own names: the model
+        file's ``RENAMED_KEYS``, where it has any."""
+        return getattr(importlib.import_module(self.module), "RENAMED_KEYS", ())
+
+    @property
+    def architectures(self) -> dict[str, str]:
+        """config.json's ``architectures`` names of this family -> the head each loads."""
+        return {self.classifier: "classification", **({self.base: "base"} if self.base else {})}
+
 
 MODELS: dict[str, ModelFamily] = {
     "vivit": ModelFamily("vivit_deploy.model.modeling", "VivitForVideoClassification", "VivitModel",
                          "ViViT (Model 1)"),
     "vivit_factorised": ModelFamily("vivit_deploy.model.factorised", "FactorisedVivitForVideoClassification",
                                     title="factorised ViViT (Models 2 and 3)"),
+    "videomae": ModelFamily("vivit_deploy.model.videomae", "VideoMAEForVideoClassification", "VideoMAEModel",
+                            "VideoMAE", "VideoMAEConfig"),
 }
 
 
@@ -45,4 +62,11 @@ def family(model_type: str) -> ModelFamily:
     return MODELS[model_type]
 
 
-__all__ = ["MODELS", "ModelFamily", "family"]
+def config_from_dict(data: dict):
+    """A ``config.json`` object read by its own family's config class (``model_type``; ViViT's when absent)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+    return family(data.get("model_type", "vivit")).config_class().from_dict(data)
+
+
+__all__ = ["MODELS", "ModelFamily", "config_from_dict", "family"]

@@ -123,12 +123,12 @@ class PreprocessModel(_BatchedModel):
     """``frames`` uint8 (B, T, H, W, 3) -> ``pixel_values`` float32 (B, T, 3, h, w): the shared preprocessor."""
 
     def setup(self, args: dict[str, Any]) -> None:
-        from vivit_deploy.model.config import VivitConfig
+        from vivit_deploy.model.registry import config_from_dict
         from vivit_deploy.video.preprocessing import PreprocessorConfig, VideoPreprocessor
         from vivit_deploy.runtimes.triton_runtime import FRAMES_INPUT
 
         p = self.parameters
-        self.config = VivitConfig.from_dict(json.loads(p["vivit_deploy.config"]))
+        self.config = config_from_dict(json.loads(p["vivit_deploy.config"]))
         self.preprocessor = VideoPreprocessor(PreprocessorConfig.from_dict(json.loads(p["vivit_deploy.preprocessor"])))
         self.input_name = FRAMES_INPUT
         self.output_name = json.loads(p["vivit_deploy.input"])["name"]

@@ -70,7 +70,7 @@ class RangeWatch:
         model, config = self.model, self.model.config
         for i in range(config.num_layers):
             def module(part: str, i=i):
-                return model.get_submodule(part_path(part, i))
+                return model.get_submodule(part_path(part, i, config))
 
             attention = module(SELF_ATTENTION)
             seen: dict[str, torch.Tensor] = {}
@@ -104,8 +104,9 @@ class RangeWatch:
                     (module(FC2), self._peak_hook(i, "fc2_max")),
                 ]
             self._handles += [m.register_forward_hook(hook) for m, hook in hooks]
-        outside = [(part_path(PROJECTION, config=config), "projection_max"), (part_path(EMBEDDINGS), "embeddings_max"),
-                   (part_path(FINAL_NORM), "final_norm_max")]
+        outside = [(part_path(PROJECTION, config=config), "projection_max"),
+                   (part_path(EMBEDDINGS, config=config), "embeddings_max"),
+                   (part_path(FINAL_NORM, config=config), "final_norm_max")]
         if config.variant == "factorised_encoder":
             outside.append((part_path(SPATIAL_NORM_PART), "spatial_norm_max"))
         names = dict(model.named_modules())
