@@ -150,3 +150,49 @@ def test_another_geometry_computes_its_own_sinusoidal_table(tmp_path):
         torch.testing.assert_close(longer(x).logits, bigger(x).logits, atol=1e-5, rtol=1e-5)
     assert ours.at_geometry() is ours
     np.testing.assert_array_equal(ours.config.grid, (2, 4, 4))
+
+
+def test_a_videomae_checkpoint_exports_and_runs_on_every_cpu_backend_and_through_predict(tmp_path):
+    """The same commands as for ViViT: vivit-export (fp32, and int8 calibrated on videos), the runtimes, predict with
+    the checkpoint's own VideoMAE processor file."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from vivit_deploy.cli import main
+    from vivit_deploy.demo import SAMPLES, default_sample
+    from vivit_deploy.runtimes import load_runtime
+    from vivit_deploy.video.reading import read_video
+
+    theirs = theirs_saved(tmp_path / "ckpt")
+    processor = transformers.VideoMAEImageProcessorPil(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(tmp_path / "ckpt")
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "probe points: 12 hidden states" in result.stdout
+    x = clips(theirs.config, n=3).numpy()
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(x)).logits.numpy()
+    backends = ["torch", "onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for backend in backends:
+        source = tmp_path / ("ckpt" if backend == "torch" else "m.onnx")
+        with load_runtime(source, backend, device="cpu") as runtime:
+            assert runtime.config.model_type == "videomae" and runtime.preprocessor.processor_type.startswith("VideoMAE")
+            np.testing.assert_allclose(runtime.run(x), expected, atol=1e-4)
+    # a video through predict: our reader's frames, preprocessed by transformers' own VideoMAE processor and run by
+    # transformers' model, against predict with the checkpoint (our processor, read from its file) and the file
+    video = default_sample()
+    frames = read_video(video, theirs.config.num_frames, sampling="uniform")
+    pixels = processor(list(frames), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        want = torch.softmax(theirs(pixels).logits, -1)[0].numpy()
+    for model in (tmp_path / "ckpt", tmp_path / "m.onnx"):
+        result = CliRunner().invoke(main, ["predict", str(video), "--model", str(model), "--json", "-", "--top-k", "3"])
+        assert result.exit_code == 0, result.output
+        top = json.loads(result.stdout)[0]["predictions"]
+        assert top[0]["label"] == theirs.config.id2label[int(want.argmax())]
+        assert abs(top[0]["probability"] - float(want.max())) < 1e-4
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "i8.onnx"), "--precision",
+                                       "int8", "--calibration", str(SAMPLES)])
+    assert result.exit_code == 0, result.output
+    assert "weight MatMuls read int8 Q/DQ" in result.stdout

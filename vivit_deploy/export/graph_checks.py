@@ -178,7 +178,7 @@ def check_graph(summary: GraphSummary, *, precision: str, config=None,
     """The hygiene an exported ViViT graph must have for ONNX Runtime and TensorRT (``config``: the model's
     ``VivitConfig``, for how many attention blocks and weight MatMuls it has; ``kept_fp32``: the units a
     low-precision graph keeps in fp32, ``export/fp32_fallback.py``)."""
-    num_layers = None if config is None else config.num_layers
+    num_layers = None if config is None else config.attention_blocks
     findings: list[Finding] = []
 
     def add(ok: bool, check: str, good: str, bad: str, level: Level = "blocker") -> None:
@@ -195,7 +195,7 @@ def check_graph(summary: GraphSummary, *, precision: str, config=None,
     expected = num_layers if num_layers is not None else summary.attention_blocks
     add(summary.attention_blocks == expected and expected > 0, "attention pattern",
         f"{summary.attention_blocks} MatMul -> Softmax -> MatMul blocks",
-        f"{summary.attention_blocks} MatMul -> Softmax -> MatMul blocks, expected {expected} (one per layer)")
+        f"{summary.attention_blocks} MatMul -> Softmax -> MatMul blocks, expected {expected} (the model's)")
     add(0 < summary.prescaled_attention_blocks == summary.attention_blocks, "attention scale",
         "Q scaled before Q @ K^T in every block (fusable by TensorRT)",
         f"only {summary.prescaled_attention_blocks} of {summary.attention_blocks} blocks scale Q before Q @ K^T",
@@ -235,8 +235,8 @@ def check_graph(summary: GraphSummary, *, precision: str, config=None,
 
 
 def _layer_matmuls(config, layer: int) -> int:
-    """A layer's weight MatMuls: the fused Q/K/V and the attention output, and the MLP's two where it has one."""
-    return 2 if config is not None and config.layer_kind(layer) == "space" else 4
+    """A layer's weight MatMuls (``config.layer_weight_products``; ViViT's 4 without a config)."""
+    return 4 if config is None else config.layer_weight_products(layer)
 
 
 def weight_matmuls(config) -> int:

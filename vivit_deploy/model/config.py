@@ -203,6 +203,16 @@ class VivitConfig:
         return 1
 
     @property
+    def attention_blocks(self) -> int:
+        """Q·Kᵀ -> Softmax -> ·V blocks in one forward pass: one per layer (TimeSformer's divided blocks hold two)."""
+        return self.num_layers
+
+    def layer_weight_products(self, layer: int) -> int:
+        """The weight products (MatMuls) of layer ``layer``: Q/K/V (fused in an export), the attention's output, and
+        the MLP's two where it has one (Model 3's layers over space have none)."""
+        return 2 if self.layer_kind(layer) == "space" else 4
+
+    @property
     def key_bias(self) -> bool:
         """Whether the key projection has a bias (ViViT: as the query and value ones, ``qkv_bias``)."""
         return self.qkv_bias
@@ -447,21 +457,8 @@ class VideoMAEConfig(VivitConfig):
         else:
             ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
             tubelet = (frames, ph, pw)
-        names = {f.name for f in fields(cls)} - {"extra", "id2label", "tubelet_size", "qkv_bias"}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        id2label = data.get("id2label")
-        if id2label is None:
-            id2label = {i: f"LABEL_{i}" for i in range(int(data.get("num_labels", 2)))}
-        try:
-            id2label = {int(k): v for k, v in id2label.items()}
-        except (AttributeError, ValueError) as exc:
-            raise ConfigError(f"id2label must map integer ids to names, got {id2label!r}") from exc
-        skip = names | {"id2label", "label2id", "num_labels", "model_type", "qkv_bias"}
-        extra = {k: v for k, v in data.items() if k not in skip}
-        try:
-            return cls(**kwargs, tubelet_size=tubelet, id2label=id2label, extra=extra)
-        except TypeError as exc:
-            raise ConfigError(f"invalid config: {exc}") from exc
+        data.pop("qkv_bias", None)  # VideoMAE's is qv_bias
+        return _from_dict(cls, data, tubelet_size=tubelet)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` transformers writes for VideoMAE (``tubelet_size`` frames, ``patch_size`` pixels)."""
@@ -471,6 +468,119 @@ class VideoMAEConfig(VivitConfig):
         for name in ("qkv_bias", "pooler_act", "pooler_output_size"):
             out.pop(name, None)
         return dict(sorted(out.items()))
+
+
+TIMESFORMER_MODEL_TYPE = "timesformer"
+TIMESFORMER_ATTENTION = ("divided_space_time", "joint_space_time", "space_only")
+
+
+@dataclass(frozen=True)
+class TimesformerConfig(VivitConfig):
+    """TimeSformer's config (Bertasius et al., ICML 2021; transformers' ``TimesformerConfig``): every frame is cut into
+    ``patch_size`` patches (a tubelet of one frame: ``tubelet_size`` (1, p, p)), a class token, learned space and
+    time positions, and ``attention_type``: "divided_space_time" (attention over time, then over space, in every
+    block), "joint_space_time" (over every token, as ViViT's Model 1) or "space_only" (each frame on its own).
+    Defaults are TimeSformer-B's."""
+
+    num_frames: int = 8
+    tubelet_size: tuple[int, int, int] = (1, 16, 16)
+    hidden_act: str = "gelu"
+    attention_type: str = "divided_space_time"
+    drop_path_rate: float = 0.0  # stochastic depth: training only
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.attention_type not in TIMESFORMER_ATTENTION:
+            raise ConfigError(f"attention_type must be one of {TIMESFORMER_ATTENTION}, got {self.attention_type!r}")
+        if self.tubelet_size[0] != 1:
+            raise ConfigError(f"TimeSformer cuts each frame into patches: tubelet_size must be (1, p, p), got "
+                              f"{self.tubelet_size}")
+
+    @property
+    def model_type(self) -> str:
+        return TIMESFORMER_MODEL_TYPE
+
+    @property
+    def fused_qkv(self) -> bool:
+        """Q, K and V come from one ``qkv`` projection (the checkpoints' layout)."""
+        return True
+
+    @property
+    def attention_blocks(self) -> int:
+        return self.num_hidden_layers * (2 if self.attention_type == "divided_space_time" else 1)
+
+    def layer_weight_products(self, layer: int) -> int:
+        """A divided block also attends over time: its Q/K/V, its output projection and ``temporal_dense``."""
+        return 4 + (3 if self.attention_type == "divided_space_time" else 0)
+
+    @property
+    def base_prefix(self) -> str:
+        return "timesformer"
+
+    def flops_per_clip(self, merge_tokens: tuple[int, ...] = ()) -> float:
+        """As ``VivitConfig.flops_per_clip``, for the attention type: divided space-time attends over time within each
+        patch position (plus the temporal projection) and over space within each frame (its class token with it);
+        joint over all 1 + T x N tokens; space only within each frame."""
+        if any(merge_tokens):
+            raise ConfigError("merge_tokens= does not apply to TimeSformer")
+        d, m = self.hidden_size, self.intermediate_size
+        frames, space = self.num_frames, self.grid[1] * self.grid[2]
+        embed = 2 * frames * space * d * self.num_channels * self.tubelet_size[1] * self.tubelet_size[2]
+
+        def attention(sequences: int, length: int) -> float:
+            return sequences * (2 * length * 4 * d * d + 2 * 2 * length * length * d)
+
+        def mlp(tokens: int) -> float:
+            return 2 * tokens * 2 * d * m
+
+        if self.attention_type == "divided_space_time":
+            layer = (attention(space, frames) + 2 * space * frames * d * d + attention(frames, space + 1)
+                     + mlp(1 + frames * space))
+        elif self.attention_type == "joint_space_time":
+            layer = attention(1, 1 + frames * space) + mlp(1 + frames * space)
+        else:
+            layer = attention(frames, space + 1) + mlp(frames * (space + 1))
+        return float(embed + self.num_hidden_layers * layer + 2 * d * self.num_labels)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TimesformerConfig":
+        """From transformers' TimeSformer ``config.json`` (``patch_size`` pixels, or (height, width))."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+        if data.get("model_type", TIMESFORMER_MODEL_TYPE) != TIMESFORMER_MODEL_TYPE:
+            raise ConfigError(f"config.json describes a {data.get('model_type')!r} model, not TimeSformer")
+        data = dict(data)
+        patch = data.pop("patch_size", 16)
+        data.pop("tubelet_size", None)
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        return _from_dict(cls, data, tubelet_size=(1, ph, pw))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        _, ph, pw = self.tubelet_size
+        out.update(model_type=TIMESFORMER_MODEL_TYPE, patch_size=ph if ph == pw else [ph, pw])
+        for name in ("tubelet_size", "pooler_act", "pooler_output_size"):
+            out.pop(name, None)
+        return dict(sorted(out.items()))
+
+
+def _from_dict(cls, data: dict[str, Any], **given: Any):
+    """A config of ``cls`` from a config.json object: its fields, the labels, everything else kept in ``extra``."""
+    names = {f.name for f in fields(cls)} - {"extra", "id2label", *given}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    id2label = data.get("id2label")
+    if id2label is None:
+        id2label = {i: f"LABEL_{i}" for i in range(int(data.get("num_labels", 2)))}
+    try:
+        id2label = {int(k): v for k, v in id2label.items()}
+    except (AttributeError, ValueError) as exc:
+        raise ConfigError(f"id2label must map integer ids to names, got {id2label!r}") from exc
+    skip = names | {"id2label", "label2id", "num_labels", "model_type", *given}
+    extra = {k: v for k, v in data.items() if k not in skip}
+    try:
+        return cls(**kwargs, **given, id2label=id2label, extra=extra)
+    except TypeError as exc:  # a field of the wrong kind, e.g. a string where a number goes
+        raise ConfigError(f"invalid config: {exc}") from exc
 
 
 # Named geometries, as tiny dicts of overrides (the timm way): `--config vivit-b-16x2` and tests use them.

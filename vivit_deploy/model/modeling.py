@@ -525,6 +525,11 @@ class ModelMembers(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def clip_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """One row of logits per clip (B, num_labels): what the exporter traces and the runtimes return (a model whose
+        own output has another row count, TimeSformer's "space_only" with a row per frame, says how it pools)."""
+        return self(pixel_values, return_dict=True).logits
+
     @property
     def merge_tokens(self) -> tuple[int, ...]:
         """ToMe's r per layer (all 0: no merging)."""
@@ -734,7 +739,7 @@ class LogitsOnly(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values, return_dict=True).logits
+        return self.model.clip_logits(pixel_values)
 
 
 def count_parameters(model: nn.Module) -> int:

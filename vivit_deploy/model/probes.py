@@ -39,6 +39,7 @@ MLP = "output"  # the MLP branch (before the residual add), named after its modu
 # inside a layer, without probe points of their own
 SELF_ATTENTION = "self_attention"  # Q, K, V, their products and Softmax
 QUERY, KEY, VALUE = "query", "key", "value"
+QKV = "qkv"  # Q, K and V in one projection (TimeSformer's checkpoints), in place of the three
 ATTENTION_PROJECTION = "attention_projection"  # attention's output projection
 FC1 = "fc1"  # the MLP's first product
 MLP_HIDDEN = "mlp_hidden"  # the MLP's first product and activation: its output is the second product's input
@@ -52,7 +53,7 @@ LAYER_PREFIX = "vivit.encoder.layer"  # ViViT's; part_path(..., config=) gives e
 # the path of each part of a layer, under the layer's own path
 _LAYER_PATHS = {BLOCK: "", NORM_BEFORE: "layernorm_before", ATTENTION: "attention",
                 SELF_ATTENTION: "attention.attention", QUERY: "attention.attention.query",
-                KEY: "attention.attention.key", VALUE: "attention.attention.value",
+                KEY: "attention.attention.key", VALUE: "attention.attention.value", QKV: "attention.attention.qkv",
                 ATTENTION_PROJECTION: "attention.output.dense", NORM_AFTER: "layernorm_after",
                 FC1: "intermediate.dense", MLP_HIDDEN: "intermediate", MLP: "output", FC2: "output.dense"}
 _OUTSIDE_PATHS = {EMBEDDINGS: "vivit.embeddings", SPATIAL_NORM_PART: "vivit.encoder.spatial_norm",
@@ -132,7 +133,10 @@ def path_in_layer(part: str) -> str:
 
 
 def has_part(config, layer: int, part: str) -> bool:
-    """Whether layer ``layer`` of ``config``'s model has ``part`` (Model 3's layers over space have no MLP)."""
+    """Whether layer ``layer`` of ``config``'s model has ``part`` (Model 3's layers over space have no MLP; TimeSformer
+    projects Q, K and V in one ``qkv``, the others in three)."""
+    if part in (QUERY, KEY, VALUE, QKV):
+        return (part == QKV) == bool(getattr(config, "fused_qkv", False))
     return not (config.layer_kind(layer) == "space" and part in _MLP_PARTS)
 
 
@@ -184,7 +188,7 @@ def locate_parameter(name: str, config) -> tuple[int, str, str]:
     return -1, CLASSIFIER, owner
 
 
-BASE_PREFIXES = ("vivit", "videomae")  # every model family's encoder prefix (its config's base_prefix)
+BASE_PREFIXES = ("vivit", "videomae", "timesformer")  # every model family's encoder prefix (its config's base_prefix)
 PROBE_PREFIXES = tuple(p + "." for p in BASE_PREFIXES) + ("fc_norm:",)  # where every model's probe tensor names start
 EMBEDDING_MODULES = tuple(p + ".embeddings" for p in BASE_PREFIXES)  # every family's embeddings (the tubelet projection)
 

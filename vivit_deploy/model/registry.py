@@ -51,6 +51,8 @@ MODELS: dict[str, ModelFamily] = {
                                     title="factorised ViViT (Models 2 and 3)"),
     "videomae": ModelFamily("vivit_deploy.model.videomae", "VideoMAEForVideoClassification", "VideoMAEModel",
                             "VideoMAE", "VideoMAEConfig"),
+    "timesformer": ModelFamily("vivit_deploy.model.timesformer", "TimesformerForVideoClassification", "TimesformerModel",
+                               "TimeSformer", "TimesformerConfig"),
 }
 
 

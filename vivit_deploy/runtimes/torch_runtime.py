@@ -132,7 +132,7 @@ class TorchRuntime(Runtime):
 
         x = torch.from_numpy(pixel_values).to(self.model.device)
         with torch.inference_mode():
-            return self.model(x, return_dict=True).logits.float().cpu().numpy()
+            return self.model.clip_logits(x).float().cpu().numpy()
 
     def token_merging_sources(self, pixel_values: np.ndarray, merge_tokens) -> np.ndarray:
         """ToMe's source map of each clip with ``merge_tokens`` (r per layer): (B, N', N) bool, which input tokens

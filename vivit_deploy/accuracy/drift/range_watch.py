@@ -11,7 +11,7 @@ from vivit_deploy.accuracy.drift.diagnosis import OUTSIDE_PRODUCTS, PRODUCT, PRO
 from vivit_deploy.accuracy.drift.points import FP16_MAX
 from vivit_deploy.model.probes import (
     ATTENTION_PROJECTION, BLOCK, CLASSIFIER, EMBEDDINGS, FC1, FC2, FINAL_NORM, KEY, MLP, MLP_HIDDEN, NORM_AFTER,
-    NORM_BEFORE, PROJECTION, QUERY, SELF_ATTENTION, SPATIAL_NORM_PART, VALUE, has_part, part_path,
+    NORM_BEFORE, PROJECTION, QKV, QUERY, SELF_ATTENTION, SPATIAL_NORM_PART, VALUE, has_part, part_path,
 )
 
 
@@ -89,9 +89,19 @@ class RangeWatch:
                         self.stats[i]["scores_max"] = max(self.stats[i].get("scores_max", 0.0), top)
                 return hook
 
-            hooks = [
-                (module(QUERY), projection("query")), (module(KEY), projection("key")),
-                (module(VALUE), projection("value")),
+            if has_part(config, i, QKV):  # one projection for all three: its output split as the model splits it
+                def fused(module, args, output, hook_query=projection("query"), hook_key=projection("key"),
+                          hook_value=projection("value")):
+                    q, k, v = output.chunk(3, dim=-1)
+                    hook_query(module, args, q)
+                    hook_key(module, args, k)
+                    hook_value(module, args, v)
+
+                hooks = [(module(QKV), fused)]
+            else:
+                hooks = [(module(QUERY), projection("query")), (module(KEY), projection("key")),
+                         (module(VALUE), projection("value"))]
+            hooks += [
                 (module(NORM_BEFORE), self._norm_hook(i, "attention_input")),
                 (module(ATTENTION_PROJECTION), self._peak_hook(i, "attention_output_max")),
                 (module(BLOCK), self._peak_hook(i, "residual_max")),

@@ -1,0 +1,123 @@
+"""TimeSformer as one model file: transformers' parameter names and checkpoints, the same outputs as transformers'
+TimesformerForVideoClassification and TimesformerModel on random weights for every attention type, and exports
+that every CPU backend runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vivit_deploy.errors import ConfigError
+from vivit_deploy.model.checkpoint import load_model
+
+transformers = pytest.importorskip("transformers", reason="transformers (the parity reference) is not installed")
+
+SMALL = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=64, num_labels=3)
+ATTENTION = ["divided_space_time", "joint_space_time", "space_only"]
+
+
+def theirs_saved(tmp_path, base: bool = False, **overrides):
+    config = transformers.TimesformerConfig(**{**SMALL, **overrides})
+    torch.manual_seed(0)
+    cls = transformers.TimesformerModel if base else transformers.TimesformerForVideoClassification
+    model = cls(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(tmp_path)
+    return cls.from_pretrained(tmp_path).eval()
+
+
+def clips(config, n: int = 2) -> torch.Tensor:
+    return torch.randn(n, config.num_frames, 3, config.image_size, config.image_size,
+                       generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION)
+def test_logits_hidden_states_attentions_and_loss_equal_transformers(attention_type, tmp_path):
+    from vivit_deploy import TimesformerForVideoClassification
+
+    theirs = theirs_saved(tmp_path, attention_type=attention_type)
+    ours = load_model(tmp_path, attn_implementation="eager")
+    assert type(ours) is TimesformerForVideoClassification and ours.config.attention_type == attention_type
+    x, labels = clips(theirs.config), None
+    if attention_type != "space_only":
+        labels = torch.tensor([0, 2])
+    with torch.no_grad():
+        expected = theirs(x, labels=labels, output_hidden_states=True, output_attentions=True)
+        mine = ours(x, labels=labels, output_hidden_states=True, output_attentions=True)
+        fast = load_model(tmp_path)(x).logits  # SDPA
+    torch.testing.assert_close(mine.logits, expected.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, expected.logits, atol=1e-5, rtol=1e-5)
+    if labels is not None:
+        torch.testing.assert_close(mine.loss, expected.loss, atol=1e-5, rtol=1e-5)
+    assert len(mine.hidden_states) == len(expected.hidden_states)
+    for a, b in zip(mine.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert len(mine.attentions) == len(expected.attentions)
+    for a, b in zip(mine.attentions, expected.attentions):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_the_bare_encoder_and_our_checkpoint_round_trip(tmp_path):
+    theirs = theirs_saved(tmp_path / "base", base=True)
+    ours = load_model(tmp_path / "base")
+    assert type(ours).__name__ == "TimesformerModel"
+    x = clips(theirs.config)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).last_hidden_state, theirs(x).last_hidden_state, atol=1e-5, rtol=1e-5)
+    classifier = theirs_saved(tmp_path / "cls", attention_type="joint_space_time")
+    load_model(tmp_path / "cls").save_pretrained(tmp_path / "ours")
+    written = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert written["model_type"] == "timesformer" and written["patch_size"] == 8 and "tubelet_size" not in written
+    again = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / "ours").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).logits, classifier(x).logits, atol=1e-6, rtol=1e-6)
+
+
+def test_space_only_pools_its_per_frame_logits_into_one_row_per_clip(tmp_path):
+    """transformers' "space_only" gives a row of logits per frame; every tool here takes a row per clip: the mean of
+    the clip's frames (what the exported file and the runtimes return)."""
+    theirs = theirs_saved(tmp_path, attention_type="space_only")
+    ours = load_model(tmp_path)
+    x = clips(theirs.config)
+    with torch.no_grad():
+        per_frame = theirs(x).logits
+        assert per_frame.shape == (2 * 4, 3)
+        torch.testing.assert_close(ours.clip_logits(x), per_frame.reshape(2, 4, 3).mean(1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION)
+def test_exports_run_the_model_on_every_cpu_backend(attention_type, tmp_path):
+    from vivit_deploy.export import export_onnx
+    from vivit_deploy.runtimes import load_runtime
+
+    theirs = theirs_saved(tmp_path / "ckpt", attention_type=attention_type)
+    report = export_onnx(tmp_path / "ckpt", tmp_path / "m.onnx")
+    assert report.passed, report.format()
+    x = clips(theirs.config, n=3)
+    with torch.no_grad():
+        expected = theirs(x).logits
+    if attention_type == "space_only":
+        expected = expected.reshape(3, 4, 3).mean(1)
+    backends = ["torch", "onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for backend in backends:
+        with load_runtime(tmp_path / ("ckpt" if backend == "torch" else "m.onnx"), backend, device="cpu") as runtime:
+            assert runtime.config.model_type == "timesformer"
+            np.testing.assert_allclose(runtime.run(x.numpy()), expected.numpy(), atol=1e-4)
+
+
+def test_what_does_not_apply_is_a_one_line_error(tmp_path):
+    theirs_saved(tmp_path)
+    model = load_model(tmp_path)
+    with pytest.raises(ConfigError, match="needs the same patches in every frame"):
+        model.set_token_merging(4)
+    with pytest.raises(ConfigError, match="attention_type must be one of"):
+        from vivit_deploy import TimesformerConfig
+
+        TimesformerConfig(attention_type="axial")
