@@ -163,7 +163,7 @@ class _TorchModelRunner(_Runner):
 
             transformers.utils.logging.disable_progress_bar()
 
-            self.model = transformers.VivitForVideoClassification.from_pretrained(
+            self.model = transformers.AutoModelForVideoClassification.from_pretrained(  # ViViT, VideoMAE, TimeSformer
                 job.target, attn_implementation=spec.attn_implementation, local_files_only=True,
             ).to(device=job.device, dtype=self.dtype).eval()
             self.version = f"transformers {transformers.__version__}"

@@ -559,6 +559,8 @@ class TimesformerConfig(VivitConfig):
         out = super().to_dict()
         _, ph, pw = self.tubelet_size
         out.update(model_type=TIMESFORMER_MODEL_TYPE, patch_size=ph if ph == pw else [ph, pw])
+        if float(self.drop_path_rate).is_integer():  # transformers 5 types it int and refuses 0.0 when it reads it back
+            out["drop_path_rate"] = int(self.drop_path_rate)
         for name in ("tubelet_size", "pooler_act", "pooler_output_size"):
             out.pop(name, None)
         return dict(sorted(out.items()))
@@ -591,6 +593,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vivit-b-16x2": {},  # google/vivit-b-16x2-kinetics400 geometry, 400 labels
     "vivit-b-fe": dict(variant="factorised_encoder", num_hidden_layers=12, temporal_layers=4, **_VIT_PYTORCH_B),
     "vivit-b-fsa": dict(variant="factorised_self_attention", num_hidden_layers=12, **_VIT_PYTORCH_B),
+    "videomae-b": dict(model_type=VIDEOMAE_MODEL_TYPE),  # MCG-NJU/videomae-base-finetuned-kinetics geometry (16x224)
+    "timesformer-b": dict(model_type=TIMESFORMER_MODEL_TYPE),  # facebook/timesformer-base-finetuned-k400 (8x224)
     "tiny": dict(
         image_size=32, num_frames=4, tubelet_size=(2, 8, 8), hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, intermediate_size=64,
@@ -599,11 +603,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str, **overrides: Any) -> VivitConfig:
-    """A named geometry with optional overrides, e.g. ``preset("vivit-b-16x2", num_frames=4)``."""
+    """A named geometry with optional overrides, e.g. ``preset("vivit-b-16x2", num_frames=4)``; the B-sized presets
+    have Kinetics-400's 400 labels. ``videomae-b`` and ``timesformer-b`` are those models' configs."""
     if name not in PRESETS:
         raise ConfigError(f"unknown config preset {name!r}; known: {sorted(PRESETS)}")
     kwargs = dict(PRESETS[name])
-    if name.startswith("vivit-b"):
+    cls = {VIDEOMAE_MODEL_TYPE: VideoMAEConfig, TIMESFORMER_MODEL_TYPE: TimesformerConfig}.get(
+        kwargs.pop("model_type", None), VivitConfig)
+    if name != "tiny":
         kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(400)}
     kwargs.update(overrides)
-    return VivitConfig(**kwargs)
+    return cls(**kwargs)

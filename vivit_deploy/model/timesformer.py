@@ -138,7 +138,10 @@ class TimesformerLayer(nn.Module):
         frames = patches.reshape(b, n, t, d).transpose(1, 2).reshape(b * t, n, d)
         frames = torch.cat((cls.repeat(1, t, 1).reshape(b * t, 1, d), frames), dim=1)
         over_space = self.attention(self.layernorm_before(frames), head_mask, attentions)  # (B*T, 1+N, D)
-        cls_update = over_space[:, 0].reshape(b, t, d).mean(dim=1, keepdim=True)  # averaged over the frames
+        # the class token's results averaged over the frames, as a product with 1/T weights: OpenVINO 2026.4 compiles an
+        # int8 file whose mean over the frames is a ReduceMean with the wrong axis (a shape error when it loads)
+        weights = torch.full((1, t), 1.0 / t, dtype=over_space.dtype, device=over_space.device)
+        cls_update = torch.matmul(weights, over_space[:, 0].reshape(b, t, d))  # (B, 1, D)
         patch_update = over_space[:, 1:].reshape(b, t, n, d).transpose(1, 2).reshape(b, n * t, d)
         return self._mlp(torch.cat((cls + cls_update, patches + patch_update), dim=1))
 
