@@ -121,3 +121,18 @@ def test_what_does_not_apply_is_a_one_line_error(tmp_path):
         from vivit_deploy import TimesformerConfig
 
         TimesformerConfig(attention_type="axial")
+
+
+def test_another_geometry_resizes_the_positions_as_its_own_code_does(tmp_path):
+    """TimeSformer's embeddings resize the space and time positions by nearest neighbour when the input differs:
+    ours resizes them once (at_geometry) to the same values, and the whole model then runs there (transformers' divided
+    blocks reshape by the configured frame count, so its model stops at the embeddings)."""
+    theirs = theirs_saved(tmp_path)
+    ours = load_model(tmp_path)
+    x = torch.randn(2, 8, 3, 48, 48, generator=torch.Generator().manual_seed(4))
+    bigger = ours.at_geometry(num_frames=8, image_size=48)
+    assert bigger.config.num_frames == 8 and bigger.config.grid == (8, 6, 6) and ours.config.num_frames == 4
+    with torch.no_grad():
+        torch.testing.assert_close(bigger.timesformer.embeddings(x), theirs.timesformer.embeddings(x), atol=0, rtol=0)
+        assert bigger(x).logits.shape == (2, 3)
+    assert ours.at_geometry() is ours

@@ -201,3 +201,41 @@ def test_a_processor_file_of_an_unknown_class_is_refused_in_one_line(tmp_path):
         PreprocessorConfig.from_dict({"image_processor_type": "VideoMAEImageProcessor", "offset": True})
     vivit = PreprocessorConfig.from_dict({"size": {"shortest_edge": 40}})  # no type: ViViT's, as files written before
     assert vivit.processor_type == "VivitImageProcessor" and vivit.offset and vivit.rescale_factor == 1 / 127.5
+
+
+# transformers 5's video processors write video_preprocessor_config.json (keys as BaseVideoProcessor.to_dict writes them)
+VIDEO_FILES = {
+    "VivitVideoProcessor": ("VivitImageProcessor", {}),
+    "VideoMAEVideoProcessor": ("VideoMAEImageProcessorPil", {}),
+    "TimesformerVideoProcessor": ("VideoMAEImageProcessorPil", {"image_mean": [0.485, 0.456, 0.406],
+                                                                "image_std": [0.229, 0.224, 0.225]}),
+}
+
+
+@pytest.mark.parametrize("video_processor", VIDEO_FILES, ids=VIDEO_FILES)
+def test_a_checkpoint_with_only_a_video_processor_file_is_read_with_that_processors_meaning(video_processor, tmp_path):
+    """transformers 5 writes video_preprocessor_config.json; a checkpoint that carries only that file was refused ("no
+    preprocessor config"). Its fields now mean what its class means: ViViT's always subtracts 1 after rescaling,
+    VideoMAE's and TimeSformer's rescale by 1/255 (TimeSformer's with ImageNet's statistics). The pixel values are the
+    image processor's of the same steps (Pillow's resize); the video processors resize with torchvision, which is not
+    installable beside torch's CPU build here (docs/transformers.md)."""
+    transformers = pytest.importorskip("transformers", reason="transformers (the parity reference) is not installed")
+    from vivit_deploy.video.preprocessing import preprocessor_config_in
+
+    written = {"video_processor_type": video_processor, "do_resize": True, "size": {"shortest_edge": 36},
+               "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "do_rescale": True, "resample": 2,
+               "do_normalize": True, "do_convert_rgb": True, "do_sample_frames": False, "default_to_square": False,
+               "fps": None, "num_frames": None, "return_metadata": False, "video_metadata": None}
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(written))
+    config = preprocessor_config_in(tmp_path)
+    image_class, statistics = VIDEO_FILES[video_processor]
+    reference = getattr(transformers, image_class)(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+                                                   **statistics)
+    clip = random_clip(frames=2, height=60, width=84, seed=5)
+    ours = VideoPreprocessor(config)(clip)
+    expected = np.asarray(reference(list(clip), return_tensors="np")["pixel_values"])
+    assert float(np.abs(ours - expected).max()) <= PARITY
+    assert config.extra["do_sample_frames"] is False  # the video processor's own keys are kept
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps({**written, "video_processor_type": "Qwen2VL"}))
+    with pytest.raises(ConfigError, match="'Qwen2VL' is not a processor vivit_deploy reads"):
+        preprocessor_config_in(tmp_path)

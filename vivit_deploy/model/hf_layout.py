@@ -21,13 +21,14 @@ from vivit_deploy.files import atomic_write
 
 CONFIG_NAME = "config.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
+VIDEO_PREPROCESSOR_NAME = "video_preprocessor_config.json"  # transformers 5's video processors write this one
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_NAME = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
 # What snapshot_download fetches: config files first, then the first weight layout that exists.
-_HUB_CONFIG_FILES = [CONFIG_NAME, PREPROCESSOR_NAME]
+_HUB_CONFIG_FILES = [CONFIG_NAME, PREPROCESSOR_NAME, VIDEO_PREPROCESSOR_NAME]
 _HUB_WEIGHT_PATTERNS = [
     [SAFETENSORS_NAME, SAFETENSORS_INDEX, "model-*.safetensors"],
     [BIN_NAME, BIN_INDEX, "pytorch_model-*.bin"],

@@ -193,11 +193,40 @@ class _TimesformerBase(_VivitBase):
         raise ConfigError("token merging's source map is ViViT's: TimeSformer does not merge tokens")
 
     def at_geometry(self, num_frames: int | None = None, image_size=None):
+        """A copy of this model for ``num_frames`` frames of ``image_size``: its space positions and time positions
+        resized once as TimeSformer's own code resizes them when the input differs (nearest neighbour: the patch grid
+        in both directions, the frames along time). transformers resizes them in its embeddings but its divided
+        blocks still reshape by the configured frame count; this copy carries the new geometry in its config."""
+        import copy
+        from dataclasses import replace
+
         config = self.config
-        if (num_frames or config.num_frames) == config.num_frames and (image_size or config.image_size) == config.image_size:
+        new = replace(config, num_frames=num_frames or config.num_frames, image_size=image_size or config.image_size,
+                      extra={**config.extra, "trained_geometry": config.extra.get("trained_geometry") or
+                             {"num_frames": config.num_frames, "image_size": config.image_size}})
+        if new.grid == config.grid and new.input_shape == config.input_shape:
             return self
-        raise ConfigError("num_frames= / image_size= for TimeSformer: not offered yet (its space and time positions "
-                          "would be resized as its own code does); it runs at the geometry it was trained at")
+        check_geometry(new)
+        model = copy.deepcopy(self)
+        model.config = new
+        base = model if isinstance(model, TimesformerModel) else model.timesformer
+        base.config = new
+        embeddings = base.embeddings
+        embeddings.config = new
+        for layer in base.encoder.layer:
+            layer.config = new
+        with torch.no_grad():
+            positions = embeddings.position_embeddings  # (1, 1 + h*w, D)
+            d = positions.shape[-1]
+            (_, h, w), (_, nh, nw) = config.grid, new.grid
+            grid = positions[:, 1:].transpose(1, 2).reshape(1, d, h, w)
+            grid = F.interpolate(grid, size=(nh, nw), mode="nearest").flatten(2).transpose(1, 2)
+            embeddings.position_embeddings = nn.Parameter(torch.cat((positions[:, :1], grid), dim=1))
+            if new.attention_type != "space_only" and new.num_frames != config.num_frames:
+                times = embeddings.time_embeddings.transpose(1, 2)  # (1, D, T)
+                times = F.interpolate(times, size=new.num_frames, mode="nearest").transpose(1, 2)
+                embeddings.time_embeddings = nn.Parameter(times)
+        return model
 
 
 class TimesformerModel(_TimesformerBase):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from vivit_deploy.errors import ConfigError, InputShapeError
-from vivit_deploy.model.hf_layout import PREPROCESSOR_NAME
+from vivit_deploy.model.hf_layout import PREPROCESSOR_NAME, VIDEO_PREPROCESSOR_NAME
 from vivit_deploy.video.inputs import LEVELS, UNIT, Frames, as_videos
 from vivit_deploy.video.resample import RESAMPLE_NAMES, crop_window, resize_crop_to_float
 
@@ -75,6 +75,17 @@ PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
     "VideoMAEImageProcessorPil": {"size": {"shortest_edge": 224}, "rescale_factor": 1 / 255, "offset": False},
 }
 _WITHOUT_OFFSET = ("VideoMAEImageProcessor", "VideoMAEImageProcessorPil")  # classes that have no offset step
+# transformers 5's video processors (video_preprocessor_config.json), each read as the image processor that computes its
+# numbers, with the defaults that differ: ViViT's always subtracts 1 after rescaling (an offset with no field), and
+# TimeSformer's normalises with ImageNet's statistics. They resize with torchvision, where the image processors (and
+# this package) resize with Pillow's filters: docs/transformers.md says how far apart that is.
+IMAGENET_DEFAULT = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+VIDEO_PROCESSORS: dict[str, tuple[str, dict[str, Any]]] = {
+    "VivitVideoProcessor": (VIVIT_PROCESSOR, {}),
+    "VideoMAEVideoProcessor": ("VideoMAEImageProcessor", {}),
+    "TimesformerVideoProcessor": ("VideoMAEImageProcessor",
+                                  {"image_mean": IMAGENET_DEFAULT[0], "image_std": IMAGENET_DEFAULT[1]}),
+}
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,15 @@ class PreprocessorConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a preprocessor config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
+        video = data.pop("video_processor_type", None)
+        if video is not None and "image_processor_type" not in data:  # a video_preprocessor_config.json
+            if video not in VIDEO_PROCESSORS:
+                raise ConfigError(f"video_preprocessor_config.json's video_processor_type {video!r} is not a processor "
+                                  f"vivit_deploy reads ({', '.join(VIDEO_PROCESSORS)})")
+            image, defaults = VIDEO_PROCESSORS[video]
+            data = {**defaults, **data, "image_processor_type": image}
+            if image == VIVIT_PROCESSOR and data.get("do_rescale", True):
+                data["offset"] = True  # ViViT's video processor subtracts 1 after rescaling, always
         kind = data.pop("image_processor_type", None) or data.pop("processor_type", None) or VIVIT_PROCESSOR
         if kind not in PROCESSOR_DEFAULTS:
             raise ConfigError(f"preprocessor_config.json's image_processor_type {kind!r} is not a processor vivit_deploy "
@@ -224,9 +244,14 @@ class PreprocessorConfig:
 
 
 def preprocessor_config_in(directory: str | os.PathLike) -> PreprocessorConfig | None:
-    """The ``preprocessor_config.json`` of a checkpoint directory, or None when it has none."""
-    path = Path(directory) / PREPROCESSOR_NAME
-    return VideoPreprocessor.from_json_file(path).config if path.is_file() else None
+    """The ``preprocessor_config.json`` of a checkpoint directory, else its ``video_preprocessor_config.json``
+    (transformers 5's video processors: read as the image processor that computes the same steps), or None when it
+    has neither."""
+    for name in (PREPROCESSOR_NAME, VIDEO_PREPROCESSOR_NAME):
+        path = Path(directory) / name
+        if path.is_file():
+            return VideoPreprocessor.from_json_file(path).config
+    return None
 
 
 class VideoPreprocessor:
@@ -249,7 +274,8 @@ class VideoPreprocessor:
 
         config = preprocessor_config_in(resolve_source(source, **hub_kwargs))
         if config is None:
-            raise ConfigError(f"{source}: no {PREPROCESSOR_NAME}; pass a VideoPreprocessor built by hand instead")
+            raise ConfigError(f"{source}: no {PREPROCESSOR_NAME} or {VIDEO_PREPROCESSOR_NAME}; pass a VideoPreprocessor "
+                              "built by hand instead")
         return cls(config)
 
     @classmethod
