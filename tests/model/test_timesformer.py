@@ -136,3 +136,28 @@ def test_another_geometry_resizes_the_positions_as_its_own_code_does(tmp_path):
         torch.testing.assert_close(bigger.timesformer.embeddings(x), theirs.timesformer.embeddings(x), atol=0, rtol=0)
         assert bigger(x).logits.shape == (2, 3)
     assert ours.at_geometry() is ours
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["videomae", "timesformer"])
+def test_tensorrt_for_rtx_builds_both_models_and_fuses_every_attention_block(family, tmp_path):
+    """NVIDIA's parser and builder (no GPU needed) take the fp16 files of both models; the build report counts the
+    attention blocks fused into one kernel: all of them (VideoMAE's 2, TimeSformer's divided 2 per layer)."""
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed: pip install 'vivit-deploy[tensorrt-rtx]'")
+    from vivit_deploy.export import export_onnx
+    from vivit_deploy.export.trt_build import build_engine
+
+    if family == "videomae":
+        config = transformers.VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                             num_labels=3)
+        model, blocks = transformers.VideoMAEForVideoClassification(config), 2
+    else:
+        config = transformers.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=64,
+                                                num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                                num_labels=3)
+        model, blocks = transformers.TimesformerForVideoClassification(config), 4
+    model.save_pretrained(tmp_path / "ckpt")
+    onnx_file = export_onnx(tmp_path / "ckpt", tmp_path / "m-fp16.onnx", precision="fp16").path
+    report = build_engine(onnx_file, tmp_path / "m.engine", trt="rtx", compute_capabilities="8.9")
+    assert report.attention_blocks == blocks and len(report.fused_attention) == blocks, report.format()

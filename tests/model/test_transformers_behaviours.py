@@ -326,3 +326,17 @@ def test_torch_export_takes_our_models_as_it_takes_transformers(base, tmp_path):
     assert type(out) is type(expected)
     for name in expected.keys():
         torch.testing.assert_close(out[name], expected[name], atol=1e-5, rtol=1e-5)
+
+
+def test_a_bare_encoders_weights_under_a_classifiers_architectures_is_one_mismatch_not_38_missing_keys(tmp_path):
+    """A VivitModel checkpoint whose config.json names VivitForVideoClassification: the error listed 38 of its 40 keys as
+    missing and the same ones unprefixed as unexpected; it now says what is wrong once."""
+    import json
+
+    ours_and_theirs(tmp_path, base=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["VivitForVideoClassification"]}))
+    with pytest.raises(CheckpointError, match="holds a bare encoder's weights .* load it with head='base'") as raised:
+        load_model(tmp_path)
+    assert "missing keys" not in str(raised.value) and "\n" not in str(raised.value)
+    assert type(load_model(tmp_path, head="base")).__name__ == "VivitModel"

@@ -161,3 +161,33 @@ def test_a_merged_file_is_served_as_any_other(tmp_path):
             assert remote.merge_tokens == local.merge_tokens == (8, 8, 8, 8)
             x = np.random.default_rng(1).standard_normal((3, 8, 3, 32, 32), dtype=np.float32)
             np.testing.assert_allclose(remote.run(x), local.run(x), atol=1e-5)
+
+
+def test_a_videomae_file_is_served_as_any_other(tmp_path):
+    """Another model family behind Triton: the repository's python backend reads the file's VideoMAE config and its
+    processor (the frames ensemble preprocesses with VideoMAE's meaning), and the logits are ONNX Runtime's."""
+    transformers = pytest.importorskip("transformers", reason="transformers (to write the checkpoint) is not installed")
+    import torch
+
+    from vivit_deploy.export import export_onnx
+    from vivit_deploy.runtimes import load_runtime
+    from vivit_deploy.serving.repository import write_repository
+
+    torch.manual_seed(0)
+    config = transformers.VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32,
+                                         num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3)
+    transformers.VideoMAEForVideoClassification(config).save_pretrained(tmp_path / "ckpt")
+    transformers.VideoMAEImageProcessorPil(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}
+                                           ).save_pretrained(tmp_path / "ckpt")
+    export_onnx(tmp_path / "ckpt", tmp_path / "videomae.onnx")
+    write_repository(tmp_path / "videomae.onnx", tmp_path / "repo", platform="python")
+    with LocalTritonServer(None, tmp_path / "repo") as running:
+        with load_runtime(f"triton://{running.http}/vivit") as remote, load_runtime(tmp_path / "videomae.onnx") as local:
+            assert remote.config.model_type == "videomae" and remote.preprocessor == local.preprocessor
+            x = np.random.default_rng(2).standard_normal((2, 4, 3, 32, 32), dtype=np.float32)
+            np.testing.assert_allclose(remote.run(x), local.run(x), atol=1e-5)
+            frames = np.random.default_rng(3).integers(0, 256, (2, 4, 40, 48, 3), dtype=np.uint8)
+            from vivit_deploy.predict import VideoClassifier
+
+            np.testing.assert_allclose(VideoClassifier(remote).logits(frames), VideoClassifier(local).logits(frames),
+                                       atol=1e-5)

@@ -163,9 +163,17 @@ class _TorchModelRunner(_Runner):
 
             transformers.utils.logging.disable_progress_bar()
 
-            self.model = transformers.AutoModelForVideoClassification.from_pretrained(  # ViViT, VideoMAE, TimeSformer
-                job.target, attn_implementation=spec.attn_implementation, local_files_only=True,
-            ).to(device=job.device, dtype=self.dtype).eval()
+            try:
+                self.model = transformers.AutoModelForVideoClassification.from_pretrained(  # ViViT, VideoMAE, TimeSformer
+                    job.target, attn_implementation=spec.attn_implementation, local_files_only=True,
+                ).to(device=job.device, dtype=self.dtype).eval()
+            except ValueError as exc:
+                if "does not support an attention implementation" not in str(exc):
+                    raise
+                from vivit_deploy.errors import BackendUnavailableError
+
+                raise BackendUnavailableError(f"transformers offers no {spec.attn_implementation} path for this model "
+                                              "(TimeSformer's is eager only): its eager peer is the reference") from None
             self.version = f"transformers {transformers.__version__}"
         else:
             from vivit_deploy.model.checkpoint import load_model

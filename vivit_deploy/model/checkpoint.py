@@ -239,7 +239,7 @@ def load_model(
         else:
             model = models.model_class(head)(config, add_pooling_layer="pooler.dense.weight" in state,
                                              attn_implementation=attn_implementation)
-    _check_state_dict(model, state, str(source))
+    _check_state_dict(model, state, str(source), config.base_prefix)
     model.load_state_dict(state, strict=True, assign=True)
     model.source = str(source)
     model.checkpoint_dir = directory
@@ -251,10 +251,17 @@ def new_model(config: VivitConfig, attn_implementation: str = "sdpa"):
     return family(config.model_type).model_class()(config, attn_implementation=attn_implementation)
 
 
-def _check_state_dict(model: "torch.nn.Module", state: dict, source: str) -> None:
+def _check_state_dict(model: "torch.nn.Module", state: dict, source: str, prefix: str = "vivit") -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
+    inner = {k[len(prefix) + 1:] for k in missing if k.startswith(prefix + ".")}
+    if unexpected and set(unexpected) <= inner | {"pooler.dense.weight", "pooler.dense.bias"}:
+        # a bare encoder's weights (no "vivit." prefix) where config.json's architectures names the classifier: not
+        # dozens of missing keys, but one mismatch
+        raise CheckpointError(f"{source}: holds a bare encoder's weights (keys without the '{prefix}.' prefix, no "
+                              f"classifier) while config.json's architectures names {type(model).__name__}: load it "
+                              "with head='base' (a classifier needs its trained classifier weights)")
     mismatched = [
         f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
         for k in sorted(set(expected) & set(state))
