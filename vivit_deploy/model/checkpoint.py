@@ -130,12 +130,7 @@ def original_names(state: dict) -> dict:
     names this model uses (``vivit.encoder.layer.0.attention.attention.query``); original keys pass unchanged."""
     if not any(".layers." in k or k.startswith("layers.") for k in state):
         return state
-    out = {}
-    for key, value in state.items():
-        for pattern, replacement in RENAMED_KEYS:
-            key = pattern.sub(replacement, key)
-        out[key] = value
-    return out
+    return _renamed(state, RENAMED_KEYS)
 
 
 def _pick_head(state: dict, head: Head, source: str, architectures=None, prefix: str = "vivit",

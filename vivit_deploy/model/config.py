@@ -445,11 +445,7 @@ class VideoMAEConfig(VivitConfig):
     def from_dict(cls, data: dict[str, Any]) -> "VideoMAEConfig":
         """From transformers' VideoMAE ``config.json``: ``tubelet_size`` (frames) and ``patch_size`` (pixels, or
         (height, width)) make the tubelet; the pre-training decoder's keys are kept as they are."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
-        if data.get("model_type", VIDEOMAE_MODEL_TYPE) != VIDEOMAE_MODEL_TYPE:
-            raise ConfigError(f"config.json describes a {data.get('model_type')!r} model, not VideoMAE")
-        data = dict(data)
+        data = _family_dict(data, VIDEOMAE_MODEL_TYPE, "VideoMAE")
         frames = data.pop("tubelet_size", 2)
         patch = data.pop("patch_size", 16)
         if isinstance(frames, (list, tuple)):  # our own to_dict never writes this; a 3-tuple is the whole tubelet
@@ -545,11 +541,7 @@ class TimesformerConfig(VivitConfig):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TimesformerConfig":
         """From transformers' TimeSformer ``config.json`` (``patch_size`` pixels, or (height, width))."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
-        if data.get("model_type", TIMESFORMER_MODEL_TYPE) != TIMESFORMER_MODEL_TYPE:
-            raise ConfigError(f"config.json describes a {data.get('model_type')!r} model, not TimeSformer")
-        data = dict(data)
+        data = _family_dict(data, TIMESFORMER_MODEL_TYPE, "TimeSformer")
         patch = data.pop("patch_size", 16)
         data.pop("tubelet_size", None)
         ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
@@ -564,6 +556,15 @@ class TimesformerConfig(VivitConfig):
         for name in ("tubelet_size", "pooler_act", "pooler_output_size"):
             out.pop(name, None)
         return dict(sorted(out.items()))
+
+
+def _family_dict(data: Any, model_type: str, title: str) -> dict[str, Any]:
+    """A copy of a config.json object, once it is one and of ``model_type`` (absent: taken to be)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+    if data.get("model_type", model_type) != model_type:
+        raise ConfigError(f"config.json describes a {data.get('model_type')!r} model, not {title}")
+    return dict(data)
 
 
 def _from_dict(cls, data: dict[str, Any], **given: Any):

@@ -559,16 +559,14 @@ class _VivitBase(ModelMembers):
 
     config: VivitConfig
     main_input_name = "pixel_values"
+    bare_encoder = False  # the encoder without a classifier (from_pretrained loads head="base")
 
     @classmethod
     def from_pretrained(cls, source, **kwargs):
         """transformers' entry point: ``load_model`` with this class's head (see it for the options)."""
         from vivit_deploy.model.checkpoint import load_model
 
-        if cls is VivitModel:
-            kwargs.setdefault("head", "base")
-        elif cls is VivitForVideoClassification:
-            kwargs.setdefault("head", "classification")
+        kwargs.setdefault("head", "base" if cls.bare_encoder else "classification")
         return load_model(source, **kwargs)
 
     def get_output_embeddings(self) -> None:
@@ -622,6 +620,8 @@ class _VivitBase(ModelMembers):
 class VivitModel(_VivitBase):
     """The bare encoder: tokens after the final LayerNorm, and the pooled CLS token when it has a pooler."""
 
+    bare_encoder = True
+
     def __init__(self, config: VivitConfig, add_pooling_layer: bool = True, attn_implementation: str = "sdpa"):
         super().__init__()
         check_geometry(config)
@@ -648,10 +648,8 @@ class VivitModel(_VivitBase):
         x = self.embeddings(self._prepare(pixel_values, interpolate_pos_encoding), interpolate_pos_encoding)
         x = self.encoder(x, _head_mask(head_mask, self.config, x.dtype), attentions, hidden_states)
         x = self.layernorm(x)  # (B, N+1, D)
-        out = EncoderOutput(x, self.pooler(x) if self.pooler is not None else None,
-                            None if hidden_states is None else tuple(hidden_states),
-                            None if attentions is None else tuple(attentions))
-        return out if return_dict else out.to_tuple()
+        return encoder_output(x, self.pooler(x) if self.pooler is not None else None, hidden_states, attentions,
+                              return_dict)
 
 
 class VivitForVideoClassification(_VivitBase):
@@ -688,16 +686,10 @@ class VivitForVideoClassification(_VivitBase):
         embeddings resized once (``interpolate_positions``), so it runs, exports and is served at that geometry
         without resizing anything per call. The config records the geometry it was trained at."""
         import copy
-        from dataclasses import replace
 
         config = self.config
-        num_frames = num_frames or config.num_frames
-        image_size = image_size or config.image_size
-        trained = config.extra.get("trained_geometry") or {"num_frames": config.num_frames,
-                                                           "image_size": config.image_size}
-        new = replace(config, num_frames=num_frames, image_size=image_size,
-                      extra={**config.extra, "trained_geometry": trained})
-        if new.grid == config.grid and new.input_shape == config.input_shape:
+        new = geometry_config(config, num_frames, image_size)
+        if new is None:
             return self
         model = copy.deepcopy(self)
         model.config = model.vivit.config = new
@@ -707,6 +699,25 @@ class VivitForVideoClassification(_VivitBase):
         embeddings.position_embeddings = nn.Parameter(resized)
         embeddings.grid = new.grid
         return model
+
+
+def encoder_output(tokens: torch.Tensor, pooled: torch.Tensor | None, hidden_states: list | None,
+                   attentions: list | None, return_dict: bool):
+    """An encoder's :class:`EncoderOutput` (what it collected, as tuples), or with ``return_dict=False`` its tuple."""
+    out = EncoderOutput(tokens, pooled, None if hidden_states is None else tuple(hidden_states),
+                        None if attentions is None else tuple(attentions))
+    return out if return_dict else out.to_tuple()
+
+
+def geometry_config(config: VivitConfig, num_frames: int | None, image_size) -> VivitConfig | None:
+    """``config`` at ``num_frames`` frames of ``image_size`` (each default: its own), recording in ``extra`` the geometry
+    the checkpoint was trained at; None when that is the geometry it has (every model's ``at_geometry`` starts here)."""
+    from dataclasses import replace
+
+    trained = config.extra.get("trained_geometry") or {"num_frames": config.num_frames, "image_size": config.image_size}
+    new = replace(config, num_frames=num_frames or config.num_frames, image_size=image_size or config.image_size,
+                  extra={**config.extra, "trained_geometry": trained})
+    return None if new.grid == config.grid and new.input_shape == config.input_shape else new
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: VivitConfig) -> torch.Tensor:

@@ -26,10 +26,10 @@ from torch import nn
 
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.model.config import TimesformerConfig
-from vivit_deploy.model.modeling import (AttentionOutput, Intermediate, Output, _exporting, _head_mask, _VivitBase,
-                                         check_attn_implementation, check_geometry, classification_loss, init_weights,
-                                         validate_pixel_values)
-from vivit_deploy.model.outputs import EncoderOutput, VideoClassifierOutput
+from vivit_deploy.model.modeling import (AttentionOutput, Intermediate, Output, _head_mask, _VivitBase,
+                                         check_attn_implementation, check_geometry, classification_loss, encoder_output,
+                                         geometry_config, init_weights)
+from vivit_deploy.model.outputs import VideoClassifierOutput
 
 
 class TimesformerEmbeddings(nn.Module):
@@ -165,18 +165,6 @@ class TimesformerEncoder(nn.Module):
 class _TimesformerBase(_VivitBase):
     """What both heads share with ViViT's (loading, saving, dtype, the attention switch)."""
 
-    @classmethod
-    def from_pretrained(cls, source, **kwargs):
-        from vivit_deploy.model.checkpoint import load_model
-
-        kwargs.setdefault("head", "base" if cls is TimesformerModel else "classification")
-        return load_model(source, **kwargs)
-
-    def _prepare(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        if not _exporting():
-            validate_pixel_values(pixel_values, self.config)
-        return pixel_values.to(self.dtype)
-
     @property
     def merge_tokens(self) -> tuple[int, ...]:
         return (0,) * self.config.num_hidden_layers
@@ -198,13 +186,10 @@ class _TimesformerBase(_VivitBase):
         in both directions, the frames along time). transformers resizes them in its embeddings but its divided
         blocks still reshape by the configured frame count; this copy carries the new geometry in its config."""
         import copy
-        from dataclasses import replace
 
         config = self.config
-        new = replace(config, num_frames=num_frames or config.num_frames, image_size=image_size or config.image_size,
-                      extra={**config.extra, "trained_geometry": config.extra.get("trained_geometry") or
-                             {"num_frames": config.num_frames, "image_size": config.image_size}})
-        if new.grid == config.grid and new.input_shape == config.input_shape:
+        new = geometry_config(config, num_frames, image_size)
+        if new is None:
             return self
         check_geometry(new)
         model = copy.deepcopy(self)
@@ -231,6 +216,8 @@ class _TimesformerBase(_VivitBase):
 
 class TimesformerModel(_TimesformerBase):
     """The bare encoder: the tokens after the final LayerNorm, as transformers' ``TimesformerModel``."""
+
+    bare_encoder = True
 
     def __init__(self, config: TimesformerConfig, attn_implementation: str = "sdpa", **_ignored):
         super().__init__()
@@ -263,9 +250,7 @@ class TimesformerModel(_TimesformerBase):
         hidden_states: list | None = [] if output_hidden_states else None
         x = self.embeddings(pixel_values)
         x = self.encoder(x, _head_mask(head_mask, self.config, x.dtype), attentions, hidden_states)
-        out = EncoderOutput(self.layernorm(x), None, None if hidden_states is None else tuple(hidden_states),
-                            None if attentions is None else tuple(attentions))
-        return out if return_dict else out.to_tuple()
+        return encoder_output(self.layernorm(x), None, hidden_states, attentions, return_dict)
 
 
 class TimesformerForVideoClassification(_TimesformerBase):

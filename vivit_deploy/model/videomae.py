@@ -29,9 +29,9 @@ from torch import nn
 
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.model.config import VideoMAEConfig
-from vivit_deploy.model.modeling import (Encoder, TubeletEmbeddings, _exporting, _VivitBase, check_geometry,
-                                         classification_loss, init_weights, validate_pixel_values)
-from vivit_deploy.model.outputs import EncoderOutput, VideoClassifierOutput
+from vivit_deploy.model.modeling import (Encoder, TubeletEmbeddings, _VivitBase, check_geometry, classification_loss,
+                                         encoder_output, geometry_config, init_weights)
+from vivit_deploy.model.outputs import VideoClassifierOutput
 
 FC_NORM_EPS = 1e-5  # transformers builds fc_norm as nn.LayerNorm(hidden_size): PyTorch's default eps
 # transformers 4 kept the query and value biases as parameters of their own; 5 keeps them in the Linear layers
@@ -70,18 +70,6 @@ class _VideoMAEBase(_VivitBase):
     def _encoder(self) -> Encoder:
         return self.encoder if isinstance(self, VideoMAEModel) else self.videomae.encoder
 
-    @classmethod
-    def from_pretrained(cls, source, **kwargs):
-        from vivit_deploy.model.checkpoint import load_model
-
-        kwargs.setdefault("head", "base" if cls is VideoMAEModel else "classification")
-        return load_model(source, **kwargs)
-
-    def _prepare(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        if not _exporting():
-            validate_pixel_values(pixel_values, self.config)
-        return pixel_values.to(self.dtype)
-
     @torch.no_grad()
     def token_merging_sources(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise ConfigError("token merging's source map is ViViT's (Model 1): VideoMAE has no class token to keep apart")
@@ -98,13 +86,10 @@ class _VideoMAEBase(_VivitBase):
         """A copy of this model for ``num_frames`` frames of ``image_size``: its sinusoidal positions computed for the
         new grid (they are a formula, not learned)."""
         import copy
-        from dataclasses import replace
 
         config = self.config
-        new = replace(config, num_frames=num_frames or config.num_frames, image_size=image_size or config.image_size,
-                      extra={**config.extra, "trained_geometry": config.extra.get("trained_geometry") or
-                             {"num_frames": config.num_frames, "image_size": config.image_size}})
-        if new.grid == config.grid and new.input_shape == config.input_shape:
+        new = geometry_config(config, num_frames, image_size)
+        if new is None:
             return self
         check_geometry(new)
         model = copy.deepcopy(self)
@@ -118,6 +103,8 @@ class _VideoMAEBase(_VivitBase):
 class VideoMAEModel(_VideoMAEBase):
     """The bare encoder: the tokens after the last layer (and the final LayerNorm when the model does not pool by
     mean), as transformers' ``VideoMAEModel``."""
+
+    bare_encoder = True
 
     def __init__(self, config: VideoMAEConfig, attn_implementation: str = "sdpa", **_ignored):
         super().__init__()
@@ -154,9 +141,7 @@ class VideoMAEModel(_VideoMAEBase):
         x = self.encoder(x, _head_mask(head_mask, self.config, x.dtype), attentions, hidden_states)
         if self.layernorm is not None:
             x = self.layernorm(x)
-        out = EncoderOutput(x, None, None if hidden_states is None else tuple(hidden_states),
-                            None if attentions is None else tuple(attentions))
-        return out if return_dict else out.to_tuple()
+        return encoder_output(x, None, hidden_states, attentions, return_dict)
 
 
 class VideoMAEForVideoClassification(_VideoMAEBase):
