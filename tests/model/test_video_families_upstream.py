@@ -91,3 +91,56 @@ def test_videomae_keeps_only_the_visible_tubelets_of_bool_masked_pos(tmp_path):
     uneven[0, -1] = True
     with pytest.raises(InputShapeError, match="the same number of tubelets in every clip"):
         ours(x, bool_masked_pos=uneven)
+
+
+@pytest.mark.parametrize("family", ["videomae", "timesformer"])
+def test_transformers_5s_new_format_saves_them_under_the_same_names_and_they_load(family, tmp_path):
+    """transformers 5 renames ViViT's keys with save_original_format=False; for VideoMAE and TimeSformer it keeps them
+    (no conversion mapping): such checkpoints load as they are."""
+    from vivit_deploy.model.checkpoint import load_model
+
+    if family == "videomae":
+        model = transformers.VideoMAEForVideoClassification(transformers.VideoMAEConfig(**VIDEOMAE))
+    else:
+        model = transformers.TimesformerForVideoClassification(transformers.TimesformerConfig(**TIMESFORMER))
+    model.eval().save_pretrained(tmp_path, save_original_format=False)
+    x = torch.rand(2, 2, 3, 10, 10, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path)(x).logits, model(x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_classify_and_stream_take_a_videomae_checkpoint(tmp_path):
+    """The corpus job and the stream classifier reach a model only through a runtime: a VideoMAE checkpoint's labels
+    come out of both, as PyTorch computes them on the same frames."""
+    import json
+
+    from click.testing import CliRunner
+
+    from vivit_deploy.cli import main
+    from vivit_deploy.demo import sample_videos
+    from vivit_deploy.demo.motion import write_phases
+    from vivit_deploy.predict import VideoClassifier
+    from vivit_deploy.runtimes import load_runtime
+    from vivit_deploy.streaming import StreamClassifier
+
+    config = transformers.VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32,
+                                         num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3)
+    torch.manual_seed(0)
+    transformers.VideoMAEForVideoClassification(config).save_pretrained(tmp_path / "ckpt")
+    transformers.VideoMAEImageProcessorPil(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}
+                                           ).save_pretrained(tmp_path / "ckpt")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for path, _ in sample_videos()[:3]:
+        (videos / path.name).write_bytes(path.read_bytes())
+    result = CliRunner().invoke(main, ["classify", str(videos), "-o", str(tmp_path / "rows.jsonl"), "--model",
+                                       str(tmp_path / "ckpt"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    here = VideoClassifier.from_pretrained(tmp_path / "ckpt")
+    assert {r["path"].rsplit("/", 1)[1]: r["label"] for r in rows} == {
+        p.name: here.classify(p, top_k=1)[0].label for p in sorted(videos.iterdir())}
+    stream = write_phases(tmp_path / "stream.mp4", [(0, 1), (1, 1)], fps=8)
+    with load_runtime(tmp_path / "ckpt") as runtime:
+        records = [r for r in StreamClassifier(runtime, [str(stream)], window=2.0, hop=2.0, smooth=1) if "event" not in r]
+    assert len(records) == 2 and all(r["label"] in config.id2label.values() for r in records)
