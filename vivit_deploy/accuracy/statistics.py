@@ -20,6 +20,7 @@ from vivit_deploy.accuracy.inputs import UNLABELLED, CompareInputs
 from vivit_deploy.accuracy.tolerances import Tolerance
 from vivit_deploy.files import json_text
 from vivit_deploy.errors import InputShapeError, ModelFileError
+from vivit_deploy.model.config import schedule_text
 
 if TYPE_CHECKING:
     from vivit_deploy.runtimes.base import Runtime
@@ -248,8 +249,7 @@ def _columns(rows: list[tuple[str, ...]], indent: str = "") -> list[str]:
 
 def merging_note(merge_tokens: tuple[int, ...], token_counts: tuple[int, ...]) -> str:
     """"merges tokens (r 8, 8, 8, 8; 65 -> 57, 49, 41, 33 tokens)": what a merged candidate does, in words."""
-    rs = ", ".join(map(str, merge_tokens)) if len(set(merge_tokens)) > 1 else str(merge_tokens[0])
-    return f"merges tokens (ToMe, r {rs} per layer; tokens after each layer {', '.join(map(str, token_counts))})"
+    return f"merges tokens (ToMe, r {schedule_text(merge_tokens)} per layer; tokens after each layer {', '.join(map(str, token_counts))})"
 
 
 def _candidate_notes(c: CandidateResult, reference_accuracy: float | None) -> list[str]:

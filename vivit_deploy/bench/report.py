@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vivit_deploy.model.config import schedule_text
 from vivit_deploy.bench.plan import PEERS, REFERENCE_BACKEND
 
 PEER_REFERENCE = "transformers-sdpa"  # the peer our backends must beat
@@ -121,7 +122,7 @@ class BenchReport:
             f"per batch size · torch {env['torch']}" + (f" · {env['threads']} CPU threads" if env.get("threads") else "")
             + (f" · CPU flags: {', '.join(env['cpu_flags']) or 'none of ' + 'avx2/avx512/vnni/bf16/amx'}"
                if "cpu_flags" in env else "")
-            + (f" · token merging r {model['merge_tokens'][0] if len(set(model['merge_tokens'])) == 1 else model['merge_tokens']}"
+            + (f" · token merging r {schedule_text(model['merge_tokens'])}"
                f" per layer ({model['tokens']} -> {model['token_counts'][-1]} tokens, "
                f"{model['gflop_per_clip_unmerged']:.3g} GFLOP unmerged, which the transformers peers run)"
                if model.get("merge_tokens") else ""),

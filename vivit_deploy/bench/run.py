@@ -91,7 +91,7 @@ def run_bench(
         "token_counts": list(config.token_counts(schedule))}
     return BenchReport(
         environment=environment(settings.device),
-        model={"label": artifacts.label, "input_shape": list(config.input_shape), "tokens": config.num_patches + 1,
+        model={"label": artifacts.label, "input_shape": list(config.input_shape), "tokens": config.num_patches + config.class_tokens,
                "num_labels": config.num_labels, "gflop_per_clip": config.flops_per_clip(schedule) / 1e9, **merging},
         settings={"batch_sizes": list(settings.batch_sizes), "precision": settings.precision,
                   "precisions": list(settings.precisions), "matrix": settings.matrix,

@@ -18,6 +18,7 @@ from typing import Callable
 from vivit_deploy.accuracy import inputs as clips
 from vivit_deploy.accuracy import statistics as cmp
 from vivit_deploy.errors import ConfigError
+from vivit_deploy.model.config import schedule_text
 
 Progress = Callable[[str], None]
 
@@ -254,9 +255,7 @@ def _named(options: CompareOptions, source: str, progress: Progress) -> dict:
     if options.merge_tokens is not None:
         runtime = load_runtime(source, "torch", device=options.device, precision="fp32", merge_tokens=options.merge_tokens,
                                local_files_only=options.offline or None)
-        schedule = runtime.merge_tokens
-        r = "" if not schedule else str(schedule[0]) if len(set(schedule)) == 1 else ",".join(map(str, schedule))
-        candidates[f"pytorch fp32 merging r={r or 0}"] = runtime
+        candidates[f"pytorch fp32 merging r={schedule_text(runtime.merge_tokens or (0,), ',')}"] = runtime
     return candidates
 
 

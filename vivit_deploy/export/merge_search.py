@@ -129,8 +129,8 @@ class MergeSearch:
 
 def default_tries(config, count: int = DEFAULT_TRIES) -> tuple[int, ...]:
     """``count`` values of r from 0, evenly spaced up to the largest one that still merges more (half of the first
-    layer's tokens besides the class token: beyond it every layer merges the same)."""
-    largest = max((config.num_patches + 1 - 1) // 2, 1)
+    layer's tokens besides the class token: beyond it every layer merges the same; Model 2's per time step)."""
+    largest = max((config.token_counts((0,))[0] - 1) // 2, 1)
     return tuple(sorted({int(round(v)) for v in np.linspace(0, largest, count)}))
 
 

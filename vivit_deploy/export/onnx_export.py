@@ -347,10 +347,10 @@ def export_onnx(
         model.set_token_merging(merge_tokens)
         merging = _merging(model)
         if merging:
-            unmerged = model.config.token_counts(())[:1] if model.config.factorised else (model.config.num_patches + 1,)
+            unmerged = model.config.token_counts((0,))[0]  # what the first layer receives (Model 2: per time step)
             per = " per time step" if model.config.factorised else ""
             progress(f"merging tokens (ToMe, r per layer {list(merging['merge_tokens'])}): "
-                     f"{' -> '.join(map(str, (*unmerged, *merging['token_counts'])))} tokens{per}")
+                     f"{' -> '.join(map(str, (unmerged, *merging['token_counts'])))} tokens{per}")
     keep = parse_keep_fp32(options.keep_fp32, model.config, options.precision)
     seconds["load"] = time.perf_counter() - started
     spec = input_spec(model.config, options.max_batch if options.static_batch else 1, options.max_batch)
@@ -380,6 +380,7 @@ def export_onnx(
 def _search_merging(model, preprocessor, options: ExportOptions, output: Path, progress: Progress):
     """merge_tokens='auto': measure the r values on the labelled clips and keep the largest that passes the gate
     (``export/merge_search.py``); when none does, an ExportError carrying the curve, and nothing is written."""
+    from vivit_deploy.accuracy.drift.plots import pyplot
     from vivit_deploy.export import merge_search as ms
     from vivit_deploy.runtimes.cpu import describe_cpu
 
@@ -388,8 +389,6 @@ def _search_merging(model, preprocessor, options: ExportOptions, output: Path, p
     search_options = options.merge_search
     plot = search_options.plot
     if plot is not None:
-        from vivit_deploy.accuracy.drift.plots import pyplot
-
         pyplot("merge_search.plot=")  # a missing matplotlib is a one-line error before the long steps
         if not Path(plot).parent.is_dir():
             raise FileNotFoundError(f"{Path(plot).parent}: the directory for merge_search.plot= does not exist")
@@ -406,8 +405,6 @@ def _search_merging(model, preprocessor, options: ExportOptions, output: Path, p
     if plot is None:
         plot = output.with_name(output.stem + ".merge-curve.png")
         try:
-            from vivit_deploy.accuracy.drift.plots import pyplot
-
             pyplot("the merge curve's plot")
         except ConfigError as exc:
             plot = None

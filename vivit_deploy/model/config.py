@@ -36,6 +36,11 @@ VARIANTS = ("joint", "factorised_encoder", "factorised_self_attention")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
+def schedule_text(schedule: tuple[int, ...], sep: str = ", ") -> str:
+    """Token merging's r per layer in words: the one r when every layer has it ("300"), else each ("300, 300, 200")."""
+    return str(schedule[0]) if len(set(schedule)) == 1 else sep.join(map(str, schedule))
+
+
 def merged_token_counts(num_tokens: int, schedule: tuple[int, ...]) -> tuple[int, ...]:
     """Tokens (the class token included) each layer hands on: ToMe merges at most half of a layer's tokens besides the
     class token, so a layer of t tokens merges min(r, (t - 1) // 2). Fixed by the schedule: the graph stays static."""

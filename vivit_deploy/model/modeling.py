@@ -572,8 +572,25 @@ class _VivitBase(ModelMembers):
     def get_output_embeddings(self) -> None:
         return None
 
+    def base_model(self) -> "_VivitBase":
+        """The bare encoder: this model, or the one a classifier holds under its ``config.base_prefix``."""
+        return self if self.bare_encoder else getattr(self, self.config.base_prefix)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base_model().embeddings.patch_embeddings
+
     def _encoder(self) -> Encoder:
-        return self.encoder if isinstance(self, VivitModel) else self.vivit.encoder
+        return self.base_model().encoder
+
+    def _copy_at(self, config: VivitConfig) -> tuple["_VivitBase", "_VivitBase"]:
+        """A deep copy of this model carrying ``config`` (``geometry_config``'s), and its bare encoder, for an
+        ``at_geometry`` to resize what the new geometry changes."""
+        import copy
+
+        model = copy.deepcopy(self)
+        base = model.base_model()
+        model.config = base.config = config
+        return model, base
 
     @property
     def merge_tokens(self) -> tuple[int, ...]:
@@ -589,8 +606,7 @@ class _VivitBase(ModelMembers):
         """ToMe's source map under the current merging: a (B, N', N) bool tensor, True where the final token n' holds
         input token n (the class token first, then the patches' tubelets in (time, row, column) order). Without
         merging every token holds itself."""
-        embeddings = self.embeddings if isinstance(self, VivitModel) else self.vivit.embeddings
-        x = embeddings(self._prepare(pixel_values))
+        x = self.base_model().embeddings(self._prepare(pixel_values))
         if not any(self.merge_tokens):
             return torch.eye(x.shape[1], dtype=torch.bool).expand(x.shape[0], -1, -1)
         sources: list = []
@@ -632,9 +648,6 @@ class VivitModel(_VivitBase):
         self.pooler = Pooler(config) if add_pooling_layer else None
         init_weights(self, config.initializer_range)
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embeddings
-
     def forward(self, pixel_values: torch.Tensor, head_mask: torch.Tensor | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 interpolate_pos_encoding: bool = False, return_dict: bool | None = None):
@@ -662,9 +675,6 @@ class VivitForVideoClassification(_VivitBase):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vivit.embeddings.patch_embeddings
-
     def forward(self, pixel_values: torch.Tensor, head_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
@@ -685,15 +695,11 @@ class VivitForVideoClassification(_VivitBase):
         """A copy of this model that takes ``num_frames`` frames of ``image_size`` (default: its own), its position
         embeddings resized once (``interpolate_positions``), so it runs, exports and is served at that geometry
         without resizing anything per call. The config records the geometry it was trained at."""
-        import copy
-
-        config = self.config
-        new = geometry_config(config, num_frames, image_size)
+        new = geometry_config(self.config, num_frames, image_size)
         if new is None:
             return self
-        model = copy.deepcopy(self)
-        model.config = model.vivit.config = new
-        embeddings = model.vivit.embeddings
+        model, base = self._copy_at(new)
+        embeddings = base.embeddings
         with torch.no_grad():
             resized = interpolate_positions(embeddings.position_embeddings, embeddings.grid, new.grid)
         embeddings.position_embeddings = nn.Parameter(resized)

@@ -49,15 +49,15 @@ EMBEDDINGS, PROJECTION, SPATIAL_NORM_PART, FINAL_NORM, CLASSIFIER = (
     "embeddings", "projection", "spatial_norm", "final_norm", "classifier")
 TEMPORAL_INPUTS = "temporal_inputs"  # Model 2: the temporal encoder's CLS token and positions (parameters)
 
-LAYER_PREFIX = "vivit.encoder.layer"  # ViViT's; part_path(..., config=) gives every model's own
 # the path of each part of a layer, under the layer's own path
 _LAYER_PATHS = {BLOCK: "", NORM_BEFORE: "layernorm_before", ATTENTION: "attention",
                 SELF_ATTENTION: "attention.attention", QUERY: "attention.attention.query",
                 KEY: "attention.attention.key", VALUE: "attention.attention.value", QKV: "attention.attention.qkv",
                 ATTENTION_PROJECTION: "attention.output.dense", NORM_AFTER: "layernorm_after",
                 FC1: "intermediate.dense", MLP_HIDDEN: "intermediate", MLP: "output", FC2: "output.dense"}
-_OUTSIDE_PATHS = {EMBEDDINGS: "vivit.embeddings", SPATIAL_NORM_PART: "vivit.encoder.spatial_norm",
-                  FINAL_NORM: "vivit.layernorm", CLASSIFIER: "classifier", TEMPORAL_INPUTS: "vivit.encoder.temporal_"}
+# the path of each part outside the layers, under the encoder's prefix ("vivit.", "videomae.", ...; config.base_prefix)
+_ENCODER_PATHS = {EMBEDDINGS: "embeddings", SPATIAL_NORM_PART: "encoder.spatial_norm", FINAL_NORM: "layernorm",
+                  TEMPORAL_INPUTS: "encoder.temporal_"}
 # the parts of one encoder layer that are probe points, in the order the data flows through them
 LAYER_PARTS = (NORM_BEFORE, ATTENTION, NORM_AFTER, MLP, BLOCK)
 PART_TITLES = {NORM_BEFORE: "LayerNorm before attention", ATTENTION: "attention",
@@ -68,7 +68,6 @@ PART_TITLES = {NORM_BEFORE: "LayerNorm before attention", ATTENTION: "attention"
 # a layer that attends over space in Model 3 has no MLP (and no LayerNorm before one)
 SPACE_LAYER_PARTS = (NORM_BEFORE, ATTENTION, BLOCK)
 _MLP_PARTS = (NORM_AFTER, FC1, MLP_HIDDEN, MLP, FC2)
-SPATIAL_NORM = _OUTSIDE_PATHS[SPATIAL_NORM_PART]
 # the parts of a layer judged by their own output too: a branch whose error is large against what it computes may be
 # small against the residual stream it is added to, and still reach the logits through the final LayerNorm
 BRANCHES = (ATTENTION, MLP)
@@ -120,10 +119,11 @@ def part_path(part: str, layer: int | None = None, config=None) -> str:
     if part == PROJECTION:
         return f"{prefix}.embeddings.projection" if config is not None and config.factorised else \
             f"{prefix}.embeddings.patch_embeddings"
+    if part == CLASSIFIER:
+        return "classifier"
     if part == FINAL_NORM and getattr(config, "use_mean_pooling", False):
         return "fc_norm"
-    path = _OUTSIDE_PATHS[part]
-    return path if part == CLASSIFIER else prefix + path[len("vivit"):]
+    return f"{prefix}.{_ENCODER_PATHS[part]}"
 
 
 def path_in_layer(part: str) -> str:
@@ -158,7 +158,7 @@ def model_parts(config, parts: tuple[str, ...] | None = None) -> list[ModelPart]
     for layer in range(config.num_layers):
         out += [make(layer, p, part_path(p, layer, config)) for p in wanted if has_part(config, layer, p)]
         if config.variant == "factorised_encoder" and layer == config.num_hidden_layers - 1:
-            out.append(make(None, SPATIAL_NORM_PART, SPATIAL_NORM))
+            out.append(make(None, SPATIAL_NORM_PART, part_path(SPATIAL_NORM_PART, config=config)))
     out.append(make(None, FINAL_NORM, part_path(FINAL_NORM, config=config)))
     return out
 
@@ -180,7 +180,7 @@ def locate_parameter(name: str, config) -> tuple[int, str, str]:
         part = {"attention": ATTENTION, "intermediate": MLP, "output": MLP, "layernorm_before": NORM_BEFORE,
                 "layernorm_after": NORM_AFTER}.get(module, BLOCK)
         return int(layer), part, owner
-    if name.startswith(_OUTSIDE_PATHS[TEMPORAL_INPUTS]):
+    if name.startswith(part_path(TEMPORAL_INPUTS, config=config)):
         return config.num_hidden_layers, BLOCK, name
     for part in (EMBEDDINGS, SPATIAL_NORM_PART, FINAL_NORM):
         if name.startswith(part_path(part, config=config) + "."):

@@ -185,17 +185,12 @@ class _TimesformerBase(_VivitBase):
         resized once as TimeSformer's own code resizes them when the input differs (nearest neighbour: the patch grid
         in both directions, the frames along time). transformers resizes them in its embeddings but its divided
         blocks still reshape by the configured frame count; this copy carries the new geometry in its config."""
-        import copy
-
         config = self.config
         new = geometry_config(config, num_frames, image_size)
         if new is None:
             return self
         check_geometry(new)
-        model = copy.deepcopy(self)
-        model.config = new
-        base = model if isinstance(model, TimesformerModel) else model.timesformer
-        base.config = new
+        model, base = self._copy_at(new)
         embeddings = base.embeddings
         embeddings.config = new
         for layer in base.encoder.layer:
@@ -231,9 +226,6 @@ class TimesformerModel(_TimesformerBase):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         init_weights(self, config.initializer_range)
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embeddings
-
     def forward(self, pixel_values: torch.Tensor, head_mask: torch.Tensor | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None):
@@ -262,9 +254,6 @@ class TimesformerForVideoClassification(_TimesformerBase):
         self.timesformer = TimesformerModel(config, attn_implementation=attn_implementation)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.timesformer.embeddings.patch_embeddings
 
     def forward(self, pixel_values: torch.Tensor, head_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, output_attentions: bool | None = None,

@@ -67,9 +67,6 @@ class VideoMAEEmbeddings(nn.Module):
 class _VideoMAEBase(_VivitBase):
     """What both heads share with ViViT's (loading, saving, dtype, token merging's switch)."""
 
-    def _encoder(self) -> Encoder:
-        return self.encoder if isinstance(self, VideoMAEModel) else self.videomae.encoder
-
     @torch.no_grad()
     def token_merging_sources(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise ConfigError("token merging's source map is ViViT's (Model 1): VideoMAE has no class token to keep apart")
@@ -85,17 +82,11 @@ class _VideoMAEBase(_VivitBase):
     def at_geometry(self, num_frames: int | None = None, image_size=None):
         """A copy of this model for ``num_frames`` frames of ``image_size``: its sinusoidal positions computed for the
         new grid (they are a formula, not learned)."""
-        import copy
-
-        config = self.config
-        new = geometry_config(config, num_frames, image_size)
+        new = geometry_config(self.config, num_frames, image_size)
         if new is None:
             return self
         check_geometry(new)
-        model = copy.deepcopy(self)
-        model.config = new
-        base = model if isinstance(model, VideoMAEModel) else model.videomae
-        base.config = new
+        model, base = self._copy_at(new)
         base.embeddings.position_embeddings = sinusoid_table(new.num_patches, new.hidden_size)
         return model
 
@@ -114,9 +105,6 @@ class VideoMAEModel(_VideoMAEBase):
         self.encoder = Encoder(config, attn_implementation)
         self.layernorm = None if config.use_mean_pooling else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         init_weights(self, config.initializer_range)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embeddings
 
     def forward(self, pixel_values: torch.Tensor, head_mask: torch.Tensor | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
@@ -154,9 +142,6 @@ class VideoMAEForVideoClassification(_VideoMAEBase):
         self.fc_norm = nn.LayerNorm(config.hidden_size, eps=FC_NORM_EPS) if config.use_mean_pooling else None
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.videomae.embeddings.patch_embeddings
 
     def forward(self, pixel_values: torch.Tensor, head_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, output_attentions: bool | None = None,

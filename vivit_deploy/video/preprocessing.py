@@ -68,17 +68,19 @@ def _per_channel(value: Any, name: str) -> tuple[float, ...]:
 # TimeSformer's checkpoints use too) rescales by 1/255 with no offset and resizes the short side to 224; transformers 5
 # names its Pillow form VideoMAEImageProcessorPil (the same numbers as the torchvision form up to the resize).
 VIVIT_PROCESSOR = "VivitImageProcessor"
+_VIDEOMAE_DEFAULTS = {"size": {"shortest_edge": 224}, "rescale_factor": 1 / 255, "offset": False}
 PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
     VIVIT_PROCESSOR: {},
     "VivitImageProcessorPil": {},
-    "VideoMAEImageProcessor": {"size": {"shortest_edge": 224}, "rescale_factor": 1 / 255, "offset": False},
-    "VideoMAEImageProcessorPil": {"size": {"shortest_edge": 224}, "rescale_factor": 1 / 255, "offset": False},
+    "VideoMAEImageProcessor": _VIDEOMAE_DEFAULTS,
+    "VideoMAEImageProcessorPil": _VIDEOMAE_DEFAULTS,
 }
-_WITHOUT_OFFSET = ("VideoMAEImageProcessor", "VideoMAEImageProcessorPil")  # classes that have no offset step
+# the classes that have no offset step: what their defaults say
+_WITHOUT_OFFSET = tuple(kind for kind, defaults in PROCESSOR_DEFAULTS.items() if defaults.get("offset") is False)
 # transformers 5's video processors (video_preprocessor_config.json), each read as the image processor that computes its
 # numbers, with the defaults that differ: ViViT's always subtracts 1 after rescaling (an offset with no field), and
 # TimeSformer's normalises with ImageNet's statistics. They resize with torchvision, where the image processors (and
-# this package) resize with Pillow's filters: docs/transformers.md says how far apart that is.
+# this package) resize with Pillow's filters: docs/transformers.md says why that distance is not measured here.
 IMAGENET_DEFAULT = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 VIDEO_PROCESSORS: dict[str, tuple[str, dict[str, Any]]] = {
     "VivitVideoProcessor": (VIVIT_PROCESSOR, {}),
