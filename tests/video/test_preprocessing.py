@@ -209,7 +209,31 @@ VIDEO_FILES = {
     "VideoMAEVideoProcessor": ("VideoMAEImageProcessorPil", {}),
     "TimesformerVideoProcessor": ("VideoMAEImageProcessorPil", {"image_mean": [0.485, 0.456, 0.406],
                                                                 "image_std": [0.229, 0.224, 0.225]}),
+    "VJEPA2VideoProcessor": ("VideoMAEImageProcessorPil", {"image_mean": [0.485, 0.456, 0.406],
+                                                           "image_std": [0.229, 0.224, 0.225]}),
 }
+
+
+def test_vjepa2s_video_processor_resizes_by_its_crop_whatever_its_file_says(tmp_path):
+    """V-JEPA 2's video processor computes its resize from the crop (x 256 / 224) when it is built, so a file's own
+    ``size`` is not what it uses: ours reads the same numbers as transformers' class loaded from the same file."""
+    pytest.importorskip("transformers", reason="transformers (the parity reference) is not installed")
+    from transformers.models.vjepa2.video_processing_vjepa2 import VJEPA2VideoProcessor
+
+    from vivit_deploy.video.preprocessing import preprocessor_config_in
+
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(
+        {"video_processor_type": "VJEPA2VideoProcessor", "crop_size": {"height": 64, "width": 64},
+         "size": {"shortest_edge": 100}}))
+    theirs = VJEPA2VideoProcessor.from_pretrained(tmp_path)
+    ours = preprocessor_config_in(tmp_path)
+    assert ours.size == {"shortest_edge": theirs.size["shortest_edge"]} == {"shortest_edge": 73}
+    assert ours.crop_size == {"height": 64, "width": 64} and ours.rescale_factor == pytest.approx(1 / 255)
+    assert ours.image_mean == pytest.approx(tuple(theirs.image_mean)) and not ours.offset
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(
+        {"video_processor_type": "VJEPA2VideoProcessor", "crop_size": {"width": 64}}))
+    with pytest.raises(ConfigError, match="crop_size must be a positive integer or have a 'height'"):
+        preprocessor_config_in(tmp_path)
 
 
 @pytest.mark.parametrize("video_processor", VIDEO_FILES, ids=VIDEO_FILES)

@@ -105,6 +105,7 @@ def layer_drift(
         layers=tuple(layers), final_norm=drift[points[-1].tensor],  # the first point and the last
         logits=PointDrift.of(ProbePoint("logits", None, "classifier"), logits), outside=dict(watch.outside),
         spatial_norm=spatial_norm, spatial_layers=config.num_hidden_layers if spatial_norm is not None else 0,
+        attentive_pooler=config.attentive_pooler,
     )
     first = report.first_failing
     if first is None:

@@ -32,8 +32,8 @@ from vivit_deploy.accuracy.layers import FP16_MAX, WEIGHTS, Overflow
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.artifacts.metadata import QUANTIZED_PRECISIONS
 from vivit_deploy.model.probes import (
-    ATTENTION, BLOCK, CLASSIFIER, EMBEDDINGS, FINAL_NORM, MLP, MLP_HIDDEN, NORM_AFTER, NORM_BEFORE, SPATIAL_NORM_PART,
-    has_part, locate_parameter, part_path,
+    ATTENTION, BLOCK, CLASSIFIER, EMBEDDINGS, FINAL_NORM, MLP, MLP_HIDDEN, NORM_AFTER, NORM_BEFORE, POOLER,
+    SPATIAL_NORM_PART, has_head_part, has_part, locate_parameter, part_path,
 )
 
 UNIT_KINDS = ("attention", "mlp", "norms")
@@ -43,7 +43,7 @@ _HALF = "fp16"
 UNIT_PARTS = {"": ((BLOCK, _HALF),), "attention": ((ATTENTION, _HALF),),  # of layer L
               "mlp": ((MLP_HIDDEN, None), (MLP, _HALF)), "norms": ((NORM_BEFORE, _HALF), (NORM_AFTER, _HALF))}
 OUTSIDE = {"embeddings": ((EMBEDDINGS, _HALF),), "spatial_norm": ((SPATIAL_NORM_PART, _HALF),),  # outside the layers
-           "head": ((FINAL_NORM, None), (CLASSIFIER, None))}
+           "head": ((FINAL_NORM, None), (POOLER, None), (CLASSIFIER, None))}  # the pooler where the model has one
 AUTO = "auto"
 MAX_SEARCH_STEPS = 12  # exports an auto search may make before it gives up
 
@@ -105,7 +105,8 @@ def _unit_parts(unit: str, config) -> list[tuple[str, str | None]]:
     """(module path, the dtype its output leaves in) of each model part ``unit`` keeps in fp32 (a layer over space in
     Model 3 has attention and one LayerNorm only)."""
     if unit in OUTSIDE:
-        return [(part_path(part, config=config), dtype) for part, dtype in OUTSIDE[unit]]
+        return [(part_path(part, config=config), dtype) for part, dtype in OUTSIDE[unit]
+                if part != POOLER or has_head_part(config, part)]
     layer, _, kind = unit.partition(".")
     return [(part_path(part, int(layer), config), dtype) for part, dtype in UNIT_PARTS[kind]
             if config is None or has_part(config, int(layer), part)]

@@ -240,7 +240,8 @@ def _layer_matmuls(config, layer: int) -> int:
 
 
 def weight_matmuls(config) -> int:
-    """The weight MatMuls a Q/DQ graph of ``config``'s model quantizes (the tubelet projection and classifier stay float)."""
+    """The weight MatMuls a Q/DQ graph of ``config``'s model quantizes (the tubelet projection and the head, an attentive
+    probe's included, stay float)."""
     return sum(_layer_matmuls(config, layer) for layer in range(config.num_layers))
 
 

@@ -69,11 +69,13 @@ import numpy as np
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.export.graph_checks import count_reading_dequantized
 from vivit_deploy.export.graph_scopes import in_module
-from vivit_deploy.model.probes import EMBEDDING_MODULES
+from vivit_deploy.model.probes import EMBEDDING_MODULES, POOLER
 
 # Op types whose weights (and inputs) are quantized; the tubelet projection is left out (see the module docstring).
 QUANTIZED_OPS = ("MatMul",)
-FLOAT_MODULES = EMBEDDING_MODULES  # the tubelet projection (a MatMul in the export) stays float, as the Conv3d did
+# the tubelet projection (a MatMul in the export) stays float, as the Conv3d did; so does an attentive probe (V-JEPA 2's
+# pooler), part of the head as the classifier is
+FLOAT_MODULES = EMBEDDING_MODULES + (POOLER,)
 DEFAULT_CALIBRATION_CLIPS = 32
 CALIBRATION_BATCH = 2  # clips per calibration run: ViViT-B at batch 2 needs about 3 GB in ONNX Runtime
 

@@ -219,6 +219,9 @@ def load_model(
     config = load_config(directory)
     models = family(config.model_type)
     state = _renamed(original_names(load_state_dict(directory)), models.renamed_keys())
+    ignored = models.ignored_keys()
+    if ignored:
+        state = {k: v for k, v in state.items() if not any(p.match(k) for p in ignored)}
     dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config.extra, state)
     if models.base is None:  # Models 2 and 3 (model/factorised.py): classifiers only
         if head == "base":

@@ -228,6 +228,19 @@ class VivitConfig:
         return "vivit"
 
     @property
+    def layer_layout(self) -> str:
+        """How a layer names its modules (``model/probes.py``): "vit" (``layernorm_before``, ``attention.output.dense``,
+        ``intermediate.dense``...; ViViT, VideoMAE, TimeSformer) or "vjepa2" (``norm1``, ``attention.proj``,
+        ``mlp.fc1``...)."""
+        return "vit"
+
+    @property
+    def attentive_pooler(self) -> bool:
+        """Whether an attentive probe (``pooler``: attention layers of its own) pools the tokens for the classifier, as
+        V-JEPA 2's does; ViViT's classifier reads a token or the mean."""
+        return False
+
+    @property
     def num_layers(self) -> int:
         """Transformer layers in the order the data flows through them, each one set of probe points and one
         --keep-fp32 unit: Model 1's layers; Model 2's spatial layers, then its temporal ones; Model 3's blocks as
@@ -563,6 +576,130 @@ class TimesformerConfig(VivitConfig):
         return dict(sorted(out.items()))
 
 
+VJEPA2_MODEL_TYPE = "vjepa2"
+# the pre-training predictor's config keys: kept (written back for transformers), not used (no predictor is built)
+_VJEPA2_PREDICTOR_KEYS = ("pred_hidden_size", "pred_num_attention_heads", "pred_num_hidden_layers", "pred_num_mask_tokens",
+                          "pred_zero_init_mask_tokens", "pred_mlp_ratio")
+
+
+@dataclass(frozen=True)
+class VJEPA2Config(VivitConfig):
+    """V-JEPA 2's config (Assran et al., 2025; transformers' ``VJEPA2Config``), as its video classifier needs it:
+    config.json's ``crop_size`` is ``image_size`` (square), ``frames_per_clip`` is ``num_frames``, ``tubelet_size``
+    (frames) and ``patch_size`` make the tubelet, ``in_chans`` is ``num_channels``, and the MLP is ``mlp_ratio`` times
+    the width. No class token and no learned positions: 3D rotary positions inside each attention, over the grid of
+    ``crop_size // patch_size`` patches a side. The classifier pools with an attentive probe of ``num_pooler_layers``
+    self-attention layers and one cross-attention layer from a learned query. Defaults are ViT-L's
+    (``facebook/vjepa2-vitl-fpc64-256``)."""
+
+    image_size: int | tuple[int, int] = 256
+    num_frames: int = 64
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    hidden_act: str = "gelu"
+    mlp_ratio: float = 4.0  # the MLP's hidden width over hidden_size (intermediate_size follows from it)
+    num_pooler_layers: int = 3  # the attentive probe's self-attention layers
+    drop_path_rate: float = 0.0  # stochastic depth: training only
+
+    def __post_init__(self) -> None:
+        ratio = self.mlp_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0:
+            raise ConfigError(f"mlp_ratio must be a positive number, got {ratio!r}")
+        object.__setattr__(self, "intermediate_size", int(self.hidden_size * ratio))  # as transformers' MLP computes it
+        if self.variant != "joint":
+            raise ConfigError("V-JEPA 2 attends over space and time jointly: variant must be 'joint'")
+        super().__post_init__()
+        if self.image_height != self.image_width:
+            raise ConfigError(f"V-JEPA 2's rotary positions assume a square frame (crop_size): image_size must be one "
+                              f"side, got {self.image_size}")
+        if self.tubelet_size[1] != self.tubelet_size[2]:
+            raise ConfigError(f"V-JEPA 2's patches are square: tubelet_size must be (t, p, p), got {self.tubelet_size}")
+        pooler = self.num_pooler_layers
+        if isinstance(pooler, bool) or not isinstance(pooler, int) or pooler < 0:
+            raise ConfigError(f"num_pooler_layers must be a whole number >= 0, got {pooler!r}")
+
+    @property
+    def model_type(self) -> str:
+        return VJEPA2_MODEL_TYPE
+
+    @property
+    def class_tokens(self) -> int:
+        return 0
+
+    @property
+    def base_prefix(self) -> str:
+        return "vjepa2"
+
+    @property
+    def layer_layout(self) -> str:
+        return "vjepa2"
+
+    @property
+    def rope_grid(self) -> int:
+        """Patches per side of the frame the rotary positions are laid over (``crop_size // patch_size``)."""
+        return self.image_height // self.tubelet_size[1]
+
+    @property
+    def attention_blocks(self) -> int:
+        """The encoder's layers, the probe's self-attention layers and its cross-attention."""
+        return self.num_hidden_layers + self.num_pooler_layers + 1
+
+    @property
+    def attentive_pooler(self) -> bool:
+        return True
+
+    def flops_per_clip(self, merge_tokens: tuple[int, ...] = ()) -> float:
+        """As ``VivitConfig.flops_per_clip``, with the attentive probe: its self-attention layers over every token,
+        then one learned query attending over them (K and V projected for every token)."""
+        if any(merge_tokens):
+            raise ConfigError("merge_tokens= does not apply to V-JEPA 2")
+        d, n = self.hidden_size, self.num_patches
+        t, ph, pw = self.tubelet_size
+        embed = 2 * n * d * self.num_channels * t * ph * pw
+
+        def layer(m: int) -> float:  # Q, K, V, the output, QKᵀ and PV, the MLP (m wide)
+            return 2 * n * 4 * d * d + 2 * 2 * n * n * d + 2 * n * 2 * d * m
+
+        probe_mlp = 4 * d  # the probe's MLPs are 4 x hidden_size wide whatever mlp_ratio says
+        cross = 2 * d * d + 2 * n * 2 * d * d + 2 * 2 * n * d + 2 * 2 * d * probe_mlp
+        return float(embed + self.num_hidden_layers * layer(self.intermediate_size)
+                     + self.num_pooler_layers * layer(probe_mlp) + cross + 2 * d * self.num_labels)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VJEPA2Config":
+        """From transformers' V-JEPA 2 ``config.json`` (see the class for the renamed fields); the predictor's keys are
+        kept in ``extra``."""
+        data = _family_dict(data, VJEPA2_MODEL_TYPE, "V-JEPA 2")
+        patch = data.pop("patch_size", 16)
+        if not isinstance(patch, int):
+            patch = tuple(patch)
+            if len(set(patch)) != 1:
+                raise ConfigError(f"V-JEPA 2's patches are square: patch_size must be one number, got {list(patch)}")
+            patch = patch[0]
+        renamed = {"crop_size": "image_size", "frames_per_clip": "num_frames", "in_chans": "num_channels"}
+        for old, new in renamed.items():
+            if old in data:
+                data[new] = data.pop(old)
+        data.pop("intermediate_size", None)  # mlp_ratio decides it
+        frames = data.pop("tubelet_size", 2)
+        return _from_dict(cls, data, tubelet_size=(frames, patch, patch))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` transformers writes for V-JEPA 2."""
+        out = super().to_dict()
+        t, p, _ = self.tubelet_size
+        out.update(model_type=VJEPA2_MODEL_TYPE, tubelet_size=t, patch_size=p, crop_size=self.image_height,
+                   frames_per_clip=self.num_frames, in_chans=self.num_channels)
+        for name in ("image_size", "num_frames", "num_channels", "intermediate_size", "pooler_act",
+                     "pooler_output_size"):
+            out.pop(name, None)
+        for name in ("drop_path_rate", "mlp_ratio"):  # transformers 5 types these int | float: an integer stays one
+            if float(out[name]).is_integer():
+                out[name] = int(out[name])
+        return dict(sorted(out.items()))
+
+
 def _family_dict(data: Any, model_type: str, title: str) -> dict[str, Any]:
     """A copy of a config.json object, once it is one and of ``model_type`` (absent: taken to be)."""
     if not isinstance(data, dict):
@@ -601,6 +738,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vivit-b-fsa": dict(variant="factorised_self_attention", num_hidden_layers=12, **_VIT_PYTORCH_B),
     "videomae-b": dict(model_type=VIDEOMAE_MODEL_TYPE),  # MCG-NJU/videomae-base-finetuned-kinetics geometry (16x224)
     "timesformer-b": dict(model_type=TIMESFORMER_MODEL_TYPE),  # facebook/timesformer-base-finetuned-k400 (8x224)
+    # facebook/vjepa2-vitl-fpc16-256-ssv2's geometry (ViT-L, 16 frames of 256, 174 labels set by the caller or 400 here)
+    "vjepa2-l": dict(model_type=VJEPA2_MODEL_TYPE, num_frames=16),
     "tiny": dict(
         image_size=32, num_frames=4, tubelet_size=(2, 8, 8), hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, intermediate_size=64,
@@ -614,7 +753,8 @@ def preset(name: str, **overrides: Any) -> VivitConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown config preset {name!r}; known: {sorted(PRESETS)}")
     kwargs = dict(PRESETS[name])
-    cls = {VIDEOMAE_MODEL_TYPE: VideoMAEConfig, TIMESFORMER_MODEL_TYPE: TimesformerConfig}.get(
+    cls = {VIDEOMAE_MODEL_TYPE: VideoMAEConfig, TIMESFORMER_MODEL_TYPE: TimesformerConfig,
+           VJEPA2_MODEL_TYPE: VJEPA2Config}.get(
         kwargs.pop("model_type", None), VivitConfig)
     if name != "tiny":
         kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(400)}

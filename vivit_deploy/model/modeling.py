@@ -506,16 +506,20 @@ def _head_mask(head_mask: torch.Tensor | None, config: VivitConfig, dtype: torch
 class ModelMembers(nn.Module):
     """What every ViViT model answers (Models 1, 2 and 3): its attention path and the switch, dtype, device, size."""
 
+    def _attention_modules(self) -> list[nn.Module]:
+        """Every module that computes attention: those holding an ``attn_implementation`` of their own (ViViT's
+        ``SelfAttention`` and each model file's attention classes)."""
+        return [m for m in self.modules() if m is not self and "attn_implementation" in vars(m)]
+
     @property
     def attn_implementation(self) -> str:
-        return next(m.attn_implementation for m in self.modules() if isinstance(m, SelfAttention))
+        return self._attention_modules()[0].attn_implementation
 
     def set_attn_implementation(self, name: str) -> None:
         """Switch every attention layer between "sdpa" and "eager" in place; the weights stay."""
         _check_attn_implementation(name)
-        for m in self.modules():
-            if isinstance(m, SelfAttention):
-                m.attn_implementation = name
+        for m in self._attention_modules():
+            m.attn_implementation = name
 
     @property
     def dtype(self) -> torch.dtype:

@@ -47,23 +47,43 @@ FC2 = "fc2"  # the MLP's second product
 # outside the layers
 EMBEDDINGS, PROJECTION, SPATIAL_NORM_PART, FINAL_NORM, CLASSIFIER = (
     "embeddings", "projection", "spatial_norm", "final_norm", "classifier")
+POOLER = "pooler"  # V-JEPA 2's attentive probe, between the final LayerNorm and the classifier (config.attentive_pooler)
 TEMPORAL_INPUTS = "temporal_inputs"  # Model 2: the temporal encoder's CLS token and positions (parameters)
 
-# the path of each part of a layer, under the layer's own path
-_LAYER_PATHS = {BLOCK: "", NORM_BEFORE: "layernorm_before", ATTENTION: "attention",
-                SELF_ATTENTION: "attention.attention", QUERY: "attention.attention.query",
-                KEY: "attention.attention.key", VALUE: "attention.attention.value", QKV: "attention.attention.qkv",
-                ATTENTION_PROJECTION: "attention.output.dense", NORM_AFTER: "layernorm_after",
-                FC1: "intermediate.dense", MLP_HIDDEN: "intermediate", MLP: "output", FC2: "output.dense"}
+# the path of each part of a layer, under the layer's own path, per layer layout (``config.layer_layout``): "vit" is
+# ViViT's, VideoMAE's and TimeSformer's; "vjepa2" V-JEPA 2's (its MLP's activation is a module of its own, and its
+# attention module holds Q, K, V and the output projection)
+_LAYER_PATHS = {
+    "vit": {BLOCK: "", NORM_BEFORE: "layernorm_before", ATTENTION: "attention", SELF_ATTENTION: "attention.attention",
+            QUERY: "attention.attention.query", KEY: "attention.attention.key", VALUE: "attention.attention.value",
+            QKV: "attention.attention.qkv", ATTENTION_PROJECTION: "attention.output.dense",
+            NORM_AFTER: "layernorm_after", FC1: "intermediate.dense", MLP_HIDDEN: "intermediate", MLP: "output",
+            FC2: "output.dense"},
+    "vjepa2": {BLOCK: "", NORM_BEFORE: "norm1", ATTENTION: "attention", SELF_ATTENTION: "attention",
+               QUERY: "attention.query", KEY: "attention.key", VALUE: "attention.value",
+               ATTENTION_PROJECTION: "attention.proj", NORM_AFTER: "norm2", FC1: "mlp.fc1",
+               MLP_HIDDEN: "mlp.activation", MLP: "mlp", FC2: "mlp.fc2"},
+}
 # the path of each part outside the layers, under the encoder's prefix ("vivit.", "videomae.", ...; config.base_prefix)
-_ENCODER_PATHS = {EMBEDDINGS: "embeddings", SPATIAL_NORM_PART: "encoder.spatial_norm", FINAL_NORM: "layernorm",
-                  TEMPORAL_INPUTS: "encoder.temporal_"}
+_ENCODER_PATHS = {
+    "vit": {EMBEDDINGS: "embeddings", PROJECTION: "embeddings.patch_embeddings",
+            SPATIAL_NORM_PART: "encoder.spatial_norm", FINAL_NORM: "layernorm", TEMPORAL_INPUTS: "encoder.temporal_"},
+    "vjepa2": {EMBEDDINGS: "encoder.embeddings", PROJECTION: "encoder.embeddings.patch_embeddings",
+               FINAL_NORM: "encoder.layernorm"},
+}
+# which module of a layer (the first name under the layer's path) belongs to which probe part, per layout
+_LAYER_MODULES = {
+    "vit": {"attention": ATTENTION, "intermediate": MLP, "output": MLP, "layernorm_before": NORM_BEFORE,
+            "layernorm_after": NORM_AFTER},
+    "vjepa2": {"attention": ATTENTION, "mlp": MLP, "norm1": NORM_BEFORE, "norm2": NORM_AFTER},
+}
 # the parts of one encoder layer that are probe points, in the order the data flows through them
 LAYER_PARTS = (NORM_BEFORE, ATTENTION, NORM_AFTER, MLP, BLOCK)
 PART_TITLES = {NORM_BEFORE: "LayerNorm before attention", ATTENTION: "attention",
                NORM_AFTER: "LayerNorm before the MLP", MLP: "MLP", BLOCK: "residual stream",
                EMBEDDINGS: "the embeddings (tubelet projection, CLS token, positions)",
                FINAL_NORM: "the final LayerNorm", CLASSIFIER: "the classifier (the logits)",
+               POOLER: "the attentive probe (pooler)",
                SPATIAL_NORM_PART: "the spatial encoder's final LayerNorm"}
 # a layer that attends over space in Model 3 has no MLP (and no LayerNorm before one)
 SPACE_LAYER_PARTS = (NORM_BEFORE, ATTENTION, BLOCK)
@@ -107,36 +127,49 @@ def _prefix(config) -> str:
     return "vivit" if config is None else config.base_prefix
 
 
+def _layout(config) -> str:
+    """How ``config``'s model names a layer's modules (``_LAYER_PATHS``); ViViT's without a config."""
+    return "vit" if config is None else config.layer_layout
+
+
 def part_path(part: str, layer: int | None = None, config=None) -> str:
     """The module path of ``part``: of layer ``layer``, or outside the layers. ``config`` names the model: its
     encoder's prefix ("vivit.", "videomae."; ViViT's without one), the embeddings' projection (Model 1 and Models 2
     and 3 write it differently) and the final norm (VideoMAE's mean pooling normalises in ``fc_norm``)."""
-    prefix = _prefix(config)
+    prefix, layout = _prefix(config), _layout(config)
     if layer is not None:
         base = f"{prefix}.encoder.layer.{layer}"
-        sub = _LAYER_PATHS[part]
+        sub = _LAYER_PATHS[layout][part]
         return f"{base}.{sub}" if sub else base
-    if part == PROJECTION:
-        return f"{prefix}.embeddings.projection" if config is not None and config.factorised else \
-            f"{prefix}.embeddings.patch_embeddings"
-    if part == CLASSIFIER:
-        return "classifier"
+    if part == PROJECTION and config is not None and config.factorised:
+        return f"{prefix}.embeddings.projection"
+    if part in (CLASSIFIER, POOLER):  # the head, outside the encoder's prefix
+        return part
     if part == FINAL_NORM and getattr(config, "use_mean_pooling", False):
         return "fc_norm"
-    return f"{prefix}.{_ENCODER_PATHS[part]}"
+    return f"{prefix}.{_ENCODER_PATHS[layout][part]}"
 
 
-def path_in_layer(part: str) -> str:
-    """The module path of a layer's ``part`` under the layer ("intermediate.dense" for the MLP's first product): how a
-    message names it so a user finds it among the checkpoint's parameters."""
-    return _LAYER_PATHS[part]
+def path_in_layer(part: str, config=None) -> str:
+    """The module path of a layer's ``part`` under the layer ("intermediate.dense" for the MLP's first product in
+    ViViT's layout): how a message names it so a user finds it among the checkpoint's parameters."""
+    return _LAYER_PATHS[_layout(config)][part]
+
+
+def has_head_part(config, part: str) -> bool:
+    """Whether ``config``'s model has ``part`` outside its layers (Model 2's spatial norm, V-JEPA 2's attentive probe)."""
+    if part == POOLER:
+        return config is not None and config.attentive_pooler
+    if part == SPATIAL_NORM_PART:
+        return config is not None and config.variant == "factorised_encoder"
+    return True
 
 
 def has_part(config, layer: int, part: str) -> bool:
     """Whether layer ``layer`` of ``config``'s model has ``part`` (Model 3's layers over space have no MLP; TimeSformer
     projects Q, K and V in one ``qkv``, the others in three)."""
     if part in (QUERY, KEY, VALUE, QKV):
-        return (part == QKV) == bool(getattr(config, "fused_qkv", False))
+        return (part == QKV) == bool(getattr(config, "fused_qkv", False)) and part in _LAYER_PATHS[_layout(config)]
     return not (config.layer_kind(layer) == "space" and part in _MLP_PARTS)
 
 
@@ -176,21 +209,21 @@ def locate_parameter(name: str, config) -> tuple[int, str, str]:
     prefix = f"{_prefix(config)}.encoder.layer."
     if name.startswith(prefix):
         layer, _, rest = name[len(prefix):].partition(".")
-        module = rest.split(".")[0]
-        part = {"attention": ATTENTION, "intermediate": MLP, "output": MLP, "layernorm_before": NORM_BEFORE,
-                "layernorm_after": NORM_AFTER}.get(module, BLOCK)
+        part = _LAYER_MODULES[_layout(config)].get(rest.split(".")[0], BLOCK)
         return int(layer), part, owner
-    if name.startswith(part_path(TEMPORAL_INPUTS, config=config)):
+    outside = _ENCODER_PATHS[_layout(config)]
+    if TEMPORAL_INPUTS in outside and name.startswith(part_path(TEMPORAL_INPUTS, config=config)):
         return config.num_hidden_layers, BLOCK, name
     for part in (EMBEDDINGS, SPATIAL_NORM_PART, FINAL_NORM):
-        if name.startswith(part_path(part, config=config) + "."):
+        if part in outside and name.startswith(part_path(part, config=config) + "."):
             return -1, part, owner
-    return -1, CLASSIFIER, owner
+    return -1, POOLER if name.startswith(POOLER + ".") else CLASSIFIER, owner
 
 
-BASE_PREFIXES = ("vivit", "videomae", "timesformer")  # every model family's encoder prefix (its config's base_prefix)
+BASE_PREFIXES = ("vivit", "videomae", "timesformer", "vjepa2")  # every model family's encoder prefix (config.base_prefix)
 PROBE_PREFIXES = tuple(p + "." for p in BASE_PREFIXES) + ("fc_norm:",)  # where every model's probe tensor names start
-EMBEDDING_MODULES = tuple(p + ".embeddings" for p in BASE_PREFIXES)  # every family's embeddings (the tubelet projection)
+# every family's embeddings (the tubelet projection)
+EMBEDDING_MODULES = tuple(p + ".embeddings" for p in BASE_PREFIXES[:3]) + ("vjepa2.encoder.embeddings",)
 
 
 def is_probe_name(name: str) -> bool:

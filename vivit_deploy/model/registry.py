@@ -38,6 +38,11 @@ class ModelFamily:
         file's ``RENAMED_KEYS``, where it has any."""
         return getattr(importlib.import_module(self.module), "RENAMED_KEYS", ())
 
+    def ignored_keys(self) -> tuple:
+        """Patterns of checkpoint keys the family does not build and leaves out when it reads one (V-JEPA 2's
+        pre-training predictor): the model file's ``IGNORED_KEYS``, where it has any."""
+        return getattr(importlib.import_module(self.module), "IGNORED_KEYS", ())
+
     @property
     def architectures(self) -> dict[str, str]:
         """config.json's ``architectures`` names of this family -> the head each loads."""
@@ -53,6 +58,8 @@ MODELS: dict[str, ModelFamily] = {
                             "VideoMAE", "VideoMAEConfig"),
     "timesformer": ModelFamily("vivit_deploy.model.timesformer", "TimesformerForVideoClassification", "TimesformerModel",
                                "TimeSformer", "TimesformerConfig"),
+    "vjepa2": ModelFamily("vivit_deploy.model.vjepa2", "VJEPA2ForVideoClassification", "VJEPA2Model", "V-JEPA 2",
+                          "VJEPA2Config"),
 }
 
 

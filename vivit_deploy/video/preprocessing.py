@@ -87,7 +87,20 @@ VIDEO_PROCESSORS: dict[str, tuple[str, dict[str, Any]]] = {
     "VideoMAEVideoProcessor": ("VideoMAEImageProcessor", {}),
     "TimesformerVideoProcessor": ("VideoMAEImageProcessor",
                                   {"image_mean": IMAGENET_DEFAULT[0], "image_std": IMAGENET_DEFAULT[1]}),
+    "VJEPA2VideoProcessor": ("VideoMAEImageProcessor",
+                             {"image_mean": IMAGENET_DEFAULT[0], "image_std": IMAGENET_DEFAULT[1],
+                              "crop_size": {"height": 256, "width": 256}}),
 }
+
+
+def _vjepa2_size(data: dict[str, Any]) -> dict[str, Any]:
+    """V-JEPA 2's video processor resizes the short side to crop x 256 / 224 whatever its file's ``size`` says (its
+    constructor computes it from ``crop_size``, an integer or a dict with a height)."""
+    crop = data.get("crop_size", 256)
+    height = crop.get("height") if isinstance(crop, dict) else crop
+    if isinstance(height, bool) or not isinstance(height, int) or height < 1:
+        raise ConfigError(f"VJEPA2VideoProcessor's crop_size must be a positive integer or have a 'height', got {crop!r}")
+    return {**data, "crop_size": {"height": height, "width": height}, "size": {"shortest_edge": int(height * 256 / 224)}}
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,8 @@ class PreprocessorConfig:
                                   f"vivit_deploy reads ({', '.join(VIDEO_PROCESSORS)})")
             image, defaults = VIDEO_PROCESSORS[video]
             data = {**defaults, **data, "image_processor_type": image}
+            if video == "VJEPA2VideoProcessor":
+                data = _vjepa2_size(data)
             if image == VIVIT_PROCESSOR and data.get("do_rescale", True):
                 data["offset"] = True  # ViViT's video processor subtracts 1 after rescaling, always
         kind = data.pop("image_processor_type", None) or data.pop("processor_type", None) or VIVIT_PROCESSOR

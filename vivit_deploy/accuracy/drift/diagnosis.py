@@ -189,6 +189,8 @@ def diagnose_outside(part: str, report, precision: str) -> Diagnosis:
         logits, norm = report.logits, report.final_norm
         detail = (f"the logits drift (cosine {_cos(logits)}) while the final LayerNorm's output holds (cosine "
                   f"{_cos(norm)} over every token)")
+        if report.attentive_pooler:
+            detail += "; between them run the attentive probe (pooler, attention layers of its own) and the classifier"
         weights = seen.get("classifier_weight_median", 1.0)
         if precision.startswith("fp16") and weights < FP16_SMALLEST_NORMAL:
             detail += (f": the classifier's weights (median |w| {weights:.2g}) lie below fp16's normal range "

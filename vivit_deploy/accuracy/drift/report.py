@@ -28,6 +28,7 @@ class LayerDriftReport:
     diagnosis: Diagnosis | None = None
     spatial_norm: PointDrift | None = None  # Model 2: after its spatial layers
     spatial_layers: int = 0  # Model 2: how many layers come before the spatial norm
+    attentive_pooler: bool = False  # V-JEPA 2: an attentive probe runs between the final norm and the classifier
 
     @property
     def first_failing_layer(self) -> int | None:
