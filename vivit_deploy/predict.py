@@ -12,7 +12,7 @@ import numpy as np
 from vivit_deploy.accuracy.evaluation import softmax
 
 from vivit_deploy.errors import ConfigError
-from vivit_deploy.video.opening import ReadOptions
+from vivit_deploy.video.opening import ReadOptions, as_source
 from vivit_deploy.video.preprocessing import VideoPreprocessor
 from vivit_deploy.video.reading import SAMPLINGS, Clips, decode_clips
 
@@ -120,7 +120,7 @@ class VideoClassifier:
         what the reading found (damaged frames replaced, truncation)."""
         if sampling not in SAMPLINGS:
             raise ConfigError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        return decode_clips(Path(path), self.num_frames, num_clips=num_clips, sampling=sampling,
+        return decode_clips(as_source(path), self.num_frames, num_clips=num_clips, sampling=sampling,
                             frame_sample_rate=frame_sample_rate, options=self.read_options,
                             transform=None if self._sends_frames else self.preprocessor.frame)
 

@@ -261,3 +261,35 @@ def test_a_file_read_as_a_stream_gives_the_windows_of_its_timeline(odd, tmp_path
         row = timeline[(record["stream"], record["window"])]
         assert row["start"] == pytest.approx(record["start"], abs=1e-3) and row["label"] == record["label"]
         assert row["probability"] == pytest.approx(record["probability"], abs=1e-5)
+
+
+@pytest.mark.parametrize("name", READABLE + sorted(UNREADABLE))
+def test_a_file_read_from_memory_gives_the_frames_and_the_errors_the_file_gives(odd, name):
+    """What a server does with a file it receives (``VideoBytes``): the same frames, the same damage report (frames
+    replaced, truncation), the same one-line refusal, named by the name it was given."""
+    from vivit_deploy.video.opening import VideoBytes
+
+    data = odd[name].read_bytes()
+    if name in UNREADABLE:
+        with pytest.raises(VideoReadError, match=UNREADABLE[name]) as error:
+            decode_clips(VideoBytes(data, "upload 7"), 8, num_clips=2, sampling="uniform")
+        assert str(error.value).startswith("upload 7: ") and "\n" not in str(error.value)
+        return
+    from_file = decode_clips(odd[name], 8, num_clips=2, sampling="uniform")
+    from_memory = decode_clips(VideoBytes(data, name), 8, num_clips=2, sampling="uniform")
+    np.testing.assert_array_equal(from_memory.array, from_file.array)
+    assert (from_memory.frames, from_memory.replaced, from_memory.truncated) == \
+        (from_file.frames, from_file.replaced, from_file.truncated)
+    unturned = decode_clips(VideoBytes(data, name), 4, num_clips=1, options=ReadOptions(autorotate=False))
+    np.testing.assert_array_equal(unturned.array, decode_clips(odd[name], 4, num_clips=1,
+                                                               options=ReadOptions(autorotate=False)).array)
+
+
+def test_bytes_that_are_not_a_video_are_refused_in_one_line():
+    from vivit_deploy.video.opening import VideoBytes
+
+    for data, reason in ((b"", "empty"), (b"\x00" * 4096, "not a video FFmpeg can read"),
+                         (b"GIF89a" + bytes(64), "not a video FFmpeg can read")):
+        with pytest.raises(VideoReadError, match=reason) as error:
+            read_video(VideoBytes(data, "request 3"), 4)
+        assert str(error.value).startswith("request 3: ") and "\n" not in str(error.value)

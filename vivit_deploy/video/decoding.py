@@ -43,7 +43,7 @@ import numpy as np
 
 from vivit_deploy.errors import VideoReadError
 from vivit_deploy.video.opening import (
-    ReadOptions, library_errors, check_size, open_container, read_error, reason, release,
+    ReadOptions, as_source, library_errors, check_size, open_container, read_error, reason, release,
 )
 
 # A seek flushes the decoder; below this many skipped frames decoding on is cheaper.
@@ -367,7 +367,7 @@ class VideoFile:
     """One video file, opened and checked once; decodes the frames wanted of it (see the module docstring)."""
 
     def __init__(self, path: str | Path, options: ReadOptions | None = None):
-        self.path = Path(path)
+        self.path = as_source(path)  # a Path, or a VideoBytes read from memory
         self.options = options or ReadOptions()
         container = open_container(self.path, self.options)
         try:

@@ -12,6 +12,9 @@ names the file and a reason a user can act on:
   codec 'xyz1'``);
 - a declared frame size past ``max_pixels`` (a 3 MB file can declare 16000x16000 frames: 768 MB each).
 
+A file can also arrive as bytes (``VideoBytes``: what a server received in a request): it is opened from memory with
+the same checks and the same decoding, so it gives the frames the file on disk gives.
+
 Metadata that is not UTF-8 (Latin-1 titles from old cameras and editors) never stops a read: it is read
 with the undecodable bytes dropped. ``read_error`` turns any failure of the libraries into the same error.
 """
@@ -44,6 +47,35 @@ def library_errors() -> tuple[type[BaseException], ...]:
 _IMAGE_DEMUXER = re.compile(r"^(image2|.*_pipe)$")
 
 
+@dataclass(frozen=True, eq=False)
+class VideoBytes:
+    """An encoded video held in memory, read as the file it was: ``name`` is how messages name it (a request's file
+    name or id). Every reader that takes a path takes one (``read_video``, ``decode_clips``, ``probe``)."""
+
+    data: bytes
+    name: str = "video bytes"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+
+def as_source(path) -> "Path | VideoBytes":
+    """``path`` as the readers keep it: a ``VideoBytes`` as it is, anything else as a ``Path``."""
+    return path if isinstance(path, VideoBytes) else Path(path)
+
+
+def _library_input(path) -> Any:
+    """What ``av.open`` reads: a new in-memory file over a ``VideoBytes``' data (each opening its own position), or the
+    path's name."""
+    import io
+
+    return io.BytesIO(path.data) if isinstance(path, VideoBytes) else str(path)
+
+
 @dataclass(frozen=True)
 class ReadOptions:
     """How a file's frames are made, the same on every path (``predict``, ``classify``, ``stream``).
@@ -63,6 +95,12 @@ class ReadOptions:
 
 def check_path(path: Path) -> None:
     """Refuse what is not a regular, non-empty file before any library opens it (quick, never blocks)."""
+    if isinstance(path, VideoBytes):
+        if not isinstance(path.data, (bytes, bytearray, memoryview)):
+            raise VideoReadError(f"{path}: the video must be bytes, got {type(path.data).__name__}")
+        if not len(path.data):
+            raise VideoReadError(f"{path}: empty (0 bytes)")
+        return
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -88,7 +126,7 @@ def open_container(path: Path, options: ReadOptions) -> Any:
 
     check_path(path)
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(_library_input(path), metadata_errors="ignore")
     except av.error.EOFError as exc:
         raise read_error(path, exc, "no video frames: the file ends before its first one") from None
     except library_errors() as exc:  # FFmpeg's and PyAV's errors alike: the file is not one we can read
@@ -114,7 +152,7 @@ def check_streams(path: Path, container: Any, options: ReadOptions) -> None:
     """The container holds a decodable video stream (not a still image) of at most ``max_pixels`` pixels."""
     name = container.format.name if container.format is not None else ""
     if _IMAGE_DEMUXER.match(name or ""):
-        kind = name.removesuffix("_pipe").upper() if name != "image2" else Path(path).suffix.lstrip(".").upper() or "image"
+        kind = name.removesuffix("_pipe").upper() if name != "image2" else as_source(path).suffix.lstrip(".").upper() or "image"
         raise VideoReadError(f"{path}: an image ({kind}), not a video")
     if not container.streams.video:
         if container.streams.audio:
@@ -142,16 +180,20 @@ def unknown_codec(path: Path) -> str:
     import av
     import av.logging
 
-    previous = av.logging.get_level()
+    previous, skipped = av.logging.get_level(), av.logging.get_skip_repeated()
     logs: list = []
     try:
+        # PyAV drops a log line identical to the one before: the same file read twice in a row (a retry, a server sent
+        # it twice) would otherwise lose the line that names its codec
+        av.logging.set_skip_repeated(False)
         av.logging.set_level(av.logging.INFO)
         with av.logging.Capture(local=True) as logs:
-            av.open(str(path), metadata_errors="ignore").close()
+            av.open(_library_input(path), metadata_errors="ignore").close()
     except Exception:  # noqa: BLE001  the description is a courtesy; its absence is not an error
         pass
     finally:
         av.logging.set_level(previous)
+        av.logging.set_skip_repeated(skipped)
     text = " ".join(str(entry[-1]) for entry in logs)
     tag = re.search(r"Video: (\w+) \(([^/()]{1,4}) / 0x[0-9A-Fa-f]+\)", text)
     if tag:

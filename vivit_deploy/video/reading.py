@@ -80,14 +80,19 @@ class Clips:
 
     def warn(self, path) -> None:
         """One :class:`DamagedVideoWarning` when frames were replaced or the file is truncated."""
+        notes = self.notes()
+        if notes:
+            warnings.warn(f"{path}: {notes}", DamagedVideoWarning, stacklevel=3)
+
+    def notes(self) -> str:
+        """What the reading found, in words ("" for a clean file): frames replaced, truncation."""
         notes = []
         if self.replaced:
             notes.append(f"{self.replaced} of {self.array.shape[0] * self.array.shape[1]} sampled frames could not be "
                          "decoded (damaged) and were replaced by the nearest decodable frame")
         if self.truncated:
             notes.append(f"{self.truncated}; sampled from the {self.frames} frames it holds")
-        if notes:
-            warnings.warn(f"{path}: {'; '.join(notes)}", DamagedVideoWarning, stacklevel=3)
+        return "; ".join(notes)
 
 
 def read_video(
