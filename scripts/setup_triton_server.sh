@@ -8,7 +8,7 @@
 # python backend, no ONNX Runtime or TensorRT backend). Its python backend stub links the system's
 # libpython3.X and runs Python isolated, so the packages our python models need (numpy < 2, which the
 # 2.51 stub requires; numba; Pillow, the same version as here, so that preprocessing is bit-identical;
-# ONNX Runtime) go into DIR/python, which the model.py files put on sys.path from PYTHONPATH.
+# ONNX Runtime, and PyAV for the video model) go into DIR/python, which the model.py files put on sys.path from PYTHONPATH.
 #
 # Layout: DIR/bin/tritonserver, DIR/lib (its bundled libraries), DIR/backends/python, DIR/python.
 set -euo pipefail
@@ -40,6 +40,9 @@ cp "$server/python_backend_stubs/$minor/triton_python_backend_stub" "$dir/backen
 chmod +x "$dir/bin/tritonserver" "$dir/backends/python/triton_python_backend_stub"
 
 pillow=$("$python" -c 'import PIL; print(PIL.__version__)')
+# PyAV for the video model (triton-repo --video), the version the project reads with, so the server decodes alike
+av=$("$python" -c 'import av; print(av.__version__)')
 rm -rf "$dir/python"
-"$python" -m pip install -q --no-warn-conflicts --target "$dir/python" --only-binary=:all: "numpy<2" numba "pillow==$pillow" onnxruntime
+"$python" -m pip install -q --no-warn-conflicts --target "$dir/python" --only-binary=:all: "numpy<2" numba "pillow==$pillow" \
+    "av==$av" onnxruntime
 echo "tritonserver 2.51 (from nvidia-pytriton $version) in $dir (python backend for Python $minor, Pillow $pillow): export VIVIT_TRITON_HOME=$dir"

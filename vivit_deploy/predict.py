@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from vivit_deploy.accuracy.evaluation import softmax
 
-from vivit_deploy.errors import ConfigError
-from vivit_deploy.video.opening import ReadOptions, as_source
+from vivit_deploy.errors import ConfigError, DamagedVideoWarning
+from vivit_deploy.video.opening import ReadOptions, VideoBytes, as_source
 from vivit_deploy.video.preprocessing import VideoPreprocessor
 from vivit_deploy.video.reading import SAMPLINGS, Clips, decode_clips
 
@@ -113,6 +113,13 @@ class VideoClassifier:
         themselves, when this classifier uses the runtime's own preprocessing."""
         return self.runtime.takes_frames and self.preprocessor.config == self.runtime.preprocessor
 
+    @property
+    def sends_files(self) -> bool:
+        """A runtime that reads video files on its side (a Triton model with its video model) gets the file itself,
+        when this classifier uses the runtime's own preprocessing: nothing is decoded here (the server's reader applies
+        the rotation asked for here, and its own frame-size limit)."""
+        return self.runtime.takes_files and self.preprocessor.config == self.runtime.preprocessor
+
     def read(self, path: str | os.PathLike, *, num_clips: int = 1, sampling: str = "uniform",
              frame_sample_rate: int = 4) -> Clips:
         """The clips of a video file as this classifier runs them: each frame preprocessed as it is decoded (so a
@@ -143,13 +150,28 @@ class VideoClassifier:
         """Top-k predictions for a video file, or for decoded frames (T, H, W, 3) / clips (N, T, H, W, 3)."""
         if top_k < 1:
             raise ConfigError(f"top_k must be at least 1, got {top_k}")
-        if isinstance(video, (str, os.PathLike)):
-            read = self.read(video, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate)
-            read.warn(video)
-            clips = read.array
-        else:
-            clips = video if video.ndim == 5 else video[None]
+        if isinstance(video, (str, os.PathLike, VideoBytes)):
+            return self.classify_file(video, top_k=top_k, num_clips=num_clips, sampling=sampling,
+                                      frame_sample_rate=frame_sample_rate)[0]
+        clips = video if video.ndim == 5 else video[None]
         return top_predictions(self.logits(clips), self.id2label, top_k)
+
+    def classify_file(self, video: str | os.PathLike | VideoBytes, *, top_k: int = 5, num_clips: int = 1,
+                      sampling: str = "uniform", frame_sample_rate: int = 4) -> tuple[list[Prediction], int]:
+        """Top-k predictions for a video file and how many of its sampled frames were damaged and replaced (each
+        reading that found damage warns once, ``DamagedVideoWarning``). A runtime that reads files itself (``sends_files``)
+        gets the file; otherwise it is read and preprocessed here."""
+        if top_k < 1:
+            raise ConfigError(f"top_k must be at least 1, got {top_k}")
+        if self.sends_files:
+            served = self.runtime.run_video(video, num_clips=num_clips, sampling=sampling,
+                                            frame_sample_rate=frame_sample_rate, autorotate=self.read_options.autorotate)
+            if served.notes:
+                warnings.warn(f"{video}: {served.notes}", DamagedVideoWarning, stacklevel=2)
+            return top_predictions(served.logits[None], self.id2label, top_k), served.damaged_frames
+        read = self.read(video, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate)
+        read.warn(video)
+        return top_predictions(self.logits(read.array), self.id2label, top_k), read.replaced
 
     def close(self) -> None:
         self.runtime.close()

@@ -103,13 +103,55 @@ def test_an_rtx_engine_is_served_by_our_runtime_in_the_python_backend_not_tensor
         (["--preferred-batch", "4,64"], "preferred batch sizes [4, 64] outside 1..32"),
         (["--platform", "python", "--python-backend", "tensorrt"], "--python-backend tensorrt runs an engine, not an onnx"),
         (["--name", "a/b"], "--name must be letters, digits"),
+        (["--video", "--max-pixels", "0"], "Invalid value for '--max-pixels'"),
+        (["--video", "--max-video-bytes", "12X"], "'12X' is not a positive size"),
+        (["--video", "--video-instances", "0"], "Invalid value for '--video-instances'"),
     ],
 )
 def test_bad_options_are_one_line_errors_and_write_nothing(demo_onnx, tmp_path, args, message):
     result = CliRunner().invoke(main, ["triton-repo", str(demo_onnx), "-o", str(tmp_path / "repo"), *args])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == (2 if "Invalid value" in message or "positive size" in message else 1), result.output
     assert message in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "repo").exists() or not list((tmp_path / "repo").iterdir())
+
+
+def test_a_video_model_takes_one_file_and_calls_a_model_of_the_repository(demo_onnx, tmp_path):
+    """--video: vivit_video takes one encoded file (BYTES, no batch axis) and optional settings, answers the logits with
+    their labels and what the reading found; the model it calls must be one of the repository's, taking pixel_values
+    and writing logits, or nothing is written."""
+    from vivit_deploy.serving.model_config import check_video_model, import_model_config_pb2
+
+    pb2 = import_model_config_pb2()
+    result = CliRunner().invoke(main, ["triton-repo", str(demo_onnx), "-o", str(tmp_path / "repo"), "--platform",
+                                       "python", "--video", "--max-video-bytes", "1K", "--max-pixels", "4096",
+                                       "--video-instances", "3"])
+    assert result.exit_code == 0, result.output
+    assert "vivit_video: python backend: an encoded video file (TYPE_BYTES, up to 1,024 bytes)" in result.output
+    video = parsed(tmp_path / "repo", "vivit_video")
+    assert video.backend == "python" and video.max_batch_size == 0 and not video.HasField("dynamic_batching")
+    assert [(i.name, pb2.DataType.Name(i.data_type), list(i.dims), i.optional) for i in video.input] == [
+        ("video", "TYPE_STRING", [1], False), ("num_clips", "TYPE_INT32", [1], True),
+        ("sampling", "TYPE_STRING", [1], True), ("frame_sample_rate", "TYPE_INT32", [1], True),
+        ("autorotate", "TYPE_BOOL", [1], True)]
+    assert [(o.name, list(o.dims), o.label_filename) for o in video.output] == [
+        ("logits", [4], "labels.txt"), ("damaged_frames", [1], ""), ("read_notes", [1], "")]
+    assert video.instance_group[0].count == 3 and video.instance_group[0].kind == video.instance_group[0].KIND_CPU
+    params = {k: v.string_value for k, v in video.parameters.items()}
+    assert (params["vivit_deploy.video.model_step"], params["vivit_deploy.video.max_bytes"],
+            params["vivit_deploy.video.max_pixels"]) == ("vivit", "1024", "4096")
+    assert parsed(tmp_path / "repo", "vivit").parameters["vivit_deploy.video_model"].string_value == "vivit_video"
+    assert "VideoModel as TritonPythonModel" in (tmp_path / "repo/vivit_video/1/model.py").read_text()
+    steps = {"vivit": types.SimpleNamespace(inputs=[types.SimpleNamespace(name="pixel_values")],
+                                            outputs=[types.SimpleNamespace(name="logits")])}
+    check_video_model(video, steps, "vivit_video/config.pbtxt")  # as written: its step exists
+    with pytest.raises(ServingConfigError, match="its model step 'vivit' is not a model of the repository"):
+        check_video_model(video, {}, "vivit_video/config.pbtxt")
+    frames = {"vivit": types.SimpleNamespace(inputs=[types.SimpleNamespace(name="frames")], outputs=steps["vivit"].outputs)}
+    with pytest.raises(ServingConfigError, match="does not take 'pixel_values' and write 'logits'"):
+        check_video_model(video, frames, "vivit_video/config.pbtxt")
+    video.max_batch_size = 8
+    with pytest.raises(ServingConfigError, match="max_batch_size must be 0"):
+        check_video_model(video, steps, "vivit_video/config.pbtxt")
 
 
 def test_existing_models_are_never_overwritten(demo_onnx, tmp_path):

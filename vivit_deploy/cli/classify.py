@@ -52,7 +52,8 @@ def _ray_address(value: str | None) -> str | None:
 @PRECISION
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decoding processes [default: every core; with a GPU, every core but one]. "
-                   "With --ray: decoding tasks at once [default: as many as the cluster's CPUs allow].")
+                   "With --ray: decoding tasks at once [default: as many as the cluster's CPUs allow]. With a "
+                   "triton:// model that has a video model: files sent at once [default: 4].")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Clips per inference call.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Labels per row.")
 @SAMPLING

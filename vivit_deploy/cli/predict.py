@@ -52,11 +52,9 @@ def predict(videos, source, backend, device, precision, top_k, num_clips, sampli
     results = []
     with classifier:
         for video in videos:
-            read = classifier.read(video, num_clips=num_clips, sampling=sampling, frame_sample_rate=frame_sample_rate)
-            read.warn(video)
-            predictions = classifier.classify(read.array, top_k=top_k)
-            entry = {"video": str(video), "predictions": [p.to_dict() for p in predictions],
-                     "damaged_frames": read.replaced}
+            predictions, damaged = classifier.classify_file(video, top_k=top_k, num_clips=num_clips, sampling=sampling,
+                                                            frame_sample_rate=frame_sample_rate)
+            entry = {"video": str(video), "predictions": [p.to_dict() for p in predictions], "damaged_frames": damaged}
             label = truth.get(Path(video).resolve())
             if label is not None and label in classifier.id2label.values():
                 entry["true_label"] = label

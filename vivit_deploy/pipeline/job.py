@@ -72,6 +72,9 @@ class ClassifyJob:
             raise ConfigError("actors= (at least 1) applies to a Ray job only (ray=)")
 
 
+DEFAULT_CONCURRENT_FILES = 4  # files in flight to a server that reads them (classify --workers)
+
+
 def default_workers(device: str) -> int:
     """Every core decodes (the workers wait while inference is the slower stage, leaving it the cores);
     with ``--device cuda``, every core but one, which feeds the GPU."""
@@ -182,7 +185,9 @@ def classify_corpus(
             pending = [item for item in pending if item.path not in unreadable]
         log(f"{skipped} {unit} already in {output}, {len(pending)} to classify")
         executor = "nothing to do"
-        if pending and job.ray is None:
+        if pending and job.ray is None and info.files and job.window is None:
+            executor, times = _send_here(pending, source, store, settings, job, log, bar)
+        elif pending and job.ray is None:
             executor, times = _run_here(pending, source, loader, store, settings, job, log, bar)
         elif pending:
             with bar(len(pending)) as update:
@@ -204,6 +209,25 @@ def classify_corpus(
         wall_s=time.perf_counter() - started, times=times, executor=executor, segments=segments,
         unit=unit,
     )
+
+
+def _send_here(pending, source, store, settings, job: ClassifyJob, log: Log, bar: ProgressBar):
+    """A server that reads files (a Triton model with its video model): the files themselves, ``workers`` at a time
+    (default 4), nothing decoded here."""
+    from vivit_deploy.pipeline.remote import send_files
+
+    concurrency = job.workers or DEFAULT_CONCURRENT_FILES
+    log(f"loading {source} ...")
+    runtime = load_checked_runtime(source, settings, backend=job.backend, device=job.device, precision=job.precision,
+                                   runtime_options=job.runtime_options)
+    with runtime:
+        executor = f"{runtime.video_model} on {runtime.server}: the files sent, {concurrency} at a time"
+        log(f"classifying {len(pending)} videos: {executor}")
+        with bar(len(pending)) as update:
+            times = send_files(pending, runtime, store, settings, concurrency=concurrency, num_clips=job.num_clips,
+                               sampling=job.sampling, frame_sample_rate=job.frame_sample_rate,
+                               autorotate=job.read_options.autorotate, top_k=settings.top_k_count, progress=update)
+    return executor, times
 
 
 def _run_here(pending, source, loader, store, settings, job: ClassifyJob, log: Log, bar: ProgressBar):

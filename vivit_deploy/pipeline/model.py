@@ -24,6 +24,7 @@ class ModelInfo:
     sha256: str  # of the model file, or of a checkpoint's config and weight files together
     precision: str | None  # fixed by an exported file or engine; None where the runtime chooses (PyTorch)
     frames: bool = False  # the runtime preprocesses uint8 frames itself (a Triton model with its frames ensemble)
+    files: bool = False  # the runtime reads video files itself (a Triton model with its video model)
 
     @property
     def frame_shape(self) -> tuple[int, int, int, int]:
@@ -37,4 +38,5 @@ def describe_model(source: str | os.PathLike, backend: str | None = None, **hub_
 
     backend = backend or backend_for(source)
     info = BACKENDS[backend].describe_source(source, **hub_options)
-    return ModelInfo(str(source), backend, info.config, info.preprocessor, info.sha256, info.precision, info.frames)
+    return ModelInfo(str(source), backend, info.config, info.preprocessor, info.sha256, info.precision, info.frames,
+                     info.files)

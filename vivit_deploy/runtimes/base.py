@@ -33,6 +33,17 @@ class SourceInfo:
     sha256: str  # of the model file, or of a checkpoint's config and weight files together
     precision: str | None  # fixed by an exported file or engine; None where the runtime chooses (PyTorch)
     frames: bool = False  # the runtime preprocesses uint8 frames itself (a Triton model with its frames ensemble)
+    files: bool = False  # the runtime reads encoded video files itself (a Triton model with its video model)
+
+
+@dataclass(frozen=True)
+class ReadVideo:
+    """A video file classified where it was read (``Runtime.run_video``): the mean logits of its clips (num_labels,),
+    the sampled frames that were damaged and replaced, and the reading's notes in words ("" for a clean file)."""
+
+    logits: np.ndarray
+    damaged_frames: int
+    notes: str
 
 
 class RuntimeClosedError(VivitDeployError, RuntimeError):
@@ -144,6 +155,17 @@ class Runtime(ABC):
     def run_frames(self, clips: np.ndarray) -> np.ndarray:
         """Logits (N, num_labels) for uint8 RGB clips (N, T, H, W, 3), where ``takes_frames``."""
         raise ConfigError(f"the {self.backend} runtime for {self.source} takes preprocessed clips, not frames")
+
+    @property
+    def takes_files(self) -> bool:
+        """Whether it reads encoded video files itself (``run_video``): a Triton model served with its video model,
+        which decodes on the server. Callers then send the file, not frames."""
+        return False
+
+    def run_video(self, path, *, num_clips: int = 1, sampling: str = "uniform", frame_sample_rate: int = 4,
+                  autorotate: bool = True) -> ReadVideo:
+        """A video file's mean logits over its clips and what its reading found, where ``takes_files``."""
+        raise ConfigError(f"the {self.backend} runtime for {self.source} takes clips, not video files")
 
     def run_torch(self, pixel_values):
         """Logits as a float32 torch tensor for a float32 torch tensor of clips: a backend whose buffers live on a GPU

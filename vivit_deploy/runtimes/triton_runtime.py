@@ -22,7 +22,7 @@ import numpy as np
 
 from vivit_deploy.errors import BackendUnavailableError, ModelFileError, VivitDeployError
 from vivit_deploy.artifacts.metadata import DeployMetadata
-from vivit_deploy.runtimes.base import Runtime, SourceInfo, distribution_versions, register_backend
+from vivit_deploy.runtimes.base import ReadVideo, Runtime, SourceInfo, distribution_versions, register_backend
 
 SCHEME = "triton"
 # Binary tensors must say so: a Triton 2.51 server crashed on binary requests of another content type.
@@ -34,6 +34,11 @@ class TritonError(VivitDeployError, RuntimeError):
 
 
 FRAMES_INPUT = "frames"  # the frames ensemble's input (triton-repo writes it): uint8 RGB frames (T, H, W, 3), any size
+# the video model's tensors (triton-repo --video): the encoded file, optional settings of its reading, and what the
+# reading found besides the logits ("" for a clean file, else frames replaced and truncation)
+VIDEO_INPUT = "video"
+VIDEO_OPTIONS = {"num_clips": "INT32", "sampling": "BYTES", "frame_sample_rate": "INT32", "autorotate": "BOOL"}
+DAMAGED_OUTPUT, READ_NOTES_OUTPUT = "damaged_frames", "read_notes"
 
 
 def config_parameters(config: dict[str, Any]) -> dict[str, str]:
@@ -65,7 +70,8 @@ class TritonRuntime(Runtime):
     """A model on a Triton server over HTTP; one client connection per thread.
 
     ``timeout``: seconds for connecting and for each request. ``frames``: use the uint8-frames ensemble
-    for ``VideoClassifier`` when the server has it (default True).
+    for ``VideoClassifier`` when the server has it (default True); ``files``: send video files themselves to the
+    video model, which decodes them on the server, when it has one (default True; it comes before the frames).
     """
 
     thread_safe = True
@@ -94,10 +100,11 @@ class TritonRuntime(Runtime):
         with cls(str(source)) as served:
             sha = served.parameters.get("vivit_deploy.model_sha256") or hashlib.sha256(
                 json.dumps(served.parameters, sort_keys=True).encode()).hexdigest()
-            return SourceInfo(served.config, served.preprocessor, sha, served.precision, served.takes_frames)
+            return SourceInfo(served.config, served.preprocessor, sha, served.precision, served.takes_frames,
+                              served.takes_files)
 
     def __init__(self, url: str, *, device: str = "auto", precision: str | None = None, timeout: float = 60.0,
-                 frames: bool = True):
+                 frames: bool = True, files: bool = True):
         http, self._error_type = import_tritonclient()
         self._http = http
         self.server, self.model, self.version = parse_url(url)
@@ -130,6 +137,15 @@ class TritonRuntime(Runtime):
                     self.frames_model = ensemble
             except Exception:  # noqa: BLE001  no ensemble: clients preprocess themselves
                 self.frames_model = None
+        self.video_model, self.max_video_bytes = None, None
+        video = parameters.get("vivit_deploy.video_model")
+        if files and video:
+            try:
+                if client.is_model_ready(video):
+                    limit = config_parameters(client.get_model_config(video)).get("vivit_deploy.video.max_bytes", "")
+                    self.video_model, self.max_video_bytes = video, int(limit) if limit.isdigit() else None
+            except Exception:  # noqa: BLE001  no video model: clients decode themselves
+                self.video_model = None
         super().__init__(
             config=metadata.config, preprocessor=metadata.preprocessor, input_spec=metadata.input,
             precision=served, device=f"triton {self.server}", source=self.url,
@@ -183,6 +199,62 @@ class TritonRuntime(Runtime):
                for i in range(0, len(clips), top)]
         return np.concatenate(out).astype(np.float32, copy=False)
 
+    @property
+    def takes_files(self) -> bool:
+        return self.video_model is not None
+
+    def run_video(self, path, *, num_clips: int = 1, sampling: str = "uniform", frame_sample_rate: int = 4,
+                  autorotate: bool = True) -> ReadVideo:
+        """The file itself to the server's video model: its mean logits over ``num_clips`` clips and what the
+        server's reading found. Nothing is decoded here; a file over the server's limit is refused before it is sent.
+        A file the server cannot read is a :class:`VideoReadError` with its reason, as reading it here would be."""
+        from vivit_deploy.errors import ConfigError, VideoReadError
+        from vivit_deploy.video.opening import VideoBytes, as_source, check_path
+        from vivit_deploy.video.reading import SAMPLINGS
+
+        self._ensure_open()
+        if self.video_model is None:
+            raise TritonError(f"{self.url}: the server has no video model for {self.model!r}")
+        if sampling not in SAMPLINGS or num_clips < 1 or frame_sample_rate < 1:
+            raise ConfigError(f"sampling must be one of {SAMPLINGS} and num_clips, frame_sample_rate at least 1, got "
+                              f"{sampling!r}, {num_clips}, {frame_sample_rate}")
+        source = as_source(path)
+        check_path(source)
+        size = len(source.data) if isinstance(source, VideoBytes) else source.stat().st_size
+        if self.max_video_bytes is not None and size > self.max_video_bytes:
+            raise VideoReadError(f"{source}: the video is {size:,} bytes, over the server's limit of "
+                                 f"{self.max_video_bytes:,} for {self.video_model!r}")
+        data = source.data if isinstance(source, VideoBytes) else source.read_bytes()
+        http = self._http
+        values = {"num_clips": np.array([num_clips], np.int32), "sampling": np.array([sampling.encode()], np.object_),
+                  "frame_sample_rate": np.array([frame_sample_rate], np.int32),
+                  "autorotate": np.array([bool(autorotate)], np.bool_)}
+        tensors = []
+        for name, array in [(VIDEO_INPUT, np.array([bytes(data)], np.object_)), *values.items()]:
+            datatype = VIDEO_OPTIONS.get(name, "BYTES")
+            tensor = http.InferInput(name, [1], datatype)
+            tensor.set_data_from_numpy(array, binary_data=True)
+            tensors.append(tensor)
+        output = self.metadata.output_name
+        wanted = [http.InferRequestedOutput(name, binary_data=True) for name in (output, DAMAGED_OUTPUT, READ_NOTES_OUTPUT)]
+        name = source.name  # the request's id: the file's name (not where it lies here), as the server's errors name it
+        try:
+            result = self._client().infer(self.video_model, tensors, outputs=wanted, headers=BINARY, request_id=name)
+        except self._error_type as exc:
+            reason = _message(exc)
+            if reason.startswith(f"{name}: "):  # the reader's own one-line reason for this file
+                raise VideoReadError(f"{source}: {reason[len(name) + 2:]}") from None
+            raise TritonError(f"{self.url}: the server refused {source}: {reason}") from exc
+        except Exception as exc:  # noqa: BLE001  connection reset, timeout
+            raise TritonError(f"{self.url}: sending {source} failed: {_message(exc)}") from exc
+        logits, damaged, notes = (result.as_numpy(n) for n in (output, DAMAGED_OUTPUT, READ_NOTES_OUTPUT))
+        if logits is None or damaged is None or notes is None:
+            raise TritonError(f"{self.url}: {self.video_model!r} answered without {output!r}, {DAMAGED_OUTPUT!r} and "
+                              f"{READ_NOTES_OUTPUT!r}")
+        text = notes.reshape(-1)[0]
+        return ReadVideo(logits.astype(np.float32, copy=False), int(damaged.reshape(-1)[0]),
+                         text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text))
+
     def _close(self) -> None:
         client = getattr(self._local, "client", None)
         if client is not None:
@@ -190,7 +262,8 @@ class TritonRuntime(Runtime):
         self._local = threading.local()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "server": self.server, "model": self.model, "frames_model": self.frames_model}
+        return {**super().describe(), "server": self.server, "model": self.model, "frames_model": self.frames_model,
+                "video_model": self.video_model}
 
 
 def _message(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ repository from `vivit-deploy triton-repo` without Docker.
     with LocalTritonServer("/path/to/home", "repo") as server:      # home: scripts/setup_triton_server.sh DIR
         runtime = load_runtime(f"triton://{server.http}/vivit")
 
-It binds HTTP only (gRPC and metrics off), waits until the server says ready (or fails with the end of its
+It binds HTTP only (gRPC with ``grpc=True``, metrics off), all on 127.0.0.1, waits until the server says ready (or fails with the end of its
 log), and stops it on exit (SIGTERM, then SIGKILL after a grace period): nothing outlives the block.
 """
 
@@ -52,7 +52,7 @@ class LocalTritonServer:
     """tritonserver over ``repository`` from a home made by scripts/setup_triton_server.sh."""
 
     def __init__(self, home: str | os.PathLike | None, repository: str | os.PathLike, *, timeout: float = 120.0,
-                 extra_pythonpath: tuple[str, ...] = ()):
+                 extra_pythonpath: tuple[str, ...] = (), grpc: bool = False, options: tuple[str, ...] = ()):
         problem = triton_home_problem(home)
         if problem:
             raise BackendUnavailableError(problem)
@@ -62,6 +62,8 @@ class LocalTritonServer:
         self.extra_pythonpath = extra_pythonpath
         self.port = free_port()
         self.http = f"127.0.0.1:{self.port}"
+        self.grpc = f"127.0.0.1:{free_port()}" if grpc else None  # host:port of gRPC, when asked for
+        self.options = tuple(options)  # more tritonserver flags, e.g. ("--http-max-input-size=134217728",)
         self.process: subprocess.Popen | None = None
         self.log = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
 
@@ -78,8 +80,10 @@ class LocalTritonServer:
         command = [
             str(self.home / "bin" / "tritonserver"), "--model-repository", str(self.repository),
             "--backend-directory", str(self.home / "backends"), "--http-address", "127.0.0.1",
-            "--http-port", str(self.port), "--allow-grpc", "false", "--allow-metrics", "false",
-            "--exit-timeout-secs", "5",
+            "--http-port", str(self.port), "--allow-metrics", "false", "--exit-timeout-secs", "5",
+            *(["--allow-grpc", "true", "--grpc-address", "127.0.0.1", "--grpc-port", self.grpc.rsplit(":", 1)[1]]
+              if self.grpc else ["--allow-grpc", "false"]),
+            *self.options,
         ]
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,

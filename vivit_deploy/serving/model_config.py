@@ -25,7 +25,8 @@ from vivit_deploy.errors import BackendUnavailableError, VivitDeployError
 from vivit_deploy.artifacts.metadata import DeployMetadata
 
 # numpy dtype name -> Triton data type (the ones our tensors use)
-TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
+                "int32": "TYPE_INT32", "bool": "TYPE_BOOL", "bytes": "TYPE_STRING"}
 
 
 class ServingConfigError(VivitDeployError, ValueError):
@@ -54,10 +55,13 @@ class TensorSpec:
     dtype: str  # numpy name
     dims: list[int]  # without the batch axis; -1 for any size
     label_filename: str | None = None
+    optional: bool = False  # an input a request may leave out
 
     def pbtxt(self) -> str:
         label = f' label_filename: "{self.label_filename}"' if self.label_filename else ""
-        return f'{{ name: "{self.name}" data_type: {TRITON_TYPES[self.dtype]} dims: [ {", ".join(map(str, self.dims))} ]{label} }}'
+        optional = " optional: true" if self.optional else ""
+        return (f'{{ name: "{self.name}" data_type: {TRITON_TYPES[self.dtype]} dims: [ {", ".join(map(str, self.dims))} ]'
+                f'{label}{optional} }}')
 
 
 @dataclass
@@ -151,3 +155,36 @@ def check_against_metadata(config, metadata: DeployMetadata, where: str, *, batc
         problems.append(f"preferred batch sizes {preferred} outside 1..{config.max_batch_size}")
     if problems:
         raise ServingConfigError(f"{where} does not match its model file: " + "; ".join(problems))
+
+
+def check_video_model(config, steps: dict[str, Any], where: str) -> None:
+    """A video model (``triton-repo --video``) takes one encoded file (TYPE_STRING, dims [1], no batch axis) and calls a
+    model step of the same repository that takes its ``vivit_deploy.input`` and writes its ``vivit_deploy.output_name``
+    (``steps``: model name -> its ``ModelConfigSpec``): one a server would load and that would fail every request
+    otherwise is refused here."""
+    from vivit_deploy.runtimes.triton_runtime import VIDEO_INPUT
+
+    pb2 = import_model_config_pb2()
+    parameters = {p: config.parameters[p].string_value for p in config.parameters}
+    step = parameters.get("vivit_deploy.video.model_step")
+    problems = []
+    video = next((i for i in config.input if i.name == VIDEO_INPUT), None)
+    if video is None or video.data_type != pb2.TYPE_STRING or list(video.dims) != [1]:
+        problems.append(f"its input {VIDEO_INPUT!r} must be TYPE_STRING with dims [1] (one encoded file)")
+    if config.max_batch_size != 0:
+        problems.append("max_batch_size must be 0 (a request is one file; the model step batches clips)")
+    if not step:
+        problems.append("no vivit_deploy.video.model_step parameter names the model it calls")
+    elif step not in steps:
+        problems.append(f"its model step {step!r} is not a model of the repository")
+    else:
+        spec = steps[step]
+        wanted_in = json.loads(parameters.get("vivit_deploy.input", "{}")).get("name")
+        wanted_out = parameters.get("vivit_deploy.output_name", "logits")
+        if wanted_in not in {t.name for t in spec.inputs} or wanted_out not in {t.name for t in spec.outputs}:
+            problems.append(f"its model step {step!r} does not take {wanted_in!r} and write {wanted_out!r}")
+    for key in ("vivit_deploy.video.max_bytes", "vivit_deploy.video.max_pixels"):
+        if not parameters.get(key, "").isdigit() or int(parameters[key]) < 1:
+            problems.append(f"{key} must be a positive whole number, got {parameters.get(key)!r}")
+    if problems:
+        raise ServingConfigError(f"{where}: not a video model Triton can serve: " + "; ".join(problems))

@@ -6,6 +6,9 @@
     REPO/<name>_preprocess/...          python backend: uint8 frames (T, H, W, 3) -> pixel_values, through
                                         vivit_deploy's bit-exact shared preprocessor
     REPO/<name>_frames/config.pbtxt     ensemble: frames -> <name>_preprocess -> <name> -> logits
+    REPO/<name>_video/...               (--video) python backend: an encoded file (TYPE_BYTES) -> the video's logits,
+                                        read from memory by vivit_deploy's reader, preprocessed, and run by <name>
+                                        through business-logic scripting
 
 Clients of the ensemble send uint8 frames (4.8 MB for a 32-frame 224x224 clip instead of 19 MB of
 float32), and preprocessing stays identical to every other path. Every config is built from the file's
@@ -26,12 +29,19 @@ from vivit_deploy.artifacts.engines import describe_build, edition
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.files import publish
 from vivit_deploy.artifacts.metadata import DeployMetadata
-from vivit_deploy.runtimes.triton_runtime import FRAMES_INPUT
+from vivit_deploy.runtimes.triton_runtime import (DAMAGED_OUTPUT, FRAMES_INPUT, READ_NOTES_OUTPUT, VIDEO_INPUT,
+                                                 VIDEO_OPTIONS)
 from vivit_deploy.serving.model_config import (
-    ModelConfigSpec, ServingConfigError, TensorSpec, check_against_metadata, parse_config,
+    ModelConfigSpec, ServingConfigError, TensorSpec, check_against_metadata, check_video_model, parse_config,
 )
 
 PLATFORMS = ("tensorrt", "onnxruntime", "python")
+# Triton releases since mid-2025 refuse HTTP bodies over 64 MiB unless started with --http-max-input-size (2.51 has no
+# such limit): the video model's default, so that its own limit is the one a client meets
+DEFAULT_MAX_VIDEO_BYTES = 64 << 20
+DEFAULT_VIDEO_INSTANCES = 2  # so that one slow file does not hold up every other request
+MAX_CLIPS = 16  # clips one request may ask of a video (each is a model input: a bound on the work one request makes)
+_TRITON_DTYPES = {"INT32": "int32", "BYTES": "bytes", "BOOL": "bool"}
 KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 Progress = Callable[[str], None]
 
@@ -74,11 +84,27 @@ def write_repository(
     python_backend: str | None = None,
     python_device: str | None = None,
     python_precision: str | None = None,
+    video: bool = False,
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
+    max_pixels: int | None = None,
+    video_instances: int = DEFAULT_VIDEO_INSTANCES,
     progress: Progress | None = None,
 ) -> RepositoryReport:
     """Write the repository for ``source`` (.engine with its sidecar, .onnx from vivit-export, or a checkpoint,
-    exported first). Nothing is written unless every config parses and matches its file."""
+    exported first). Nothing is written unless every config parses and matches its file.
+
+    ``video``: also a video model, ``<name>_video``, that takes an encoded file (one ``TYPE_BYTES`` element, at most
+    ``max_video_bytes``, frames of at most ``max_pixels``) and answers the video's logits, in ``video_instances``
+    python-backend instances."""
+    from vivit_deploy.video.opening import DEFAULT_MAX_PIXELS, ReadOptions
+
     progress = progress or (lambda message: None)
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    ReadOptions(max_pixels=max_pixels)  # the reader's own check of the limit
+    if isinstance(max_video_bytes, bool) or not isinstance(max_video_bytes, int) or max_video_bytes < 1:
+        raise ConfigError(f"max_video_bytes= must be a positive whole number of bytes, got {max_video_bytes!r}")
+    if video_instances < 1:
+        raise ConfigError(f"video_instances= must be at least 1, got {video_instances}")
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"name= must be letters, digits, '-' and '_', got {name!r}")
     if instances < 1 or max_queue_delay_us < 0:
@@ -86,7 +112,7 @@ def write_repository(
     repository = Path(repository)
     if repository.exists() and not repository.is_dir():
         raise ConfigError(f"{repository} exists and is not a directory")
-    names = [name] + ([f"{name}_preprocess", f"{name}_frames"] if ensemble else [])
+    names = [name] + ([f"{name}_preprocess", f"{name}_frames"] if ensemble else []) + ([f"{name}_video"] if video else [])
     taken = [n for n in names if (repository / n).exists()]
     if taken:
         raise ConfigError(f"{repository} already has model(s) {', '.join(taken)}; remove them or choose another name=")
@@ -139,6 +165,8 @@ def write_repository(
         parameters["vivit_deploy.model_sha256"] = sha256_of(*weights)  # the model's identity for resumed corpus jobs
         if ensemble:
             parameters["vivit_deploy.frames_model"] = f"{name}_frames"
+        if video:
+            parameters["vivit_deploy.video_model"] = f"{name}_video"
         comments = [f"written by vivit-deploy triton-repo from {src.path.name}"]
         model_file = {"onnx": "model.onnx", "engine": "model.plan", "checkpoint": "checkpoint"}[src.kind]
         if platform == "python":
@@ -224,8 +252,17 @@ def write_repository(
             ), None)
             models[f"{name}_preprocess"] = "python backend: uint8 frames -> pixel_values (vivit_deploy's preprocessor)"
             models[f"{name}_frames"] = f"ensemble: frames -> {name}_preprocess -> {name}"
-            notes.append(f"the python models need vivit_deploy (and numpy, numba; {python_backend or 'the runtime'} for "
-                         "--platform python) in the Python of Triton's python backend")
+        if video:
+            configs[f"{name}_video"] = (_video_model(stage, name, src, labels, props, max_batch, max_video_bytes,
+                                                     max_pixels, video_instances), None)
+            models[f"{name}_video"] = (f"python backend: an encoded video file (TYPE_BYTES, up to {max_video_bytes:,} "
+                                       f"bytes) -> the video's logits through {name}; {video_instances} instances")
+            if max_video_bytes > DEFAULT_MAX_VIDEO_BYTES:
+                notes.append(f"files over 64 MiB: Triton releases since mid-2025 refuse larger HTTP bodies unless started "
+                             f"with --http-max-input-size={max_video_bytes}")
+        if ensemble or video or platform == "python":
+            notes.append(f"the python models need vivit_deploy (and numpy, numba, PyAV; {python_backend or 'the runtime'}"
+                         " for --platform python) in the Python of Triton's python backend")
 
         for model_name, (config_spec, metadata) in configs.items():
             text = config_spec.text()
@@ -234,6 +271,8 @@ def write_repository(
             if metadata is not None:
                 check_against_metadata(parsed, metadata, where, batch_max=max_batch)
             _check_ensemble(parsed, configs, where)
+            if model_name == f"{name}_video":
+                check_video_model(parsed, {n: spec for n, (spec, _) in configs.items()}, where)
             (stage / model_name / "config.pbtxt").write_text(text, encoding="utf-8")
 
         # every model is whole and checked: copy them beside their places (one file system), then move them in at once,
@@ -327,3 +366,27 @@ def _check_ensemble(parsed, configs: dict, where: str) -> None:
         for key in list(step.input_map) + list(step.output_map):
             if key not in known:
                 raise ServingConfigError(f"{where}: {step.model_name} has no tensor {key!r}")
+
+
+def _video_model(stage: Path, name: str, src: _Source, labels: str, props: dict[str, str], max_batch: int,
+                 max_video_bytes: int, max_pixels: int, instances: int) -> ModelConfigSpec:
+    """``<name>_video``: its directory (the python model, labels) and its config: one file per request (no batch axis:
+    the model step batches the clips of every request), optional settings, the logits with the labels."""
+    video_dir = stage / f"{name}_video"
+    (video_dir / "1").mkdir(parents=True)
+    (video_dir / "1" / "model.py").write_text(_shim("VideoModel"), encoding="utf-8")
+    (video_dir / "labels.txt").write_text(labels + "\n", encoding="utf-8")
+    parameters = dict(props)
+    parameters.update({"vivit_deploy.video.model_step": name, "vivit_deploy.video.max_bytes": str(max_video_bytes),
+                       "vivit_deploy.video.max_pixels": str(max_pixels), "vivit_deploy.video.max_clips": str(MAX_CLIPS),
+                       "vivit_deploy.video.threads": "0"})
+    options = [TensorSpec(option, _TRITON_DTYPES[kind], [1], optional=True) for option, kind in VIDEO_OPTIONS.items()]
+    return ModelConfigSpec(
+        name=f"{name}_video", platform=None, backend="python", max_batch_size=0,
+        inputs=[TensorSpec(VIDEO_INPUT, "bytes", [1])] + options,
+        outputs=[TensorSpec(src.metadata.output_name, "float32", [src.metadata.config.num_labels], "labels.txt"),
+                 TensorSpec(DAMAGED_OUTPUT, "int32", [1]), TensorSpec(READ_NOTES_OUTPUT, "bytes", [1])],
+        kind="KIND_CPU", instances=instances, dynamic_batching=False, parameters=parameters,
+        comments=[f"an encoded video file -> vivit_deploy's reader (from memory) and preprocessor -> {name} (up to "
+                  f"{max_batch} clips a call) -> the mean logits of its clips; damaged_frames (replaced) and read_notes (in words)"],
+    )
