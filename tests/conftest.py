@@ -46,6 +46,21 @@ def tiny_base_checkpoint(tmp_path_factory) -> Path:
     return hf_checkpoint(tmp_path_factory.mktemp("tiny-hf-base"), base=True)
 
 
+def transformers_saved(cls, config, directory: Path, **load_kwargs):
+    """transformers' ``cls`` of ``config`` with random weights (normal, std 0.2: larger than its initialiser's, so every
+    part shows in a parity test), saved to ``directory`` and read back by transformers (``load_kwargs``, e.g. eager
+    attention for the attention maps): the reference the model files are checked against."""
+    import torch
+
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(directory)
+    return cls.from_pretrained(directory, **load_kwargs).eval()
+
+
 def random_clip(frames: int = 4, height: int = 40, width: int = 48, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
 

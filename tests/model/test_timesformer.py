@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vivit_deploy.errors import ConfigError
+from tests.conftest import transformers_saved
 from vivit_deploy.model.checkpoint import load_model
 
 transformers = pytest.importorskip("transformers", reason="transformers (the parity reference) is not installed")
@@ -22,15 +23,8 @@ ATTENTION = ["divided_space_time", "joint_space_time", "space_only"]
 
 
 def theirs_saved(tmp_path, base: bool = False, **overrides):
-    config = transformers.TimesformerConfig(**{**SMALL, **overrides})
-    torch.manual_seed(0)
     cls = transformers.TimesformerModel if base else transformers.TimesformerForVideoClassification
-    model = cls(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    model.save_pretrained(tmp_path)
-    return cls.from_pretrained(tmp_path).eval()
+    return transformers_saved(cls, transformers.TimesformerConfig(**{**SMALL, **overrides}), tmp_path)
 
 
 def clips(config, n: int = 2) -> torch.Tensor:

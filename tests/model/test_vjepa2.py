@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vivit_deploy.errors import CheckpointError, ConfigError
+from tests.conftest import transformers_saved
 from vivit_deploy.model.checkpoint import load_model
 
 transformers = pytest.importorskip("transformers", reason="transformers (the parity reference) is not installed")
@@ -32,15 +33,9 @@ CASES = {
 def theirs_saved(tmp_path, base: bool = False, **overrides):
     """transformers' V-JEPA 2 with random weights (larger than its initialiser's, so every part shows), saved; its
     checkpoint holds the predictor too."""
-    config = transformers.VJEPA2Config(**{**SMALL, **overrides})
-    torch.manual_seed(0)
     cls = transformers.VJEPA2Model if base else transformers.VJEPA2ForVideoClassification
-    model = cls(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    model.save_pretrained(tmp_path)
-    return cls.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    return transformers_saved(cls, transformers.VJEPA2Config(**{**SMALL, **overrides}), tmp_path,
+                              attn_implementation="eager")
 
 
 def clips(config, n: int = 2, seed: int = 0) -> torch.Tensor:

@@ -564,6 +564,7 @@ class _VivitBase(ModelMembers):
     config: VivitConfig
     main_input_name = "pixel_values"
     bare_encoder = False  # the encoder without a classifier (from_pretrained loads head="base")
+    merging_refusal: str | None = None  # a model that cannot merge tokens: why, in one line (its model file says)
 
     @classmethod
     def from_pretrained(cls, source, **kwargs):
@@ -598,11 +599,18 @@ class _VivitBase(ModelMembers):
 
     @property
     def merge_tokens(self) -> tuple[int, ...]:
+        if self.merging_refusal:
+            return (0,) * self.config.num_hidden_layers
         return self._encoder().merge_tokens
 
     def set_token_merging(self, merge_tokens, proportional_attention: bool = True) -> None:
+        schedule = token_merging_schedule(merge_tokens, self.config.num_hidden_layers)
+        if self.merging_refusal:
+            if any(schedule):
+                raise ConfigError(self.merging_refusal)
+            return
         encoder = self._encoder()
-        encoder.merge_tokens = token_merging_schedule(merge_tokens, self.config.num_hidden_layers)
+        encoder.merge_tokens = schedule
         encoder.proportional_attention = bool(proportional_attention)
 
     @torch.no_grad()
@@ -610,6 +618,8 @@ class _VivitBase(ModelMembers):
         """ToMe's source map under the current merging: a (B, N', N) bool tensor, True where the final token n' holds
         input token n (the class token first, then the patches' tubelets in (time, row, column) order). Without
         merging every token holds itself."""
+        if self.merging_refusal:
+            raise ConfigError(f"no token merging's source map: {self.merging_refusal}")
         x = self.base_model().embeddings(self._prepare(pixel_values))
         if not any(self.merge_tokens):
             return torch.eye(x.shape[1], dtype=torch.bool).expand(x.shape[0], -1, -1)

@@ -165,20 +165,9 @@ class TimesformerEncoder(nn.Module):
 class _TimesformerBase(_VivitBase):
     """What both heads share with ViViT's (loading, saving, dtype, the attention switch)."""
 
-    @property
-    def merge_tokens(self) -> tuple[int, ...]:
-        return (0,) * self.config.num_hidden_layers
-
-    def set_token_merging(self, merge_tokens, proportional_attention: bool = True) -> None:
-        from vivit_deploy.model.modeling import token_merging_schedule
-
-        if any(token_merging_schedule(merge_tokens, self.config.num_hidden_layers)):
-            raise ConfigError("merge_tokens= does not apply to TimeSformer: its divided attention needs the same patches "
-                              "in every frame (attention over time pairs each patch position across the frames), which "
-                              "merging would break; ViViT's Models 1 and 2 merge")
-
-    def token_merging_sources(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("token merging's source map is ViViT's: TimeSformer does not merge tokens")
+    merging_refusal = ("merge_tokens= does not apply to TimeSformer: its divided attention needs the same patches in "
+                       "every frame (attention over time pairs each patch position across the frames), which merging "
+                       "would break; ViViT's Models 1 and 2 merge")
 
     def at_geometry(self, num_frames: int | None = None, image_size=None):
         """A copy of this model for ``num_frames`` frames of ``image_size``: its space positions and time positions

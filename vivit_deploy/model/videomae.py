@@ -27,7 +27,7 @@ import re
 import torch
 from torch import nn
 
-from vivit_deploy.errors import ConfigError, InputShapeError
+from vivit_deploy.errors import InputShapeError
 from vivit_deploy.model.config import VideoMAEConfig
 from vivit_deploy.model.modeling import (Encoder, TubeletEmbeddings, _VivitBase, check_geometry, classification_loss,
                                          encoder_output, geometry_config, init_weights)
@@ -67,17 +67,9 @@ class VideoMAEEmbeddings(nn.Module):
 class _VideoMAEBase(_VivitBase):
     """What both heads share with ViViT's (loading, saving, dtype, token merging's switch)."""
 
-    @torch.no_grad()
-    def token_merging_sources(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("token merging's source map is ViViT's (Model 1): VideoMAE has no class token to keep apart")
-
-    def set_token_merging(self, merge_tokens, proportional_attention: bool = True) -> None:
-        from vivit_deploy.model.modeling import token_merging_schedule
-
-        if any(token_merging_schedule(merge_tokens, self.config.num_hidden_layers)):
-            raise ConfigError("merge_tokens= is not offered for VideoMAE: its mean pooling would need each merged "
-                              "token weighed by its size, and Pollard and Wray measured VideoMAE losing far more "
-                              "accuracy than ViViT at the same speed-up; ViViT's Models 1 and 2 merge")
+    merging_refusal = ("merge_tokens= is not offered for VideoMAE: its mean pooling would need each merged token "
+                       "weighed by its size, and Pollard and Wray measured VideoMAE losing far more accuracy than ViViT "
+                       "at the same speed-up; ViViT's Models 1 and 2 merge")
 
     def at_geometry(self, num_frames: int | None = None, image_size=None):
         """A copy of this model for ``num_frames`` frames of ``image_size``: its sinusoidal positions computed for the

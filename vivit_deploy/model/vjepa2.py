@@ -246,19 +246,8 @@ class _VJEPA2Base(_VivitBase):
     def get_input_embeddings(self) -> nn.Module:
         return self.base_model().encoder.embeddings.patch_embeddings
 
-    @property
-    def merge_tokens(self) -> tuple[int, ...]:
-        return (0,) * self.config.num_hidden_layers
-
-    def set_token_merging(self, merge_tokens, proportional_attention: bool = True) -> None:
-        from vivit_deploy.model.modeling import token_merging_schedule
-
-        if any(token_merging_schedule(merge_tokens, self.config.num_hidden_layers)):
-            raise ConfigError("merge_tokens= does not apply to V-JEPA 2: each token's rotary position is its place in "
-                              "the patch grid, which a merged token no longer has; ViViT's Models 1 and 2 merge")
-
-    def token_merging_sources(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("token merging's source map is ViViT's: V-JEPA 2 does not merge tokens")
+    merging_refusal = ("merge_tokens= does not apply to V-JEPA 2: each token's rotary position is its place in the "
+                       "patch grid, which a merged token no longer has; ViViT's Models 1 and 2 merge")
 
     def at_geometry(self, num_frames: int | None = None, image_size=None):
         """A copy of this model for ``num_frames`` frames of ``image_size`` (one side): its rotary positions laid over
