@@ -103,6 +103,10 @@ def test_a_file_sent_as_bytes_gets_predicts_logits_for_that_file(runtimes, files
         assert (served.damaged_frames, served.notes) == (replaced, notes)
     if name in ("damaged", "truncated"):
         assert served.notes  # what predict warns of comes back with the logits
+    from vivit_deploy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reads at most 16 clips of a video"):  # the server's limit, checked here
+        remote.run_video(files[name], num_clips=17)
 
 
 def test_bad_files_sent_among_good_ones_each_fail_alone_and_the_server_stays_up(served, runtimes, files):

@@ -137,13 +137,16 @@ class TritonRuntime(Runtime):
                     self.frames_model = ensemble
             except Exception:  # noqa: BLE001  no ensemble: clients preprocess themselves
                 self.frames_model = None
-        self.video_model, self.max_video_bytes = None, None
+        self.video_model, self.max_video_bytes, self.max_clips = None, None, None
         video = parameters.get("vivit_deploy.video_model")
         if files and video:
             try:
                 if client.is_model_ready(video):
-                    limit = config_parameters(client.get_model_config(video)).get("vivit_deploy.video.max_bytes", "")
-                    self.video_model, self.max_video_bytes = video, int(limit) if limit.isdigit() else None
+                    limits = config_parameters(client.get_model_config(video))
+                    limit, clips = (limits.get(f"vivit_deploy.video.{k}", "") for k in ("max_bytes", "max_clips"))
+                    self.video_model = video
+                    self.max_video_bytes = int(limit) if limit.isdigit() else None
+                    self.max_clips = int(clips) if clips.isdigit() else None
             except Exception:  # noqa: BLE001  no video model: clients decode themselves
                 self.video_model = None
         super().__init__(
@@ -218,6 +221,9 @@ class TritonRuntime(Runtime):
         if sampling not in SAMPLINGS or num_clips < 1 or frame_sample_rate < 1:
             raise ConfigError(f"sampling must be one of {SAMPLINGS} and num_clips, frame_sample_rate at least 1, got "
                               f"{sampling!r}, {num_clips}, {frame_sample_rate}")
+        if self.max_clips is not None and num_clips > self.max_clips:
+            raise ConfigError(f"num_clips={num_clips}: {self.video_model!r} on {self.server} reads at most "
+                              f"{self.max_clips} clips of a video")
         source = as_source(path)
         check_path(source)
         size = len(source.data) if isinstance(source, VideoBytes) else source.stat().st_size
