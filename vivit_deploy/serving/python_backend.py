@@ -245,8 +245,7 @@ class VideoModel(_PythonModel):
         rate = int(self._option(request, "frame_sample_rate", 4))
         if rate < 1:
             raise ConfigError(f"frame_sample_rate must be at least 1, got {rate}")
-        options = ReadOptions(autorotate=bool(self._option(request, "autorotate", True)),
-                                    max_pixels=self.max_pixels)
+        options = ReadOptions(autorotate=bool(self._option(request, "autorotate", True)), max_pixels=self.max_pixels)
         # each frame preprocessed as it is decoded: memory follows the clips, not the file's resolution or length
         read = decode_clips(VideoBytes(data, request_id), self.config.num_frames, num_clips=num_clips,
                             sampling=sampling, frame_sample_rate=rate, threads=self.threads, options=options,
