@@ -109,8 +109,9 @@ class CandidateResult:
     accuracy: CandidateAccuracy | None = None  # on labelled clips: intervals, the paired difference, McNemar
     flips: tuple[Flip, ...] = ()  # the clips whose top-1 changed
     gates: tuple[GateResult, ...] = ()  # each --gate's verdict; empty: the logit tolerances decide
-    merge_tokens: tuple[int, ...] = ()  # token merging's r per layer where the candidate merges and the reference does
-    #                                     not (or otherwise): like another geometry, its accuracy is the cost
+    merges_otherwise: bool = False  # its token merging differs from the reference's: like another geometry, its
+    #                                 accuracy is the cost
+    merge_tokens: tuple[int, ...] = ()  # then its r per layer (empty: it does not merge, the reference does)
     token_counts: tuple[int, ...] = ()  # ... and the tokens each of its layers hands on
 
     @property
@@ -254,15 +255,15 @@ def merging_note(merge_tokens: tuple[int, ...], token_counts: tuple[int, ...]) -
 
 def _candidate_notes(c: CandidateResult, reference_accuracy: float | None) -> list[str]:
     t = c.tolerance
-    if c.geometry or c.merge_tokens:
+    if c.geometry or c.merges_otherwise:
         cost = "" if c.stats.accuracy is None or reference_accuracy is None else (
             f"; accuracy {c.stats.accuracy:.1%} against the reference's {reference_accuracy:.1%} "
             f"({(c.stats.accuracy - reference_accuracy) * 100:+.1f} points)")
         what = [f"runs at {c.geometry} (frames x height x width) on the same videos, sampled and sized for it"] \
             if c.geometry else []
-        if c.merge_tokens:
+        if c.merges_otherwise:
             what.append(merging_note(c.merge_tokens, c.token_counts) + " unlike the reference"
-                        if c.merge_tokens != (0,) else "does not merge tokens unlike the reference")
+                        if c.merge_tokens else "does not merge tokens unlike the reference")
         lines = [f"{c.name}: {' and '.join(what)}: logit tolerances do not apply{cost} "
                  f"(the logits' drift: cosine {c.stats.min_cosine:.4f} at worst, top-1 agreement "
                  f"{c.stats.top1_agreement:.1%})"]
@@ -340,9 +341,9 @@ def compare_runtimes(
         geometry = "x".join(map(str, (runtime.config.num_frames, runtime.config.image_height,
                                       runtime.config.image_width))) if name in own else None
         mine, theirs = _merging(runtime), _merging(reference)
-        merging = (mine or (0,)) if mine != theirs else ()  # (0,): the reference merges, the candidate does not
+        merges_otherwise = mine != theirs
         other = " and ".join(([f"another geometry ({geometry})"] if geometry else [])
-                             + (["token merging"] if merging else [])) or None
+                             + (["token merging"] if merges_otherwise else [])) or None
         logit_failures = () if other else tuple(failures(ref, out, stats, tolerance))
         accuracy = evaluation.compare_accuracy(ref, out, labels, id2label) if labels is not None else None
         verdicts = tuple(judge(gate, logit_failures=logit_failures, other_function=other,
@@ -351,8 +352,8 @@ def compare_runtimes(
             name=name, backend=runtime.backend, precision=runtime.precision, device=runtime.device,
             stats=stats, tolerance=tolerance, seconds=seconds, geometry=geometry, failures=logit_failures,
             accuracy=accuracy, flips=tuple(evaluation.flips(ref, out, inputs.names, id2label, inputs.labels)),
-            gates=verdicts, merge_tokens=merging,
-            token_counts=runtime.config.token_counts(mine) if merging and mine else (),
+            gates=verdicts, merges_otherwise=merges_otherwise, merge_tokens=mine if merges_otherwise else (),
+            token_counts=runtime.config.token_counts(mine) if merges_otherwise and mine else (),
         ))
     return ComparisonReport(reference_name, ref_accuracy, inputs.source, len(inputs), tuple(results),
                             reference_detail=detail, views=inputs.views, gates=gates)

@@ -384,8 +384,8 @@ def _search_merging(model, preprocessor, options: ExportOptions, output: Path, p
     from vivit_deploy.export import merge_search as ms
     from vivit_deploy.runtimes.cpu import describe_cpu
 
-    model.set_token_merging(1)  # a model that cannot merge (Model 3) says why before any clip is read
-    model.set_token_merging(0)
+    if model.merging_refusal:  # a model that cannot merge (Model 3, VideoMAE...) says why before any clip is read
+        raise ConfigError(model.merging_refusal)
     search_options = options.merge_search
     plot = search_options.plot
     if plot is not None:

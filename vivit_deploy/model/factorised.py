@@ -222,16 +222,22 @@ class FactorisedVivitForVideoClassification(ModelMembers):
             return (0,) * self.config.num_layers
         return self.vivit.encoder.merge_tokens + (0,) * self.config.temporal_layers
 
+    @property
+    def merging_refusal(self) -> str | None:
+        if self.config.variant == "factorised_encoder":
+            return None
+        return ("merge_tokens= does not apply to Model 3 (factorised self-attention): its attention over time pairs each "
+                "patch position across the frames, and merging within a frame would leave frames with different tokens; "
+                "Models 1 and 2 merge")
+
     def set_token_merging(self, merge_tokens, proportional_attention: bool = True) -> None:
         """Model 2: merge tokens (ToMe) in the spatial encoder, within each time step (r for every spatial layer, or
         one per layer; the temporal layers' entries, if given, must be 0). Model 3 refuses: its attention over time
         pairs each patch position across the frames, which merging within a frame would break."""
         config = self.config
-        if config.variant != "factorised_encoder":
+        if self.merging_refusal:
             if any(token_merging_schedule(merge_tokens, config.num_layers)):
-                raise ConfigError("merge_tokens= does not apply to Model 3 (factorised self-attention): its attention "
-                                  "over time pairs each patch position across the frames, and merging within a frame "
-                                  "would leave frames with different tokens; Models 1 and 2 merge")
+                raise ConfigError(self.merging_refusal)
             return
         spatial = config.num_hidden_layers
         if isinstance(merge_tokens, int) and not isinstance(merge_tokens, bool):

@@ -506,6 +506,8 @@ def _head_mask(head_mask: torch.Tensor | None, config: VivitConfig, dtype: torch
 class ModelMembers(nn.Module):
     """What every ViViT model answers (Models 1, 2 and 3): its attention path and the switch, dtype, device, size."""
 
+    merging_refusal: str | None = None  # a model that cannot merge tokens: why, in one line (its model file says)
+
     def _attention_modules(self) -> list[nn.Module]:
         """Every module that computes attention: those holding an ``attn_implementation`` of their own (ViViT's
         ``SelfAttention`` and each model file's attention classes)."""
@@ -564,7 +566,6 @@ class _VivitBase(ModelMembers):
     config: VivitConfig
     main_input_name = "pixel_values"
     bare_encoder = False  # the encoder without a classifier (from_pretrained loads head="base")
-    merging_refusal: str | None = None  # a model that cannot merge tokens: why, in one line (its model file says)
 
     @classmethod
     def from_pretrained(cls, source, **kwargs):
