@@ -63,6 +63,11 @@ def triton_repo_command(source, repository, name, platform, kind, instances, max
     """
     from vivit_deploy.serving.repository import write_repository
 
+    context = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in ("max_video_bytes", "max_pixels", "video_instances")
+             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given and not video:
+        raise click.UsageError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} the video model: add --video")
     preferred = None
     if preferred_batch:
         from vivit_deploy.bench import parse_batch_sizes
