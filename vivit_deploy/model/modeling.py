@@ -145,6 +145,35 @@ def interpolate_positions(positions: torch.Tensor, grid: tuple[int, int, int], n
     return torch.cat((cls, x), dim=1)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sdpa: bool, dropout_p: float = 0.0,
+           training: bool = False, head_mask: torch.Tensor | None = None, attentions: list | None = None,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax(Q·Kᵀ/√d + ``bias``)·V over (B, heads, N, d) tensors: the attention every model file computes.
+
+    SDPA where ``sdpa`` and no probabilities are asked for (``head_mask``, ``attentions``); ``bias`` (merged tokens'
+    log sizes: proportional attention, ToMe eq. 1) is then its additive mask. Otherwise the math path: transformers'
+    eager numbers (scores scaled after Q·Kᵀ) when probabilities are collected or masked without a bias, else the
+    reference form with Q scaled before Q·Kᵀ (the same numbers, fewer multiplies, and the pattern TensorRT recognises
+    and fuses: what the exporter traces), the bias added to the scores."""
+    scale = q.shape[-1] ** -0.5
+    if sdpa and head_mask is None and attentions is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),
+                                              dropout_p=dropout_p if training else 0.0)
+    if bias is None and (attentions is not None or head_mask is not None):
+        scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, nh, N, N)
+    else:
+        scores = torch.matmul(q * scale, k.transpose(-2, -1))
+        if bias is not None:
+            scores = scores + bias.to(q.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = F.dropout(probs, p=dropout_p, training=training)
+    if head_mask is not None:
+        probs = probs * head_mask
+    if attentions is not None:
+        attentions.append(probs)
+    return torch.matmul(probs, v)  # (B, nh, N, hd)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention; the projections are named query/key/value as in transformers."""
 
@@ -168,33 +197,12 @@ class SelfAttention(nn.Module):
                 merging: "TokenMerging | None" = None) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        dropout_p = self.dropout_p if self.training else 0.0
         bias = None
         if merging is not None:
             merging.keys = k.mean(dim=1)  # (B, N, hd): what the next merge matches tokens by, averaged over heads
             bias = merging.attention_bias()  # log of each token's size, (B, 1, 1, N), or None before any merge
-        if self.attn_implementation == "sdpa" and head_mask is None and attentions is None:
-            # with merged tokens, proportional attention (a token that stands for s patches weighs as s of them: ToMe,
-            # eq. 1) is SDPA's additive mask
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),
-                                                 dropout_p=dropout_p)
-        else:
-            if bias is None and (attentions is not None or head_mask is not None):
-                # transformers' eager path, so the probabilities asked for are its numbers: scores scaled after Q @ K^T
-                scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # (B, nh, N, N)
-            else:
-                # The math path, kept as the reference. Q is scaled before Q @ K^T (not the scores after it): the same
-                # numbers, fewer multiplies, and the pattern TensorRT recognises and fuses; merged tokens add log size.
-                scores = torch.matmul(q * self.scale, k.transpose(-2, -1))  # (B, nh, N, N)
-                if bias is not None:
-                    scores = scores + bias.to(q.dtype)
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-            probs = F.dropout(probs, p=dropout_p, training=self.training)
-            if head_mask is not None:
-                probs = probs * head_mask
-            if attentions is not None:
-                attentions.append(probs)
-            out = torch.matmul(probs, v)  # (B, nh, N, hd)
+        out = attend(q, k, v, sdpa=self.attn_implementation == "sdpa", dropout_p=self.dropout_p, training=self.training,
+                     head_mask=head_mask, attentions=attentions, bias=bias)
         return out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from vivit_deploy.errors import ConfigError, InputShapeError
 from vivit_deploy.model.config import TimesformerConfig
-from vivit_deploy.model.modeling import (AttentionOutput, Intermediate, Output, _head_mask, _VivitBase,
+from vivit_deploy.model.modeling import (AttentionOutput, Intermediate, Output, _head_mask, _VivitBase, attend,
                                          check_attn_implementation, check_geometry, classification_loss, encoder_output,
                                          geometry_config, init_weights)
 from vivit_deploy.model.outputs import VideoClassifierOutput
@@ -77,21 +77,8 @@ class TimesformerSelfAttention(nn.Module):
                 attentions: list | None = None) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        dropout_p = self.dropout_p if self.training else 0.0
-        if self.attn_implementation == "sdpa" and attentions is None and head_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        else:
-            if attentions is not None or head_mask is not None:
-                scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # transformers' numbers, scaled after
-            else:
-                scores = torch.matmul(q * self.scale, k.transpose(-2, -1))  # Q scaled first: TensorRT's fusable form
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-            probs = F.dropout(probs, p=dropout_p, training=self.training)
-            if head_mask is not None:
-                probs = probs * head_mask
-            if attentions is not None:
-                attentions.append(probs)
-            out = torch.matmul(probs, v)
+        out = attend(q, k, v, sdpa=self.attn_implementation == "sdpa", dropout_p=self.dropout_p, training=self.training,
+                     head_mask=head_mask, attentions=attentions)
         return out.transpose(1, 2).reshape(b, n, d)
 
 

@@ -28,33 +28,17 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vivit_deploy.errors import ConfigError
 from vivit_deploy.model.config import VJEPA2Config
-from vivit_deploy.model.modeling import (SelfAttention, _VivitBase, check_geometry, classification_loss, encoder_output,
-                                         geometry_config, init_weights)
+from vivit_deploy.model.modeling import (SelfAttention, _VivitBase, attend, check_geometry, classification_loss,
+                                         encoder_output, geometry_config, init_weights)
 from vivit_deploy.model.outputs import VideoClassifierOutput
 
 # the pre-training predictor's weights, in classifier checkpoints (vjepa2.predictor.*) and bare ones (predictor.*)
 IGNORED_KEYS = (re.compile(r"^(vjepa2\.)?predictor\."),)
 POOLER_MLP_RATIO = 4  # the probe's MLPs: transformers builds them at its default ratio, not config.mlp_ratio
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sdpa: bool, attentions: list | None) -> torch.Tensor:
-    """Softmax(Q·Kᵀ/√d)·V over (B, heads, N, d) tensors. SDPA where asked and no probabilities are collected; else
-    transformers' eager numbers (scores scaled after Q·Kᵀ) when ``attentions`` collects them, and otherwise Q scaled
-    before Q·Kᵀ (the form TensorRT fuses, which the exporter traces)."""
-    scale = q.shape[-1] ** -0.5
-    if sdpa and attentions is None:
-        return F.scaled_dot_product_attention(q, k, v)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale if attentions is not None else \
-        torch.matmul(q * scale, k.transpose(-2, -1))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    if attentions is not None:
-        attentions.append(probs)
-    return torch.matmul(probs, v)
 
 
 def rotary_tables(config: VJEPA2Config, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +87,8 @@ class VJEPA2RopeAttention(SelfAttention):
         cos, sin = (t[:n].to(x.device) for t in self.rope)
         q = rotate(self._heads(self.query(x)), cos, sin)
         k = rotate(self._heads(self.key(x)), cos, sin)
-        out = attend(q, k, self._heads(self.value(x)), self.attn_implementation == "sdpa", attentions)
+        out = attend(q, k, self._heads(self.value(x)), sdpa=self.attn_implementation == "sdpa",
+                     dropout_p=self.dropout_p, training=self.training, attentions=attentions)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -197,7 +182,7 @@ class VJEPA2PoolerSelfAttention(SelfAttention):
         tokens = queries if tokens is None else tokens
         b, n, d = queries.shape
         q, k, v = self._heads(self.q_proj(queries)), self._heads(self.k_proj(tokens)), self._heads(self.v_proj(tokens))
-        out = attend(q, k, v, self.attn_implementation == "sdpa", None).transpose(1, 2).reshape(b, n, d)
+        out = attend(q, k, v, sdpa=self.attn_implementation == "sdpa").transpose(1, 2).reshape(b, n, d)
         return self.out_proj(out) if hasattr(self, "out_proj") else out
 
 
