@@ -61,6 +61,20 @@ def transformers_saved(cls, config, directory: Path, **load_kwargs):
     return cls.from_pretrained(directory, **load_kwargs).eval()
 
 
+def assert_outputs_equal(mine, expected) -> None:
+    """Our model's outputs against transformers': the logits and every hidden state within 1e-5, every attention map
+    within 1e-6 (absolute; 1e-5 relative), and as many of each."""
+    import torch
+
+    torch.testing.assert_close(mine.logits, expected.logits, atol=1e-5, rtol=1e-5)
+    assert len(mine.hidden_states) == len(expected.hidden_states)
+    for a, b in zip(mine.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert len(mine.attentions) == len(expected.attentions)
+    for a, b in zip(mine.attentions, expected.attentions):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def random_clip(frames: int = 4, height: int = 40, width: int = 48, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
 
