@@ -220,10 +220,11 @@ def locate_parameter(name: str, config) -> tuple[int, str, str]:
     return -1, POOLER if name.startswith(POOLER + ".") else CLASSIFIER, owner
 
 
-BASE_PREFIXES = ("vivit", "videomae", "timesformer", "vjepa2")  # every model family's encoder prefix (config.base_prefix)
+# every model family's encoder prefix (config.base_prefix) and the layout of its layers (config.layer_layout)
+BASE_PREFIXES = {"vivit": "vit", "videomae": "vit", "timesformer": "vit", "vjepa2": "vjepa2"}
 PROBE_PREFIXES = tuple(p + "." for p in BASE_PREFIXES) + ("fc_norm:",)  # where every model's probe tensor names start
 # every family's embeddings (the tubelet projection)
-EMBEDDING_MODULES = tuple(p + ".embeddings" for p in BASE_PREFIXES[:3]) + ("vjepa2.encoder.embeddings",)
+EMBEDDING_MODULES = tuple(f"{prefix}.{_ENCODER_PATHS[layout][EMBEDDINGS]}" for prefix, layout in BASE_PREFIXES.items())
 
 
 def is_probe_name(name: str) -> bool:
